@@ -1,0 +1,23 @@
+"""The exceptions raspicl raises, so callers can tell a bad program from a bad file or input."""
+
+from __future__ import annotations
+
+
+class RaspiclError(Exception):
+    """Base class of every error raspicl raises on purpose."""
+
+
+class ProgramError(RaspiclError):
+    """A program is malformed: the message names the op, the register and the source line."""
+
+
+class CompileError(RaspiclError):
+    """A well-formed program cannot be compiled under the given configuration."""
+
+
+class LoadError(RaspiclError):
+    """An exported model (model.safetensors + layout.json) is missing, mismatched or corrupted."""
+
+
+class DomainError(RaspiclError):
+    """A prompt lies outside the input domain under which a compiled model's error bound holds."""

@@ -1,0 +1,142 @@
+"""The meaning of a program: its float64 reference semantics, batched over prompts.
+
+Every op is applied at every token, in program order. A read at a place outside the prompt
+(before token 0, or before the first token of a role) is undefined and gives NaN, which then
+propagates; validation guarantees the output is defined where it is read. The same code runs
+over numpy object arrays of sympy expressions (see symbolic.py), so the symbolic proofs check
+exactly these semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raspicl.lang.ops import Op
+from raspicl.lang.program import Program
+from raspicl.lang.reads import At, Here, Mean, Offset, Read
+from raspicl.prompts import Prompts, check_tokens
+
+
+@dataclass
+class Trace:
+    """Every register at every token after every op.
+
+    after[k]: the value op k wrote, [B, T, width]; final: each register after the last op,
+    [B, T, width]; shapes: each register's shape.
+    """
+
+    program: Program
+    tokens: np.ndarray
+    after: list[np.ndarray]
+    final: dict[str, np.ndarray]
+
+    def register(self, name: str) -> np.ndarray:
+        """A register's final value with its shape: [B, T, *shape]."""
+        reg = self.program.registers[name]
+        v = self.final[name]
+        return v.reshape(v.shape[:2] + reg.shape)
+
+    def output(self) -> np.ndarray:
+        """The output register at the output positions: [B, n_positions, width]."""
+        out = self.program.output_spec
+        return self.final[out.register.name][:, self.program.output_positions(), :]
+
+
+def interpret(program: Program, prompts: Prompts | np.ndarray) -> Trace:
+    """Run a program on a batch of prompts (or token arrays [B, T, d+1]) in float64."""
+    program.validate()
+    tokens = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
+    if tokens.dtype != object:
+        tokens = tokens.astype(np.float64)
+    check_tokens(tokens, program.format)
+    return run_ops(program, tokens)
+
+
+def run_ops(program: Program, tokens: np.ndarray) -> Trace:
+    """The semantics proper, for float64 or object (sympy) token arrays."""
+    B, T, _ = tokens.shape
+    nan = _nan_like(tokens)
+    state: dict[str, np.ndarray] = {"x": tokens[:, :, 1:], "y": tokens[:, :, :1]}
+    for name, value in program.constants.items():
+        arr = np.broadcast_to(value.astype(tokens.dtype), (B, T, value.size))
+        state[name] = np.array(arr)
+    roles = np.array(program.format.roles())
+    after = []
+    for op in program.ops:
+        values = [_place(state[r.register.name], r, roles, nan) for r in op.reads]
+        out = _apply(op, values, tokens.dtype)
+        if op.divisor is not None:
+            s = state[op.divisor.register.name]
+            out = out / abs_(s)
+        state[op.dst.name] = out
+        after.append(out)
+    return Trace(program, tokens, after, state)
+
+
+def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
+    B, T = values[0].shape[:2] if values else (0, 0)
+    width = op.dst.width
+    offsets = np.cumsum([0] + [v.shape[2] for v in values])
+    V = np.concatenate(values, axis=2)
+    zero = np.zeros((), dtype=dtype) if dtype != object else 0
+    out = np.full((B, T, width), zero, dtype=dtype) + op.bias.astype(dtype)
+    lin = op.linear
+    if len(lin):
+        M = np.zeros((width, V.shape[2]), dtype=dtype if dtype == object else np.float64)
+        np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), lin.coef)
+        out = out + V @ M.T
+    pr = op.products
+    if len(pr):
+        a = V[:, :, offsets[pr.read_a] + pr.comp_a]
+        b = V[:, :, offsets[pr.read_b] + pr.comp_b]
+        S = np.zeros((len(pr), width), dtype=dtype if dtype == object else np.float64)
+        S[np.arange(len(pr)), pr.out] = pr.coef
+        out = out + (a * b) @ S
+    return out
+
+
+def _place(value: np.ndarray, read: Read, roles: np.ndarray, nan) -> np.ndarray:
+    """The register's value as read at each token: [B, T, width], NaN where undefined."""
+    at = read.at
+    T = value.shape[1]
+    if isinstance(at, Here):
+        return value
+    out = np.full_like(value, nan)
+    if isinstance(at, Offset):
+        if at.k < T:
+            out[:, at.k:] = value[:, :T - at.k]
+        return out
+    if isinstance(at, At):
+        if at.index < T:
+            out[:, at.index:] = value[:, at.index:at.index + 1]
+        return out
+    if isinstance(at, Mean):
+        total = None
+        count = 0
+        for t in range(T):
+            if roles[t] == at.role:
+                total = value[:, t] if total is None else total + value[:, t]
+                count += 1
+            if count:
+                out[:, t] = total / count
+        return out
+    raise TypeError(f"unknown place {at!r}")
+
+
+def _nan_like(tokens: np.ndarray):
+    if tokens.dtype == object:
+        import sympy
+
+        return sympy.nan
+    return np.nan
+
+
+def abs_(a: np.ndarray) -> np.ndarray:
+    """|a| for float or sympy object arrays."""
+    if a.dtype == object:
+        import sympy
+
+        return np.vectorize(sympy.Abs, otypes=[object])(a)
+    return np.abs(a)
