@@ -6,7 +6,8 @@ Prompt [x~_1, y~_1, x~_q] (n = 1). With the initial weights w0 baked into the pr
 
 (the gradient of (x^T w - y)^2 + lam |w|^2; design.md §4 notes the paper's sign slip on lam).
 The update is computed at every token; at the y token it reads x_1 from the token before, and
-the query reads w' from the y token.
+the query reads w' from the y token. lr, lam and w0 may be sympy expressions (raspicl.symbolic);
+such a program runs in the interpreter but cannot be compiled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from raspicl import Offset, Program, Read, solvers
+from raspicl.lang.ops import coef_array, is_symbolic_value
 from raspicl.prompts import Prompts
 
 GRID = [{"d": d} for d in (1, 2, 4, 8)]
@@ -25,14 +27,14 @@ def default_w0(d: int) -> np.ndarray:
 
 
 def program(d: int = 2, lr: float = 0.1, lam: float = 0.0, w0=None) -> Program:
-    w0 = default_w0(d) if w0 is None else np.asarray(w0, dtype=np.float64)
+    w0 = default_w0(d) if w0 is None else coef_array(w0).reshape(-1)
     p = Program("gd_step", d=d, n=1, params={"d": d, "lr": lr, "lam": lam, "w0": w0.tolist()})
     w = p.const("w0", w0)
     x_prev = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
     pred0 = p.dot("pred0", x_prev, w, note="x^T w0")
     err = p.aff("err", pred0, p.y, W1=1.0, W2=-1.0, note="x^T w0 - y")
     g = p.mul("g", x_prev, err, note="x (x^T w0 - y)")
-    w_next = p.aff("w_next", w, g, W1=1.0 - 2 * lr * lam, W2=-2 * lr,
+    w_next = p.aff("w_next", w, g, W1=1 - 2 * lr * lam, W2=-2 * lr,
                    note="w0 - 2 lr (g + lam w0)")
     w_query = p.mov("w_query", Read(w_next, Offset(1)), note="w', at the query token")
     pred = p.dot("pred", w_query, p.x, note="w'^T x_q")
@@ -50,13 +52,24 @@ def reference(prompts: Prompts, d: int = 2, lr: float = 0.1, lam: float = 0.0,
 
 
 def closed_form(x, y, xq, d: int = 2, lr: float = 0.1, lam: float = 0.0, w0=None):
-    """The same prediction as a formula over sympy (or numpy) values of one prompt."""
+    """The same prediction as a formula over sympy values of one prompt.
+
+    Numeric lr, lam, w0 are read as the simplest rationals they round to (0.1 as 1/10); sympy
+    expressions are kept as they are.
+    """
     import sympy
 
-    w0 = default_w0(d) if w0 is None else np.asarray(w0, dtype=np.float64)
-    w0 = sympy.Matrix([sympy.nsimplify(v) for v in w0])
+    w0 = default_w0(d) if w0 is None else coef_array(w0).reshape(-1)
+    w0 = sympy.Matrix([_exact(v) for v in w0])
     x = sympy.Matrix(x)
     xq = sympy.Matrix(xq)
-    lr, lam = sympy.nsimplify(lr), sympy.nsimplify(lam)
+    lr, lam = _exact(lr), _exact(lam)
     w1 = w0 - 2 * lr * (x * ((x.T * w0)[0] - y) + lam * w0)
     return (w1.T * xq)[0]
+
+
+def _exact(v):
+    """A sympy value: numbers through nsimplify, sympy expressions unchanged."""
+    import sympy
+
+    return sympy.sympify(v) if is_symbolic_value(v) else sympy.nsimplify(v)

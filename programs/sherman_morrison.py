@@ -7,6 +7,7 @@ Prompt [x~_1, y~_1, x~_q] (n = 1). Ridge regression on one example, exactly:
     w'    = A1^-1 x y = (lam I + x x^T)^-1 x y,                 prediction  w'^T x_q.
 
 The division is by |1 + x^T A0^-1 x|, which equals 1 + x^T x / lam > 0 for lam > 0.
+lam may be a sympy expression (raspicl.symbolic); such a program cannot be compiled.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from __future__ import annotations
 import numpy as np
 
 from raspicl import Offset, Program, Read, solvers
+from raspicl.lang.ops import is_symbolic_value
 from raspicl.prompts import Prompts
 
 GRID = [{"d": d} for d in (1, 2, 4, 8)]
 
 
 def program(d: int = 2, lam: float = 1.0) -> Program:
-    if not lam > 0:
+    symbolic = is_symbolic_value(lam) and bool(lam.free_symbols)
+    if (lam.is_positive is False) if symbolic else not lam > 0:
         raise ValueError(f"sherman_morrison needs lam > 0 (A0 = lam I), got {lam}")
     p = Program("sherman_morrison", d=d, n=1, params={"d": d, "lam": lam})
-    a0_inv = p.const("A0_inv", np.eye(d) / lam)
+    a0_inv = p.const("A0_inv", np.eye(d, dtype=np.int64) / lam)
     x_prev = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
     u = p.mul("u", a0_inv, x_prev, note="A0^-1 x")
     xu = p.dot("xu", x_prev, u, note="x^T A0^-1 x")
@@ -49,7 +52,7 @@ def closed_form(x, y, xq, d: int = 2, lam: float = 1.0):
     """(lam I + x x^T)^-1 x y, dotted with x_q, as a sympy expression for one prompt."""
     import sympy
 
-    lam = sympy.nsimplify(lam)
+    lam = sympy.sympify(lam) if is_symbolic_value(lam) else sympy.nsimplify(lam)
     x = sympy.Matrix(x)
     w = (lam * sympy.eye(d) + x * x.T).inv() * x * y
     return (w.T * sympy.Matrix(xq))[0]

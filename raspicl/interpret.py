@@ -4,7 +4,9 @@ Every op is applied at every token, in program order. A read at a place outside 
 (before token 0, or before the first token of a role) is undefined and gives NaN, which then
 propagates; validation guarantees the output is defined where it is read. The same code runs
 over numpy object arrays of sympy expressions (see symbolic.py), so the symbolic proofs check
-exactly these semantics.
+exactly these semantics. It does so when the tokens are an object array or when the program has
+symbolic coefficients (Program.is_symbolic()); then every float coefficient, bias and constant
+enters as the exact rational it equals (0.5 as 1/2), so sympy sees exact arithmetic.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
 from raspicl.lang.reads import At, Here, Mean, Offset, Read
 from raspicl.prompts import Prompts, check_tokens
+
+_OBJECT = np.dtype(object)
 
 
 @dataclass
@@ -48,7 +52,7 @@ def interpret(program: Program, prompts: Prompts | np.ndarray) -> Trace:
     """Run a program on a batch of prompts (or token arrays [B, T, d+1]) in float64."""
     program.validate()
     tokens = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
-    if tokens.dtype != object:
+    if tokens.dtype != _OBJECT:
         tokens = tokens.astype(np.float64)
     check_tokens(tokens, program.format)
     return run_ops(program, tokens)
@@ -56,17 +60,20 @@ def interpret(program: Program, prompts: Prompts | np.ndarray) -> Trace:
 
 def run_ops(program: Program, tokens: np.ndarray) -> Trace:
     """The semantics proper, for float64 or object (sympy) token arrays."""
+    if tokens.dtype != _OBJECT and program.is_symbolic():
+        tokens = tokens.astype(object)
+    dtype = tokens.dtype
     B, T, _ = tokens.shape
     nan = _nan_like(tokens)
     state: dict[str, np.ndarray] = {"x": tokens[:, :, 1:], "y": tokens[:, :, :1]}
     for name, value in program.constants.items():
-        arr = np.broadcast_to(value.astype(tokens.dtype), (B, T, value.size))
+        arr = np.broadcast_to(_cast(value, dtype), (B, T, value.size))
         state[name] = np.array(arr)
     roles = np.array(program.format.roles())
     after = []
     for op in program.ops:
         values = [_place(state[r.register.name], r, roles, nan) for r in op.reads]
-        out = _apply(op, values, tokens.dtype)
+        out = _apply(op, values, dtype)
         if op.divisor is not None:
             s = state[op.divisor.register.name]
             out = out / abs_(s)
@@ -80,20 +87,38 @@ def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
     width = op.dst.width
     offsets = np.cumsum([0] + [v.shape[2] for v in values])
     V = np.concatenate(values, axis=2)
-    zero = np.zeros((), dtype=dtype) if dtype != object else 0
-    out = np.full((B, T, width), zero, dtype=dtype) + op.bias.astype(dtype)
+    obj = dtype == _OBJECT
+    zero = 0 if obj else np.zeros((), dtype=dtype)
+    out = np.full((B, T, width), zero, dtype=dtype) + _cast(op.bias, dtype)
     lin = op.linear
     if len(lin):
-        M = np.zeros((width, V.shape[2]), dtype=dtype if dtype == object else np.float64)
-        np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), lin.coef)
+        M = np.zeros((width, V.shape[2]), dtype=_OBJECT if obj else np.float64)
+        np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), _cast(lin.coef, dtype))
         out = out + V @ M.T
     pr = op.products
     if len(pr):
         a = V[:, :, offsets[pr.read_a] + pr.comp_a]
         b = V[:, :, offsets[pr.read_b] + pr.comp_b]
-        S = np.zeros((len(pr), width), dtype=dtype if dtype == object else np.float64)
-        S[np.arange(len(pr)), pr.out] = pr.coef
+        S = np.zeros((len(pr), width), dtype=_OBJECT if obj else np.float64)
+        S[np.arange(len(pr)), pr.out] = _cast(pr.coef, dtype)
         out = out + (a * b) @ S
+    return out
+
+
+def _cast(values: np.ndarray, dtype) -> np.ndarray:
+    """Coefficients, biases or constants in the run's dtype. For an object (sympy) run, float
+    entries become the exact rationals they equal and integers become sympy Integers."""
+    if dtype != _OBJECT:
+        return values.astype(dtype)
+    import sympy
+
+    out = np.empty(values.shape, dtype=object)
+    for i, v in enumerate(values.flat):
+        if isinstance(v, float | np.floating):
+            v = sympy.Rational(float(v))
+        elif isinstance(v, int | np.integer):
+            v = sympy.Integer(int(v))
+        out.flat[i] = v
     return out
 
 
@@ -126,7 +151,7 @@ def _place(value: np.ndarray, read: Read, roles: np.ndarray, nan) -> np.ndarray:
 
 
 def _nan_like(tokens: np.ndarray):
-    if tokens.dtype == object:
+    if tokens.dtype == _OBJECT:
         import sympy
 
         return sympy.nan
@@ -135,7 +160,7 @@ def _nan_like(tokens: np.ndarray):
 
 def abs_(a: np.ndarray) -> np.ndarray:
     """|a| for float or sympy object arrays."""
-    if a.dtype == object:
+    if a.dtype == _OBJECT:
         import sympy
 
         return np.vectorize(sympy.Abs, otypes=[object])(a)

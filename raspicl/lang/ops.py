@@ -12,6 +12,7 @@ interpreter, the symbolic executor and the compiler each handle one shape of op.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,13 +51,63 @@ class ProductTerms:
         return len(self.out)
 
 
+def is_symbolic_value(value) -> bool:
+    """True for a sympy expression (exact sympy numbers included), False for anything else.
+
+    sympy is never imported here: if no one has imported it, no value can be a sympy object.
+    """
+    sympy = sys.modules.get("sympy")
+    return sympy is not None and isinstance(value, sympy.Basic)
+
+
+def coef_array(value) -> np.ndarray:
+    """value as a float64 array, or as an object array when some entry is a sympy expression.
+
+    Coefficients, biases and constants are float64 (what the compiler reads) unless a program
+    is built with symbolic parameters for symbolic execution (raspicl.symbolic); such a program
+    reports Program.is_symbolic() and cannot be compiled.
+    """
+    if is_symbolic_value(value):
+        return np.asarray(value, dtype=object)
+    if isinstance(value, np.ndarray) and value.dtype != np.dtype(object):
+        return np.asarray(value, dtype=np.float64)
+    obj = np.asarray(value, dtype=object)
+    if any(is_symbolic_value(v) for v in obj.flat):
+        return obj
+    return np.asarray(value, dtype=np.float64)
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """No NaN or infinity among the numeric entries (a sympy entry is checked only for being
+    nan, oo or zoo itself, not for what its symbols might take)."""
+    if arr.dtype != np.dtype(object):
+        return bool(np.all(np.isfinite(arr)))
+    for v in arr.flat:
+        if is_symbolic_value(v):
+            if v.is_finite is False or v.has(sys.modules["sympy"].nan):
+                return False
+        elif not np.isfinite(float(v)):
+            return False
+    return True
+
+
+def _coef_column(values: np.ndarray) -> np.ndarray:
+    """A column of coefficients: float64, or object if any entry is symbolic."""
+    if any(is_symbolic_value(v) for v in values):
+        return values.astype(object)
+    return values.astype(np.float64)
+
+
 def linear_terms(rows: list[tuple[int, float, int, int]]) -> LinearTerms:
-    """Build LinearTerms from (out, coef, read, comp) tuples, dropping zero coefficients."""
-    rows = [r for r in rows if r[1] != 0.0]
+    """Build LinearTerms from (out, coef, read, comp) tuples, dropping zero coefficients.
+
+    Coefficients are float64, or objects when some are sympy expressions (see coef_array).
+    """
+    rows = [r for r in rows if r[1] != 0]
     a = np.array(rows, dtype=object).reshape(-1, 4)
     return LinearTerms(
         out=a[:, 0].astype(np.int64),
-        coef=a[:, 1].astype(np.float64),
+        coef=_coef_column(a[:, 1]),
         read=a[:, 2].astype(np.int64),
         comp=a[:, 3].astype(np.int64),
     )
@@ -64,11 +115,11 @@ def linear_terms(rows: list[tuple[int, float, int, int]]) -> LinearTerms:
 
 def product_terms(rows: list[tuple[int, float, int, int, int, int]]) -> ProductTerms:
     """Build ProductTerms from (out, coef, read_a, comp_a, read_b, comp_b) tuples."""
-    rows = [r for r in rows if r[1] != 0.0]
+    rows = [r for r in rows if r[1] != 0]
     a = np.array(rows, dtype=object).reshape(-1, 6)
     return ProductTerms(
         out=a[:, 0].astype(np.int64),
-        coef=a[:, 1].astype(np.float64),
+        coef=_coef_column(a[:, 1]),
         read_a=a[:, 2].astype(np.int64),
         comp_a=a[:, 3].astype(np.int64),
         read_b=a[:, 4].astype(np.int64),
@@ -138,10 +189,13 @@ def fail(kind: str, dst: str, source: SourceLocation, message: str) -> ProgramEr
 def as_matrix(
     value, rows: int, cols: int, *, what: str, kind: str, dst: str, source: SourceLocation
 ) -> np.ndarray:
-    """A (rows x cols) float64 matrix from a matrix, a scalar (c * I) or None (identity)."""
+    """A (rows x cols) matrix from a matrix, a scalar (c * I) or None (identity).
+
+    float64, or an object array when some entry is a sympy expression (see coef_array).
+    """
     if value is None:
         value = 1.0
-    arr = np.asarray(value, dtype=np.float64)
+    arr = coef_array(value)
     if arr.ndim == 0:
         if rows != cols:
             raise fail(
@@ -149,26 +203,33 @@ def as_matrix(
                 f"{what} is a scalar, which means c*I, but it must map width {cols} to "
                 f"width {rows}; give a ({rows} x {cols}) matrix",
             )
-        arr = float(arr) * np.eye(rows)
+        if arr.dtype == np.dtype(object):
+            arr = np.eye(rows, dtype=np.int64).astype(object) * arr.item()
+        else:
+            arr = float(arr) * np.eye(rows)
     if arr.shape != (rows, cols):
         raise fail(kind, dst, source, f"{what} has shape {arr.shape}, expected ({rows}, {cols})")
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise fail(kind, dst, source, f"{what} holds NaN or infinite entries")
     return arr
 
 
 def as_vector(value, width: int, *, what: str, kind: str, dst: str,
               source: SourceLocation) -> np.ndarray:
-    """A float64 vector of `width` entries from an array, a scalar (broadcast) or None (zero)."""
+    """A vector of `width` entries from an array, a scalar (broadcast) or None (zero).
+
+    float64, or an object array when some entry is a sympy expression (see coef_array).
+    """
     if value is None:
         return np.zeros(width)
-    arr = np.asarray(value, dtype=np.float64)
+    arr = coef_array(value)
     if arr.ndim == 0:
-        arr = np.full(width, float(arr))
+        arr = np.full(width, arr.item() if arr.dtype == np.dtype(object) else float(arr),
+                      dtype=arr.dtype)
     arr = arr.reshape(-1)
     if arr.shape != (width,):
         raise fail(kind, dst, source, f"{what} has {arr.size} entries, expected {width}")
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise fail(kind, dst, source, f"{what} holds NaN or infinite entries")
     return arr
 

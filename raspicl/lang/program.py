@@ -21,9 +21,12 @@ import numpy as np
 from raspicl.errors import ProgramError
 from raspicl.lang.ops import (
     Op,
+    all_finite,
     as_matrix,
     as_vector,
+    coef_array,
     fail,
+    is_symbolic_value,
     linear_terms,
     matmul_shapes,
     product_terms,
@@ -127,8 +130,8 @@ class Program:
     def const(self, name: str, value) -> Register:
         """A register holding the same constant at every token (baked into the weights)."""
         source = caller_location()
-        arr = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(arr)):
+        arr = coef_array(value)
+        if not all_finite(arr):
             raise ProgramError(f"at {source}: constant '{name}' holds NaN or infinite entries")
         reg = self._new_register(name, arr.shape, "const", source)
         self.constants[name] = arr.reshape(-1).copy()
@@ -141,13 +144,13 @@ class Program:
         shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
         reg = self._new_register(name, shape, "var", source)
         if init is not None:
-            arr = np.asarray(init, dtype=np.float64)
+            arr = coef_array(init)
             if arr.size != reg.width:
                 raise ProgramError(
                     f"at {source}: init of var '{name}' has {arr.size} entries, "
                     f"its shape {shape_name(reg.shape)} needs {reg.width}"
                 )
-            if not np.all(np.isfinite(arr)):
+            if not all_finite(arr):
                 raise ProgramError(f"at {source}: init of var '{name}' holds NaN or infinities")
             self.constants[name] = arr.reshape(-1).copy()
         return reg
@@ -229,7 +232,7 @@ class Program:
             raise fail("raw", name, source,
                        f"'{op}' combines the reads (width {width_u}) with 'here' "
                        f"(width {width_v}) elementwise; widths must match")
-        W_arr = np.asarray(1.0 if W is None else W, dtype=np.float64)
+        W_arr = coef_array(1.0 if W is None else W)
         out_width = W_arr.shape[0] if W_arr.ndim == 2 else width_u
         out_shape = _default_shape(shape, out_width, reads_u[0].register.shape
                                    if W_arr.ndim < 2 and len(reads_u) == 1 else None)
@@ -300,7 +303,7 @@ class Program:
         name = dst if isinstance(dst, str) else dst.name
         ra = self._read(a, "aff", name, source, "a")
         rb = None if b is None else self._read(b, "aff", name, source, "b")
-        W1_arr = np.asarray(1.0 if W1 is None else W1, dtype=np.float64)
+        W1_arr = coef_array(1.0 if W1 is None else W1)
         out_width = W1_arr.shape[0] if W1_arr.ndim == 2 else ra.register.width
         out_shape = _default_shape(shape, out_width,
                                    ra.register.shape if W1_arr.ndim < 2 else None)
@@ -369,14 +372,16 @@ class Program:
             raise fail(kind, name, source,
                        f"inner dimensions differ: '{ra.register.name}' is viewed as {p}x{q} and "
                        f"'{rb.register.name}' as {q2}x{r}")
-        if not np.isfinite(scale):
+        if not all_finite(coef_array(scale)):
             raise fail(kind, name, source, "scale is NaN or infinite")
+        if not is_symbolic_value(scale):
+            scale = float(scale)
         if shape is None:
             shape = () if p == 1 and r == 1 else (p,) if r == 1 else (r,) if p == 1 else (p, r)
         if _width(tuple(shape)) != p * r:
             raise fail(kind, name, source, f"shape {shape} does not hold a {p}x{r} result")
         same = ra == rb
-        prod = [(i * r + k, float(scale), 0, i * q + j, 0 if same else 1, j * r + k)
+        prod = [(i * r + k, scale, 0, i * q + j, 0 if same else 1, j * r + k)
                 for i in range(p) for k in range(r) for j in range(q)]
         reads = (ra,) if same else (ra, rb)
         target = self._target(dst, tuple(shape), kind, source)
@@ -419,6 +424,18 @@ class Program:
         self.output_spec = Output(register, roles, source)
 
     # ------------------------------------------------------------------ views
+
+    def is_symbolic(self) -> bool:
+        """True if some coefficient, bias or constant is a sympy expression (object array).
+
+        Such a program runs in the interpreter and in raspicl.symbolic, but it has no numeric
+        weights: the compiler must refuse it. Otherwise every one of them is float64.
+        """
+        obj = np.dtype(object)
+        if any(v.dtype == obj for v in self.constants.values()):
+            return True
+        return any(op.linear.coef.dtype == obj or op.products.coef.dtype == obj
+                   or op.bias.dtype == obj for op in self.ops)
 
     def output_positions(self) -> list[int]:
         if self.output_spec is None:
@@ -471,7 +488,10 @@ def _check_where(at, kind: str, dst: str, source: SourceLocation) -> None:
     if isinstance(at, Here):
         return
     if isinstance(at, Offset):
-        if not isinstance(at.k, int | np.integer) or at.k < 0:
+        if not isinstance(at.k, int | np.integer):
+            raise fail(kind, dst, source,
+                       f"Offset({at.k!r}) is not a whole number of tokens back (k >= 0)")
+        if at.k < 0:
             raise fail(kind, dst, source,
                        f"Offset({at.k!r}) reads the future: a token can only read tokens at or "
                        f"before itself (k >= 0)")

@@ -22,17 +22,19 @@ def validate(program) -> None:
     T = fmt.n_tokens
     roles = np.array(fmt.roles())
     written: dict[str, Op] = {}
-    # defined[name][t]: the register's current value is defined at token t; cause[name] is
-    # the op whose read made it undefined somewhere (for the message).
+    # defined[name][t]: the register's current value is defined at token t. blame[name][t]:
+    # where it is not, the op and read whose place lies outside the prompt (or in the future)
+    # and from which the undefined value flowed to this register (for the message).
     defined: dict[str, np.ndarray] = {}
-    cause: dict[str, tuple[Op, Read] | None] = {}
+    blame: dict[str, list[tuple[Op, Read] | None]] = {}
     for reg in program.registers.values():
         if reg.kind in ("input", "const") or reg.name in program.constants:
             defined[reg.name] = np.ones(T, dtype=bool)
-            cause[reg.name] = None
+            blame[reg.name] = [None] * T
 
     for op in program.ops:
-        for read in op.reads + ((op.divisor,) if op.divisor is not None else ()):
+        reads = op.reads + ((op.divisor,) if op.divisor is not None else ())
+        for read in reads:
             reg = read.register
             if reg.name not in defined:
                 raise fail(op.kind, op.dst.name, op.source,
@@ -47,42 +49,56 @@ def validate(program) -> None:
         if dst.kind == "value" and dst.name in written:
             first = written[dst.name]
             later = _later_reader(program, op, dst)
-            still = (f"; op '{later.kind}' at {later.source} still reads it" if later else "")
+            still = (f"; op '{later.kind}' writing '{later.dst.name}' at {later.source} reads "
+                     f"'{dst.name}' after this second write" if later else "")
             raise fail(op.kind, dst.name, op.source,
                        f"overwrites register '{dst.name}', already written by op "
-                       f"'{first.kind}' at {first.source}, that is not declared with "
-                       f"p.var(){still}")
+                       f"'{first.kind}' at {first.source}; only a register declared with "
+                       f"p.var() may be written more than once{still}")
         written[dst.name] = op
         ok = np.ones(T, dtype=bool)
-        why: tuple[Op, Read] | None = None
-        for read in op.reads + ((op.divisor,) if op.divisor is not None else ()):
-            here_ok = _defined_after_read(read, defined[read.register.name], fmt, roles)
-            if not here_ok.all() and why is None:
-                why = cause[read.register.name] or (op, read)
-            ok &= here_ok
+        why: list[tuple[Op, Read] | None] = [None] * T
+        for t in range(T):
+            for read in reads:
+                name = read.register.name
+                sources = _sources(read.at, t, roles)
+                if sources is None:
+                    ok[t], why[t] = False, (op, read)
+                    break
+                bad = [s for s in sources if not defined[name][s]]
+                if bad:
+                    ok[t], why[t] = False, blame[name][bad[0]]
+                    break
         defined[dst.name] = ok
-        cause[dst.name] = why
+        blame[dst.name] = why
 
     out = program.output_spec
     if out is None:
-        raise ProgramError(f"program '{program.name}': no output; call p.output(register)")
+        last = f"; the last op is {program.ops[-1].where()}" if program.ops else ""
+        raise ProgramError(f"program '{program.name}' (created at {program.x.source}) has no "
+                           f"output: declare one with p.output(register){last}")
     if out.register.name not in defined:
         raise ProgramError(f"output at {out.source}: register '{out.register.name}' is never "
                            f"written")
     positions = [t for t in range(T) if roles[t] in out.roles]
     if not positions:
-        raise ProgramError(f"output at {out.source}: the prompt has no tokens of role(s) "
-                           f"{', '.join(out.roles)}")
+        raise ProgramError(f"output at {out.source}: register '{out.register.name}' is read "
+                           f"at {', '.join(out.roles)} tokens, but this prompt (n={fmt.n}) has "
+                           f"none")
     bad = [t for t in positions if not defined[out.register.name][t]]
     if bad:
-        src = cause[out.register.name]
+        src = blame[out.register.name][bad[0]]
+        where = f"token(s) {bad} ({', '.join(sorted({str(roles[t]) for t in bad}))})"
         if src is not None:
             op, read = src
+            outside = [t for t in range(T) if _sources(read.at, t, roles) is None]
             raise fail(op.kind, op.dst.name, op.source,
-                       f"reads '{read.register.name}' at {read.at.describe()}, which lies in the "
-                       f"future or outside the prompt at token(s) {bad}, where the output "
-                       f"'{out.register.name}' is read")
-        raise ProgramError(f"output '{out.register.name}' is undefined at tokens {bad}")
+                       f"reads '{read.register.name}' at {read.at.describe()}, which "
+                       f"{_outside_reason(read.at)} at token(s) {outside}; the output "
+                       f"'{out.register.name}' (declared at {out.source}) depends on this read "
+                       f"and is undefined at {where}")
+        raise ProgramError(f"output at {out.source}: register '{out.register.name}' is "
+                           f"undefined at {where}")
 
 
 def _check_place(op: Op, read: Read, fmt, roles: np.ndarray) -> None:
@@ -102,22 +118,29 @@ def _check_place(op: Op, read: Read, fmt, roles: np.ndarray) -> None:
                    f"prompt (n={fmt.n}) has none")
 
 
-def _defined_after_read(read: Read, defined: np.ndarray, fmt, roles: np.ndarray) -> np.ndarray:
-    """Where a read gives a defined value, given where the register itself is defined."""
-    T = fmt.n_tokens
-    at = read.at
-    out = np.zeros(T, dtype=bool)
-    for t in range(T):
-        if isinstance(at, Here):
-            out[t] = defined[t]
-        elif isinstance(at, Offset):
-            out[t] = t >= at.k and defined[t - at.k]
-        elif isinstance(at, At):
-            out[t] = t >= at.index and defined[at.index]
-        elif isinstance(at, Mean):
-            sel = [s for s in range(t + 1) if roles[s] == at.role]
-            out[t] = bool(sel) and all(defined[s] for s in sel)
-    return out
+def _sources(at, t: int, roles: np.ndarray) -> list[int] | None:
+    """The tokens a read at place `at` reads at token t; None where the place lies outside the
+    prompt or in the future there (the read is undefined whatever the register holds)."""
+    if isinstance(at, Here):
+        return [t]
+    if isinstance(at, Offset):
+        return [t - at.k] if t >= at.k else None
+    if isinstance(at, At):
+        return [at.index] if t >= at.index else None
+    if isinstance(at, Mean):
+        sel = [s for s in range(t + 1) if roles[s] == at.role]
+        return sel or None
+    raise TypeError(f"unknown place {at!r}")
+
+
+def _outside_reason(at) -> str:
+    if isinstance(at, Offset):
+        return "lies before the first token of the prompt"
+    if isinstance(at, At):
+        return "lies in the future"
+    if isinstance(at, Mean):
+        return f"has no {at.role} token at or before it"
+    return "is undefined"
 
 
 def _later_reader(program, op: Op, reg: Register) -> Op | None:

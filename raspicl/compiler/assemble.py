@@ -1,0 +1,183 @@
+"""Assembly: gadgets for every scheduled instruction, filled into a Transformer's weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
+from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
+from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, product_units
+from raspicl.compiler.layout import Layout
+from raspicl.compiler.lower import Instr, Lowered, Value
+from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.lang.reads import Here
+from raspicl.model import ModelConfig, Transformer
+
+
+@dataclass
+class BlockSpec:
+    """What one block does: its heads, attention bias, MLP mode and MLP units."""
+
+    heads: dict[tuple, HeadSpec] = field(default_factory=dict)
+    b_O: dict[int, float] = field(default_factory=dict)
+    divisor: Value | None = None
+    units: list[UnitSpec] = field(default_factory=list)
+    mlp_ops: list[str] = field(default_factory=list)
+
+    def head(self, place) -> HeadSpec:
+        key = place_key(place)
+        if key not in self.heads:
+            self.heads[key] = HeadSpec(place)
+        return self.heads[key]
+
+
+def build_blocks(low: Lowered, sched: Schedule, layout: Layout,
+                 config: CompilerConfig) -> list[BlockSpec]:
+    blocks = [BlockSpec() for _ in range(sched.n_blocks)]
+    for b, mode in sched.mlp_mode.items():
+        if isinstance(mode, Value):
+            blocks[b].divisor = mode
+    for ins in sched.instrs:
+        _emit(ins, blocks[ins.block], layout, config)
+    fixed = layout.fixed
+    for b, divisor in sched.anchors.items():
+        head = blocks[b].head(Here())
+        head.copy(divisor.rows[0], fixed["anchor_pos"], config.division_anchor)
+        head.copy(divisor.rows[0], fixed["anchor_neg"], -config.division_anchor)
+        head.note(f"anchors +-N {divisor.label} for the division")
+        if b + 1 < sched.n_blocks:
+            nxt = blocks[b + 1].head(Here())
+            for name in ("anchor_pos", "anchor_neg"):
+                nxt.copy(fixed[name], fixed[name], -1.0)
+            nxt.note("clear the anchors")
+    for v in layout.values:
+        c = clear_slot(v)
+        if c is not None and c // 2 < sched.n_blocks:
+            head = blocks[c // 2].head(Here())
+            for r in v.rows:
+                head.copy(r, r, -1.0)
+            head.note(f"clear {v.label}")
+    return blocks
+
+
+def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) -> None:
+    dst = ins.dst
+    what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
+    if ins.stage == "attn":
+        for o, c, ri, ci in ins.linear:
+            v, at = ins.reads[ri]
+            head = block.head(at)
+            head.copy(v.rows[ci], dst.rows[o], c)
+            head.note(what)
+        for o, b in enumerate(ins.bias):
+            if b != 0.0:
+                block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
+        return
+    operand_rows = []
+    for i, (v, at) in enumerate(ins.reads):
+        if i in ins.temps:
+            t = ins.temps[i]
+            head = block.head(at)
+            for k in range(v.width):
+                head.copy(v.rows[k], t.rows[k])
+            head.note(f"read {v.label} ({at.describe()}) for {dst.label}")
+            operand_rows.append(t.rows)
+        else:
+            operand_rows.append(v.rows)
+    bounds = [ins.temps[i].bound if i in ins.temps else v.bound
+              for i, (v, _) in enumerate(ins.reads)]
+    per_row: dict[int, dict[int, float]] = {}
+    for o, c, ri, ci in ins.linear:
+        row = operand_rows[ri][ci]
+        per_row.setdefault(o, {})
+        per_row[o][row] = per_row[o].get(row, 0.0) + c
+    for o in range(dst.width):
+        if o in per_row or ins.bias[o] != 0.0:
+            block.units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
+    pairs: dict[tuple[int, int], dict[int, float]] = {}
+    row_bound: dict[int, float] = {}
+    for o, c, ra, ca, rb, cb in ins.products:
+        a, b = operand_rows[ra][ca], operand_rows[rb][cb]
+        row_bound[a], row_bound[b] = bounds[ra], bounds[rb]
+        outs = pairs.setdefault((min(a, b), max(a, b)), {})
+        outs[dst.rows[o]] = outs.get(dst.rows[o], 0.0) + c
+    for (a, b), outs in pairs.items():
+        block.units += product_units(a, b, row_bound[a], row_bound[b], outs,
+                                     config.product_scale, config.richardson)
+    block.mlp_ops.append(what)
+
+
+def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
+             config: CompilerConfig) -> Transformer:
+    """Fill a float64 Transformer with the blocks' weights."""
+    fmt = low.program.format
+    D = layout.d_model
+    n_heads = max([len(b.heads) for b in blocks] + [1])
+    d_head = max([2] + [len(h.columns) for b in blocks for h in b.heads.values()])
+    d_mlp = max([len(b.units) for b in blocks] + [1])
+    eps = tuple(config.division_ln_eps if b.divisor is not None else config.neutral_ln_eps
+                for b in blocks)
+    cfg = ModelConfig(d_model=D, n_layers=len(blocks), n_heads=n_heads, d_head=d_head,
+                      d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
+                      d_out=low.output.width, ln_eps=eps)
+    model = Transformer(cfg)
+    rows = layout.fixed
+    W_E = np.zeros((fmt.d_token, D))
+    W_E[0, low.inputs["y"].rows[0]] = 1.0
+    for j, r in enumerate(low.inputs["x"].rows):
+        W_E[1 + j, r] = 1.0
+    W_pos = np.zeros((fmt.n_tokens, D))
+    for t in range(fmt.n_tokens):
+        W_pos[t, rows["one"]] = 1.0
+        W_pos[t, rows["pos"]] = t / fmt.n_tokens
+        W_pos[t, rows["pos_sq"]] = (t / fmt.n_tokens) ** 2
+        W_pos[t, rows[f"is_{fmt.role(t)}"]] = 1.0
+    for name, v in low.consts.items():
+        W_pos[:, v.rows] = low.program.constants[name]
+    W_U = np.zeros((D, low.output.width))
+    for k, r in enumerate(low.output.rows):
+        W_U[r, k] = 1.0
+    sd = {"embed.W_E": W_E, "pos_embed.W_pos": W_pos, "unembed.W_U": W_U}
+    for layer, block in enumerate(blocks):
+        p = f"blocks.{layer}."
+        WQ = np.zeros((n_heads, D, d_head))
+        WK = np.zeros_like(WQ)
+        WV = np.zeros_like(WQ)
+        WO = np.zeros((n_heads, d_head, D))
+        for h, head in enumerate(block.heads.values()):
+            WQ[h], WK[h] = pattern_weights(head.place, rows, D, d_head, fmt.n_tokens,
+                                           config.attention_margin)
+            for col, src in enumerate(head.columns):
+                WV[h, src, col] = 1.0
+            for col, dst, coef in head.writes:
+                WO[h, col, dst] += coef
+        bO = np.zeros(D)
+        for r, b in block.b_O.items():
+            bO[r] += b
+        if block.divisor is not None:
+            W_in, b_in = division_read(block.units, rows, D, config.division_anchor)
+        else:
+            W_in, b_in = neutral_read(block.units, rows, D, config.neutral_ln_eps)
+        W_out = np.zeros((len(block.units), D))
+        for u, unit in enumerate(block.units):
+            for r, w in unit.w_out.items():
+                W_out[u, r] += w
+        pad = d_mlp - len(block.units)
+        sd |= {
+            p + "attn.W_Q": WQ, p + "attn.W_K": WK, p + "attn.W_V": WV, p + "attn.W_O": WO,
+            p + "attn.b_O": bO,
+            p + "mlp.W_in": np.pad(W_in, ((0, 0), (0, pad))),
+            p + "mlp.b_in": np.pad(b_in, (0, pad)),
+            p + "mlp.W_out": np.pad(W_out, ((0, pad), (0, 0))),
+        }
+    state = model.state_dict()
+    for name, arr in sd.items():
+        if state[name].shape != arr.shape:
+            raise AssertionError(f"{name}: built {arr.shape}, model has {state[name].shape}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,76 @@
+"""Every numeric constant of the compiler, with the condition it must meet (design.md §3).
+
+One CompilerConfig drives a compilation; `for_dtype` gives the defaults tuned for the precision
+the model will run in. A compiled model records its config in layout.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class CompilerConfig:
+    """Constants of the gadgets.
+
+    attention_margin:
+        M, the score gap between the token a head must read and every other token. The weight
+        that leaks to the others is about exp(-M) each, so the move error is about
+        T * exp(-M) * (largest value read). Condition: T * exp(-M) * bound << tolerance;
+        M = 50 gives 2e-22 per token, below float64 rounding.
+    neutral_ln_eps:
+        eps of the LayerNorm in blocks that do not divide. LayerNorm then divides by
+        sqrt(var + eps) == sqrt(eps) exactly in floating point, a known scaling the MLP undoes.
+        Condition: eps >= 2^(p+2) * var for the residual's largest variance var (p = 52 mantissa
+        bits in float64, 23 in float32). 2^80 covers var up to 2^26 (about 6.7e7) in float64;
+        a power of two keeps 1/sqrt(eps) exact.
+    division_ln_eps:
+        eps of the LayerNorm in a block that divides; must be negligible beside the anchors'
+        variance 2 N^2 s^2 / d_model. Condition: eps << 2 N^2 s_min^2 / d_model.
+    division_anchor:
+        N, the anchors +N s and -N s that make LayerNorm divide by |s|. The relative error of the
+        quotient is about Q / (4 N^2 s^2), Q the squared norm of the rest of the residual; the
+        computed mean carries a rounding error of about N |s| * machine epsilon that the zero
+        row cancels only to first order. Condition: Q / (4 N^2 s_min^2) << tolerance and
+        N |s_max| * machine epsilon << tolerance * |quotient|.
+    product_scale:
+        z = eps * max|t|, the largest argument of GeLU in the square gadget
+        t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2
+        (z^4 with Richardson), rounding like machine epsilon / z. Measured best on |t| <= 1:
+        z = 1e-3 (float64, Richardson, 3.6e-13 of t_max^2), z = 0.1 (float32, Richardson,
+        1.3e-5).
+    richardson:
+        combine the square gadget at eps and 2 eps, (4 E(eps) - E(2 eps)) / 3, cancelling the
+        z^2 term for twice the hidden units.
+    bound_margin:
+        calibrated register bounds (largest |value| seen on calibration prompts) are multiplied
+        by this before the gadgets' scales are chosen. Condition: >= 1; larger is safer and
+        loses a little precision.
+    calibration_prompts, calibration_seed:
+        how many random prompts (x, w ~ N(0, I), y = w^T x) calibrate the bounds, and the seed.
+    """
+
+    attention_margin: float = 50.0
+    neutral_ln_eps: float = 2.0**80
+    division_ln_eps: float = 1e-12
+    division_anchor: float = 1e9
+    product_scale: float = 1e-3
+    richardson: bool = True
+    bound_margin: float = 2.0
+    calibration_prompts: int = 512
+    calibration_seed: int = 12345
+    target_dtype: str = "float64"
+
+    @classmethod
+    def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:
+        """Defaults for a model that will run in `dtype` ('float64' or 'float32')."""
+        if dtype == "float64":
+            base = cls()
+        elif dtype == "float32":
+            base = cls(division_anchor=1e6, product_scale=0.2, target_dtype="float32")
+        else:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

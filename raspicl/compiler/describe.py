@@ -1,0 +1,129 @@
+"""The layout record (layout.json): what every row, head and MLP of a compiled model means."""
+
+from __future__ import annotations
+
+from raspicl.compiler.assemble import BlockSpec
+from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.layout import Layout
+from raspicl.compiler.lower import Lowered
+from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.model import ModelConfig
+
+FORMAT_VERSION = 1
+
+
+def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
+             config: CompilerConfig, cfg: ModelConfig) -> dict:
+    program = low.program
+    fmt = program.format
+    return {
+        "format_version": FORMAT_VERSION,
+        "program": {"name": program.name, "params": _jsonable(program.params)},
+        "architecture": {
+            "name": "paper",
+            "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx,
+            "d_token": cfg.d_token, "d_out": cfg.d_out, "act_fn": "gelu_erf",
+            "layernorm": {"before_attention": False, "before_mlp": True, "final": False,
+                          "eps": list(cfg.ln_eps)},
+            "attention_score_divisor": "sqrt(d_head)",
+            "positional_embedding": "learned absolute (W_pos)",
+            "block_order": list(cfg.order()),
+        },
+        "prompt": {
+            "format": fmt.name, "d": fmt.d, "n_examples": fmt.n, "n_tokens": fmt.n_tokens,
+            "d_token": fmt.d_token,
+            "tokens": {"x": "[0, x_i]", "y": "[y_i, 0, ..., 0]", "query": "[0, x_q]"},
+            "token_components": {"y": [0], "x": list(range(1, fmt.d + 1))},
+            "roles": fmt.roles(),
+        },
+        "fixed_rows": dict(layout.fixed),
+        "row_names": layout.row_names,
+        "registers": _registers(low, program),
+        "constants": {name: program.constants[name].tolist() for name, reg in
+                      program.registers.items() if reg.kind == "const"},
+        "output": {"register": program.output_spec.register.name,
+                   "roles": list(program.output_spec.roles),
+                   "positions": program.output_positions(), "rows": low.output.rows,
+                   "shape": list(program.output_spec.register.shape)},
+        "domain": _domain(low),
+        "ops": [{"index": ins.op.index, "kind": ins.op.kind, "dst": ins.dst.label,
+                 "source": str(ins.op.source), "text": ins.op.describe(), "block": ins.block,
+                 "stage": ins.stage} for ins in low.instrs],
+        "blocks": [_block(i, b, layout, cfg) for i, b in enumerate(blocks)],
+        "compiler": config.to_dict(),
+    }
+
+
+def _registers(low: Lowered, program) -> dict:
+    out: dict[str, dict] = {}
+    for v in low.values:
+        reg = program.registers[v.name]
+        entry = out.setdefault(v.name, {"shape": list(reg.shape), "kind": reg.kind,
+                                        "versions": []})
+        c = clear_slot(v)
+        entry["versions"].append({
+            "version": v.version,
+            "rows": v.rows,
+            "op": v.op.index if v.op is not None else None,
+            "written": _slot_name(v.write_slot),
+            "written_after": v.write_slot + 1,
+            "cleared": None if c is None else _slot_name(c),
+            "bound": v.bound,
+        })
+    return out
+
+
+def _slot_name(slot: int) -> str:
+    if slot < 0:
+        return "embedding"
+    return f"block {slot // 2} {'attn' if slot % 2 == 0 else 'mlp'}"
+
+
+def _domain(low: Lowered) -> dict:
+    return {
+        "x_abs_max": low.inputs["x"].bound,
+        "y_abs_max": low.inputs["y"].bound,
+        "divisors": [{"op": ins.op.index, "register": ins.divisor.label,
+                      "abs_min": ins.divisor_min} for ins in low.instrs
+                     if ins.divisor is not None],
+        "calibration": "x, w ~ N(0, I), y = w^T x; bounds are the largest |value| seen times "
+                       "the compiler's bound_margin (divisor minima divided by it)",
+    }
+
+
+def _block(index: int, block: BlockSpec, layout: Layout,
+           cfg: ModelConfig) -> dict:
+    names = layout.row_names
+    heads = []
+    for h, head in enumerate(block.heads.values()):
+        heads.append({
+            "head": h,
+            "place": head.place.describe(),
+            "reads": [names[r] for r in head.columns],
+            "writes": [{"from": names[head.columns[c]], "to": names[r], "coef": coef}
+                       for c, r, coef in head.writes],
+            "purpose": head.purposes,
+        })
+    return {
+        "block": index,
+        "heads": heads,
+        "mlp": {"mode": "neutral" if block.divisor is None
+                else f"divide by |{block.divisor.label}|",
+                "ln_eps": cfg.ln_eps[index], "units": len(block.units),
+                "ops": block.mlp_ops},
+    }
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

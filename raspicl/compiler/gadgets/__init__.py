@@ -1,0 +1,1 @@
+"""Gadgets: each turns one kind of op into weight blocks, with a stated error bound."""

@@ -1,0 +1,53 @@
+"""LayerNorm gadgets: the MLP reads exact values through a neutral LayerNorm, or quotients
+through a dividing one (design.md §3).
+
+The LayerNorm before each MLP outputs l_j = (A_j - mu) / sigma with sigma = sqrt(var + eps).
+The `zero` row is never written, so l_zero = -mu / sigma and A_j / sigma = l_j - l_zero exactly:
+no mean has to be kept at zero and none is estimated.
+
+Neutral block: eps = config.neutral_ln_eps is so large that var + eps == eps in floating point,
+so sigma = sqrt(eps) exactly and v_j = sqrt(eps) (l_j - l_zero) recovers every value with no
+error beyond rounding.
+
+Dividing block (dst = a / |s|): the attention before it writes the anchors +N s and -N s, so
+var = (2 N^2 s^2 + Q) / d_model with Q the squared deviation of everything else, and
+sigma = N |s| sqrt(2 / d_model) (1 + Q / (4 N^2 s^2) + ...). Then
+N sqrt(2 / d_model) (l_a - l_zero) = a / |s| (1 - Q / (4 N^2 s^2) + ...): the relative error is
+Q / (4 N^2 s^2), and 1 / |s| (for a bias) is read the same way from the `one` row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from raspicl.compiler.gadgets.mlp import UnitSpec
+
+
+def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
+                 eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """W_in [d_model, units] and b_in for value-space units under a neutral LayerNorm."""
+    E = math.sqrt(eps)
+    W = np.zeros((d_model, len(units)))
+    b = np.zeros(len(units))
+    for u, unit in enumerate(units):
+        for j, a in unit.w_in.items():
+            W[j, u] += a * E
+            W[rows["zero"], u] -= a * E
+        b[u] = unit.b_in
+    return W, b
+
+
+def division_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
+                  anchor: float) -> tuple[np.ndarray, np.ndarray]:
+    """W_in for units whose pre-activation is (sum w_in v + b_in) / |s| in a dividing block."""
+    c = anchor * math.sqrt(2.0 / d_model)
+    W = np.zeros((d_model, len(units)))
+    for u, unit in enumerate(units):
+        for j, a in unit.w_in.items():
+            W[j, u] += a * c
+            W[rows["zero"], u] -= a * c
+        W[rows["one"], u] += unit.b_in * c
+        W[rows["zero"], u] -= unit.b_in * c
+    return W, np.zeros(len(units))

@@ -1,0 +1,71 @@
+"""Layout: every value gets rows of the residual stream (tracr's named subspaces).
+
+Fixed rows come first: `zero` (never written: LayerNorm's mean is read off it), `one`,
+`pos` = t / n_ctx and `pos_sq` = (t / n_ctx)^2 (attention finds tokens by these), one indicator
+per role, and the two division anchors. Then values are placed in order of their write slot,
+reusing the rows of values already cleared, so the width follows the live set rather than the
+number of writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raspicl.compiler.lower import Lowered, Value
+from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.lang.reads import ROLES
+
+FIXED = ("zero", "one", "pos", "pos_sq", "is_x", "is_y", "is_query")
+ANCHORS = ("anchor_pos", "anchor_neg")
+
+
+@dataclass
+class Layout:
+    d_model: int
+    fixed: dict[str, int]
+    values: list[Value]
+    row_names: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> int:
+        return self.fixed[name]
+
+
+def lay_out(low: Lowered, sched: Schedule) -> Layout:
+    fixed_names = list(FIXED) + (list(ANCHORS) if sched.anchors else [])
+    fixed = {name: i for i, name in enumerate(fixed_names)}
+    assert all(f"is_{r}" in fixed for r in ROLES)
+    free_from: list[float] = []  # per dynamic row: first slot at which it may be written
+    base = len(fixed_names)
+    values = [v for v in low.values if v.kind in ("input", "const")] + \
+        sorted([v for v in low.values if v.kind == "op"] + sched.temps,
+               key=lambda v: v.write_slot)
+    placed = []
+    for v in values:
+        start = _find_run(free_from, v.width, v.write_slot)
+        if start is None:
+            start = len(free_from)
+            while start > 0 and free_from[start - 1] <= v.write_slot:
+                start -= 1
+            free_from += [float("-inf")] * (start + v.width - len(free_from))
+        c = clear_slot(v)
+        until = float("inf") if c is None else c
+        for r in range(start, start + v.width):
+            free_from[r] = until
+        v.rows = [base + r for r in range(start, start + v.width)]
+        placed.append(v)
+    d_model = base + len(free_from)
+    names = fixed_names + [""] * len(free_from)
+    for v in placed:
+        for k, r in enumerate(v.rows):
+            tag = v.label if v.width == 1 else f"{v.label}[{k}]"
+            names[r] = tag if not names[r] else f"{names[r]}|{tag}"
+    return Layout(d_model, fixed, placed, names)
+
+
+def _find_run(free_from: list[float], width: int, slot: int) -> int | None:
+    run = 0
+    for r, f in enumerate(free_from):
+        run = run + 1 if f <= slot else 0
+        if run == width:
+            return r - width + 1
+    return None

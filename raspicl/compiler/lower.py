@@ -1,0 +1,197 @@
+"""Lowering: a validated Program becomes a list of instructions over register *values*.
+
+Each write of a register makes a new value (its version), so the later stages see a dataflow
+graph with no overwrites. Reads of constant registers are folded into coefficients and biases
+(a product with a constant is linear), and each value gets the bound on its entries that the
+gadgets' scales are chosen from, calibrated by running the interpreter on random prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raspicl.compiler.config import CompilerConfig
+from raspicl.errors import CompileError
+from raspicl.interpret import interpret
+from raspicl.lang.ops import Op
+from raspicl.lang.program import Program
+from raspicl.lang.reads import Here, Where
+from raspicl.prompts import random_prompts
+
+
+@dataclass(eq=False)
+class Value:
+    """One version of a register (or an attention temporary) in the residual stream."""
+
+    name: str
+    version: int
+    width: int
+    kind: str  # 'input', 'const', 'op', 'temp'
+    bound: float = 1.0
+    op: Op | None = None
+    write_slot: int = -1
+    last_read: int = -1
+    rows: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """'w_next', or 'w@2' for the third version of a var, or 'tmp:x@0'."""
+        if self.kind == "temp":
+            return f"tmp:{self.name}"
+        return self.name if self.version == 0 else f"{self.name}@{self.version}"
+
+    def read_at(self, slot: int) -> None:
+        self.last_read = max(self.last_read, slot)
+
+
+@dataclass(eq=False)
+class Instr:
+    """An op over values: dst = bias + linear + products (over `reads`), / |divisor|."""
+
+    op: Op
+    dst: Value
+    reads: list[tuple[Value, Where]]
+    linear: list[tuple[int, float, int, int]]  # (out, coef, read, comp)
+    products: list[tuple[int, float, int, int, int, int]]  # (out, coef, ra, ca, rb, cb)
+    bias: np.ndarray
+    divisor: Value | None = None
+    divisor_min: float = 0.0  # smallest |divisor| seen in calibration, over the margin
+    block: int = -1
+    stage: str = ""  # 'attn', 'mlp' or 'attn+mlp'
+    temps: dict[int, Value] = field(default_factory=dict)
+
+    @property
+    def has_remote(self) -> bool:
+        return any(not isinstance(at, Here) for _, at in self.reads)
+
+    @property
+    def is_linear(self) -> bool:
+        return not self.products and self.divisor is None
+
+
+@dataclass
+class Lowered:
+    program: Program
+    instrs: list[Instr]
+    inputs: dict[str, Value]  # 'x', 'y'
+    consts: dict[str, Value]  # constant registers (and var inits) kept in the residual
+    values: list[Value]
+    output: Value
+
+
+def lower(program: Program, config: CompilerConfig) -> Lowered:
+    """Program -> instructions over values, with constants folded and bounds calibrated."""
+    program.validate()
+    if getattr(program, "is_symbolic", lambda: False)():
+        raise CompileError(f"program '{program.name}' has symbolic coefficients; compile a "
+                           f"numeric instance")
+    trace = _calibration_trace(program, config)
+    m = config.bound_margin
+    bounds_after = [_abs_max(v) * m for v in trace.after]
+    bounds_in = {"x": _abs_max(trace.final["x"]) * m, "y": _abs_max(trace.final["y"]) * m}
+    arrays = {"x": trace.tokens[:, :, 1:], "y": trace.tokens[:, :, :1]}
+    current: dict[str, Value] = {}
+    values: list[Value] = []
+    inputs = {
+        "x": Value("x", 0, program.d, "input", bounds_in["x"]),
+        "y": Value("y", 0, 1, "input", bounds_in["y"]),
+    }
+    current.update(inputs)
+    values += inputs.values()
+    const_values = {name: np.asarray(v, dtype=np.float64)
+                    for name, v in program.constants.items()}
+    folded_consts = {name for name, reg in program.registers.items() if reg.kind == "const"}
+    consts: dict[str, Value] = {}
+    for name, arr in const_values.items():
+        v = Value(name, 0, arr.size, "const", float(np.abs(arr).max(initial=0.0)))
+        current[name] = v
+        if name not in folded_consts:
+            consts[name] = v
+            values.append(v)
+    versions: dict[str, int] = {}
+    instrs = []
+    for op in program.ops:
+        reads = []
+        index_map = {}
+        bias = op.bias.copy()
+        lin: list[tuple[int, float, int, int]] = []
+        prod: list[tuple[int, float, int, int, int, int]] = []
+        folded = {i for i, r in enumerate(op.reads) if r.register.name in folded_consts}
+        for i, r in enumerate(op.reads):
+            if i not in folded:
+                index_map[i] = len(reads)
+                reads.append((current[r.register.name], r.at))
+        L = op.linear
+        for o, c, ri, ci in zip(L.out, L.coef, L.read, L.comp, strict=True):
+            if ri in folded:
+                bias[o] += c * const_values[op.reads[ri].register.name][ci]
+            else:
+                lin.append((int(o), float(c), index_map[ri], int(ci)))
+        P = op.products
+        for o, c, ra, ca, rb, cb in zip(P.out, P.coef, P.read_a, P.comp_a, P.read_b, P.comp_b,
+                                        strict=True):
+            fa, fb = ra in folded, rb in folded
+            if fa and fb:
+                bias[o] += (c * const_values[op.reads[ra].register.name][ca]
+                            * const_values[op.reads[rb].register.name][cb])
+            elif fa:
+                k = c * const_values[op.reads[ra].register.name][ca]
+                lin.append((int(o), float(k), index_map[rb], int(cb)))
+            elif fb:
+                k = c * const_values[op.reads[rb].register.name][cb]
+                lin.append((int(o), float(k), index_map[ra], int(ca)))
+            else:
+                prod.append((int(o), float(c), index_map[ra], int(ca), index_map[rb], int(cb)))
+        lin = [t for t in lin if t[1] != 0.0]
+        prod = [t for t in prod if t[1] != 0.0]
+        used = {t[2] for t in lin} | {t[2] for t in prod} | {t[4] for t in prod}
+        reads, lin, prod = _drop_unused(reads, lin, prod, used)
+        divisor = None
+        divisor_min = 0.0
+        if op.divisor is not None:
+            if op.divisor.register.name in folded_consts:
+                s = float(const_values[op.divisor.register.name][0])
+                if s == 0.0:
+                    raise CompileError(f"{op.where()}: divides by the constant 0")
+                bias = bias / abs(s)
+                lin = [(o, c / abs(s), r, k) for o, c, r, k in lin]
+            else:
+                divisor = current[op.divisor.register.name]
+                s_arr = np.abs(arrays.get(op.divisor.register.name, np.array([np.inf])))
+                divisor_min = float(s_arr[np.isfinite(s_arr)].min(initial=np.inf)) / m
+        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
+        dst = Value(op.dst.name, versions[op.dst.name], op.dst.width, "op",
+                    bounds_after[op.index], op)
+        values.append(dst)
+        current[op.dst.name] = dst
+        arrays[op.dst.name] = trace.after[op.index]
+        instrs.append(Instr(op, dst, reads, lin, prod, bias, divisor, divisor_min))
+    out_name = program.output_spec.register.name
+    output = current[out_name]
+    if output.kind == "const" and out_name in folded_consts:
+        raise CompileError(f"the output '{out_name}' is a constant; nothing to compile")
+    return Lowered(program, instrs, inputs, consts, values, output)
+
+
+def _drop_unused(reads, lin, prod, used):
+    keep = [i for i in range(len(reads)) if i in used]
+    remap = {old: new for new, old in enumerate(keep)}
+    reads = [reads[i] for i in keep]
+    lin = [(o, c, remap[r], k) for o, c, r, k in lin]
+    prod = [(o, c, remap[ra], ca, remap[rb], cb) for o, c, ra, ca, rb, cb in prod]
+    return reads, lin, prod
+
+
+def _calibration_trace(program: Program, config: CompilerConfig):
+    """The interpreter on random prompts (x, w ~ N(0, I), y = w^T x): the values the gadgets'
+    scales are calibrated on."""
+    prompts = random_prompts(config.calibration_prompts, program.d, program.n,
+                             config.calibration_seed)
+    return interpret(program, prompts)
+
+
+def _abs_max(a: np.ndarray) -> float:
+    finite = np.abs(a[np.isfinite(a)])
+    return float(finite.max(initial=0.0))

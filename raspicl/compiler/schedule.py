@@ -1,0 +1,105 @@
+"""Scheduling: every instruction gets a block and a sublayer (design.md §4, the paper's Lemma 7).
+
+Sublayers are numbered as slots: block l's attention is slot 2l, its MLP slot 2l + 1. An
+instruction runs as early as its inputs allow:
+- linear, reading other tokens: in an attention sublayer (a head per place; the current
+  token's own values through a head that attends to itself);
+- linear, reading only the current token: in whichever sublayer comes first, attention or MLP;
+- with products: in an MLP, whose block's attention first moves any remote operands into
+  temporaries (the paper's RAW: attention read + MLP arithmetic in one block);
+- div: in a block whose attention writes the anchors +-N s and whose MLP does nothing else
+  but divide by the same s (its LayerNorm is what divides).
+Independent instructions share sublayers. A block's MLP is 'neutral' or divides by one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raspicl.compiler.lower import Instr, Lowered, Value
+from raspicl.lang.reads import Here
+
+NEVER = 10**9  # last_read of values that stay live to the end (the output)
+
+
+@dataclass
+class Schedule:
+    n_blocks: int
+    mlp_mode: dict[int, object]  # block -> 'neutral' or the divisor Value
+    instrs: list[Instr]
+    temps: list[Value] = field(default_factory=list)
+    anchors: dict[int, Value] = field(default_factory=dict)  # block -> divisor whose anchors
+
+
+def schedule(low: Lowered) -> Schedule:
+    mode: dict[int, object] = {}
+
+    def mlp_ok(block: int, want: object) -> bool:
+        have = mode.get(block)
+        return have is None or have is want
+
+    for ins in low.instrs:
+        remote = [v for v, at in ins.reads if not isinstance(at, Here)]
+        here = [v for v, at in ins.reads if isinstance(at, Here)]
+        ready_remote = max((v.write_slot for v in remote), default=-1)
+        ready_here = max((v.write_slot for v in here), default=-1)
+        if ins.is_linear:
+            slot = max(ready_remote, ready_here) + 1
+            if remote and slot % 2:
+                slot += 1
+            while slot % 2 and not mlp_ok(slot // 2, "neutral"):
+                slot += 1
+            if slot % 2:
+                mode[slot // 2] = "neutral"
+                ins.block, ins.stage = slot // 2, "mlp"
+                for v in here:
+                    v.read_at(slot)
+            else:
+                ins.block, ins.stage = slot // 2, "attn"
+                for v, _ in ins.reads:
+                    v.read_at(slot)
+            ins.dst.write_slot = slot
+            continue
+        want = ins.divisor if ins.divisor is not None else "neutral"
+        block = 0
+        while not (
+            2 * block > ready_remote
+            and 2 * block + 1 > ready_here
+            and (ins.divisor is None or 2 * block > ins.divisor.write_slot)
+            and mlp_ok(block, want)
+        ):
+            block += 1
+        mode[block] = want
+        ins.block = block
+        ins.stage = "attn+mlp" if remote or ins.divisor is not None else "mlp"
+        for v in here:
+            v.read_at(2 * block + 1)
+        for v in remote:
+            v.read_at(2 * block)
+        if ins.divisor is not None:
+            ins.divisor.read_at(2 * block)
+        ins.dst.write_slot = 2 * block + 1
+    low.output.read_at(NEVER)
+    n_blocks = max((ins.dst.write_slot // 2 for ins in low.instrs), default=-1) + 1
+    temps = []
+    anchors = {}
+    for ins in low.instrs:
+        if ins.stage == "attn+mlp":
+            for i, (v, at) in enumerate(ins.reads):
+                if not isinstance(at, Here):
+                    t = Value(f"{v.label}@{type(at).__name__}", 0, v.width, "temp", v.bound,
+                              write_slot=2 * ins.block, last_read=2 * ins.block + 1)
+                    ins.temps[i] = t
+                    temps.append(t)
+        if ins.divisor is not None:
+            anchors[ins.block] = ins.divisor
+    return Schedule(max(n_blocks, 1), mode, low.instrs, temps, anchors)
+
+
+def clear_slot(v: Value) -> int | None:
+    """The attention slot whose self-head zeroes the value's rows, or None if it stays."""
+    if v.last_read >= NEVER:
+        return None
+    slot = v.last_read if v.last_read % 2 == 0 else v.last_read + 1
+    first_after_write = v.write_slot + 1 if v.write_slot % 2 else v.write_slot + 2
+    return max(slot, first_after_write)
