@@ -19,6 +19,8 @@ from raspicl.lang.ops import coef_array, is_symbolic_value
 from raspicl.prompts import Prompts
 
 GRID = [{"d": d} for d in (1, 2, 4, 8)]
+# Largest relative error `raspicl verify` accepts for the compiled model (issue targets).
+TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
 
 
 def default_w0(d: int) -> np.ndarray:

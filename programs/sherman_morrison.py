@@ -19,6 +19,8 @@ from raspicl.lang.ops import is_symbolic_value
 from raspicl.prompts import Prompts
 
 GRID = [{"d": d} for d in (1, 2, 4, 8)]
+# Largest relative error `raspicl verify` accepts for the compiled model (issue targets).
+TOLERANCE = {"float64": 1e-6, "float32": 1e-3}
 
 
 def program(d: int = 2, lam: float = 1.0) -> Program:

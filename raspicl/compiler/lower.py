@@ -34,13 +34,14 @@ class Value:
     write_slot: int = -1
     last_read: int = -1
     rows: list[int] = field(default_factory=list)
+    versioned: bool = False  # a var: its label carries the version
 
     @property
     def label(self) -> str:
-        """'w_next', or 'w@2' for the third version of a var, or 'tmp:x@0'."""
+        """'w_next'; 'w@2' for the version of a var after its second write; 'tmp:...'."""
         if self.kind == "temp":
             return f"tmp:{self.name}"
-        return self.name if self.version == 0 else f"{self.name}@{self.version}"
+        return f"{self.name}@{self.version}" if self.versioned else self.name
 
     def read_at(self, slot: int) -> None:
         self.last_read = max(self.last_read, slot)
@@ -105,7 +106,8 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
     folded_consts = {name for name, reg in program.registers.items() if reg.kind == "const"}
     consts: dict[str, Value] = {}
     for name, arr in const_values.items():
-        v = Value(name, 0, arr.size, "const", float(np.abs(arr).max(initial=0.0)))
+        v = Value(name, 0, arr.size, "const", float(np.abs(arr).max(initial=0.0)),
+                  versioned=program.registers[name].kind == "var")
         current[name] = v
         if name not in folded_consts:
             consts[name] = v
@@ -163,7 +165,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
                 divisor_min = float(s_arr[np.isfinite(s_arr)].min(initial=np.inf)) / m
         versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
         dst = Value(op.dst.name, versions[op.dst.name], op.dst.width, "op",
-                    bounds_after[op.index], op)
+                    bounds_after[op.index], op, versioned=op.dst.kind == "var")
         values.append(dst)
         current[op.dst.name] = dst
         arrays[op.dst.name] = trace.after[op.index]

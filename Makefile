@@ -1,0 +1,34 @@
+# Set-up and the two everyday commands. `make verify` and `make test` each create .venv on
+# first use: on a machine without an NVIDIA GPU they install the CPU build of torch first
+# (TORCH_CPU; on raspicl's own machines that wheel lies on disk), then raspicl with its dev
+# extra. The package itself only asks for torch>=2.1, so users elsewhere pick their own build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_CPU ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup verify test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	    $(BIN)/python -m pip install -q torch; \
+	else \
+	    $(BIN)/python -m pip install -q "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+verify: setup
+	$(BIN)/raspicl verify
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check raspicl programs tests bench
+
+clean:
+	rm -rf $(VENV)

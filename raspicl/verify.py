@@ -1,0 +1,166 @@
+"""Verification: the compiled model against the interpreter, and both against the solvers.
+
+Three checks per program and parameter set (design.md §8):
+1. interpreter vs the program file's reference(), which uses raspicl.solvers: to rounding;
+2. compiled model vs interpreter on every register version at every token where the
+   interpreter's value is defined, read from the residual right after the sublayer that wrote
+   it, and on the prediction;
+3. where the program file has closed_form() and d <= 3: sympy proves the program's output
+   expression equals it (an exact check of the semantics, independent of any prompt).
+
+Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
+every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from raspicl.compiler import CompilerConfig, compile_program
+from raspicl.interpret import interpret
+from raspicl.prompts import random_prompts
+from raspicl.registry import ProgramFile
+
+INTERPRETER_TOLERANCE = 1e-12
+DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max(|want|, 1) over the entries where want is finite."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    ok = np.isfinite(want)
+    if not ok.any():
+        return 0.0
+    diff = np.abs(got[ok] - want[ok]) / np.maximum(np.abs(want[ok]), 1.0)
+    return float(np.nan_to_num(diff, nan=np.inf).max())
+
+
+@dataclass
+class CheckResult:
+    program: str
+    params: dict
+    dtype: str
+    blocks: int
+    heads: int
+    d_model: int
+    d_mlp: int
+    n_params: int
+    err_registers: float  # compiled vs interpreter, every register at every token
+    worst_register: str
+    err_prediction: float  # compiled prediction vs interpreter
+    err_interpreter_solver: float  # interpreter vs reference solver (nan: no reference)
+    err_model_solver: float  # compiled prediction vs reference solver
+    symbolic: str  # 'proved', 'FAILED', or '-' (not applicable)
+    tolerance: float
+    seconds: float = 0.0
+    problems: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        solver_ok = np.isnan(self.err_interpreter_solver) or (
+            self.err_interpreter_solver <= INTERPRETER_TOLERANCE)
+        model_solver_ok = np.isnan(self.err_model_solver) or (
+            self.err_model_solver <= self.tolerance)
+        return (self.err_registers <= self.tolerance and self.err_prediction <= self.tolerance
+                and solver_ok and model_solver_ok and self.symbolic != "FAILED")
+
+
+def tolerance_for(pf: ProgramFile, dtype: str) -> float:
+    """The program file's TOLERANCE[dtype] if it declares one, else the default."""
+    tol = getattr(pf.module, "TOLERANCE", {})
+    return float(tol.get(dtype, DEFAULT_TOLERANCE[dtype]))
+
+
+def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
+                   problems: int = 1000, seed: int = 0, symbolic: bool = True,
+                   config: CompilerConfig | None = None) -> CheckResult:
+    """Compile one instance of a program and run all three checks on it."""
+    start = time.perf_counter()
+    program = pf.build(**params)
+    config = config or CompilerConfig.for_dtype(dtype)
+    cm = compile_program(program, config)
+    if dtype == "float32":
+        cm = cm.to(torch.float32)
+    prompts = random_prompts(problems, program.d, program.n, seed)
+    trace = interpret(program, prompts)
+    residuals = cm.residuals(prompts)
+    worst, worst_name = 0.0, "-"
+    versions: dict[str, int] = {}
+    for op in program.ops:
+        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
+        got = cm.decode(residuals, op.dst.name, versions[op.dst.name])
+        e = rel_err(got, trace.after[op.index])
+        if e > worst or worst_name == "-":
+            worst, worst_name = e, f"{op.dst.name} (op {op.index}, {op.source})"
+    want = trace.output()
+    got = cm.predict(prompts)
+    err_pred = rel_err(got, want)
+    if pf.has_reference:
+        ref = np.asarray(pf.reference(prompts, **params), dtype=np.float64).reshape(want.shape)
+        err_is, err_ms = rel_err(want, ref), rel_err(got, ref)
+    else:
+        err_is = err_ms = float("nan")
+    sym = "-"
+    if symbolic and hasattr(pf.module, "closed_form") and program.d <= 3 and program.n == 1:
+        sym = "proved" if _prove(pf, params, program) else "FAILED"
+    s = cm.summary()
+    return CheckResult(pf.name, dict(params), dtype, s["blocks"], s["heads"], s["d_model"],
+                       s["d_mlp"], s["params"], worst, worst_name, err_pred, err_is, err_ms,
+                       sym, tolerance_for(pf, dtype), time.perf_counter() - start, problems)
+
+
+def _prove(pf: ProgramFile, params: dict, program) -> bool:
+    """sympy: the output expression at the (single) query equals closed_form(...)."""
+    import sympy
+
+    from raspicl.symbolic import prove_equal, register_expressions, run_symbolic, symbolic_prompt
+
+    def exact_value(v):
+        if isinstance(v, float):
+            return sympy.nsimplify(v)
+        if isinstance(v, list | tuple):
+            return [exact_value(x) for x in v]
+        return v
+
+    # Every float parameter, defaults included, as the rational it was written as (0.1 -> 1/10)
+    exact = {k: exact_value(v) for k, v in {**pf.defaults(), **params}.items()}
+    prog = pf.build(**exact)
+    trace = run_symbolic(prog)
+    syms = symbolic_prompt(prog.format)[1]
+    out = prog.output_spec.register.name
+    expr = register_expressions(trace, out, prog.format.n_tokens - 1)
+    closed = pf.module.closed_form(syms.X[0], syms.y[0], syms.xq, **exact)
+    return prove_equal(expr, closed)
+
+
+def default_checks(programs: list[ProgramFile], dtypes: tuple[str, ...]) -> list[tuple]:
+    """(program file, params, dtype) for every program's GRID and every dtype."""
+    return [(pf, params, dt) for pf in programs for params in pf.grid for dt in dtypes]
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """The verification table, one row per check."""
+    head = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
+            "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "pass"]
+    rows = []
+    for r in results:
+        params = " ".join(f"{k}={v}" for k, v in r.params.items())
+        rows.append([r.program, params, r.dtype, str(r.blocks), str(r.heads), str(r.d_model),
+                     str(r.d_mlp), str(r.n_params), f"{max(r.err_registers, r.err_prediction):.1e}",
+                     _fmt(r.err_model_solver), _fmt(r.err_interpreter_solver), r.symbolic,
+                     f"{r.tolerance:.0e}", "PASS" if r.passed else "FAIL"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return "-" if np.isnan(x) else f"{x:.1e}"
