@@ -73,7 +73,10 @@ def run_ops(program: Program, tokens: np.ndarray) -> Trace:
     after = []
     for op in program.ops:
         values = [_place(state[r.register.name], r, roles, nan) for r in op.reads]
-        out = _apply(op, values, dtype)
+        if op.mask is not None:  # select
+            out = np.where(op.mask[None, :, None], values[0], values[1])
+        else:
+            out = _apply(op, values, dtype)
         if op.divisor is not None:
             s = state[op.divisor.register.name]
             out = out / abs_(s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,27 @@ def test_numpy_forward_matches_torch(saved, program, d):
     for i, (a, b) in enumerate(zip(residuals, torch_res, strict=True)):
         e = rel_err(a, b)
         assert e <= TOL, f"{program} d={d}: residual {i} differs by {e:.3e}"
+
+
+def test_listing_in_the_page_matches_torch(saved):
+    """The reference listing in docs/architecture.md §6, run as written."""
+    from raspicl.export import load
+    from raspicl.prompts import random_prompts
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    listing = re.search(r"```python\n(.*?)```", page, re.S)
+    assert listing is not None, "docs/architecture.md has no python listing"
+    namespace: dict = {}
+    exec(listing.group(1), namespace)
+    for program, d in [("gd_step", 2), ("sherman_morrison", 4)]:
+        directory = saved(program, d)
+        prompts = random_prompts(16, d, 1, seed=11)
+        pred, residuals = namespace["forward"](
+            str(directory), namespace["encode"](prompts.X, prompts.y, prompts.xq))
+        compiled = load(directory)
+        assert rel_err(pred, compiled.predict(prompts)) <= TOL
+        for a, b in zip(residuals, compiled.residuals(prompts), strict=True):
+            assert rel_err(a, b) <= TOL
 
 
 def test_looped_block_order_matches_torch(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
-from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, product_units
+from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_units
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule, clear_slot
@@ -98,6 +98,20 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
     for o in range(dst.width):
         if o in per_row or ins.bias[o] != 0.0:
             block.units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
+    if ins.mask is not None:
+        gated: dict[int, dict[int, float]] = {}
+        for o, c, ri, ci in ins.gated:
+            row = operand_rows[ri][ci]
+            gated.setdefault(o, {})
+            gated[o][row] = gated[o].get(row, 0.0) + c
+        for o in range(dst.width):
+            terms = gated.get(o, {})
+            b = float(ins.gated_bias[o])
+            if terms or b != 0.0:
+                bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
+                                     for r, c in terms.items())
+                block.units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
+                                          config.select_sharpness)
     pairs: dict[tuple[int, int], dict[int, float]] = {}
     row_bound: dict[int, float] = {}
     for o, c, ra, ca, rb, cb in ins.products:
@@ -109,6 +123,13 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         block.units += product_units(a, b, row_bound[a], row_bound[b], outs,
                                      config.product_scale, config.richardson)
     block.mlp_ops.append(what)
+
+
+def _row_bound(ins: Instr, operand_rows: list[list[int]], bounds: list[float], row: int) -> float:
+    for rows, bound in zip(operand_rows, bounds, strict=True):
+        if row in rows:
+            return bound
+    raise AssertionError(f"row {row} is not an operand of {ins.op.where()}")
 
 
 def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
@@ -138,6 +159,8 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         W_pos[t, rows[f"is_{fmt.role(t)}"]] = 1.0
     for name, v in low.consts.items():
         W_pos[:, v.rows] = low.program.constants[name]
+    for v, mask in low.masks.values():
+        W_pos[:, v.rows[0]] = mask
     W_U = np.zeros((D, low.output.width))
     for k, r in enumerate(low.output.rows):
         W_U[r, k] = 1.0

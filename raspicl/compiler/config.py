@@ -42,6 +42,9 @@ class CompilerConfig:
     richardson:
         combine the square gadget at eps and 2 eps, (4 E(eps) - E(2 eps)) / 3, cancelling the
         z^2 term for twice the hidden units.
+    select_sharpness:
+        s, how far below zero a closed gate's GeLU arguments sit: a closed gate leaks about
+        s Phi(-s) B. Condition: s Phi(-s) << machine epsilon; s = 40 gives 1e-348 (zero).
     bound_margin:
         calibrated register bounds (largest |value| seen on calibration prompts) are multiplied
         by this before the gadgets' scales are chosen. Condition: >= 1; larger is safer and
@@ -56,6 +59,7 @@ class CompilerConfig:
     division_anchor: float = 1e9
     product_scale: float = 1e-3
     richardson: bool = True
+    select_sharpness: float = 40.0
     bound_margin: float = 2.0
     calibration_prompts: int = 512
     calibration_seed: int = 12345

@@ -40,6 +40,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "fixed_rows": dict(layout.fixed),
         "row_names": layout.row_names,
         "registers": _registers(low, program),
+        "masks": {v.name: {"row": v.rows[0], "values": mask.tolist()}
+                  for v, mask in low.masks.values()},
         "constants": {name: program.constants[name].tolist() for name, reg in
                       program.registers.items() if reg.kind == "const"},
         "output": {"register": program.output_spec.register.name,
@@ -58,6 +60,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
 def _registers(low: Lowered, program) -> dict:
     out: dict[str, dict] = {}
     for v in low.values:
+        if v.kind == "mask":  # a select's token mask: listed under masks, not registers
+            continue
         reg = program.registers[v.name]
         entry = out.setdefault(v.name, {"shape": list(reg.shape), "kind": reg.kind,
                                         "versions": []})
@@ -85,10 +89,13 @@ def _domain(low: Lowered) -> dict:
         "x_abs_max": low.inputs["x"].bound,
         "y_abs_max": low.inputs["y"].bound,
         "divisors": [{"op": ins.op.index, "register": ins.divisor.label,
-                      "abs_min": ins.divisor_min} for ins in low.instrs
+                      "abs_min": ins.divisor_min, "version": ins.divisor.version,
+                      "tokens": list(ins.divisor_tokens)} for ins in low.instrs
                      if ins.divisor is not None],
         "calibration": "x, w ~ N(0, I), y = w^T x; bounds are the largest |value| seen times "
-                       "the compiler's bound_margin (divisor minima divided by it)",
+                       "the compiler's bound_margin (divisor minima divided by it); a "
+                       "divisor's tokens are those where it was defined (finite) in "
+                       "calibration, the only ones its minimum speaks for",
     }
 
 

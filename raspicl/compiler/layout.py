@@ -36,7 +36,7 @@ def lay_out(low: Lowered, sched: Schedule) -> Layout:
     assert all(f"is_{r}" in fixed for r in ROLES)
     free_from: list[float] = []  # per dynamic row: first slot at which it may be written
     base = len(fixed_names)
-    values = [v for v in low.values if v.kind in ("input", "const")] + \
+    values = [v for v in low.values if v.kind in ("input", "const", "mask")] + \
         sorted([v for v in low.values if v.kind == "op"] + sched.temps,
                key=lambda v: v.write_slot)
     placed = []

@@ -59,9 +59,15 @@ class Instr:
     bias: np.ndarray
     divisor: Value | None = None
     divisor_min: float = 0.0  # smallest |divisor| seen in calibration, over the margin
+    divisor_tokens: list[int] = field(default_factory=list)  # where calibration's divisor is
+    # finite (defined); elsewhere it is computed from undefined reads and may hold anything
     block: int = -1
     stage: str = ""  # 'attn', 'mlp' or 'attn+mlp'
     temps: dict[int, Value] = field(default_factory=dict)
+    # select: dst = linear + bias + mask(t) * (gated + gated_bias), mask a 0/1 row per token
+    mask: Value | None = None
+    gated: list[tuple[int, float, int, int]] = field(default_factory=list)
+    gated_bias: np.ndarray | None = None
 
     @property
     def has_remote(self) -> bool:
@@ -69,7 +75,7 @@ class Instr:
 
     @property
     def is_linear(self) -> bool:
-        return not self.products and self.divisor is None
+        return not self.products and self.divisor is None and self.mask is None
 
 
 @dataclass
@@ -78,6 +84,7 @@ class Lowered:
     instrs: list[Instr]
     inputs: dict[str, Value]  # 'x', 'y'
     consts: dict[str, Value]  # constant registers (and var inits) kept in the residual
+    masks: dict[str, tuple[Value, np.ndarray]]  # token masks of selects: 0/1 rows in W_pos
     values: list[Value]
     output: Value
 
@@ -113,6 +120,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
             consts[name] = v
             values.append(v)
     versions: dict[str, int] = {}
+    masks: dict[str, tuple[Value, np.ndarray]] = {}
     instrs = []
     for op in program.ops:
         reads = []
@@ -146,12 +154,29 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
                 lin.append((int(o), float(k), index_map[ra], int(ca)))
             else:
                 prod.append((int(o), float(c), index_map[ra], int(ca), index_map[rb], int(cb)))
+        gated: list[tuple[int, float, int, int]] = []
+        gated_bias = np.zeros(op.dst.width)
+        if op.gated is not None:
+            G = op.gated
+            for o, c, ri, ci in zip(G.out, G.coef, G.read, G.comp, strict=True):
+                if ri in folded:
+                    gated_bias[o] += c * const_values[op.reads[ri].register.name][ci]
+                else:
+                    gated.append((int(o), float(c), index_map[ri], int(ci)))
         lin = [t for t in lin if t[1] != 0.0]
         prod = [t for t in prod if t[1] != 0.0]
-        used = {t[2] for t in lin} | {t[2] for t in prod} | {t[4] for t in prod}
-        reads, lin, prod = _drop_unused(reads, lin, prod, used)
+        gated = [t for t in gated if t[1] != 0.0]
+        used = ({t[2] for t in lin} | {t[2] for t in prod} | {t[4] for t in prod}
+                | {t[2] for t in gated})
+        reads, lin, prod, gated = _drop_unused(reads, lin, prod, gated, used)
+        mask = None
+        if op.mask is not None:
+            mask = _mask_value(masks, op.mask, program.format.roles())
+            if mask not in values:
+                values.append(mask)
         divisor = None
         divisor_min = 0.0
+        divisor_tokens: list[int] = []
         if op.divisor is not None:
             if op.divisor.register.name in folded_consts:
                 s = float(const_values[op.divisor.register.name][0])
@@ -163,27 +188,44 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
                 divisor = current[op.divisor.register.name]
                 s_arr = np.abs(arrays.get(op.divisor.register.name, np.array([np.inf])))
                 divisor_min = float(s_arr[np.isfinite(s_arr)].min(initial=np.inf)) / m
+                divisor_tokens = _defined_tokens(s_arr)
         versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
         dst = Value(op.dst.name, versions[op.dst.name], op.dst.width, "op",
                     bounds_after[op.index], op, versioned=op.dst.kind == "var")
         values.append(dst)
         current[op.dst.name] = dst
         arrays[op.dst.name] = trace.after[op.index]
-        instrs.append(Instr(op, dst, reads, lin, prod, bias, divisor, divisor_min))
+        instrs.append(Instr(op, dst, reads, lin, prod, bias, divisor, divisor_min,
+                            divisor_tokens=divisor_tokens, mask=mask, gated=gated,
+                            gated_bias=gated_bias if op.mask is not None else None))
     out_name = program.output_spec.register.name
     output = current[out_name]
     if output.kind == "const" and out_name in folded_consts:
         raise CompileError(f"the output '{out_name}' is a constant; nothing to compile")
-    return Lowered(program, instrs, inputs, consts, values, output)
+    return Lowered(program, instrs, inputs, consts, masks, values, output)
 
 
-def _drop_unused(reads, lin, prod, used):
+def _drop_unused(reads, lin, prod, gated, used):
     keep = [i for i in range(len(reads)) if i in used]
     remap = {old: new for new, old in enumerate(keep)}
     reads = [reads[i] for i in keep]
     lin = [(o, c, remap[r], k) for o, c, r, k in lin]
     prod = [(o, c, remap[ra], ca, remap[rb], cb) for o, c, ra, ca, rb, cb in prod]
-    return reads, lin, prod
+    gated = [(o, c, remap[r], k) for o, c, r, k in gated]
+    return reads, lin, prod, gated
+
+
+def _mask_value(masks: dict, mask: np.ndarray, roles: list[str]) -> Value:
+    """The residual row holding a select's token mask (one row per distinct mask)."""
+    chosen = [t for t in range(len(mask)) if mask[t]]
+    role_set = sorted({roles[t] for t in chosen})
+    if chosen and all(mask[t] == (roles[t] in role_set) for t in range(len(mask))):
+        name = "mask:" + "+".join(role_set)
+    else:
+        name = "mask:t in {" + ",".join(map(str, chosen)) + "}"
+    if name not in masks:
+        masks[name] = (Value(name, 0, 1, "mask", 1.0), mask.astype(np.float64))
+    return masks[name][0]
 
 
 def _calibration_trace(program: Program, config: CompilerConfig):
@@ -192,6 +234,14 @@ def _calibration_trace(program: Program, config: CompilerConfig):
     prompts = random_prompts(config.calibration_prompts, program.d, program.n,
                              config.calibration_seed)
     return interpret(program, prompts)
+
+
+def _defined_tokens(s: np.ndarray) -> list[int]:
+    """The tokens at which a calibration divisor [B, T, 1] is finite in some prompt; none for
+    a var's initial constant, which has no calibration array and is the same in every prompt."""
+    if s.ndim != 3:
+        return []
+    return [int(t) for t in np.flatnonzero(np.isfinite(s).any(axis=(0, 2)))]
 
 
 def _abs_max(a: np.ndarray) -> float:

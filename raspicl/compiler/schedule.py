@@ -74,6 +74,8 @@ def schedule(low: Lowered) -> Schedule:
         ins.stage = "attn+mlp" if remote or ins.divisor is not None else "mlp"
         for v in here:
             v.read_at(2 * block + 1)
+        if ins.mask is not None:
+            ins.mask.read_at(2 * block + 1)
         for v in remote:
             v.read_at(2 * block)
         if ins.divisor is not None:

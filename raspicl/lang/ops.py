@@ -138,6 +138,9 @@ class Op:
     products:  products of two read components.
     bias:      a constant added to dst (width of dst).
     divisor:   for div only: a scalar register read here; the result is divided by its |value|.
+    mask:      for select only: a bool per token; dst = reads[0] where mask[t], else reads[1].
+               (linear holds reads[1], gated holds reads[0] - reads[1]: dst = linear + mask *
+               gated, which is how the compiler builds it.)
     source:    the line of the program that created the op.
     note:      a human description used in listings ("w_next = w - lr * grad").
     """
@@ -151,11 +154,14 @@ class Op:
     divisor: Read | None = None
     source: SourceLocation = UNKNOWN
     note: str = ""
+    mask: np.ndarray | None = None
+    gated: LinearTerms | None = None
     index: int = field(default=-1, compare=False)
+    loop: tuple[int, int] | None = field(default=None, compare=False)  # (loop id, iteration)
 
     @property
     def is_linear(self) -> bool:
-        return len(self.products) == 0 and self.divisor is None
+        return len(self.products) == 0 and self.divisor is None and self.mask is None
 
     @property
     def remote_reads(self) -> tuple[Read, ...]:

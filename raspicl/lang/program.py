@@ -96,6 +96,8 @@ class Program:
         self.constants: dict[str, np.ndarray] = {}
         self.ops: list[Op] = []
         self.output_spec: Output | None = None
+        self._loop: tuple[int, int] | None = None
+        self._loops = 0
         here = caller_location()
         self.x = self._new_register("x", (int(d),), "input", here)
         self.y = self._new_register("y", (), "input", here)
@@ -198,6 +200,7 @@ class Program:
 
     def _add(self, op: Op) -> Register:
         object.__setattr__(op, "index", len(self.ops))
+        object.__setattr__(op, "loop", self._loop)
         self.ops.append(op)
         return op.dst
 
@@ -410,6 +413,80 @@ class Program:
         return self._add(Op("div", target, (ra,), linear_terms(lin), product_terms([]),
                             np.zeros(w), rs, source, note))
 
+    def select(self, dst: str | Register, tokens, a: Operand, b: Operand,
+               note: str = "") -> Register:
+        """dst = a at the chosen tokens, b at every other token.
+
+        tokens: a role ('x', 'y', 'query'), a tuple of roles, or an iterable of token indices.
+        An MLP gate in the compiled model, exact for |a - b| within its calibrated bound.
+        """
+        source = caller_location()
+        name = dst if isinstance(dst, str) else dst.name
+        ra = self._read(a, "select", name, source, "a")
+        rb = self._read(b, "select", name, source, "b")
+        if ra.register.shape != rb.register.shape:
+            raise fail("select", name, source,
+                       f"a ('{ra.register.name}', {shape_name(ra.register.shape)}) and b "
+                       f"('{rb.register.name}', {shape_name(rb.register.shape)}) differ in shape")
+        mask = self._token_mask(tokens, "select", name, source)
+        w = ra.register.width
+        lin = [(c, 1.0, 1, c) for c in range(w)]
+        gated = [(c, 1.0, 0, c) for c in range(w)] + [(c, -1.0, 1, c) for c in range(w)]
+        target = self._target(dst, ra.register.shape, "select", source)
+        return self._add(Op("select", target, (ra, rb), linear_terms(lin), product_terms([]),
+                            np.zeros(w), None, source, note, mask, linear_terms(gated)))
+
+    def _token_mask(self, tokens, kind: str, dst: str, source: SourceLocation) -> np.ndarray:
+        T = self.format.n_tokens
+        roles = np.array(self.format.roles())
+        if isinstance(tokens, str):
+            tokens = (tokens,)
+        items = list(tokens)
+        if items and all(isinstance(t, str) for t in items):
+            for role in items:
+                if role not in ROLES:
+                    raise fail(kind, dst, source,
+                               f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+            return np.isin(roles, items)
+        mask = np.zeros(T, dtype=bool)
+        for t in items:
+            if not isinstance(t, int | np.integer) or not 0 <= t < T:
+                raise fail(kind, dst, source,
+                           f"token {t!r} is not a token index of this prompt (0..{T - 1})")
+            mask[t] = True
+        return mask
+
+    def loop(self, n: int):
+        """Repeat the ops written in the body of `for _ in p.loop(n):` n times.
+
+        The ops are recorded unrolled (the interpreter runs them in order); each carries its
+        loop and iteration, so the compiler can share one group of blocks between the
+        iterations (a looped transformer). Every iteration must write the same ops.
+        """
+        source = caller_location()
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise ProgramError(f"loop at {source}: the repeat count must be a positive integer, "
+                               f"got {n!r}")
+        if self._loop is not None:
+            raise ProgramError(f"loop at {source}: loops do not nest")
+        loop_id = self._loops
+        self._loops += 1
+        first = len(self.ops)
+        try:
+            for k in range(int(n)):
+                self._loop = (loop_id, k)
+                yield k
+        finally:
+            self._loop = None
+        body = [op for op in self.ops[first:] if op.loop == (loop_id, 0)]
+        if not body:
+            raise ProgramError(f"loop at {source}: the body writes no op")
+        for k in range(1, int(n)):
+            ops_k = [op for op in self.ops[first:] if op.loop == (loop_id, k)]
+            if len(ops_k) != len(body) or any(not _same_op(a, b) for a, b in zip(body, ops_k)):
+                raise ProgramError(f"loop at {source}: iteration {k} writes different ops than "
+                                   f"iteration 0; a loop body must be the same every time")
+
     def output(self, register: Register, roles: tuple[str, ...] | str = ("query",)) -> None:
         """Declare the prediction register and the roles of the tokens where it is read."""
         source = caller_location()
@@ -462,6 +539,19 @@ class Program:
 
     def __repr__(self) -> str:
         return f"Program({self.name!r}, d={self.d}, n={self.n}, ops={len(self.ops)})"
+
+
+def _same_op(a: Op, b: Op) -> bool:
+    """Two ops that compile to the same weights: kind, registers, places and coefficients."""
+    def terms(t):
+        return None if t is None else [np.asarray(x).tolist() for x in vars(t).values()]
+
+    return (a.kind == b.kind and a.dst is b.dst and a.reads == b.reads
+            and a.divisor == b.divisor and terms(a.linear) == terms(b.linear)
+            and terms(a.products) == terms(b.products) and terms(a.gated) == terms(b.gated)
+            and np.array_equal(np.asarray(a.bias), np.asarray(b.bias))
+            and (a.mask is None) == (b.mask is None)
+            and (a.mask is None or np.array_equal(a.mask, b.mask)))
 
 
 def _width(shape: Shape) -> int:

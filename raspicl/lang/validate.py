@@ -59,7 +59,11 @@ def validate(program) -> None:
         ok = np.ones(T, dtype=bool)
         why: list[tuple[Op, Read] | None] = [None] * T
         for t in range(T):
-            for read in reads:
+            if op.mask is not None:  # select: only the chosen operand matters at t
+                chosen = (reads[0],) if op.mask[t] else (reads[1],)
+            else:
+                chosen = reads
+            for read in chosen:
                 name = read.register.name
                 sources = _sources(read.at, t, roles)
                 if sources is None:

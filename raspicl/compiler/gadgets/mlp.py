@@ -1,4 +1,4 @@
-"""MLP gadgets: exact affine maps and approximate products through GeLU.
+"""MLP gadgets: exact affine maps, exact token gates and approximate products through GeLU.
 
 Units are written in *value space*: a unit's pre-activation is sum_j a_j v_j + b over the
 values v_j of residual rows; layernorm.py turns that into W_in for the block's LayerNorm.
@@ -6,6 +6,12 @@ values v_j of residual rows; layernorm.py turns that into W_in for the block's L
 Affine (exact): GeLU(z) - GeLU(-z) = z Phi(z) + z Phi(-z) = z, so a pair of units with
 pre-activations +z and -z and output weights +1, -1 passes any affine z through with no
 approximation; only rounding remains.
+
+Gate (exact within a bound): for m in {0, 1} and |z| <= B, with C = 2 B and k = s / B
+(s = config.select_sharpness),
+    (GeLU(k z + k C m - k C) - GeLU(-k z + k C m - k C)) / k = m z
+exactly when m = 1 (the odd-part identity), and when m = 0 both arguments are <= -s, where
+|GeLU| <= s Phi(-s) (below 1e-300 for s = 40). `select` adds m (a - b) to b this way.
 
 Product (approximate): GeLU(t) + GeLU(-t) = t erf(t / sqrt 2) = sqrt(2/pi) t^2 - O(t^4), so
 sq_e(t) = sqrt(pi/2) (GeLU(e t) + GeLU(-e t)) / e^2 = t^2 (1 - (e t)^2 / 6 + ...), and
@@ -63,4 +69,19 @@ def product_units(row_a: int, row_b: int, bound_a: float, bound_b: float,
             for sign in (1.0, -1.0):
                 units.append(UnitSpec({j: sign * e * c for j, c in direction.items()}, 0.0,
                                       {o: k * c for o, c in outputs.items()}))
+    return units
+
+
+def gate_units(dst_row: int, w_in: dict[int, float], bias: float, mask_row: int,
+               bound: float, sharpness: float) -> list[UnitSpec]:
+    """Two units that add mask * (sum w_in[j] v_j + bias) to dst_row, for a 0/1 mask row and
+    |sum w_in v + bias| <= bound."""
+    bound = bound if bound > 0 else 1.0
+    k = sharpness / bound
+    C = 2.0 * bound
+    units = []
+    for sign in (1.0, -1.0):
+        w = {j: sign * k * a for j, a in w_in.items()}
+        w[mask_row] = w.get(mask_row, 0.0) + k * C
+        units.append(UnitSpec(w, sign * k * bias - k * C, {dst_row: sign / k}))
     return units
