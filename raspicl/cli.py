@@ -125,6 +125,8 @@ def cmd_verify(args) -> int:
         if args.verbose:
             print(f"{r.program} {r.params} {r.dtype}: worst register {r.worst_register}, "
                   f"{r.seconds:.1f}s", file=sys.stderr)
+            for note in r.notes:
+                print(f"  outside the calibrated domain: {note}", file=sys.stderr)
     print(format_table(results))
     failed = [r for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raspicl.guards import check_divisors, check_prompt
 from raspicl.model import Transformer
 from raspicl.prompts import Prompts
 
@@ -34,18 +35,35 @@ class CompiledModel:
         W = self.model.embed.W_E
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
-    def predict(self, prompts: Prompts | np.ndarray) -> np.ndarray:
-        """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy."""
+    def predict(self, prompts: Prompts | np.ndarray, check: str = "error") -> np.ndarray:
+        """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy.
+
+        check: 'error' (raise DomainError), 'warn' (DomainWarning) or 'ignore', for a prompt
+        with NaN or infinity or outside the layout's domain, and for a divisor that comes
+        closer to zero than its calibrated minimum (raspicl.guards)."""
+        tok = self._checked_tokens(prompts, check)
         with torch.no_grad():
-            out = self.model(self.tokens(prompts))
+            out = self.model(tok)
+            if check != "ignore" and self.layout.get("domain", {}).get("divisors"):
+                check_divisors(self.layout, self.model.residuals(tok), check, stacklevel=3)
         pos = self.layout["output"]["positions"]
         return out[:, pos].detach().cpu().double().numpy()
 
-    def residuals(self, prompts: Prompts | np.ndarray) -> list[np.ndarray]:
-        """The residual stream after the embedding and after every sublayer, float64 numpy."""
+    def residuals(self, prompts: Prompts | np.ndarray, check: str = "error") -> list[np.ndarray]:
+        """The residual stream after the embedding and after every sublayer, float64 numpy.
+        check: as for predict."""
+        tok = self._checked_tokens(prompts, check)
         with torch.no_grad():
-            res = self.model.residuals(self.tokens(prompts))
-        return [r.detach().cpu().double().numpy() for r in res]
+            res = self.model.residuals(tok)
+        out = [r.detach().cpu().double().numpy() for r in res]
+        if check != "ignore":
+            check_divisors(self.layout, out, check, stacklevel=3)
+        return out
+
+    def _checked_tokens(self, prompts: Prompts | np.ndarray, check: str) -> torch.Tensor:
+        arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
+        check_prompt(self.layout, arr, check, stacklevel=4)  # the shape even under 'ignore'
+        return self.tokens(arr)
 
     # ------------------------------------------------------------------ reading the layout
 

@@ -21,3 +21,8 @@ class LoadError(RaspiclError):
 
 class DomainError(RaspiclError):
     """A prompt lies outside the input domain under which a compiled model's error bound holds."""
+
+
+class DomainWarning(UserWarning):
+    """The warning raised instead of DomainError when the caller asks for warnings
+    (check='warn'): the model ran, but outside the domain where its error bound holds."""

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.describe import FORMAT_VERSION
@@ -31,7 +32,7 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
                compiled.model.state_dict().items()}
     meta = {"format": "raspicl", "format_version": str(FORMAT_VERSION),
             "dtype": str(compiled.model.dtype).removeprefix("torch.")}
-    save_file(tensors, str(out / WEIGHTS), metadata=meta)
+    (out / WEIGHTS).write_bytes(_canonical_header(save_bytes(tensors, metadata=meta)))
     layout = dict(compiled.layout)
     layout["weights"] = {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS),
                          "dtype": meta["dtype"]}
@@ -95,6 +96,24 @@ def model_config(layout: dict) -> ModelConfig:
                            block_order=tuple(a["block_order"]))
     except (KeyError, TypeError) as exc:
         raise LoadError(f"layout.json's architecture is incomplete: missing {exc}") from exc
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one fixed order, so that equal
+    tensors and metadata give equal bytes: the safetensors library writes `__metadata__` from a
+    Rust HashMap, whose order changes from run to run. Metadata keys are sorted, tensors follow
+    in the order of their data; the header is padded with spaces to a multiple of 8 bytes, as
+    the format asks. The data after the header is unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    for name in sorted(header, key=lambda k: (header[k]["data_offsets"], k)):
+        ordered[name] = header[name]
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _sha256(path: Path) -> str:

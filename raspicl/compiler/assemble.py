@@ -9,9 +9,11 @@ import torch
 
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
+from raspicl.errors import CompileError
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
 from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_units
 from raspicl.compiler.layout import Layout
+from raspicl.compiler.loops import wraparound_clears
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule, clear_slot
 from raspicl.lang.reads import Here
@@ -49,18 +51,25 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout,
         head.copy(divisor.rows[0], fixed["anchor_pos"], config.division_anchor)
         head.copy(divisor.rows[0], fixed["anchor_neg"], -config.division_anchor)
         head.note(f"anchors +-N {divisor.label} for the division")
-        if b + 1 < sched.n_blocks:
-            nxt = blocks[b + 1].head(Here())
-            for name in ("anchor_pos", "anchor_neg"):
-                nxt.copy(fixed[name], fixed[name], -1.0)
-            nxt.note("clear the anchors")
+        after = [b + 1] + [lp.starts[0] for lp in sched.loops
+                           if len(lp.starts) > 1 and b + 1 == lp.starts[1]]
+        for nb in after:  # the next block; in a shared loop also the first iteration's first
+            if nb < sched.n_blocks:
+                nxt = blocks[nb].head(Here())
+                for name in ("anchor_pos", "anchor_neg"):
+                    nxt.clear(fixed[name])
+                nxt.note("clear the anchors")
+    wrap = wraparound_clears(low, sched)
     for v in layout.values:
         c = clear_slot(v)
-        if c is not None and c // 2 < sched.n_blocks:
-            head = blocks[c // 2].head(Here())
-            for r in v.rows:
-                head.copy(r, r, -1.0)
-            head.note(f"clear {v.label}")
+        targets = [c // 2] if c is not None else []
+        targets += [b for b, vs in wrap.items() if v in vs]
+        for b in targets:
+            if b < sched.n_blocks:
+                head = blocks[b].head(Here())
+                for r in v.rows:
+                    head.clear(r)
+                head.note(f"clear {v.label}")
     return blocks
 
 
@@ -133,20 +142,28 @@ def _row_bound(ins: Instr, operand_rows: list[list[int]], bounds: list[float], r
 
 
 def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
-             config: CompilerConfig) -> Transformer:
-    """Fill a float64 Transformer with the blocks' weights."""
+             config: CompilerConfig) -> tuple[Transformer, list[int]]:
+    """Fill a float64 Transformer with the blocks' weights.
+
+    Returns the model and, for every block run (the schedule's blocks, in order), the stored
+    block it runs: identical iterations of a shared loop are stored once.
+    """
     fmt = low.program.format
     D = layout.d_model
     n_heads = max([len(b.heads) for b in blocks] + [1])
     d_head = max([2] + [len(h.columns) for b in blocks for h in b.heads.values()])
     d_mlp = max([len(b.units) for b in blocks] + [1])
-    eps = tuple(config.division_ln_eps if b.divisor is not None else config.neutral_ln_eps
-                for b in blocks)
-    cfg = ModelConfig(d_model=D, n_layers=len(blocks), n_heads=n_heads, d_head=d_head,
-                      d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
-                      d_out=low.output.width, ln_eps=eps)
-    model = Transformer(cfg)
     rows = layout.fixed
+    runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config)
+            for b in blocks]
+    stored, order = _share(runs, sched)
+    eps = tuple(config.division_ln_eps if blocks[b].divisor is not None
+                else config.neutral_ln_eps for b in stored)
+    cfg = ModelConfig(d_model=D, n_layers=len(stored), n_heads=n_heads, d_head=d_head,
+                      d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
+                      d_out=low.output.width, ln_eps=eps,
+                      block_order=tuple(order) if len(stored) < len(runs) else ())
+    model = Transformer(cfg)
     W_E = np.zeros((fmt.d_token, D))
     W_E[0, low.inputs["y"].rows[0]] = 1.0
     for j, r in enumerate(low.inputs["x"].rows):
@@ -165,42 +182,76 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     for k, r in enumerate(low.output.rows):
         W_U[r, k] = 1.0
     sd = {"embed.W_E": W_E, "pos_embed.W_pos": W_pos, "unembed.W_U": W_U}
-    for layer, block in enumerate(blocks):
-        p = f"blocks.{layer}."
-        WQ = np.zeros((n_heads, D, d_head))
-        WK = np.zeros_like(WQ)
-        WV = np.zeros_like(WQ)
-        WO = np.zeros((n_heads, d_head, D))
-        for h, head in enumerate(block.heads.values()):
-            WQ[h], WK[h] = pattern_weights(head.place, rows, D, d_head, fmt.n_tokens,
-                                           config.attention_margin)
-            for col, src in enumerate(head.columns):
-                WV[h, src, col] = 1.0
-            for col, dst, coef in head.writes:
-                WO[h, col, dst] += coef
-        bO = np.zeros(D)
-        for r, b in block.b_O.items():
-            bO[r] += b
-        if block.divisor is not None:
-            W_in, b_in = division_read(block.units, rows, D, config.division_anchor)
-        else:
-            W_in, b_in = neutral_read(block.units, rows, D, config.neutral_ln_eps)
-        W_out = np.zeros((len(block.units), D))
-        for u, unit in enumerate(block.units):
-            for r, w in unit.w_out.items():
-                W_out[u, r] += w
-        pad = d_mlp - len(block.units)
-        sd |= {
-            p + "attn.W_Q": WQ, p + "attn.W_K": WK, p + "attn.W_V": WV, p + "attn.W_O": WO,
-            p + "attn.b_O": bO,
-            p + "mlp.W_in": np.pad(W_in, ((0, 0), (0, pad))),
-            p + "mlp.b_in": np.pad(b_in, (0, pad)),
-            p + "mlp.W_out": np.pad(W_out, ((0, pad), (0, 0))),
-        }
+    for layer, b in enumerate(stored):
+        sd |= {f"blocks.{layer}.{name}": arr for name, arr in runs[b].items()}
     state = model.state_dict()
     for name, arr in sd.items():
         if state[name].shape != arr.shape:
             raise AssertionError(f"{name}: built {arr.shape}, model has {state[name].shape}")
         state[name] = torch.from_numpy(np.ascontiguousarray(arr))
     model.load_state_dict(state)
-    return model
+    return model, order
+
+
+def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
+                   d_mlp: int, n_ctx: int, config: CompilerConfig) -> dict[str, np.ndarray]:
+    """One block's weights. Heads are ordered by place and a head's value columns by source
+    row, so that the same work always gives the same matrices (shared loops rely on it)."""
+    WQ = np.zeros((n_heads, D, d_head))
+    WK = np.zeros_like(WQ)
+    WV = np.zeros_like(WQ)
+    WO = np.zeros((n_heads, d_head, D))
+    heads = sorted(block.heads.items(), key=lambda kv: kv[0])
+    for h, (_, head) in enumerate(heads):
+        WQ[h], WK[h] = pattern_weights(head.place, rows, D, d_head, n_ctx,
+                                       config.attention_margin)
+        order = sorted(range(len(head.columns)), key=lambda c: head.columns[c])
+        new_col = {old: new for new, old in enumerate(order)}
+        for old, src in enumerate(head.columns):
+            WV[h, src, new_col[old]] = 1.0
+        for col, dst, coef in head.writes:
+            WO[h, new_col[col], dst] += coef
+    bO = np.zeros(D)
+    for r, b in block.b_O.items():
+        bO[r] += b
+    if block.divisor is not None:
+        W_in, b_in = division_read(block.units, rows, D, config.division_anchor)
+    else:
+        W_in, b_in = neutral_read(block.units, rows, D, config.neutral_ln_eps)
+    W_out = np.zeros((len(block.units), D))
+    for u, unit in enumerate(block.units):
+        for r, w in unit.w_out.items():
+            W_out[u, r] += w
+    pad = d_mlp - len(block.units)
+    return {
+        "attn.W_Q": WQ, "attn.W_K": WK, "attn.W_V": WV, "attn.W_O": WO, "attn.b_O": bO,
+        "mlp.W_in": np.pad(W_in, ((0, 0), (0, pad))), "mlp.b_in": np.pad(b_in, (0, pad)),
+        "mlp.W_out": np.pad(W_out, ((0, pad), (0, 0))),
+    }
+
+
+def _share(runs: list[dict[str, np.ndarray]], sched: Schedule) -> tuple[list[int], list[int]]:
+    """The blocks to store and, per run, which stored block it is. Runs of a shared loop's
+    later iterations map to the first iteration's blocks, after checking they are equal."""
+    twin: dict[int, int] = {}
+    for loop in sched.loops:
+        for k, start in enumerate(loop.starts[1:], 1):
+            for j in range(loop.length):
+                a, b = loop.starts[0] + j, start + j
+                for name, arr in runs[a].items():
+                    if not np.array_equal(arr, runs[b][name]):
+                        raise CompileError(
+                            f"loop iteration {k} compiles to different weights than iteration "
+                            f"0 (block {j} of the body, {name}); compile it unrolled")
+                twin[b] = a
+    stored: list[int] = []
+    index: dict[int, int] = {}
+    order = []
+    for b in range(len(runs)):
+        if b in twin:
+            order.append(index[twin[b]])
+        else:
+            index[b] = len(stored)
+            stored.append(b)
+            order.append(index[b])
+    return stored, order

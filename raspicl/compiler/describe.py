@@ -13,9 +13,24 @@ FORMAT_VERSION = 1
 
 
 def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
-             config: CompilerConfig, cfg: ModelConfig) -> dict:
+             order: list[int], config: CompilerConfig, cfg: ModelConfig) -> dict:
+    """The layout record. `blocks` are the scheduled blocks in run order; `order` maps each
+    run to the stored block it executes (the same list as architecture.block_order)."""
     program = low.program
     fmt = program.format
+    first_run = {}
+    for run, stored in enumerate(order):
+        first_run.setdefault(stored, run)
+
+    def slot_name(slot: int | None) -> str | None:
+        if slot is None or slot // 2 >= len(order):
+            return None
+        if slot < 0:
+            return "embedding"
+        run, stage = slot // 2, ("attn" if slot % 2 == 0 else "mlp")
+        block = order[run]
+        return f"block {block} {stage}" if run == block else f"run {run} (block {block}) {stage}"
+
     return {
         "format_version": FORMAT_VERSION,
         "program": {"name": program.name, "params": _jsonable(program.params)},
@@ -39,7 +54,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         },
         "fixed_rows": dict(layout.fixed),
         "row_names": layout.row_names,
-        "registers": _registers(low, program),
+        "registers": _registers(low, program, slot_name),
         "masks": {v.name: {"row": v.rows[0], "values": mask.tolist()}
                   for v, mask in low.masks.values()},
         "constants": {name: program.constants[name].tolist() for name, reg in
@@ -50,14 +65,20 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                    "shape": list(program.output_spec.register.shape)},
         "domain": _domain(low),
         "ops": [{"index": ins.op.index, "kind": ins.op.kind, "dst": ins.dst.label,
-                 "source": str(ins.op.source), "text": ins.op.describe(), "block": ins.block,
-                 "stage": ins.stage} for ins in low.instrs],
-        "blocks": [_block(i, b, layout, cfg) for i, b in enumerate(blocks)],
+                 "source": str(ins.op.source), "text": ins.op.describe(),
+                 "block": order[ins.block], "run": ins.block, "stage": ins.stage}
+                for ins in low.instrs],
+        "blocks": [_block(i, blocks[first_run[i]], layout, cfg,
+                          [r for r, s in enumerate(order) if s == i])
+                   for i in range(cfg.n_layers)],
+        "loops": [{"blocks": order[lp.starts[0]:lp.starts[0] + lp.length],
+                   "repeat": len(lp.starts), "first_runs": lp.starts}
+                  for lp in sched.loops if len(order) > cfg.n_layers],
         "compiler": config.to_dict(),
     }
 
 
-def _registers(low: Lowered, program) -> dict:
+def _registers(low: Lowered, program, slot_name) -> dict:
     out: dict[str, dict] = {}
     for v in low.values:
         if v.kind == "mask":  # a select's token mask: listed under masks, not registers
@@ -70,18 +91,12 @@ def _registers(low: Lowered, program) -> dict:
             "version": v.version,
             "rows": v.rows,
             "op": v.op.index if v.op is not None else None,
-            "written": _slot_name(v.write_slot),
+            "written": slot_name(v.write_slot),
             "written_after": v.write_slot + 1,
-            "cleared": None if c is None else _slot_name(c),
+            "cleared": slot_name(c),
             "bound": v.bound,
         })
     return out
-
-
-def _slot_name(slot: int) -> str:
-    if slot < 0:
-        return "embedding"
-    return f"block {slot // 2} {'attn' if slot % 2 == 0 else 'mlp'}"
 
 
 def _domain(low: Lowered) -> dict:
@@ -99,11 +114,12 @@ def _domain(low: Lowered) -> dict:
     }
 
 
-def _block(index: int, block: BlockSpec, layout: Layout,
-           cfg: ModelConfig) -> dict:
+def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
+           runs: list[int]) -> dict:
     names = layout.row_names
     heads = []
-    for h, head in enumerate(block.heads.values()):
+    ordered = [head for _, head in sorted(block.heads.items(), key=lambda kv: kv[0])]
+    for h, head in enumerate(ordered):
         heads.append({
             "head": h,
             "place": head.place.describe(),
@@ -114,6 +130,7 @@ def _block(index: int, block: BlockSpec, layout: Layout,
         })
     return {
         "block": index,
+        "runs": runs,
         "heads": heads,
         "mlp": {"mode": "neutral" if block.divisor is None
                 else f"divide by |{block.divisor.label}|",

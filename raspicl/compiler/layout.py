@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from raspicl.compiler.lower import Lowered, Value
 from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.errors import CompileError
 from raspicl.lang.reads import ROLES
 
 FIXED = ("zero", "one", "pos", "pos_sq", "is_x", "is_y", "is_query")
@@ -40,18 +41,29 @@ def lay_out(low: Lowered, sched: Schedule) -> Layout:
         sorted([v for v in low.values if v.kind == "op"] + sched.temps,
                key=lambda v: v.write_slot)
     placed = []
+    replaced = {v.replaces for v in values if v.replaces is not None}
     for v in values:
-        start = _find_run(free_from, v.width, v.write_slot)
-        if start is None:
-            start = len(free_from)
-            while start > 0 and free_from[start - 1] <= v.write_slot:
-                start -= 1
-            free_from += [float("-inf")] * (start + v.width - len(free_from))
+        if v.replaces is not None or v.template is not None:
+            # looped compile: the loop state keeps its rows; later iterations reuse iteration 0's
+            src = v.replaces if v.replaces is not None else v.template
+            rows = [r - base for r in src.rows]
+            if v.replaces is None and any(free_from[r] > v.write_slot for r in rows):
+                raise CompileError(f"looped compile: the rows of {src.label} are still in use "
+                                   f"when iteration values reuse them (write slot "
+                                   f"{v.write_slot}); compile this program unrolled")
+        else:
+            start = _find_run(free_from, v.width, v.write_slot)
+            if start is None:
+                start = len(free_from)
+                while start > 0 and free_from[start - 1] <= v.write_slot:
+                    start -= 1
+                free_from += [float("-inf")] * (start + v.width - len(free_from))
+            rows = list(range(start, start + v.width))
         c = clear_slot(v)
-        until = float("inf") if c is None else c
-        for r in range(start, start + v.width):
+        until = float("inf") if c is None or v in replaced else c
+        for r in rows:
             free_from[r] = until
-        v.rows = [base + r for r in range(start, start + v.width)]
+        v.rows = [base + r for r in rows]
         placed.append(v)
     d_model = base + len(free_from)
     names = fixed_names + [""] * len(free_from)

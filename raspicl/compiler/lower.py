@@ -35,6 +35,11 @@ class Value:
     last_read: int = -1
     rows: list[int] = field(default_factory=list)
     versioned: bool = False  # a var: its label carries the version
+    # Looped compilation (schedule.py, layout.py): a clear slot that replaces the computed one,
+    # the iteration-0 value whose rows this one reuses, and rows fixed in advance.
+    clear_override: int | None = None
+    template: Value | None = None
+    replaces: Value | None = None  # a var's last write in an iteration takes over these rows
 
     @property
     def label(self) -> str:

@@ -23,26 +23,54 @@ NEVER = 10**9  # last_read of values that stay live to the end (the output)
 
 
 @dataclass
+class Loop:
+    """A loop compiled as one shared group of blocks: iteration k runs blocks
+    starts[k] .. starts[k] + length - 1 (in run order), all with iteration 0's weights."""
+
+    loop_id: int
+    starts: list[int]
+    length: int
+
+
+@dataclass
 class Schedule:
     n_blocks: int
     mlp_mode: dict[int, object]  # block -> 'neutral' or the divisor Value
     instrs: list[Instr]
     temps: list[Value] = field(default_factory=list)
     anchors: dict[int, Value] = field(default_factory=dict)  # block -> divisor whose anchors
+    loops: list[Loop] = field(default_factory=list)
 
 
-def schedule(low: Lowered) -> Schedule:
+def schedule(low: Lowered, share_loops: bool = False) -> Schedule:
+    """Place every instruction (see the module doc). With share_loops, each iteration of a
+    `p.loop` starts on a fresh block and nothing else shares its blocks, so that every
+    iteration compiles to the same weights (checked in assemble)."""
     mode: dict[int, object] = {}
+    floor = 0  # the first block an instruction may use
+    last_block = -1
+    loops: dict[int, Loop] = {}
+    current_loop: tuple[int, int] | None = None
 
     def mlp_ok(block: int, want: object) -> bool:
         have = mode.get(block)
         return have is None or have is want
 
     for ins in low.instrs:
+        tag = ins.op.loop if share_loops else None
+        if tag != current_loop:  # entering an iteration, or leaving a loop
+            floor = last_block + 1
+            if tag is not None:
+                loop = loops.setdefault(tag[0], Loop(tag[0], [], 0))
+                loop.starts.append(floor)
+            current_loop = tag
         remote = [v for v, at in ins.reads if not isinstance(at, Here)]
         here = [v for v, at in ins.reads if isinstance(at, Here)]
-        ready_remote = max((v.write_slot for v in remote), default=-1)
-        ready_here = max((v.write_slot for v in here), default=-1)
+        ready_remote = max([v.write_slot for v in remote] + [2 * floor - 1])
+        ready_here = max([v.write_slot for v in here] + [2 * floor - 1])
+        replaced = ins.dst.replaces  # in a shared loop: the version whose rows it takes
+        if replaced is not None:
+            ready_here = max(ready_here, clear_slot(replaced) - 1)
         if ins.is_linear:
             slot = max(ready_remote, ready_here) + 1
             if remote and slot % 2:
@@ -59,6 +87,7 @@ def schedule(low: Lowered) -> Schedule:
                 for v, _ in ins.reads:
                     v.read_at(slot)
             ins.dst.write_slot = slot
+            last_block = max(last_block, ins.block)
             continue
         want = ins.divisor if ins.divisor is not None else "neutral"
         block = 0
@@ -81,25 +110,35 @@ def schedule(low: Lowered) -> Schedule:
         if ins.divisor is not None:
             ins.divisor.read_at(2 * block)
         ins.dst.write_slot = 2 * block + 1
+        last_block = max(last_block, ins.block)
+    for loop in loops.values():
+        ends = [max(i.block for i in low.instrs if i.op.loop == (loop.loop_id, k))
+                for k in range(len(loop.starts))]
+        loop.length = ends[0] - loop.starts[0] + 1
     low.output.read_at(NEVER)
     n_blocks = max((ins.dst.write_slot // 2 for ins in low.instrs), default=-1) + 1
     temps = []
     anchors = {}
+    by_dst = {ins.dst: ins for ins in low.instrs}
     for ins in low.instrs:
         if ins.stage == "attn+mlp":
             for i, (v, at) in enumerate(ins.reads):
                 if not isinstance(at, Here):
                     t = Value(f"{v.label}@{type(at).__name__}", 0, v.width, "temp", v.bound,
                               write_slot=2 * ins.block, last_read=2 * ins.block + 1)
+                    if ins.dst.template is not None:
+                        t.template = by_dst[ins.dst.template].temps[i]
                     ins.temps[i] = t
                     temps.append(t)
         if ins.divisor is not None:
             anchors[ins.block] = ins.divisor
-    return Schedule(max(n_blocks, 1), mode, low.instrs, temps, anchors)
+    return Schedule(max(n_blocks, 1), mode, low.instrs, temps, anchors, list(loops.values()))
 
 
 def clear_slot(v: Value) -> int | None:
     """The attention slot whose self-head zeroes the value's rows, or None if it stays."""
+    if v.clear_override is not None:
+        return v.clear_override
     if v.last_read >= NEVER:
         return None
     slot = v.last_read if v.last_read % 2 == 0 else v.last_read + 1

@@ -34,6 +34,7 @@ class HeadSpec:
     columns: list[int] = field(default_factory=list)
     writes: list[tuple[int, int, float]] = field(default_factory=list)  # (column, row, coef)
     purposes: list[str] = field(default_factory=list)
+    cleared: set[int] = field(default_factory=set)
 
     def column(self, row: int) -> int:
         if row not in self.columns:
@@ -42,6 +43,12 @@ class HeadSpec:
 
     def copy(self, src_row: int, dst_row: int, coef: float = 1.0) -> None:
         self.writes.append((self.column(src_row), dst_row, coef))
+
+    def clear(self, row: int) -> None:
+        """Zero a row (once, however often asked)."""
+        if row not in self.cleared:
+            self.cleared.add(row)
+            self.writes.append((self.column(row), row, -1.0))
 
     def note(self, text: str) -> None:
         if text not in self.purposes:

@@ -1,0 +1,122 @@
+"""Looped compilation: one group of blocks whose weights every iteration of a `p.loop` shares.
+
+The program's ops are unrolled; what makes the iterations share weights is that each compiles
+to the same blocks over the same rows:
+- before scheduling, `link_iterations` pairs every value of iteration k with its iteration-0
+  twin (same rows), and makes each var's last write in an iteration take over the rows of the
+  version it replaces, so the loop state stays in place;
+- the scheduler starts every iteration on a fresh block (schedule.py, share_loops);
+- after scheduling, `fix_clears` keeps values from before the loop alive until it ends (their
+  rows must not be cleared by a shared block), and gives the first iteration the clears that the
+  later ones inherit from the iteration before (on rows that are still zero then);
+- assemble checks that the blocks are identical and keeps one copy (a looped transformer).
+"""
+
+from __future__ import annotations
+
+from raspicl.compiler.lower import Lowered, Value
+from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.errors import CompileError
+
+
+def link_iterations(low: Lowered, share_rows: bool = True) -> None:
+    """Give twins across iterations one bound (so the gadgets' scales agree, unrolled or
+    not) and, with share_rows, set template (iteration-0 twin) and replaces (carried state)
+    on loop values."""
+    by_loop: dict[int, dict[int, list]] = {}
+    for ins in low.instrs:
+        if ins.op.loop is not None:
+            lid, k = ins.op.loop
+            by_loop.setdefault(lid, {}).setdefault(k, []).append(ins)
+    for iterations in by_loop.values():
+        body = iterations[0]
+        first = body[0].op.index
+        before: dict[str, Value] = {}
+        for ins in low.instrs:
+            if ins.op.index >= first:
+                break
+            before[ins.dst.name] = ins.dst
+        for v in low.values:
+            if v.kind == "const" and v.name not in before:
+                before[v.name] = v
+        last_write = {ins.dst.name: i for i, ins in enumerate(body)}
+        carried = set()  # vars the body reads before it writes them: the loop state
+        written: set[str] = set()
+        for ins in body:
+            carried |= {v.name for v, _ in ins.reads if v.name not in written}
+            if ins.divisor is not None and ins.divisor.name not in written:
+                carried.add(ins.divisor.name)
+            written.add(ins.dst.name)
+        previous = dict(before)
+        for k in sorted(iterations):
+            for i, ins in enumerate(iterations[k]):
+                if k > 0:
+                    ins.dst.template = body[i].dst
+                if last_write[ins.dst.name] == i and ins.dst.name in carried:
+                    old = previous.get(ins.dst.name)
+                    if old is None:
+                        raise CompileError(
+                            f"{ins.op.where()}: a looped compile needs var '{ins.dst.name}' "
+                            f"to hold a value before the loop (give it an init)")
+                    ins.dst.replaces = old
+                    previous[ins.dst.name] = ins.dst
+    _share_bounds(low)
+    if not share_rows:
+        for v in low.values:
+            v.template = v.replaces = None
+
+
+def _share_bounds(low: Lowered) -> None:
+    """Twins get one bound (the largest), so that the gadgets' scales agree across iterations."""
+    group: dict[int, list[Value]] = {}
+    root: dict[int, int] = {}
+
+    def find(v: Value) -> int:
+        i = id(v)
+        while root.get(i, i) != i:
+            i = root[i]
+        return i
+
+    def union(a: Value, b: Value) -> None:
+        root[find(a)] = find(b)
+
+    for v in low.values:
+        if v.template is not None:
+            union(v, v.template)
+        if v.replaces is not None:
+            union(v, v.replaces)
+    for v in low.values:
+        group.setdefault(find(v), []).append(v)
+    for members in group.values():
+        bound = max(m.bound for m in members)
+        for m in members:
+            m.bound = bound
+
+
+def fix_clears(low: Lowered, sched: Schedule) -> None:
+    """Defer clears of pre-loop values to after the loop; copy wrap-around clears to the
+    first iteration (see the module doc)."""
+    replaced = {v.replaces for v in low.values if v.replaces is not None}
+    for loop in sched.loops:
+        start, length = loop.starts[0], loop.length
+        end_slot = 2 * (loop.starts[-1] + length)  # first attention after the loop
+        for v in low.values + sched.temps:
+            if v.write_slot < 2 * start and v not in replaced:
+                c = clear_slot(v)
+                if c is not None and 2 * start <= c < end_slot:
+                    v.clear_override = end_slot
+
+
+def wraparound_clears(low: Lowered, sched: Schedule) -> dict[int, list[Value]]:
+    """block -> values whose rows the first iteration's first block clears, as every later
+    iteration's first block clears the previous iteration's."""
+    extra: dict[int, list[Value]] = {}
+    for loop in sched.loops:
+        if len(loop.starts) < 2:
+            continue
+        boundary = 2 * loop.starts[1]
+        for v in low.values + sched.temps:
+            if v.kind in ("op", "temp") and 2 * loop.starts[0] <= v.write_slot < boundary \
+                    and clear_slot(v) == boundary:
+                extra.setdefault(loop.starts[0], []).append(v)
+    return extra
