@@ -9,13 +9,13 @@ import torch
 
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
-from raspicl.errors import CompileError
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
 from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_units
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.loops import wraparound_clears
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 from raspicl.model import ModelConfig, Transformer
 

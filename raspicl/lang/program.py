@@ -483,7 +483,8 @@ class Program:
             raise ProgramError(f"loop at {source}: the body writes no op")
         for k in range(1, int(n)):
             ops_k = [op for op in self.ops[first:] if op.loop == (loop_id, k)]
-            if len(ops_k) != len(body) or any(not _same_op(a, b) for a, b in zip(body, ops_k)):
+            if len(ops_k) != len(body) or any(
+                    not _same_op(a, b) for a, b in zip(body, ops_k, strict=True)):
                 raise ProgramError(f"loop at {source}: iteration {k} writes different ops than "
                                    f"iteration 0; a loop body must be the same every time")
 
