@@ -55,6 +55,9 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "fixed_rows": dict(layout.fixed),
         "row_names": layout.row_names,
         "registers": _registers(low, program, slot_name),
+        "temporaries": [{"name": v.label, "rows": v.rows, "written": slot_name(v.write_slot),
+                         "cleared": slot_name(clear_slot(v)), "bound": v.bound}
+                        for v in sched.temps],
         "masks": {v.name: {"row": v.rows[0], "values": mask.tolist()}
                   for v, mask in low.masks.values()},
         "constants": {name: program.constants[name].tolist() for name, reg in
@@ -124,7 +127,8 @@ def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
             "head": h,
             "place": head.place.describe(),
             "reads": [names[r] for r in head.columns],
-            "writes": [{"from": names[head.columns[c]], "to": names[r], "coef": coef}
+            "writes": [{"from": names[head.columns[c]], "to": names[r],
+                        "from_row": head.columns[c], "to_row": r, "coef": coef}
                        for c, r, coef in head.writes],
             "purpose": head.purposes,
         })
@@ -132,6 +136,8 @@ def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
         "block": index,
         "runs": runs,
         "heads": heads,
+        "attention_bias": [{"to": names[r], "row": r, "value": b}
+                           for r, b in sorted(block.b_O.items()) if b != 0.0],
         "mlp": {"mode": "neutral" if block.divisor is None
                 else f"divide by |{block.divisor.label}|",
                 "ln_eps": cfg.ln_eps[index], "units": len(block.units),

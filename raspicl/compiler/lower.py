@@ -105,6 +105,9 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
     bounds_after = [_abs_max(v) * m for v in trace.after]
     bounds_in = {"x": _abs_max(trace.final["x"]) * m, "y": _abs_max(trace.final["y"]) * m}
     arrays = {"x": trace.tokens[:, :, 1:], "y": trace.tokens[:, :, :1]}
+    for name, value in program.constants.items():  # consts and var inits, at every token
+        arrays[name] = np.broadcast_to(np.asarray(value, dtype=np.float64),
+                                       trace.tokens.shape[:2] + (np.asarray(value).size,))
     current: dict[str, Value] = {}
     values: list[Value] = []
     inputs = {
