@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raspicl.guards import check_divisors, check_prompt
+from raspicl.guards import check_divisors, check_leaks, check_prompt
 from raspicl.model import Transformer
 from raspicl.prompts import Prompts
 
@@ -40,12 +40,15 @@ class CompiledModel:
 
         check: 'error' (raise DomainError), 'warn' (DomainWarning) or 'ignore', for a prompt
         with NaN or infinity or outside the layout's domain, and for a divisor that comes
-        closer to zero than its calibrated minimum (raspicl.guards)."""
+        closer to zero than its calibrated minimum, or a residual entry so large (at any token)
+        that attention's exp(-margin) leak from it would spoil other tokens (raspicl.guards)."""
         tok = self._checked_tokens(prompts, check)
         with torch.no_grad():
-            out = self.model(tok)
-            if check != "ignore" and self.layout.get("domain", {}).get("divisors"):
-                check_divisors(self.layout, self.model.residuals(tok), check, stacklevel=3)
+            res = self.model.residuals(tok)
+            out = self.model.readout(res[-1])
+        if check != "ignore":
+            check_divisors(self.layout, res, check, stacklevel=3)
+            check_leaks(self.layout, res, check, stacklevel=3)
         pos = self.layout["output"]["positions"]
         return out[:, pos].detach().cpu().double().numpy()
 
@@ -58,6 +61,7 @@ class CompiledModel:
         out = [r.detach().cpu().double().numpy() for r in res]
         if check != "ignore":
             check_divisors(self.layout, out, check, stacklevel=3)
+            check_leaks(self.layout, out, check, stacklevel=3)
         return out
 
     def _checked_tokens(self, prompts: Prompts | np.ndarray, check: str) -> torch.Tensor:

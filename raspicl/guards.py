@@ -5,7 +5,11 @@ largest |x| and |y| seen in calibration times the compiler's margin, and for eve
 smallest |divisor| seen, over the margin. `check_prompt` looks at the tokens before the model
 runs (shape, NaN or infinity, values beyond the domain); `check_divisors` reads each division's
 divisor from the residual stream afterwards and reports tokens where it came closer to zero than
-the calibrated minimum, where the quotient is unreliable or infinite.
+the calibrated minimum, where the quotient is unreliable or infinite; `check_leaks` looks at
+every token, defined or not, for residual entries so large (or infinite) that the weight an
+attention head leaks to tokens it does not read, about exp(-attention_margin) each, carries them
+into tokens that are defined (a division by a near-zero divisor at an undefined token can do
+this).
 
 Each takes `on_violation`: 'error' raises DomainError, 'warn' issues a DomainWarning per
 finding, 'ignore' does neither; all three return the findings as messages. A token array of the
@@ -122,6 +126,35 @@ def check_divisors(layout: dict, residuals: Sequence, on_violation: str = "error
                 f"be inf")
     return _report(messages, on_violation, "a division's divisor came too close to zero",
                    stacklevel)
+
+
+def check_leaks(layout: dict, residuals: Sequence, on_violation: str = "error", *,
+                stacklevel: int = 2) -> list[str]:
+    """Report residual entries, at any token, that are not finite or larger than
+    machine epsilon * exp(M) / n_ctx (M the attention margin): beyond that, the exp(-M) weight
+    each head leaks onto every token would move other tokens' values by more than rounding."""
+    check_mode(on_violation)
+    margin = float(layout.get("compiler", {}).get("attention_margin", 0.0))
+    n_ctx = layout["architecture"]["n_ctx"]
+    limit = np.finfo(np.float64).eps * math.exp(min(margin, 700.0)) / n_ctx
+    skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
+    rows = [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
+    messages = []
+    for i, r in enumerate(residuals):
+        arr = np.abs(np.asarray(r.detach().cpu().double() if hasattr(r, "detach") else r)[..., rows])
+        bad = ~np.isfinite(arr) | (arr > limit)
+        if bad.any():
+            b, t, c = np.argwhere(bad)[0]
+            value = arr[b, t, c]
+            name = layout["row_names"][rows[c]] or f"row {rows[c]}"
+            messages.append(
+                f"residual {i} holds |{name}| = {value:.3g} at token {t} of prompt {b}"
+                f" ({_count(bad.any(axis=2))}); attention leaks about exp(-{margin:g}) of every "
+                f"token into the others, so entries above {limit:.3g} (or infinite) can move "
+                f"defined values by more than rounding: an undefined token (e.g. one dividing "
+                f"by ~0) has blown up")
+            break
+    return _report(messages, on_violation, "the residual stream blew up", stacklevel)
 
 
 def divisor_version(layout: dict, div: dict) -> dict:

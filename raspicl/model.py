@@ -157,7 +157,11 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The readout at every token: [B, T, d_out]."""
-        return self.residuals(tokens)[-1] @ self.unembed.W_U + self.unembed.b_U
+        return self.readout(self.residuals(tokens)[-1])
+
+    def readout(self, resid: torch.Tensor) -> torch.Tensor:
+        """W_U applied to a final residual stream: [B, T, d_out]."""
+        return resid @ self.unembed.W_U + self.unembed.b_U
 
     @property
     def dtype(self) -> torch.dtype:

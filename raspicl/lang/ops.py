@@ -192,6 +192,14 @@ def fail(kind: str, dst: str, source: SourceLocation, message: str) -> ProgramEr
     return ProgramError(f"op '{kind}' writing '{dst}' at {source}: {message}")
 
 
+def _numbers(value, what: str, kind: str, dst: str, source: SourceLocation) -> np.ndarray:
+    try:
+        return coef_array(value)
+    except (TypeError, ValueError) as exc:
+        raise fail(kind, dst, source, f"{what} must be numbers (an array, a nested list of equal "
+                                      f"lengths or a scalar); got {value!r} ({exc})") from None
+
+
 def as_matrix(
     value, rows: int, cols: int, *, what: str, kind: str, dst: str, source: SourceLocation
 ) -> np.ndarray:
@@ -201,7 +209,7 @@ def as_matrix(
     """
     if value is None:
         value = 1.0
-    arr = coef_array(value)
+    arr = _numbers(value, what, kind, dst, source)
     if arr.ndim == 0:
         if rows != cols:
             raise fail(
@@ -228,7 +236,7 @@ def as_vector(value, width: int, *, what: str, kind: str, dst: str,
     """
     if value is None:
         return np.zeros(width)
-    arr = coef_array(value)
+    arr = _numbers(value, what, kind, dst, source)
     if arr.ndim == 0:
         arr = np.full(width, arr.item() if arr.dtype == np.dtype(object) else float(arr),
                       dtype=arr.dtype)

@@ -132,7 +132,7 @@ class Program:
     def const(self, name: str, value) -> Register:
         """A register holding the same constant at every token (baked into the weights)."""
         source = caller_location()
-        arr = coef_array(value)
+        arr = _coefs(value, "its value", f"at {source}: constant '{name}'")
         if not all_finite(arr):
             raise ProgramError(f"at {source}: constant '{name}' holds NaN or infinite entries")
         reg = self._new_register(name, arr.shape, "const", source)
@@ -143,10 +143,14 @@ class Program:
         """A mutable register: ops may write it more than once. init, if given, is its
         value at every token before the first write."""
         source = caller_location()
-        shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
+        if shape is None or isinstance(shape, bool) or not isinstance(
+                shape, int | np.integer | tuple | list):
+            raise ProgramError(f"at {source}: var '{name}': shape must be (), an int or a tuple "
+                               f"of one or two positive ints; got {shape!r}")
+        shape = _shape_arg(shape, "var", name, source)
         reg = self._new_register(name, shape, "var", source)
         if init is not None:
-            arr = coef_array(init)
+            arr = _coefs(init, "init", f"at {source}: var '{name}'")
             if arr.size != reg.width:
                 raise ProgramError(
                     f"at {source}: init of var '{name}' has {arr.size} entries, "
@@ -163,6 +167,10 @@ class Program:
               what: str) -> Read:
         if isinstance(operand, Read):
             read = operand
+            if not isinstance(read.register, Register):
+                raise fail(kind, dst, source,
+                           f"{what} is a Read of {read.register!r}, which is not a Register "
+                           f"(pass the Register the program returned, not its name)")
         elif isinstance(operand, Register):
             read = Read(operand, Here())
         else:
@@ -216,7 +224,7 @@ class Program:
         z = u when `here` is None; then dst = W z + bias.
         """
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         if op not in ("+", "*"):
             raise fail("raw", name, source, f"op must be '+' or '*', got {op!r}")
         reads_u = [self._read(r, "raw", name, source, "read")
@@ -235,7 +243,8 @@ class Program:
             raise fail("raw", name, source,
                        f"'{op}' combines the reads (width {width_u}) with 'here' "
                        f"(width {width_v}) elementwise; widths must match")
-        W_arr = coef_array(1.0 if W is None else W)
+        W_arr = _coefs(1.0 if W is None else W, "W", f"op 'raw' writing '{name}' at {source}")
+        shape = _shape_arg(shape, "raw", name, source)
         out_width = W_arr.shape[0] if W_arr.ndim == 2 else width_u
         out_shape = _default_shape(shape, out_width, reads_u[0].register.shape
                                    if W_arr.ndim < 2 and len(reads_u) == 1 else None)
@@ -270,7 +279,7 @@ class Program:
             note: str = "") -> Register:
         """dst = src read at `at` (default: the current token). Attention in the paper."""
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         read = self._read(src, "mov", name, source, "src")
         if at is not None:
             if isinstance(src, Read):
@@ -286,9 +295,11 @@ class Program:
     def mean(self, dst: str | Register, src: Operand, role: str, note: str = "") -> Register:
         """dst = mean of src over all tokens s <= t of the given role (uniform attention)."""
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
-        if isinstance(src, Read):
-            raise fail("mean", name, source, "mean takes a register, not a Read")
+        name = _dst_name(dst)
+        if not isinstance(src, Register):
+            raise fail("mean", name, source,
+                       f"src must be a Register (mean reads it over the role's tokens), got "
+                       f"{type(src).__name__}")
         _check_where(Mean(role), "mean", name, source)
         read = self._read(Read(src, Mean(role)), "mean", name, source, "src")
         lin = [(c, 1.0, 0, c) for c in range(src.width)]
@@ -303,10 +314,11 @@ class Program:
         An MLP in the paper; exact in the compiled model (GeLU(z) - GeLU(-z) = z).
         """
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         ra = self._read(a, "aff", name, source, "a")
         rb = None if b is None else self._read(b, "aff", name, source, "b")
-        W1_arr = coef_array(1.0 if W1 is None else W1)
+        W1_arr = _coefs(1.0 if W1 is None else W1, "W1", f"op 'aff' writing '{name}' at {source}")
+        shape = _shape_arg(shape, "aff", name, source)
         out_width = W1_arr.shape[0] if W1_arr.ndim == 2 else ra.register.width
         out_shape = _default_shape(shape, out_width,
                                    ra.register.shape if W1_arr.ndim < 2 else None)
@@ -344,11 +356,9 @@ class Program:
             note: str = "") -> Register:
         """dst = scale * <a, b> for two registers of equal width (a scalar)."""
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
-        wa = a.register.width if isinstance(a, Read) else getattr(a, "width", None)
-        wb = b.register.width if isinstance(b, Read) else getattr(b, "width", None)
-        if wa is None or wb is None:
-            raise fail("dot", name, source, "operands must be Registers or Reads")
+        name = _dst_name(dst)
+        ra_, rb_ = (self._read(a, "dot", name, source, "a"), self._read(b, "dot", name, source, "b"))
+        wa, wb = ra_.register.width, rb_.register.width
         if wa != wb:
             ra = a.register if isinstance(a, Read) else a
             rb = b.register if isinstance(b, Read) else b
@@ -359,9 +369,14 @@ class Program:
 
     def _product(self, kind: str, dst, a, b, a_shape, b_shape, scale, shape, note,
                  source: SourceLocation) -> Register:
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         ra = self._read(a, kind, name, source, "a")
         rb = self._read(b, kind, name, source, "b")
+        a_shape = _view_arg(a_shape, kind, name, source, "a_shape")
+        b_shape = _view_arg(b_shape, kind, name, source, "b_shape")
+        shape = _shape_arg(shape, kind, name, source)
+        if np.ndim(scale) != 0 or isinstance(scale, bool | str):
+            raise fail(kind, name, source, f"scale must be a number, got {scale!r}")
         (p, q), (q2, r) = matmul_shapes(ra.register.shape, rb.register.shape, a_shape, b_shape)
         if p * q != ra.register.width:
             raise fail(kind, name, source,
@@ -375,7 +390,7 @@ class Program:
             raise fail(kind, name, source,
                        f"inner dimensions differ: '{ra.register.name}' is viewed as {p}x{q} and "
                        f"'{rb.register.name}' as {q2}x{r}")
-        if not all_finite(coef_array(scale)):
+        if not all_finite(_coefs(scale, "scale", f"op '{kind}' writing '{name}' at {source}")):
             raise fail(kind, name, source, "scale is NaN or infinite")
         if not is_symbolic_value(scale):
             scale = float(scale)
@@ -397,7 +412,7 @@ class Program:
         Undefined (and reported by the compiled model's guard) where s comes near zero.
         """
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         ra = self._read(a, "div", name, source, "a")
         rs = self._read(s, "div", name, source, "s")
         if rs.register.shape != ():
@@ -421,7 +436,7 @@ class Program:
         An MLP gate in the compiled model, exact for |a - b| within its calibrated bound.
         """
         source = caller_location()
-        name = dst if isinstance(dst, str) else dst.name
+        name = _dst_name(dst)
         ra = self._read(a, "select", name, source, "a")
         rb = self._read(b, "select", name, source, "b")
         if ra.register.shape != rb.register.shape:
@@ -491,7 +506,12 @@ class Program:
     def output(self, register: Register, roles: tuple[str, ...] | str = ("query",)) -> None:
         """Declare the prediction register and the roles of the tokens where it is read."""
         source = caller_location()
-        roles = (roles,) if isinstance(roles, str) else tuple(roles)
+        if isinstance(roles, str):
+            roles = (roles,)
+        elif not isinstance(roles, tuple | list) or not all(isinstance(r, str) for r in roles):
+            raise ProgramError(f"output at {source}: roles must be a role name or a tuple of "
+                               f"role names ({', '.join(ROLES)}); got {roles!r}")
+        roles = tuple(roles)
         if not isinstance(register, Register) or self.registers.get(register.name) is not register:
             raise ProgramError(f"output at {source}: {register!r} is not a register of this "
                                f"program")
@@ -553,6 +573,48 @@ def _same_op(a: Op, b: Op) -> bool:
             and np.array_equal(np.asarray(a.bias), np.asarray(b.bias))
             and (a.mask is None) == (b.mask is None)
             and (a.mask is None or np.array_equal(a.mask, b.mask)))
+
+
+def _dst_name(dst) -> str:
+    """The destination's name for messages; _target refuses anything but a str or Register."""
+    if isinstance(dst, str):
+        return dst
+    return dst.name if isinstance(dst, Register) else repr(dst)
+
+
+def _shape_arg(shape, kind: str, dst: str, source: SourceLocation,
+               what: str = "shape") -> Shape | None:
+    """None, or a shape: () / an int / a tuple of one or two positive ints."""
+    if shape is None:
+        return None
+    if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list) or len(shape) > 2 or any(
+            not isinstance(s, int | np.integer) or isinstance(s, bool) or s < 1 for s in shape):
+        raise fail(kind, dst, source,
+                   f"{what} must be (), an int or a tuple of one or two positive ints; got "
+                   f"{shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _view_arg(view, kind: str, dst: str, source: SourceLocation, what: str):
+    """None, or a (rows, cols) view of a register in a product."""
+    if view is None:
+        return None
+    if not isinstance(view, tuple | list) or len(view) != 2 or any(
+            not isinstance(s, int | np.integer) or isinstance(s, bool) or s < 1 for s in view):
+        raise fail(kind, dst, source,
+                   f"{what} must be a (rows, cols) pair of positive ints; got {view!r}")
+    return (int(view[0]), int(view[1]))
+
+
+def _coefs(value, what: str, where: str) -> np.ndarray:
+    """coef_array, with a ProgramError (prefixed by `where`) for what cannot be numbers."""
+    try:
+        return coef_array(value)
+    except (TypeError, ValueError) as exc:
+        raise ProgramError(f"{where}: {what} must be numbers (an array, a nested list of equal "
+                           f"lengths or a scalar); got {value!r} ({exc})") from None
 
 
 def _width(shape: Shape) -> int:
