@@ -141,7 +141,8 @@ def check_leaks(layout: dict, residuals: Sequence, on_violation: str = "error", 
     rows = [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
     messages = []
     for i, r in enumerate(residuals):
-        arr = np.abs(np.asarray(r.detach().cpu().double() if hasattr(r, "detach") else r)[..., rows])
+        r = r.detach().cpu().double() if hasattr(r, "detach") else r
+        arr = np.abs(np.asarray(r)[..., rows])
         bad = ~np.isfinite(arr) | (arr > limit)
         if bad.any():
             b, t, c = np.argwhere(bad)[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from raspicl import At, Mean, Offset, Program, Read, interpret, random_prompts
+from raspicl import At, Offset, Program, Read, interpret, random_prompts
 from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.registry import find_program
 from raspicl.verify import rel_err, verify_program

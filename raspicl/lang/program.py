@@ -357,7 +357,8 @@ class Program:
         """dst = scale * <a, b> for two registers of equal width (a scalar)."""
         source = caller_location()
         name = _dst_name(dst)
-        ra_, rb_ = (self._read(a, "dot", name, source, "a"), self._read(b, "dot", name, source, "b"))
+        ra_ = self._read(a, "dot", name, source, "a")
+        rb_ = self._read(b, "dot", name, source, "b")
         wa, wb = ra_.register.width, rb_.register.width
         if wa != wb:
             ra = a.register if isinstance(a, Read) else a
