@@ -151,61 +151,91 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raspicl",
         description="Compile in-context learning algorithms into explicit transformer weights "
-                    "and verify them.")
+                    "and verify them.",
+        epilog="Run 'raspicl COMMAND --help' for a command's arguments (all of them are in "
+               "docs/cli.md). Exit status: 0 success; 1 a check of 'raspicl verify' failed; 2 "
+               "an error raspicl reports (a bad program, parameter, file or command line).")
     from raspicl import __version__
 
     parser.add_argument("--version", action="version", version=f"raspicl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list the bundled programs and their parameters")
+    p = sub.add_parser("list", help="list the bundled programs and their parameters",
+                       description="List the program files in ./programs if that folder "
+                                   "exists, else in the programs/ folder beside the raspicl "
+                                   "package: each one's name, the first line of its docstring "
+                                   "and the parameters of its program() with their defaults.")
     p.set_defaults(func=cmd_list)
 
-    set_help = "a program parameter, NAME=VALUE (a Python literal); repeatable"
+    set_help = ("a parameter of the program's program(), NAME=VALUE; VALUE is read as a Python "
+                "literal (4, 0.1, [1, 2]) where it parses, else as a string; repeatable")
+    program_help = ("a program file (a path ending in .py, e.g. programs/gd_step.py) or the name "
+                    "of one in ./programs or the bundled programs/ (gd_step)")
     p = sub.add_parser("run", help="run a program in the float64 interpreter on a random prompt",
-                       description="Interpret PROGRAM on one random prompt and print the "
-                                   "prediction and every register at the query token.")
-    p.add_argument("program", help="a program file (programs/gd_step.py) or a bundled name")
+                       description="Interpret PROGRAM on one random prompt (x, w ~ N(0, I), "
+                                   "y = w^T x) and print the program's listing, the true w, the "
+                                   "prediction at each output token, the prediction of the "
+                                   "file's reference() if it has one, and every register at "
+                                   "the query token.")
+    p.add_argument("program", metavar="PROGRAM", help=program_help)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help=set_help)
-    p.add_argument("--seed", type=int, help="seed of the random prompt (printed; default: "
-                                            "a fresh one)")
+    p.add_argument("--seed", type=int, help="seed of the random prompt (default: a fresh one, "
+                                            "printed so that the run can be repeated)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a program to model.safetensors + layout.json",
-                       description="Compile PROGRAM into a transformer and write "
-                                   "DIR/model.safetensors and DIR/layout.json.")
-    p.add_argument("program", help="a program file or a bundled name")
+                       description="Compile PROGRAM into a transformer, write "
+                                   "DIR/model.safetensors (the weights) and DIR/layout.json "
+                                   "(what every residual row means; docs/architecture.md), and "
+                                   "print the model's size.")
+    p.add_argument("program", metavar="PROGRAM", help=program_help)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help=set_help)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (created if needed; the two files are overwritten)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                   help="precision the weights are tuned for and stored in (default float64)")
+                   help="precision the compiler's constants are tuned for and the weights are "
+                        "stored in (default float64)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("verify", help="compile programs and check them (exit 1 on failure)",
-                       description="Compile every program (default: all in programs/, over "
-                                   "each program's GRID) and check the model against the "
-                                   "interpreter on every register at every token, the "
-                                   "interpreter against the reference solvers, and (d <= 3) "
-                                   "the program against its closed form with sympy.")
-    p.add_argument("programs", nargs="*", help="program files or names (default: all bundled)")
+                       description="Compile each program for every parameter set of its GRID "
+                                   "(or the one --set gives) and dtype, and check: the model "
+                                   "against the interpreter on every register at every token "
+                                   "and on the prediction, and against the file's reference() "
+                                   "solver, to the file's TOLERANCE (default 1e-8 float64, "
+                                   "1e-3 float32); the interpreter against reference() to "
+                                   "1e-12; and, where the file has closed_form(), n = 1 and "
+                                   "d <= 3, the program against it with sympy. Errors are "
+                                   "|a - b| / max(|b|, 1). Prints one row per check; exit "
+                                   "status 1 if any check fails.")
+    p.add_argument("programs", nargs="*", metavar="PROGRAM",
+                   help="program files or names (default: every program in ./programs, or in "
+                        "the bundled programs/)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help=set_help + " (replaces the programs' grids)")
+                   help=set_help + "; replaces the programs' GRIDs: each program is checked "
+                                   "once, with these parameters")
     p.add_argument("--dtype", action="append", choices=["float64", "float32"],
                    help="precision to check; repeatable (default: both)")
     p.add_argument("--problems", type=int, default=1000,
-                   help="random problems per check (default 1000)")
+                   help="random problems (prompts) per check (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the problems (default 0)")
     p.add_argument("--no-symbolic", action="store_true", help="skip the sympy proofs")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="print the worst register and time of each check")
+                   help="also print, to stderr, each check's worst register, its time and any "
+                        "problems outside the model's calibrated domain")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("inspect", help="show what every head and MLP of a compiled model does",
                        description="Print the residual layout (register -> rows) and, per "
                                    "block, what each head reads and writes and what the MLP "
                                    "computes, traced to the program's ops and source lines.")
-    p.add_argument("dir", help="a directory written by `raspicl compile`")
+    p.add_argument("dir", metavar="DIR",
+                   help="a directory holding model.safetensors and layout.json (written by "
+                        "`raspicl compile` or raspicl.export.save)")
     p.add_argument("--plot", metavar="OUTDIR",
-                   help="also write PNG heatmaps of every block's matrices to OUTDIR")
+                   help="also write PNG heatmaps to OUTDIR (created if needed): blockNN.png per "
+                        "block (each head's W_V·W_O and W_Q·W_K^T, the MLP's W_in and W_out^T) "
+                        "and embed.png (W_E, W_pos, W_U)")
     p.set_defaults(func=cmd_inspect)
     return parser
 

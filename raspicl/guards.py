@@ -130,7 +130,7 @@ def check_divisors(layout: dict, residuals: Sequence, on_violation: str = "error
 
 def check_leaks(layout: dict, residuals: Sequence, on_violation: str = "error", *,
                 stacklevel: int = 2) -> list[str]:
-    """Report residual entries, at any token, that are not finite or larger than
+    """Report residual entries, at any token, that are infinite or larger than
     machine epsilon * exp(M) / n_ctx (M the attention margin): beyond that, the exp(-M) weight
     each head leaks onto every token would move other tokens' values by more than rounding."""
     check_mode(on_violation)
@@ -143,14 +143,14 @@ def check_leaks(layout: dict, residuals: Sequence, on_violation: str = "error", 
     for i, r in enumerate(residuals):
         r = r.detach().cpu().double() if hasattr(r, "detach") else r
         arr = np.abs(np.asarray(r)[..., rows])
-        bad = ~np.isfinite(arr) | (arr > limit)
+        bad = arr > limit  # inf included; NaN is not (it comes from a NaN prompt: check_prompt)
         if bad.any():
             b, t, c = np.argwhere(bad)[0]
             value = arr[b, t, c]
             name = layout["row_names"][rows[c]] or f"row {rows[c]}"
             messages.append(
                 f"residual {i} holds |{name}| = {value:.3g} at token {t} of prompt {b}"
-                f" ({_count(bad.any(axis=2))}); attention leaks about exp(-{margin:g}) of every "
+                f"{_count(bad)}; attention leaks about exp(-{margin:g}) of every "
                 f"token into the others, so entries above {limit:.3g} (or infinite) can move "
                 f"defined values by more than rounding: an undefined token (e.g. one dividing "
                 f"by ~0) has blown up")

@@ -430,15 +430,20 @@ def _head_run(head: dict, slot: int, rows: _Rows, bias: dict[int, float], bias_d
     if "clear the anchors" in head["purpose"]:
         dying += [o for name, o in rows.fixed.items() if name.startswith("anchor")]
     anchors = []
-    for o in dying:
-        if all((r, r, -1.0) in writes for r in o.rows):
-            for r in o.rows:
-                writes.remove((r, r, -1.0))
-            if o.kind == "fixed":
-                anchors.append(o.label)
-            else:
-                cleared.add(o.label)
-                clears.append(f"clear {o.label}")
+    for o in dying:  # a wide value may be cleared by several heads, some rows each
+        mine = [r for r in o.rows if (r, r, -1.0) in writes]
+        if not mine:
+            continue
+        for r in mine:
+            writes.remove((r, r, -1.0))
+        if o.kind == "fixed":
+            anchors.append(o.label)
+            continue
+        cleared.update((o.label, r) for r in mine)
+        if all((o.label, r) in cleared for r in o.rows):
+            cleared.add(o.label)
+        whole = len(mine) == len(o.rows)
+        clears.append(f"clear {o.label}" + ("" if whole else f" (rows {_ranges(mine)})"))
     if anchors:
         clears.insert(0, "clear the anchors" if len(anchors) == 2 else f"clear {anchors[0]}")
     # the rest: dst value <- linear map of source values, grouped per register

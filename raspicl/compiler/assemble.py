@@ -73,6 +73,38 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout,
     return blocks
 
 
+def split_heads(blocks: list[BlockSpec]) -> int:
+    """Split wide heads into heads of at most d_head value columns, d_head chosen to make
+    n_heads * d_head (the padded attention size of every block) within 25% of its smallest,
+    and as large as that allows (fewer heads read more easily). Returns d_head.
+
+    Every head is padded to the model's d_head, so one head that clears a d x d matrix (d^2
+    columns) would otherwise set d_head for all heads of all blocks.
+    """
+    widths = [[len(h.columns) for h in b.heads.values()] for b in blocks]
+    widest = max([2] + [w for ws in widths for w in ws])
+
+    def heads_needed(dh: int) -> int:
+        return max([1] + [sum(-(-w // dh) for w in ws) for ws in widths])
+
+    size = {dh: heads_needed(dh) * dh for dh in range(2, widest + 1)}
+    # the widest heads within 25% of the smallest size: fewer, more readable heads
+    d_head = max(dh for dh, n in size.items() if n <= 1.25 * min(size.values()))
+    for block in blocks:
+        split: dict[tuple, HeadSpec] = {}
+        for key, head in block.heads.items():
+            parts = -(-len(head.columns) // d_head) or 1
+            for part in range(parts):
+                cols = head.columns[part * d_head:(part + 1) * d_head]
+                piece = HeadSpec(head.place, list(cols), [], list(head.purposes))
+                for col, dst, coef in head.writes:
+                    if part * d_head <= col < (part + 1) * d_head:
+                        piece.writes.append((col - part * d_head, dst, coef))
+                split[key + (part,)] = piece
+        block.heads = split
+    return d_head
+
+
 def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) -> None:
     dst = ins.dst
     what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
@@ -150,8 +182,8 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     """
     fmt = low.program.format
     D = layout.d_model
+    d_head = split_heads(blocks)
     n_heads = max([len(b.heads) for b in blocks] + [1])
-    d_head = max([2] + [len(h.columns) for b in blocks for h in b.heads.values()])
     d_mlp = max([len(b.units) for b in blocks] + [1])
     rows = layout.fixed
     runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config)
