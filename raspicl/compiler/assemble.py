@@ -51,9 +51,11 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout,
         head.copy(divisor.rows[0], fixed["anchor_pos"], config.division_anchor)
         head.copy(divisor.rows[0], fixed["anchor_neg"], -config.division_anchor)
         head.note(f"anchors +-N {divisor.label} for the division")
-        after = [b + 1] + [lp.starts[0] for lp in sched.loops
-                           if len(lp.starts) > 1 and b + 1 == lp.starts[1]]
-        for nb in after:  # the next block; in a shared loop also the first iteration's first
+        after = [b + 1]
+        for lp in sched.loops:  # in a shared loop, every iteration's first block clears them
+            if len(lp.starts) > 1 and (b + 1) in lp.starts:  # (zeros, in the iterations that
+                after += lp.starts                             # do not follow a division)
+        for nb in after:
             if nb < sched.n_blocks:
                 nxt = blocks[nb].head(Here())
                 for name in ("anchor_pos", "anchor_neg"):
@@ -136,6 +138,11 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         row = operand_rows[ri][ci]
         per_row.setdefault(o, {})
         per_row[o][row] = per_row[o].get(row, 0.0) + c
+    old = dst.replaces
+    if old is not None and old.overwritten_at == dst.write_slot:  # in-place: minus the old value
+        for o, row in enumerate(old.rows):
+            per_row.setdefault(o, {})
+            per_row[o][row] = per_row[o].get(row, 0.0) - 1.0
     for o in range(dst.width):
         if o in per_row or ins.bias[o] != 0.0:
             block.units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))

@@ -97,6 +97,7 @@ def _registers(low: Lowered, program, slot_name) -> dict:
             "written": slot_name(v.write_slot),
             "written_after": v.write_slot + 1,
             "cleared": slot_name(c),
+            "overwritten": slot_name(v.overwritten_at),  # by its successor, in place (loops)
             "bound": v.bound,
         })
     return out

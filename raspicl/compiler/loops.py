@@ -6,9 +6,12 @@ to the same blocks over the same rows:
   twin (same rows), and makes each var's last write in an iteration take over the rows of the
   version it replaces, so the loop state stays in place;
 - the scheduler starts every iteration on a fresh block (schedule.py, share_loops);
-- after scheduling, `fix_clears` keeps values from before the loop alive until it ends (their
-  rows must not be cleared by a shared block), and gives the first iteration the clears that the
-  later ones inherit from the iteration before (on rows that are still zero then);
+- the scheduler lets a var's new version overwrite the old one in place: an attention write
+  once the old version is cleared, or a neutral MLP write that subtracts the old value itself;
+- after scheduling, `fix_clears` keeps values from before the loop, and the loop state the
+  last iteration leaves, alive until the loop ends (a shared block must not clear them); the
+  clears that iteration k + 1 inherits from iteration k are also given to iteration 0 (on rows
+  that are still zero then), as are the anchor clears after a division;
 - assemble checks that the blocks are identical and keeps one copy (a looped transformer).
 """
 
@@ -100,11 +103,18 @@ def fix_clears(low: Lowered, sched: Schedule) -> None:
     for loop in sched.loops:
         start, length = loop.starts[0], loop.length
         end_slot = 2 * (loop.starts[-1] + length)  # first attention after the loop
+        last = (loop.loop_id, len(loop.starts) - 1)
         for v in low.values + sched.temps:
+            c = clear_slot(v)
+            if c is None or not 2 * start <= c < end_slot:
+                continue
             if v.write_slot < 2 * start and v not in replaced:
-                c = clear_slot(v)
-                if c is not None and 2 * start <= c < end_slot:
-                    v.clear_override = end_slot
+                v.clear_override = end_slot  # from before the loop: keep its rows to the end
+            elif (v.replaces is not None and v not in replaced and v.op is not None
+                  and v.op.loop == last):
+                # the loop state after the last iteration: in every other iteration the next
+                # one reads (and clears or overwrites) it; here nothing inside the loop may
+                v.clear_override = end_slot
 
 
 def wraparound_clears(low: Lowered, sched: Schedule) -> dict[int, list[Value]]:

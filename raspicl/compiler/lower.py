@@ -40,6 +40,7 @@ class Value:
     clear_override: int | None = None
     template: Value | None = None
     replaces: Value | None = None  # a var's last write in an iteration takes over these rows
+    overwritten_at: int | None = None  # the MLP slot that subtracts it as it writes its successor
 
     @property
     def label(self) -> str:
@@ -73,6 +74,10 @@ class Instr:
     mask: Value | None = None
     gated: list[tuple[int, float, int, int]] = field(default_factory=list)
     gated_bias: np.ndarray | None = None
+
+    @property
+    def registers_read(self) -> list[Value]:
+        return [v for v, _ in self.reads] + ([self.divisor] if self.divisor is not None else [])
 
     @property
     def has_remote(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raspicl.compiler.lower import Instr, Lowered, Value
+from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 
 NEVER = 10**9  # last_read of values that stay live to the end (the output)
@@ -68,16 +69,22 @@ def schedule(low: Lowered, share_loops: bool = False) -> Schedule:
         here = [v for v, at in ins.reads if isinstance(at, Here)]
         ready_remote = max([v.write_slot for v in remote] + [2 * floor - 1])
         ready_here = max([v.write_slot for v in here] + [2 * floor - 1])
-        replaced = ins.dst.replaces  # in a shared loop: the version whose rows it takes
-        if replaced is not None:
-            ready_here = max(ready_here, clear_slot(replaced) - 1)
+        # In a shared loop a var's new version takes the rows of the version it replaces. An
+        # attention write may land there once the old version is cleared (its readers so far
+        # are done, and this op's own read, by attention, may be in the same sublayer); a
+        # neutral MLP write may land there once its other readers are done, subtracting the old
+        # value itself (it reads it exactly): `overwrite`.
+        replaced = ins.dst.replaces
+        attn_floor = clear_slot(replaced) if replaced is not None else -1
+        mlp_floor = replaced.last_read if replaced is not None else -1
         if ins.is_linear:
             slot = max(ready_remote, ready_here) + 1
-            if remote and slot % 2:
-                slot += 1
-            while slot % 2 and not mlp_ok(slot // 2, "neutral"):
+            while (slot % 2 == 0 and slot < attn_floor) or (slot % 2 and (
+                    remote or not mlp_ok(slot // 2, "neutral") or slot < mlp_floor)):
                 slot += 1
             if slot % 2:
+                if replaced is not None:
+                    _overwrite(replaced, slot)
                 mode[slot // 2] = "neutral"
                 ins.block, ins.stage = slot // 2, "mlp"
                 for v in here:
@@ -90,14 +97,21 @@ def schedule(low: Lowered, share_loops: bool = False) -> Schedule:
             last_block = max(last_block, ins.block)
             continue
         want = ins.divisor if ins.divisor is not None else "neutral"
+        if replaced is not None and ins.divisor is not None and replaced in ins.registers_read:
+            raise CompileError(f"{ins.op.where()}: in a shared loop a division cannot overwrite "
+                               f"'{replaced.name}', which it reads; divide into another var")
         block = 0
         while not (
             2 * block > ready_remote
             and 2 * block + 1 > ready_here
             and (ins.divisor is None or 2 * block > ins.divisor.write_slot)
             and mlp_ok(block, want)
+            and (ins.divisor is None or 2 * block >= attn_floor)
+            and (ins.divisor is not None or 2 * block + 1 >= mlp_floor)
         ):
             block += 1
+        if replaced is not None and ins.divisor is None:
+            _overwrite(replaced, 2 * block + 1)
         mode[block] = want
         ins.block = block
         ins.stage = "attn+mlp" if remote or ins.divisor is not None else "mlp"
@@ -135,8 +149,17 @@ def schedule(low: Lowered, share_loops: bool = False) -> Schedule:
     return Schedule(max(n_blocks, 1), mode, low.instrs, temps, anchors, list(loops.values()))
 
 
+def _overwrite(old: Value, slot: int) -> None:
+    """The MLP at `slot` replaces `old` in its rows (it subtracts it: no attention clear)."""
+    old.read_at(slot)
+    old.overwritten_at = slot
+
+
 def clear_slot(v: Value) -> int | None:
-    """The attention slot whose self-head zeroes the value's rows, or None if it stays."""
+    """The attention slot whose self-head zeroes the value's rows, or None if it stays (or an
+    MLP overwrites it in place)."""
+    if v.overwritten_at is not None:
+        return None
     if v.clear_override is not None:
         return v.clear_override
     if v.last_read >= NEVER:

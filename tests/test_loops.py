@@ -1,0 +1,101 @@
+"""Looped compilation: one shared group of blocks run once per iteration of a p.loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raspicl import Offset, Program, ProgramError, Read, interpret, random_prompts
+from raspicl.compiler import compile_program
+from raspicl.export import load, save
+from raspicl.registry import find_program
+from raspicl.verify import rel_err
+
+
+def running_average(n: int, d: int = 2) -> Program:
+    """A small loop with carried state, a gate and a product: w <- w/2 + s * x_prev."""
+    p = Program("running", d=d, n=n)
+    w0 = p.const("w0", np.linspace(-1, 1, d))
+    x_prev = p.mov("x_prev", Read(p.x, Offset(1)))
+    w = p.var("w", d, init=np.linspace(-1, 1, d))
+    back, s = p.var("back", d), p.var("s", ())
+    for _ in p.loop(n):
+        p.mov(back, Read(w, Offset(2)))
+        p.select(back, [0, 1], w0, back)
+        p.dot(s, back, x_prev, scale=0.25)
+        p.raw(w, [back], here=[x_prev], op="+", W=0.5 * np.eye(d))
+        p.aff(w, w, s, W1=1.0, W2=np.ones((d, 1)))
+    p.output(p.dot("pred", Read(w, Offset(1)), p.x), roles=("query",))
+    return p
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_shared_loop_matches_interpreter_and_unrolled(n):
+    p = running_average(n)
+    prompts = random_prompts(200, 2, n, seed=n)
+    want = interpret(p, prompts)
+    looped = compile_program(p, loops="share")
+    unrolled = compile_program(p, loops="unroll")
+    for cm in (looped, unrolled):
+        assert rel_err(cm.predict(prompts), want.output()) <= 1e-9
+        res = cm.residuals(prompts)
+        versions: dict[str, int] = {}
+        for op in p.ops:  # every register version of every iteration, at every token
+            versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
+            got = cm.decode(res, op.dst.name, versions[op.dst.name])
+            assert rel_err(got, want.after[op.index]) <= 1e-9, op.describe()
+    assert rel_err(looped.predict(prompts), unrolled.predict(prompts)) <= 1e-9
+
+
+def test_shared_loop_stores_one_body():
+    sizes = {n: compile_program(running_average(n), loops="share") for n in (2, 4, 8)}
+    stored = {n: cm.layout["architecture"]["n_layers"] for n, cm in sizes.items()}
+    runs = {n: len(cm.layout["architecture"]["block_order"]) for n, cm in sizes.items()}
+    params = {n: cm.model.n_params() for n, cm in sizes.items()}
+    assert len(set(stored.values())) == 1  # the body is stored once, whatever n
+    (loop,) = sizes[8].layout["loops"]
+    body = loop["blocks"]
+    # the blocks run grow by one body per iteration
+    assert (runs[4] - runs[2]) == 2 * len(body) and (runs[8] - runs[4]) == 4 * len(body)
+    assert loop["repeat"] == 8
+    order = sizes[8].layout["architecture"]["block_order"]
+    for k, start in enumerate(loop["first_runs"]):
+        assert order[start:start + len(body)] == body, k
+    unrolled = compile_program(running_average(8), loops="unroll").model.n_params()
+    assert params[8] < unrolled
+
+
+def test_shared_loop_round_trips_through_export(tmp_path):
+    cm = compile_program(running_average(3), loops="share")
+    save(cm, tmp_path / "m")
+    back = load(tmp_path / "m")
+    prompts = random_prompts(20, 2, 3, seed=0)
+    assert np.array_equal(back.predict(prompts), cm.predict(prompts))
+    assert back.layout["architecture"]["block_order"] == cm.layout["architecture"]["block_order"]
+
+
+def test_loop_body_must_repeat():
+    p = Program("bad", d=1, n=1)
+    w = p.var("w", 1, init=[1.0])
+    with pytest.raises(ProgramError, match="iteration 1 writes different ops"):
+        for k in p.loop(2):
+            p.aff(w, w, W1=float(k + 1))
+
+
+def test_loops_argument_is_checked():
+    with pytest.raises(ValueError, match="unroll"):
+        compile_program(running_average(1), loops="fold")
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_sgd_looped_and_unrolled(n):
+    pf = find_program("sgd")
+    p = pf.build(d=2, n=n)
+    prompts = random_prompts(200, 2, n, seed=10 + n)
+    ref = pf.reference(prompts, d=2, n=n)
+    looped = compile_program(p, loops="share")
+    unrolled = compile_program(p, loops="unroll")
+    a, b = looped.predict(prompts)[..., 0], unrolled.predict(prompts)[..., 0]
+    assert rel_err(a, ref) <= 1e-8 and rel_err(b, ref) <= 1e-8
+    assert rel_err(a, b) <= 1e-10
+    assert looped.layout["architecture"]["n_layers"] < unrolled.layout["architecture"]["n_layers"]
