@@ -79,8 +79,8 @@ def main() -> int:
                     p = WIDTH_POWER[name]
                     ratios = [w / d**p for w, d in zip(width, values, strict=True)]
                     ok = ratios[-1] <= ratios[-2] * 1.25
-                    checks.append((f"{name}: d_model O(d^{p})", ok,
-                                   "d_model/d^%d = %s" % (p, ", ".join(f"{r:.2f}" for r in ratios))))
+                    shown = ", ".join(f"{r:.2f}" for r in ratios)
+                    checks.append((f"{name}: d_model O(d^{p})", ok, f"d_model/d^{p} = {shown}"))
     head = f"{'program':9s} {'mode':7s} {'params':16s} {'blocks':>6s} {'run':>5s} {'heads':>5s} " \
            f"{'d_head':>6s} {'d_model':>7s} {'d_mlp':>6s} {'params':>10s}"
     print(head)
