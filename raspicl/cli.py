@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 
 import numpy as np
@@ -42,6 +43,8 @@ def _build(spec: str, sets: list[str] | None):
         program = pf.build(**params)
     except TypeError as exc:
         raise RaspiclError(f"{pf.name}: {exc}; its parameters are {pf.defaults()}") from exc
+    except ValueError as exc:  # a program's own check of its parameters
+        raise RaspiclError(f"{pf.name} {params}: {exc}") from exc
     return pf, params, program
 
 
@@ -248,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except RaspiclError as exc:
         print(f"raspicl: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `raspicl inspect DIR | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

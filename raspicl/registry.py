@@ -70,7 +70,12 @@ def find_program(spec: str | Path) -> ProgramFile:
     spec_obj = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec_obj)
     sys.modules[mod_name] = module
-    spec_obj.loader.exec_module(module)
+    try:
+        spec_obj.loader.exec_module(module)
+    except Exception as exc:  # a broken program file is the user's error, not raspicl's
+        del sys.modules[mod_name]
+        raise RaspiclError(f"could not load program file {path}: {type(exc).__name__}: "
+                           f"{exc}") from exc
     if not callable(getattr(module, "program", None)):
         raise RaspiclError(f"{path} defines no function program(**params) -> Program")
     return ProgramFile(name, path.resolve(), module)
