@@ -143,11 +143,13 @@ class Program:
         """A mutable register: ops may write it more than once. init, if given, is its
         value at every token before the first write."""
         source = caller_location()
-        if shape is None or isinstance(shape, bool) or not isinstance(
-                shape, int | np.integer | tuple | list):
-            raise ProgramError(f"at {source}: var '{name}': shape must be (), an int or a tuple "
-                               f"of one or two positive ints; got {shape!r}")
-        shape = _shape_arg(shape, "var", name, source)
+        if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
+            shape = (shape,)
+        if not isinstance(shape, tuple | list) or any(
+                not isinstance(s, int | np.integer) or isinstance(s, bool) for s in shape):
+            raise ProgramError(f"at {source}: register '{name}' has invalid shape {shape!r}: a "
+                               f"var's shape is (), an int or a tuple of one or two positive ints")
+        shape = tuple(shape)  # sizes and rank are checked with the register
         reg = self._new_register(name, shape, "var", source)
         if init is not None:
             arr = _coefs(init, "init", f"at {source}: var '{name}'")
@@ -296,6 +298,8 @@ class Program:
         """dst = mean of src over all tokens s <= t of the given role (uniform attention)."""
         source = caller_location()
         name = _dst_name(dst)
+        if isinstance(src, Read):
+            raise fail("mean", name, source, "mean takes a register, not a Read")
         if not isinstance(src, Register):
             raise fail("mean", name, source,
                        f"src must be a Register (mean reads it over the role's tokens), got "
