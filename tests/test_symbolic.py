@@ -7,14 +7,13 @@ the ridge parameter and the initial weights themselves as symbols.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sympy
 
+from raspicl.registry import find_program
 from raspicl.symbolic import prove_equal, register_expressions, run_symbolic, symbolic_prompt
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
@@ -23,14 +22,9 @@ LR = sympy.Symbol("alpha", positive=True)
 LAM = sympy.Symbol("lambda", positive=True)
 
 
-@functools.cache
 def load_program(name: str):
-    """The module programs/<name>.py, loaded by path."""
-    spec = importlib.util.spec_from_file_location(f"raspicl_programs_{name}",
-                                                  PROGRAMS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module programs/<name>.py (loaded by path, through raspicl's own loader)."""
+    return find_program(name).module
 
 
 def w0_symbols(d: int) -> list[sympy.Symbol]:

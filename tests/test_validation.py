@@ -11,7 +11,6 @@ checked against a hand computation in numpy.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from raspicl import At, Mean, Offset, Program, ProgramError, Read, interpret, random_prompts
+from raspicl.registry import find_program
 
 THIS_FILE = Path(__file__).name
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
@@ -60,12 +60,8 @@ def assert_op_error(excinfo: pytest.ExceptionInfo, kind: str, register: str,
 
 
 def load_program_module(name: str):
-    """A module from programs/ (not a package), loaded by path."""
-    spec = importlib.util.spec_from_file_location(f"_raspicl_programs_{name}",
-                                                  PROGRAMS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module programs/<name>.py (loaded by path, through raspicl's own loader)."""
+    return find_program(name).module
 
 
 # ------------------------------------------------------------------ shapes and coefficients

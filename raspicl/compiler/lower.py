@@ -146,12 +146,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
             if i not in folded:
                 index_map[i] = len(reads)
                 reads.append((current[r.register.name], r.at))
-        L = op.linear
-        for o, c, ri, ci in zip(L.out, L.coef, L.read, L.comp, strict=True):
-            if ri in folded:
-                bias[o] += c * const_values[op.reads[ri].register.name][ci]
-            else:
-                lin.append((int(o), float(c), index_map[ri], int(ci)))
+        lin += _fold_linear(op, op.linear, folded, const_values, index_map, bias)
         P = op.products
         for o, c, ra, ca, rb, cb in zip(P.out, P.coef, P.read_a, P.comp_a, P.read_b, P.comp_b,
                                         strict=True):
@@ -170,12 +165,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
         gated: list[tuple[int, float, int, int]] = []
         gated_bias = np.zeros(op.dst.width)
         if op.gated is not None:
-            G = op.gated
-            for o, c, ri, ci in zip(G.out, G.coef, G.read, G.comp, strict=True):
-                if ri in folded:
-                    gated_bias[o] += c * const_values[op.reads[ri].register.name][ci]
-                else:
-                    gated.append((int(o), float(c), index_map[ri], int(ci)))
+            gated = _fold_linear(op, op.gated, folded, const_values, index_map, gated_bias)
         lin = [t for t in lin if t[1] != 0.0]
         prod = [t for t in prod if t[1] != 0.0]
         gated = [t for t in gated if t[1] != 0.0]
@@ -216,6 +206,18 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
     if output.kind == "const" and out_name in folded_consts:
         raise CompileError(f"the output '{out_name}' is a constant; nothing to compile")
     return Lowered(program, instrs, inputs, consts, masks, values, output)
+
+
+def _fold_linear(op: Op, terms, folded: set[int], const_values: dict[str, np.ndarray],
+                 index_map: dict[int, int], bias: np.ndarray) -> list[tuple[int, float, int, int]]:
+    """Linear terms over the kept reads; terms on folded constants go into `bias` (in place)."""
+    out = []
+    for o, c, ri, ci in zip(terms.out, terms.coef, terms.read, terms.comp, strict=True):
+        if ri in folded:
+            bias[o] += c * const_values[op.reads[ri].register.name][ci]
+        else:
+            out.append((int(o), float(c), index_map[ri], int(ci)))
+    return out
 
 
 def _drop_unused(reads, lin, prod, gated, used):
