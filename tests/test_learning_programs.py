@@ -71,7 +71,7 @@ def test_interpreter_matches_reference_at_every_prefix(case):
 
 # Compiled checks: every case of the interpreter grid. Marked slow (left out of the default
 # run, which must stay under 4 minutes on 2 CPU cores) where compile + verify took longest as
-# measured on 2 cores: ridge at d = 8, n = 16 (about 150 s), newton at d = 8 (13-100 s each:
+# measured on 2 cores: ridge at d = 8, n = 16 (60-150 s), newton at d = 8 (5-100 s each:
 # its two d x d matrix products need d^3 product gadgets each, d_mlp = 7936) but for
 # n = d = 8, T = 1, batch_gd at d = 8, n = 16 (2-7 s each), and the batch_gd cases expected
 # to miss the tolerance (below).
@@ -90,7 +90,7 @@ def _slow(name: str, params: dict) -> bool:
 # calibration prompts (x ~ N(0, I)) reach for d >= 4: their iterates grow like |1 - 0.2
 # lambda|^T, the calibrated bounds with them (shared by all iterations of the loop), and the
 # product gadget's error, which scales with the bounds, reaches 1e-8 on ordinary prompts
-# (measured 9e-9 .. 4e-6 for d >= 4, T = 8 and for d = 8, T = 4; 1e-11 at a stable lr).
+# (registers 2e-9 .. 5e-6 for d >= 4, T = 8 and for d = 8, T = 4; 1e-11 at a stable lr).
 # These are expected to miss the 1e-8 tolerance; test_batch_gd_compiled_at_a_stable_lr
 # covers the same sizes at lr = 0.2 / d.
 def _unstable_gd(name: str, params: dict) -> bool:
