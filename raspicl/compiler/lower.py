@@ -17,7 +17,7 @@ from raspicl.errors import CompileError
 from raspicl.interpret import interpret
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
-from raspicl.lang.reads import Here, Where
+from raspicl.lang.reads import Where
 from raspicl.prompts import random_prompts
 
 
@@ -78,10 +78,6 @@ class Instr:
     @property
     def registers_read(self) -> list[Value]:
         return [v for v, _ in self.reads] + ([self.divisor] if self.divisor is not None else [])
-
-    @property
-    def has_remote(self) -> bool:
-        return any(not isinstance(at, Here) for _, at in self.reads)
 
     @property
     def is_linear(self) -> bool:

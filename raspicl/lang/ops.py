@@ -19,7 +19,7 @@ import numpy as np
 
 from raspicl.errors import ProgramError
 from raspicl.lang.reads import Read
-from raspicl.lang.registers import Register, Shape, shape_name
+from raspicl.lang.registers import Register, Shape
 from raspicl.lang.source import UNKNOWN, SourceLocation
 
 
@@ -164,11 +164,6 @@ class Op:
         return len(self.products) == 0 and self.divisor is None and self.mask is None
 
     @property
-    def remote_reads(self) -> tuple[Read, ...]:
-        """Reads from tokens other than the current one (carried out by attention)."""
-        return tuple(r for r in self.reads if not r.here)
-
-    @property
     def registers_read(self) -> tuple[Register, ...]:
         regs = [r.register for r in self.reads]
         if self.divisor is not None:
@@ -271,6 +266,3 @@ def matmul_shapes(a: Shape, b: Shape, a_shape: Shape | None,
 
     return view(a, a_shape, True, b), view(b, b_shape, False, a)
 
-
-def describe_shape(shape: Shape) -> str:
-    return shape_name(shape)
