@@ -11,27 +11,136 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
+import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from raspicl.errors import RaspiclError
 
+NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
+              "-infinity"}
+
 
 def parse_sets(items: list[str] | None) -> dict:
-    """--set k=v pairs; values are Python literals where they parse (4, 0.1, [1, 2])."""
+    """--set k=v pairs; values are Python literals where they parse (4, 0.1, [1, 2]), nan, inf
+    and -inf are floats, anything else is a string."""
     params = {}
     for item in items or []:
         if "=" not in item:
             raise RaspiclError(f"--set expects NAME=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        params[key.strip()] = value
+        key = key.strip()
+        if not key:
+            raise RaspiclError(f"--set expects NAME=VALUE, got {item!r} (no NAME)")
+        if raw.strip().lower() in NON_FINITE:
+            value = float(raw)
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                value = raw
+        params[key] = value
     return params
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: an integer >= 0 (numpy's seeds are non-negative)."""
+    value = _int_arg(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _int_arg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def scale_arg(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
+DOMAIN_FLAGS = (("x_scale", "--x-scale"), ("w_scale", "--w-scale"), ("noise", "--noise"))
+
+
+def domain_from_args(args):
+    """The calibration domain the flags ask for: None (no flag: the compiler's default), a
+    PromptDistribution (the default one with the fields --x-scale, --w-scale, --noise give)
+    or the Prompts of --calibration-prompts FILE."""
+    from raspicl.prompts import PromptDistribution, load_prompts
+
+    given = {field: getattr(args, field, None) for field, _ in DOMAIN_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    path = getattr(args, "calibration_prompts", None)
+    if path is not None:
+        if given:
+            flags = ", ".join(flag for field, flag in DOMAIN_FLAGS if field in given)
+            raise RaspiclError(f"--calibration-prompts cannot be combined with {flags}: the "
+                               f"file gives the prompts themselves")
+        return load_prompts(path)
+    if not given:
+        return None
+    try:
+        return PromptDistribution(**given)
+    except ValueError as exc:
+        raise RaspiclError(str(exc)) from exc
+
+
+def _check_domain(domain, program, who: str) -> None:
+    """Calibration prompts must have the program's d and n."""
+    from raspicl.prompts import Prompts
+
+    if isinstance(domain, Prompts) and (domain.d, domain.n) != (program.d, program.n):
+        raise RaspiclError(f"--calibration-prompts holds prompts with d={domain.d}, "
+                           f"n={domain.n}; {who} needs d={program.d}, n={program.n}")
+
+
+def _accepts(func, name: str) -> bool:
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _domain_kwargs(domain, func, what: str) -> dict:
+    """{'domain': domain} for func, or {} when no calibration flag was given."""
+    if domain is None:
+        return {}
+    if not _accepts(func, "domain"):
+        raise RaspiclError(f"this version of raspicl's {what} takes no calibration domain "
+                           f"yet: drop --x-scale, --w-scale, --noise and --calibration-prompts")
+    return {"domain": domain}
+
+
+def _check_out_dir(path: str, option: str) -> None:
+    """An output directory may exist, but not as something other than a directory."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise RaspiclError(f"{option} {path}: {p} exists and is not a directory")
+            break
 
 
 def _build(spec: str, sets: list[str] | None):
@@ -39,13 +148,7 @@ def _build(spec: str, sets: list[str] | None):
 
     pf = find_program(spec)
     params = parse_sets(sets)
-    try:
-        program = pf.build(**params)
-    except TypeError as exc:
-        raise RaspiclError(f"{pf.name}: {exc}; its parameters are {pf.defaults()}") from exc
-    except ValueError as exc:  # a program's own check of its parameters
-        raise RaspiclError(f"{pf.name} {params}: {exc}") from exc
-    return pf, params, program
+    return pf, params, pf.build(**params)
 
 
 def cmd_list(args) -> int:
@@ -86,6 +189,12 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _call(params: dict) -> str:
+    from raspicl.registry import format_call
+
+    return format_call(params)
+
+
 def _show(flat: np.ndarray, shape) -> str:
     arr = np.asarray(flat).reshape(shape) if shape else np.asarray(flat).reshape(())
     return np.array2string(arr, precision=6, separator=", ").replace("\n", " ")
@@ -95,13 +204,20 @@ def cmd_compile(args) -> int:
     from raspicl.compiler import CompilerConfig, compile_program
     from raspicl.export import save
 
+    _check_out_dir(args.out, "--out")
+    domain = domain_from_args(args)
+    extra = _domain_kwargs(domain, compile_program, "compiler")
     pf, params, program = _build(args.program, args.set)
-    cm = compile_program(program, CompilerConfig.for_dtype(args.dtype))
+    _check_domain(domain, program, f"{pf.name}({_call(params)})")
+    cm = compile_program(program, CompilerConfig.for_dtype(args.dtype), **extra)
     if args.dtype == "float32":
         import torch
 
         cm = cm.to(torch.float32)
-    out = save(cm, args.out)
+    try:
+        out = save(cm, args.out)
+    except OSError as exc:
+        raise RaspiclError(f"--out {args.out}: cannot write the model: {exc}") from exc
     s = cm.summary()
     print(f"compiled {pf.name} {params or ''} -> {out}/model.safetensors, {out}/layout.json")
     print("  " + "  ".join(f"{k}={v}" for k, v in s.items()))
@@ -109,6 +225,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from raspicl.prompts import Prompts
     from raspicl.registry import bundled_programs, find_program
     from raspicl.verify import default_checks, format_table, verify_program
 
@@ -116,14 +233,21 @@ def cmd_verify(args) -> int:
     if not programs:
         raise RaspiclError("no programs to verify (no programs/ folder found)")
     dtypes = tuple(args.dtype) if args.dtype else ("float64", "float32")
+    domain = domain_from_args(args)
+    extra = _domain_kwargs(domain, verify_program, "verify_program")
     if args.set:
         checks = [(pf, parse_sets(args.set), dt) for pf in programs for dt in dtypes]
     else:
         checks = default_checks(programs, dtypes)
+    for pf, params, _ in checks:  # every parameter set, before anything is compiled
+        pf.check_params(params)
+    if isinstance(domain, Prompts):  # their d and n against each program's
+        for pf, params, _ in checks:
+            _check_domain(domain, pf.build(**params), f"{pf.name}({_call(params)})")
     results = []
     for pf, params, dt in checks:
         r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
-                           symbolic=not args.no_symbolic)
+                           symbolic=not args.no_symbolic, **extra)
         results.append(r)
         if args.verbose:
             print(f"{r.program} {r.params} {r.dtype}: worst register {r.worst_register}, "
@@ -142,12 +266,35 @@ def cmd_inspect(args) -> int:
     from raspicl import inspect as rinspect
     from raspicl.export import load
 
+    if args.plot:
+        _check_out_dir(args.plot, "--plot")
     cm = load(args.dir)
     print(rinspect.inspect_text(cm))
     if args.plot:
-        paths = rinspect.plot_blocks(cm, args.plot)
+        try:
+            paths = rinspect.plot_blocks(cm, args.plot)
+        except OSError as exc:
+            raise RaspiclError(f"--plot {args.plot}: cannot write the plots: {exc}") from exc
         print(f"\nwrote {len(paths)} plots to {args.plot}")
     return 0
+
+
+def add_domain_args(p: argparse.ArgumentParser) -> None:
+    """--x-scale, --w-scale, --noise and --calibration-prompts: the prompts the model is
+    calibrated for (raspicl.prompts.PromptDistribution, or the user's own)."""
+    g = p.add_argument_group(
+        "calibration domain",
+        "the prompts the compiled model must serve; the default is PromptDistribution(): "
+        "x ~ N(0, 1.5^2 I), w ~ N(0, I), y = w^T x + N(0, 1)")
+    g.add_argument("--x-scale", type=scale_arg, metavar="FLOAT",
+                   help="standard deviation of x and x_q (default 1.5)")
+    g.add_argument("--w-scale", type=scale_arg, metavar="FLOAT",
+                   help="standard deviation of the true w (default 1.0)")
+    g.add_argument("--noise", type=scale_arg, metavar="FLOAT",
+                   help="standard deviation of the label noise (default 1.0)")
+    g.add_argument("--calibration-prompts", metavar="FILE",
+                   help="calibrate on these prompts instead: a .npz or .safetensors file with "
+                        "arrays X [B, n, d], y [B, n], xq [B, d] (not with the three above)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                "docs/cli.md). Exit status: 0 success; 1 a check of 'raspicl verify' failed; 2 "
                "an error raspicl reports (a bad program, parameter, file or command line).")
     from raspicl import __version__
+    from raspicl.registry import SIZE_LIMITS
 
     parser.add_argument("--version", action="version", version=f"raspicl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     set_help = ("a parameter of the program's program(), NAME=VALUE; VALUE is read as a Python "
-                "literal (4, 0.1, [1, 2]) where it parses, else as a string; repeatable")
+                "literal (4, 0.1, [1, 2]) where it parses, nan, inf and -inf as floats, else as "
+                "a string; repeatable. Checked before program() runs: known names only, "
+                "integers where the default is one, "
+                + ", ".join(f"{k} <= {v}" for k, v in SIZE_LIMITS.items()))
     program_help = ("a program file (a path ending in .py, e.g. programs/gd_step.py) or the name "
                     "of one in ./programs or the bundled programs/ (gd_step)")
     p = sub.add_parser("run", help="run a program in the float64 interpreter on a random prompt",
@@ -182,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the query token.")
     p.add_argument("program", metavar="PROGRAM", help=program_help)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help=set_help)
-    p.add_argument("--seed", type=int, help="seed of the random prompt (default: a fresh one, "
-                                            "printed so that the run can be repeated)")
+    p.add_argument("--seed", type=seed_arg,
+                   help="seed of the random prompt, an integer >= 0 (default: a fresh one, "
+                        "printed so that the run can be repeated)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a program to model.safetensors + layout.json",
@@ -198,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="precision the compiler's constants are tuned for and the weights are "
                         "stored in (default float64)")
+    add_domain_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("verify", help="compile programs and check them (exit 1 on failure)",
@@ -219,13 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "once, with these parameters")
     p.add_argument("--dtype", action="append", choices=["float64", "float32"],
                    help="precision to check; repeatable (default: both)")
-    p.add_argument("--problems", type=int, default=1000,
-                   help="random problems (prompts) per check (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problems (default 0)")
+    p.add_argument("--problems", type=count_arg, default=1000,
+                   help="random problems (prompts) per check, at least 1 (default 1000)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the problems, an integer >= 0 (default 0)")
     p.add_argument("--no-symbolic", action="store_true", help="skip the sympy proofs")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print, to stderr, each check's worst register, its time and any "
                         "problems outside the model's calibrated domain")
+    add_domain_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("inspect", help="show what every head and MLP of a compiled model does",
