@@ -116,23 +116,6 @@ def _check_domain(domain, program, who: str) -> None:
                            f"n={domain.n}; {who} needs d={program.d}, n={program.n}")
 
 
-def _accepts(func, name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _domain_kwargs(domain, func, what: str) -> dict:
-    """{'domain': domain} for func, or {} when no calibration flag was given."""
-    if domain is None:
-        return {}
-    if not _accepts(func, "domain"):
-        raise RaspiclError(f"this version of raspicl's {what} takes no calibration domain "
-                           f"yet: drop --x-scale, --w-scale, --noise and --calibration-prompts")
-    return {"domain": domain}
-
-
 def _check_out_dir(path: str, option: str) -> None:
     """An output directory may exist, but not as something other than a directory."""
     out = Path(path)
@@ -206,10 +189,13 @@ def cmd_compile(args) -> int:
 
     _check_out_dir(args.out, "--out")
     domain = domain_from_args(args)
-    extra = _domain_kwargs(domain, compile_program, "compiler")
     pf, params, program = _build(args.program, args.set)
     _check_domain(domain, program, f"{pf.name}({_call(params)})")
-    cm = compile_program(program, CompilerConfig.for_dtype(args.dtype), **extra)
+    from raspicl.verify import contract_tolerance_for
+
+    config = CompilerConfig.for_dtype(args.dtype,
+                                      tolerance=contract_tolerance_for(pf, args.dtype))
+    cm = compile_program(program, config, domain=domain if domain is not None else pf.domain)
     if args.dtype == "float32":
         import torch
 
@@ -221,6 +207,9 @@ def cmd_compile(args) -> int:
     s = cm.summary()
     print(f"compiled {pf.name} {params or ''} -> {out}/model.safetensors, {out}/layout.json")
     print("  " + "  ".join(f"{k}={v}" for k, v in s.items()))
+    cal = cm.layout["monitor"]["calibration"]
+    print(f"  contract: error bound <= {cm.layout['monitor']['tolerance']:g} x max(|y|, 1); "
+          f"accepts {cal['accepted']:.1%} of {cal['prompts']} calibration prompts")
     return 0
 
 
@@ -234,7 +223,6 @@ def cmd_verify(args) -> int:
         raise RaspiclError("no programs to verify (no programs/ folder found)")
     dtypes = tuple(args.dtype) if args.dtype else ("float64", "float32")
     domain = domain_from_args(args)
-    extra = _domain_kwargs(domain, verify_program, "verify_program")
     if args.set:
         checks = [(pf, parse_sets(args.set), dt) for pf in programs for dt in dtypes]
     else:
@@ -247,7 +235,7 @@ def cmd_verify(args) -> int:
     results = []
     for pf, params, dt in checks:
         r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
-                           symbolic=not args.no_symbolic, **extra)
+                           symbolic=not args.no_symbolic, domain=domain)
         results.append(r)
         if args.verbose:
             print(f"{r.program} {r.params} {r.dtype}: worst register {r.worst_register}, "

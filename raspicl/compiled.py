@@ -7,14 +7,38 @@ Program object, only this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from raspicl.guards import check_divisors, check_leaks, check_prompt
-from raspicl.model import Transformer
+from raspicl.errors import DomainError, DomainWarning
+from raspicl.guards import check_mode, check_prompt
+from raspicl.model import Transformer, check_dtype
+from raspicl.monitor import ContractReport, Finding, check_contract
 from raspicl.prompts import Prompts
+
+# At most this many findings are spelled out in a DomainError or as warnings; the rest are
+# counted.
+SHOWN_FINDINGS = 5
+
+
+@dataclass
+class Prediction:
+    """A batch's predictions with what the model vouches for.
+
+    values: [B, n_positions, d_out] float64; bound: the same shape, an upper bound on
+    |compiled - exact| (inf where the model cannot give one; None under check='ignore');
+    accepted: [B], the prompts whose every gadget precondition held and whose every bound is
+    within the model's tolerance; findings: why the others were refused.
+    """
+
+    values: np.ndarray
+    bound: np.ndarray | None
+    accepted: np.ndarray | None
+    findings: list[Finding] = field(default_factory=list)
+    tolerance: float | None = None
 
 
 @dataclass
@@ -35,39 +59,63 @@ class CompiledModel:
         W = self.model.embed.W_E
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
-    def predict(self, prompts: Prompts | np.ndarray, check: str = "error") -> np.ndarray:
-        """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy.
+    def run(self, prompts: Prompts | np.ndarray, check: str = "error") -> Prediction:
+        """Predictions with their error bounds and the runtime contract (raspicl.monitor).
 
-        check: 'error' (raise DomainError), 'warn' (DomainWarning) or 'ignore', for a prompt
-        with NaN or infinity or outside the layout's domain, and for a divisor that comes
-        closer to zero than its calibrated minimum, or a residual entry so large (at any token)
-        that attention's exp(-margin) leak from it would spoil other tokens (raspicl.guards)."""
-        tok = self._checked_tokens(prompts, check)
-        with torch.no_grad():
-            res = self.model.residuals(tok)
-            out = self.model.readout(res[-1])
-        if check != "ignore":
-            check_divisors(self.layout, res, check, stacklevel=3)
-            check_leaks(self.layout, res, check, stacklevel=3)
-        pos = self.layout["output"]["positions"]
-        return out[:, pos].detach().cpu().double().numpy()
+        check: 'error' raises DomainError if any prompt is refused (NaN or infinite tokens, a
+        gadget precondition that fails, an error bound above the tolerance), naming the
+        prompt, token, op and quantity; 'warn' issues a DomainWarning instead and returns
+        every prediction, refused ones included; 'ignore' runs no monitor (bound None)."""
+        res, report, prompt_findings = self._forward(prompts, check)
+        values = self.readout(res[-1])
+        if report is None:
+            return Prediction(values, None, None)
+        return Prediction(values, report.bound, report.accepted,
+                          prompt_findings + report.findings, self.layout["monitor"]["tolerance"])
+
+    def predict(self, prompts: Prompts | np.ndarray, check: str = "error",
+                with_bound: bool = False):
+        """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy
+        (and its error bound, the same shape, if with_bound). check: as for `run`."""
+        out = self.run(prompts, check)
+        return (out.values, out.bound) if with_bound else out.values
 
     def residuals(self, prompts: Prompts | np.ndarray, check: str = "error") -> list[np.ndarray]:
         """The residual stream after the embedding and after every sublayer, float64 numpy.
-        check: as for predict."""
-        tok = self._checked_tokens(prompts, check)
-        with torch.no_grad():
-            res = self.model.residuals(tok)
-        out = [r.detach().cpu().double().numpy() for r in res]
-        if check != "ignore":
-            check_divisors(self.layout, out, check, stacklevel=3)
-            check_leaks(self.layout, out, check, stacklevel=3)
-        return out
+        check: as for `run`."""
+        return self._forward(prompts, check)[0]
 
-    def _checked_tokens(self, prompts: Prompts | np.ndarray, check: str) -> torch.Tensor:
+    def readout(self, final: np.ndarray) -> np.ndarray:
+        """The prediction at the output positions from the last residual [B, T, d_model]
+        (W_U only selects rows, so float64 reads it exactly whatever the model's dtype)."""
+        pos = self.layout["output"]["positions"]
+        W_U = self.model.unembed.W_U.detach().cpu().double().numpy()
+        b_U = self.model.unembed.b_U.detach().cpu().double().numpy()
+        return final[:, pos] @ W_U + b_U
+
+    def contract(self, residuals: list[np.ndarray]) -> ContractReport:
+        """The monitor's walk over residuals this model computed (see raspicl.monitor)."""
+        return check_contract(self.layout, residuals, self.dtype_name)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
+    def _forward(self, prompts, check: str):
+        check_mode(check)
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
-        check_prompt(self.layout, arr, check, stacklevel=4)  # the shape even under 'ignore'
-        return self.tokens(arr)
+        # the shape is checked even under 'ignore'; NaN and infinity are findings
+        found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
+        tok = self.tokens(arr)
+        with torch.no_grad():
+            res = [r.detach().cpu().double().numpy() for r in self.model.residuals(tok)]
+        if check == "ignore":
+            return res, None, []
+        report = self.contract(res)
+        prompt_findings = [Finding(-1, -1, None, "prompt", float("nan"), float("nan"), m)
+                           for m in found]
+        _report(prompt_findings + report.findings, len(report.accepted), check)
+        return res, report, prompt_findings
 
     # ------------------------------------------------------------------ reading the layout
 
@@ -92,10 +140,6 @@ class CompiledModel:
         v = self.version(register, version)
         return residuals[v["written_after"]][:, :, v["rows"]]
 
-    @property
-    def n_blocks(self) -> int:
-        return self.layout["architecture"]["n_layers"]
-
     def summary(self) -> dict:
         a = self.layout["architecture"]
         return {"blocks": a["n_layers"], "blocks_run": len(a["block_order"]),
@@ -103,8 +147,32 @@ class CompiledModel:
                 "d_mlp": a["d_mlp"], "params": self.model.n_params()}
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> CompiledModel:
-        """A copy of the model in another dtype or on another device."""
+        """A copy of the model in another dtype (float64 or float32: the gadgets cannot run in
+        half precision) or on another device."""
         import copy
+
+        if dtype is not None:
+            check_dtype(dtype)
 
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
         return CompiledModel(model, self.layout)
+
+
+def _report(findings: list[Finding], batch: int, check: str) -> None:
+    """Raise or warn for the refused prompts (see CompiledModel.run)."""
+    if not findings or check == "ignore":
+        return
+    refused = len({f.prompt for f in findings if f.prompt >= 0})
+    shown = [f.message for f in findings[:SHOWN_FINDINGS]]
+    more = len(findings) - len(shown)
+    if check == "error":
+        raise DomainError(
+            f"the model cannot vouch for {refused or 'some'} of {batch} prompts:\n  "
+            + "\n  ".join(shown) + (f"\n  ... and {more} more findings" if more else "")
+            + "\n(check='warn' returns every prediction with a DomainWarning, "
+              "check='ignore' runs no monitor)")
+    for m in shown:
+        warnings.warn(m, DomainWarning, stacklevel=4)
+    if more:
+        warnings.warn(f"... and {more} more findings ({refused} of {batch} prompts refused)",
+                      DomainWarning, stacklevel=4)

@@ -26,3 +26,9 @@ class DomainError(RaspiclError):
 class DomainWarning(UserWarning):
     """The warning raised instead of DomainError when the caller asks for warnings
     (check='warn'): the model ran, but outside the domain where its error bound holds."""
+
+
+class ContractWarning(UserWarning):
+    """A compiled model's error bound exceeds its tolerance on more of its own calibration
+    prompts than CompilerConfig.min_acceptance allows: the model is sound (it refuses those
+    prompts at run time) but refuses more of its domain than it should."""

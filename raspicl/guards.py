@@ -39,7 +39,7 @@ def check_mode(on_violation: str) -> str:
 
 
 def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str = "error", *,
-                 stacklevel: int = 2) -> list[str]:
+                 stacklevel: int = 2, magnitudes: bool = True) -> list[str]:
     """Check prompt tokens [B, n_tokens, d_token] against the layout's prompt and domain.
 
     Shape: ValueError naming the expected and the actual shape. NaN or +-inf: one finding per
@@ -66,7 +66,7 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
                             f"is {kind}{_count(bad)}; the model's output is undefined there")
     domain = layout.get("domain", {})
     comps = p.get("token_components", {"y": [0], "x": list(range(1, p["d_token"]))})
-    for name in ("x", "y"):
+    for name in ("x", "y") if magnitudes else ():
         bound = domain.get(f"{name}_abs_max")
         if bound is None or not comps.get(name):
             continue

@@ -22,6 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# The dtypes the gadgets are built and measured for. float16 and bfloat16 cannot hold the
+# anchors, LayerNorm eps and product scales (bfloat16 errs by 3e-3 on a plain matrix product).
+GADGET_DTYPES = (torch.float64, torch.float32)
+
+
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    """`dtype` itself if the compiled gadgets can run in it, else ValueError saying why."""
+    if dtype not in GADGET_DTYPES:
+        raise ValueError(f"a compiled model runs in float64 or float32, not "
+                         f"{str(dtype).removeprefix('torch.')}: its gadgets (LayerNorm eps up "
+                         f"to 2^80, division anchors, product scales) overflow or lose every "
+                         f"digit in half precision")
+    return dtype
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of a compiled model. ln_eps[l] is block l's LayerNorm eps."""

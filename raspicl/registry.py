@@ -150,6 +150,19 @@ class ProgramFile:
         return [dict(g) for g in grid]
 
     @property
+    def domain(self):
+        """The prompts the program is meant to serve: the file's DOMAIN (a
+        raspicl.prompts.PromptDistribution) if it declares one, else None (the compiler's
+        default)."""
+        from raspicl.prompts import PromptDistribution
+
+        domain = getattr(self.module, "DOMAIN", None)
+        if domain is not None and not isinstance(domain, PromptDistribution):
+            raise RaspiclError(f"{self.path}: DOMAIN must be a raspicl.prompts."
+                               f"PromptDistribution, got {type(domain).__name__}")
+        return domain
+
+    @property
     def has_reference(self) -> bool:
         return hasattr(self.module, "reference")
 

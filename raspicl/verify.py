@@ -1,6 +1,6 @@
 """Verification: the compiled model against the interpreter, and both against the solvers.
 
-Three checks per program and parameter set (design.md §8):
+Three checks per program and parameter set :
 1. interpreter vs the program file's reference(), which uses raspicl.solvers: to rounding;
 2. compiled model vs interpreter on every register version at every token where the
    interpreter's value is defined, read from the residual right after the sublayer that wrote
@@ -10,17 +10,24 @@ Three checks per program and parameter set (design.md §8):
 
 Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
 every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
+
+4. the runtime contract (raspicl.monitor) on the same forward pass: the fraction of problems
+   the model accepts, and that no accepted prediction is off by more than its error bound or
+   the contract tolerance (a violation fails the check).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from raspicl.compiler import CompilerConfig, compile_program
+from raspicl.compiler.bounds import Domain
+from raspicl.errors import ContractWarning
 from raspicl.guards import check_prompt
 from raspicl.interpret import interpret
 from raspicl.prompts import random_prompts
@@ -59,6 +66,9 @@ class CheckResult:
     tolerance: float
     seconds: float = 0.0
     problems: int = 0
+    accepted: float = 1.0  # fraction of the problems the runtime contract accepts
+    contract_violations: int = 0  # accepted predictions off by more than bound or tolerance
+    contract_tolerance: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,7 +78,8 @@ class CheckResult:
         model_solver_ok = np.isnan(self.err_model_solver) or (
             self.err_model_solver <= self.tolerance)
         return (self.err_registers <= self.tolerance and self.err_prediction <= self.tolerance
-                and solver_ok and model_solver_ok and self.symbolic != "FAILED")
+                and solver_ok and model_solver_ok and self.symbolic != "FAILED"
+                and self.contract_violations == 0)
 
 
 def tolerance_for(pf: ProgramFile, dtype: str) -> float:
@@ -77,14 +88,25 @@ def tolerance_for(pf: ProgramFile, dtype: str) -> float:
     return float(tol.get(dtype, DEFAULT_TOLERANCE[dtype]))
 
 
+def contract_tolerance_for(pf: ProgramFile, dtype: str) -> float:
+    """What a compiled model of this program vouches for: the file's CONTRACT_TOLERANCE[dtype]
+    if it declares one, else its tolerance."""
+    tol = getattr(pf.module, "CONTRACT_TOLERANCE", {})
+    return float(tol.get(dtype, tolerance_for(pf, dtype)))
+
+
 def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
                    problems: int = 1000, seed: int = 0, symbolic: bool = True,
-                   config: CompilerConfig | None = None) -> CheckResult:
-    """Compile one instance of a program and run all three checks on it."""
+                   config: CompilerConfig | None = None,
+                   domain: Domain | None = None) -> CheckResult:
+    """Compile one instance of a program and run all four checks on it."""
     start = time.perf_counter()
     program = pf.build(**params)
-    config = config or CompilerConfig.for_dtype(dtype)
-    cm = compile_program(program, config)
+    config = config or CompilerConfig.for_dtype(dtype,
+                                                tolerance=contract_tolerance_for(pf, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)  # reported as the accepted column
+        cm = compile_program(program, config, domain=domain if domain is not None else pf.domain)
     if dtype == "float32":
         cm = cm.to(torch.float32)
     prompts = random_prompts(problems, program.d, program.n, seed)
@@ -102,8 +124,13 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
         if e > worst or worst_name == "-":
             worst, worst_name = e, f"{op.dst.name} (op {op.index}, {op.source})"
     want = trace.output()
-    got = cm.predict(prompts, check="ignore")
+    got = cm.readout(residuals[-1])
     err_pred = rel_err(got, want)
+    contract = cm.contract(residuals)
+    ok = contract.accepted[:, None, None] & np.isfinite(want)
+    diff = np.abs(got - want)
+    over = ok & ((diff > contract.bound)
+                 | (diff > config.contract_tolerance * np.maximum(np.abs(want), 1.0)))
     if pf.has_reference:
         ref = np.asarray(pf.reference(prompts, **params), dtype=np.float64).reshape(want.shape)
         err_is, err_ms = rel_err(want, ref), rel_err(got, ref)
@@ -116,7 +143,8 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     return CheckResult(pf.name, dict(params), dtype, s["blocks"], s["heads"], s["d_model"],
                        s["d_mlp"], s["params"], worst, worst_name, err_pred, err_is, err_ms,
                        sym, tolerance_for(pf, dtype), time.perf_counter() - start, problems,
-                       notes=outside)
+                       float(contract.accepted.mean()), int(over.sum()),
+                       config.contract_tolerance, notes=outside)
 
 
 def _prove(pf: ProgramFile, params: dict, program) -> bool:
@@ -151,20 +179,27 @@ def default_checks(programs: list[ProgramFile], dtypes: tuple[str, ...]) -> list
 def format_table(results: list[CheckResult]) -> str:
     """The verification table, one row per check."""
     head = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
-            "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "pass"]
+            "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted",
+            "pass"]
     rows = []
     for r in results:
         params = " ".join(f"{k}={v}" for k, v in r.params.items())
         rows.append([r.program, params, r.dtype, str(r.blocks), str(r.heads), str(r.d_model),
                      str(r.d_mlp), str(r.n_params), f"{max(r.err_registers, r.err_prediction):.1e}",
                      _fmt(r.err_model_solver), _fmt(r.err_interpreter_solver), r.symbolic,
-                     f"{r.tolerance:.0e}", "PASS" if r.passed else "FAIL"])
+                     f"{r.tolerance:.0e}", _accepted(r), "PASS" if r.passed else "FAIL"])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+def _accepted(r: CheckResult) -> str:
+    """'99.8%', with the number of contract violations if there are any."""
+    text = f"{100 * r.accepted:.1f}%"
+    return text + (f" ({r.contract_violations} VIOLATIONS)" if r.contract_violations else "")
 
 
 def _fmt(x: float) -> str:

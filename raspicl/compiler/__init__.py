@@ -7,9 +7,11 @@ layout, everything a reader needs to interpret the weights.
 from __future__ import annotations
 
 from raspicl.compiled import CompiledModel
-from raspicl.compiler.assemble import assemble, build_blocks
+from raspicl.compiler.assemble import Tuning, assemble, build_blocks
+from raspicl.compiler.bounds import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
+from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
 from raspicl.compiler.layout import lay_out
 from raspicl.compiler.loops import fix_clears, link_iterations
 from raspicl.compiler.lower import lower
@@ -20,23 +22,41 @@ __all__ = ["CompilerConfig", "compile_program"]
 
 
 def compile_program(program: Program, config: CompilerConfig | None = None,
-                    loops: str = "unroll") -> CompiledModel:
+                    loops: str = "unroll", domain: Domain | None = None) -> CompiledModel:
     """Compile a program into a float64 transformer and its layout.
 
     loops: 'unroll' gives every iteration of a `p.loop` its own blocks; 'share' compiles the
     body once into a group of blocks that the forward pass runs once per iteration (a looped
     transformer with shared weights, recorded in the layout's block_order and loops).
+    domain: the prompts the model must serve, a raspicl.prompts.PromptDistribution (default:
+    PromptDistribution(), x scale up to 1.5 and noise up to 1) or a Prompts batch of the
+    user's own. Calibration runs on it, and the finished model must accept at least
+    config.min_acceptance of the calibration prompts under its runtime contract
+    (raspicl.monitor), else CompileError says which gadget cannot meet the tolerance.
     """
     if loops not in ("unroll", "share"):
         raise ValueError(f"loops must be 'unroll' or 'share', got {loops!r}")
     config = config or CompilerConfig()
     share = loops == "share"
-    low = lower(program, config)
+    low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
     sched = schedule(low, share_loops=share)
     if share:
         fix_clears(low, sched)
     layout = lay_out(low, sched)
-    blocks = build_blocks(low, sched, layout, config)
-    model, order = assemble(low, sched, layout, blocks, config)
-    return CompiledModel(model, describe(low, sched, layout, blocks, order, config, model.cfg))
+    tuning = Tuning()
+    for passes in range(1, config.feasibility_passes + 2):
+        blocks = build_blocks(low, sched, layout, config, tuning)
+        model, order = assemble(low, sched, layout, blocks, config)
+        record = describe(low, sched, layout, blocks, order, config, model.cfg)
+        report = measure(model, record, low.calibration.prompts, config.target_dtype)
+        new = retune(report, low, sched, tuning, config) if passes <= config.feasibility_passes \
+            else None
+        if new is None:
+            break
+        tuning = new
+    feas = Feasibility(report, passes)
+    record["monitor"]["calibration"] = {"prompts": int(len(report.accepted)),
+                                        "accepted": feas.acceptance, "tuning_passes": passes}
+    require_acceptance(feas, program.name, config)
+    return CompiledModel(model, record)

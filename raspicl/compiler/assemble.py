@@ -10,7 +10,8 @@ import torch
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
-from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_units
+from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_params, \
+    product_units
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.loops import wraparound_clears
 from raspicl.compiler.lower import Instr, Lowered, Value
@@ -18,6 +19,32 @@ from raspicl.compiler.schedule import Schedule, clear_slot
 from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 from raspicl.model import ModelConfig, Transformer
+from raspicl.monitor import ProductPair
+
+
+@dataclass
+class Tuning:
+    """Per-run constants that compile-time feasibility (feasibility.py) raises above the
+    config's defaults where the values a block holds need it: the neutral LayerNorm's eps and
+    the division anchor N. Runs of one shared block always get equal constants."""
+
+    neutral_eps: dict[int, float] = field(default_factory=dict)
+    anchor: dict[int, float] = field(default_factory=dict)
+
+    def eps_of(self, run: int, config: CompilerConfig) -> float:
+        return self.neutral_eps.get(run, config.neutral_ln_eps)
+
+    def anchor_of(self, run: int, config: CompilerConfig) -> float:
+        return self.anchor.get(run, config.division_anchor)
+
+
+@dataclass
+class Gadgets:
+    """The constants of one instruction's MLP gadgets, for the runtime monitor: its product
+    pairs (operands as (read, component)) and, for a select, each output's gate bound."""
+
+    pairs: list[ProductPair] = field(default_factory=list)
+    gate_bound: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -29,6 +56,9 @@ class BlockSpec:
     divisor: Value | None = None
     units: list[UnitSpec] = field(default_factory=list)
     mlp_ops: list[str] = field(default_factory=list)
+    ln_eps: float = 0.0
+    anchor: float = 0.0
+    gadgets: dict[int, Gadgets] = field(default_factory=dict)  # op index -> its gadgets
 
     def head(self, place) -> HeadSpec:
         key = place_key(place)
@@ -37,19 +67,22 @@ class BlockSpec:
         return self.heads[key]
 
 
-def build_blocks(low: Lowered, sched: Schedule, layout: Layout,
-                 config: CompilerConfig) -> list[BlockSpec]:
-    blocks = [BlockSpec() for _ in range(sched.n_blocks)]
+def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: CompilerConfig,
+                 tuning: Tuning | None = None) -> list[BlockSpec]:
+    tuning = tuning or Tuning()
+    blocks = [BlockSpec(ln_eps=tuning.eps_of(b, config), anchor=tuning.anchor_of(b, config))
+              for b in range(sched.n_blocks)]
     for b, mode in sched.mlp_mode.items():
         if isinstance(mode, Value):
             blocks[b].divisor = mode
+            blocks[b].ln_eps = config.division_ln_eps
     for ins in sched.instrs:
         _emit(ins, blocks[ins.block], layout, config)
     fixed = layout.fixed
     for b, divisor in sched.anchors.items():
         head = blocks[b].head(Here())
-        head.copy(divisor.rows[0], fixed["anchor_pos"], config.division_anchor)
-        head.copy(divisor.rows[0], fixed["anchor_neg"], -config.division_anchor)
+        head.copy(divisor.rows[0], fixed["anchor_pos"], blocks[b].anchor)
+        head.copy(divisor.rows[0], fixed["anchor_neg"], -blocks[b].anchor)
         head.note(f"anchors +-N {divisor.label} for the division")
         after = [b + 1]
         for lp in sched.loops:  # in a shared loop, every iteration's first block clears them
@@ -121,6 +154,7 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
                 block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
         return
     operand_rows = []
+    facts = block.gadgets.setdefault(ins.op.index, Gadgets())
     for i, (v, at) in enumerate(ins.reads):
         if i in ins.temps:
             t = ins.temps[i]
@@ -152,24 +186,34 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
             row = operand_rows[ri][ci]
             gated.setdefault(o, {})
             gated[o][row] = gated[o].get(row, 0.0) + c
+        facts.gate_bound = [0.0] * dst.width
         for o in range(dst.width):
             terms = gated.get(o, {})
             b = float(ins.gated_bias[o])
             if terms or b != 0.0:
                 bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
                                      for r, c in terms.items())
+                bound = max(bound, ins.gate_floor)
                 block.units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
                                           config.select_sharpness)
+                facts.gate_bound[o] = bound
     pairs: dict[tuple[int, int], dict[int, float]] = {}
     row_bound: dict[int, float] = {}
+    operand_of: dict[int, tuple[int, int]] = {}  # row -> (read, component)
     for o, c, ra, ca, rb, cb in ins.products:
         a, b = operand_rows[ra][ca], operand_rows[rb][cb]
         row_bound[a], row_bound[b] = bounds[ra], bounds[rb]
+        operand_of.setdefault(a, (ra, ca))
+        operand_of.setdefault(b, (rb, cb))
         outs = pairs.setdefault((min(a, b), max(a, b)), {})
-        outs[dst.rows[o]] = outs.get(dst.rows[o], 0.0) + c
+        outs[o] = outs.get(o, 0.0) + c
     for (a, b), outs in pairs.items():
-        block.units += product_units(a, b, row_bound[a], row_bound[b], outs,
+        block.units += product_units(a, b, row_bound[a], row_bound[b],
+                                     {dst.rows[o]: c for o, c in outs.items()},
                                      config.product_scale, config.richardson)
+        k, e = product_params(a == b, row_bound[a], row_bound[b], config.product_scale)
+        facts.pairs.append(ProductPair(operand_of[a], operand_of[b], k, e, config.richardson,
+                                       dict(outs)))
     block.mlp_ops.append(what)
 
 
@@ -196,8 +240,7 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config)
             for b in blocks]
     stored, order = _share(runs, sched)
-    eps = tuple(config.division_ln_eps if blocks[b].divisor is not None
-                else config.neutral_ln_eps for b in stored)
+    eps = tuple(blocks[b].ln_eps for b in stored)
     cfg = ModelConfig(d_model=D, n_layers=len(stored), n_heads=n_heads, d_head=d_head,
                       d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
                       d_out=low.output.width, ln_eps=eps,
@@ -254,9 +297,9 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     for r, b in block.b_O.items():
         bO[r] += b
     if block.divisor is not None:
-        W_in, b_in = division_read(block.units, rows, D, config.division_anchor)
+        W_in, b_in = division_read(block.units, rows, D, block.anchor)
     else:
-        W_in, b_in = neutral_read(block.units, rows, D, config.neutral_ln_eps)
+        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps)
     W_out = np.zeros((len(block.units), D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():

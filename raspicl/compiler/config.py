@@ -1,4 +1,4 @@
-"""Every numeric constant of the compiler, with the condition it must meet (design.md §3).
+"""Every numeric constant of the compiler, with the condition it must meet.
 
 One CompilerConfig drives a compilation; `for_dtype` gives the defaults tuned for the precision
 the model will run in. A compiled model records its config in layout.json.
@@ -52,8 +52,29 @@ class CompilerConfig:
         calibrated register bounds (largest |value| seen on calibration prompts) are multiplied
         by this before the gadgets' scales are chosen. Condition: >= 1; larger is safer and
         loses a little precision.
+    interval_fallback:
+        a value whose calibrated bound is below this fraction of its interval bound (what its
+        operands' bounds allow) is taken to cancel on the calibration prompts only, and gets
+        the interval bound (compiler/bounds.py). Condition: well below the ratio of ordinary
+        values (|dot of d terms| / sum of |terms| is about 1 / sqrt(d)) and above rounding.
     calibration_prompts, calibration_seed:
-        how many random prompts (x, w ~ N(0, I), y = w^T x) calibrate the bounds, and the seed.
+        how many prompts from the model's domain calibrate the bounds, and the seed.
+    tolerance:
+        the error the model vouches for: the runtime monitor accepts a prompt only if its
+        error bound at every output is <= tolerance * max(|output|, 1). None: 1e-8 for
+        float64, 1e-3 for float32 (the defaults of raspicl verify).
+    rounding_factor:
+        kappa, the multiple of machine epsilon the monitor charges per rounded operation
+        (a sum of a few terms, a GeLU, a LayerNorm read) in its error bound. Condition: >= the
+        few operations each gadget rounds in (2-4); the property tests check that measured
+        errors never exceed the bound.
+    feasibility_passes:
+        how many times compile-time feasibility may re-tune per-block constants (LayerNorm
+        eps, anchors, gate bounds) from what the compiled model holds on calibration prompts.
+    min_acceptance:
+        the fraction of calibration prompts the finished model must accept; below it the
+        compile fails with the reason (CompileError), rather than yield a model that refuses
+        its own domain.
     """
 
     attention_margin: float = 100.0
@@ -64,9 +85,14 @@ class CompilerConfig:
     richardson: bool = True
     select_sharpness: float = 40.0
     bound_margin: float = 2.0
+    interval_fallback: float = 1e-3
     calibration_prompts: int = 512
     calibration_seed: int = 12345
     target_dtype: str = "float64"
+    tolerance: float | None = None
+    rounding_factor: float = 2.0
+    feasibility_passes: int = 4
+    min_acceptance: float = 0.99
 
     @classmethod
     def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:
@@ -78,6 +104,13 @@ class CompilerConfig:
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         return replace(base, **overrides)
+
+    @property
+    def contract_tolerance(self) -> float:
+        """The tolerance the model vouches for (see `tolerance`)."""
+        if self.tolerance is not None:
+            return float(self.tolerance)
+        return 1e-8 if self.target_dtype == "float64" else 1e-3
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,9 +7,11 @@ from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.model import ModelConfig
+from raspicl.monitor import Instruction, Read, instruction_record
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
@@ -78,7 +80,56 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                    "repeat": len(lp.starts), "first_runs": lp.starts}
                   for lp in sched.loops if len(order) > cfg.n_layers],
         "compiler": config.to_dict(),
+        "monitor": _monitor(low, blocks, order, config),
     }
+
+
+def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
+             config: CompilerConfig) -> dict:
+    """The record raspicl.monitor walks: every value's rows, every instruction with its
+    gadgets' constants, each stored block's division anchor, and the tolerance vouched for."""
+    values = {}
+    for v in low.values:
+        values[v.label] = {"kind": v.kind, "rows": v.rows, "written_after": v.write_slot + 1
+                           if v.kind == "op" else 0}
+    instructions = []
+    for ins in low.instrs:
+        facts = blocks[ins.block].gadgets.get(ins.op.index)
+        T = low.program.format.n_tokens
+        defined = ins.dst.defined if ins.dst.defined is not None else [True] * T
+        instructions.append(instruction_record(Instruction(
+            op=ins.op.index, kind=ins.op.kind, dst=ins.dst.label, source=str(ins.op.source),
+            run=ins.block, stage=ins.stage,
+            defined=[int(t) for t in range(T) if defined[t]],
+            reads=[Read(v.label, _place(at)) for v, at in ins.reads],
+            linear=list(ins.linear), bias=[float(b) for b in ins.bias],
+            pairs=list(facts.pairs) if facts else [],
+            products=list(ins.products),
+            divisor=ins.divisor.label if ins.divisor is not None else None,
+            mask=ins.mask.label if ins.mask is not None else None,
+            gated=list(ins.gated),
+            gated_bias=[float(b) for b in ins.gated_bias] if ins.gated_bias is not None else [],
+            gate_bound=list(facts.gate_bound) if facts else [])))
+    first_run: dict[int, int] = {}
+    for run, stored in enumerate(order):
+        first_run.setdefault(stored, run)
+    anchors = [blocks[first_run[b]].anchor if blocks[first_run[b]].divisor is not None
+               else None for b in range(len(first_run))]
+    return {"tolerance": config.contract_tolerance, "values": values,
+            "instructions": instructions, "anchors": anchors, "output": low.output.label}
+
+
+def _place(at: Where) -> dict:
+    """A read's place as JSON."""
+    if isinstance(at, Here):
+        return {"kind": "here"}
+    if isinstance(at, Offset):
+        return {"kind": "offset", "k": at.k}
+    if isinstance(at, At):
+        return {"kind": "at", "index": at.index}
+    if isinstance(at, Mean):
+        return {"kind": "mean", "role": at.role}
+    raise TypeError(f"unknown place {at!r}")
 
 
 def _registers(low: Lowered, program, slot_name) -> dict:
@@ -111,10 +162,12 @@ def _domain(low: Lowered) -> dict:
                       "abs_min": ins.divisor_min, "version": ins.divisor.version,
                       "tokens": list(ins.divisor_tokens)} for ins in low.instrs
                      if ins.divisor is not None],
-        "calibration": "x, w ~ N(0, I), y = w^T x; bounds are the largest |value| seen times "
-                       "the compiler's bound_margin (divisor minima divided by it); a "
-                       "divisor's tokens are those where it was defined (finite) in "
-                       "calibration, the only ones its minimum speaks for",
+        "calibration": low.calibration.description,
+        "note": "bounds are the largest |value| seen on the calibration prompts times the "
+                "compiler's bound_margin (or the interval bound of a value that cancels on "
+                "them); a divisor's tokens are those where its quotient is defined. These "
+                "scale the gadgets; what the model vouches for is checked at run time by the "
+                "monitor (layout['monitor'])",
     }
 
 
@@ -142,6 +195,7 @@ def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
         "mlp": {"mode": "neutral" if block.divisor is None
                 else f"divide by |{block.divisor.label}|",
                 "ln_eps": cfg.ln_eps[index], "units": len(block.units),
+                "anchor": block.anchor if block.divisor is not None else None,
                 "ops": block.mlp_ops},
     }
 

@@ -3,7 +3,8 @@
 Each write of a register makes a new value (its version), so the later stages see a dataflow
 graph with no overwrites. Reads of constant registers are folded into coefficients and biases
 (a product with a constant is linear), and each value gets the bound on its entries that the
-gadgets' scales are chosen from, calibrated by running the interpreter on random prompts.
+gadgets' scales are chosen from, calibrated by running the interpreter on prompts from the
+domain the model must serve (bounds.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raspicl.compiler.bounds import Calibration, Domain, abs_max, calibrate, choose_bound, \
+    interval_bound
 from raspicl.compiler.config import CompilerConfig
 from raspicl.errors import CompileError
-from raspicl.interpret import interpret
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
 from raspicl.lang.reads import Where
-from raspicl.prompts import random_prompts
 
 
 @dataclass(eq=False)
@@ -35,6 +36,9 @@ class Value:
     last_read: int = -1
     rows: list[int] = field(default_factory=list)
     versioned: bool = False  # a var: its label carries the version
+    # per token: defined (finite) on the calibration prompts; None for inputs, constants and
+    # masks, which are defined everywhere
+    defined: np.ndarray | None = None
     # Looped compilation (schedule.py, layout.py): a clear slot that replaces the computed one,
     # the iteration-0 value whose rows this one reuses, and rows fixed in advance.
     clear_override: int | None = None
@@ -65,8 +69,8 @@ class Instr:
     bias: np.ndarray
     divisor: Value | None = None
     divisor_min: float = 0.0  # smallest |divisor| seen in calibration, over the margin
-    divisor_tokens: list[int] = field(default_factory=list)  # where calibration's divisor is
-    # finite (defined); elsewhere it is computed from undefined reads and may hold anything
+    divisor_tokens: list[int] = field(default_factory=list)  # where the quotient is defined;
+    # elsewhere the divisor is computed from undefined reads (or is an exact zero)
     block: int = -1
     stage: str = ""  # 'attn', 'mlp' or 'attn+mlp'
     temps: dict[int, Value] = field(default_factory=dict)
@@ -74,6 +78,7 @@ class Instr:
     mask: Value | None = None
     gated: list[tuple[int, float, int, int]] = field(default_factory=list)
     gated_bias: np.ndarray | None = None
+    gate_floor: float = 0.0  # a gate's bound is at least this (feasibility.py measures it)
 
     @property
     def registers_read(self) -> list[Value]:
@@ -93,18 +98,20 @@ class Lowered:
     masks: dict[str, tuple[Value, np.ndarray]]  # token masks of selects: 0/1 rows in W_pos
     values: list[Value]
     output: Value
+    calibration: Calibration
 
 
-def lower(program: Program, config: CompilerConfig) -> Lowered:
-    """Program -> instructions over values, with constants folded and bounds calibrated."""
+def lower(program: Program, config: CompilerConfig, domain: Domain | None = None) -> Lowered:
+    """Program -> instructions over values, with constants folded and bounds calibrated on
+    prompts from `domain` (default: raspicl.prompts.PromptDistribution())."""
     program.validate()
     if getattr(program, "is_symbolic", lambda: False)():
         raise CompileError(f"program '{program.name}' has symbolic coefficients; compile a "
                            f"numeric instance")
-    trace = _calibration_trace(program, config)
+    cal = calibrate(program, config, domain)
+    trace = cal.trace
     m = config.bound_margin
-    bounds_after = [_abs_max(v) * m for v in trace.after]
-    bounds_in = {"x": _abs_max(trace.final["x"]) * m, "y": _abs_max(trace.final["y"]) * m}
+    bounds_in = {"x": abs_max(trace.final["x"]) * m, "y": abs_max(trace.final["y"]) * m}
     arrays = {"x": trace.tokens[:, :, 1:], "y": trace.tokens[:, :, :1]}
     for name, value in program.constants.items():  # consts and var inits, at every token
         arrays[name] = np.broadcast_to(np.asarray(value, dtype=np.float64),
@@ -176,6 +183,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
         divisor = None
         divisor_min = 0.0
         divisor_tokens: list[int] = []
+        defined = cal.defined(trace.after[op.index])
         if op.divisor is not None:
             if op.divisor.register.name in folded_consts:
                 s = float(const_values[op.divisor.register.name][0])
@@ -185,12 +193,22 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
                 lin = [(o, c / abs(s), r, k) for o, c, r, k in lin]
             else:
                 divisor = current[op.divisor.register.name]
-                s_arr = np.abs(arrays.get(op.divisor.register.name, np.array([np.inf])))
+                divisor_tokens = [int(t) for t in np.flatnonzero(defined)]
+                s_arr = np.abs(np.broadcast_to(
+                    arrays.get(op.divisor.register.name, np.array([np.inf])),
+                    trace.after[op.index].shape[:2] + (1,)))[:, divisor_tokens]
                 divisor_min = float(s_arr[np.isfinite(s_arr)].min(initial=np.inf)) / m
-                divisor_tokens = _defined_tokens(s_arr)
+        read_bounds = [v.bound for v, _ in reads]
+        interval = interval_bound(bias, lin, prod, read_bounds, op.dst.width)
+        if mask is not None:
+            interval = max(interval, interval_bound(bias + gated_bias, lin + gated, [],
+                                                    read_bounds, op.dst.width))
+        if divisor is not None:
+            interval = interval / divisor_min if divisor_min > 0 else np.inf
         versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
-        dst = Value(op.dst.name, versions[op.dst.name], op.dst.width, "op",
-                    bounds_after[op.index], op, versioned=op.dst.kind == "var")
+        bound = choose_bound(abs_max(trace.after[op.index]), interval, config)
+        dst = Value(op.dst.name, versions[op.dst.name], op.dst.width, "op", bound, op,
+                    versioned=op.dst.kind == "var", defined=defined)
         values.append(dst)
         current[op.dst.name] = dst
         arrays[op.dst.name] = trace.after[op.index]
@@ -201,7 +219,7 @@ def lower(program: Program, config: CompilerConfig) -> Lowered:
     output = current[out_name]
     if output.kind == "const" and out_name in folded_consts:
         raise CompileError(f"the output '{out_name}' is a constant; nothing to compile")
-    return Lowered(program, instrs, inputs, consts, masks, values, output)
+    return Lowered(program, instrs, inputs, consts, masks, values, output, cal)
 
 
 def _fold_linear(op: Op, terms, folded: set[int], const_values: dict[str, np.ndarray],
@@ -239,22 +257,3 @@ def _mask_value(masks: dict, mask: np.ndarray, roles: list[str]) -> Value:
     return masks[name][0]
 
 
-def _calibration_trace(program: Program, config: CompilerConfig):
-    """The interpreter on random prompts (x, w ~ N(0, I), y = w^T x): the values the gadgets'
-    scales are calibrated on."""
-    prompts = random_prompts(config.calibration_prompts, program.d, program.n,
-                             config.calibration_seed)
-    return interpret(program, prompts)
-
-
-def _defined_tokens(s: np.ndarray) -> list[int]:
-    """The tokens at which a calibration divisor [B, T, 1] is finite in some prompt; none for
-    a var's initial constant, which has no calibration array and is the same in every prompt."""
-    if s.ndim != 3:
-        return []
-    return [int(t) for t in np.flatnonzero(np.isfinite(s).any(axis=(0, 2)))]
-
-
-def _abs_max(a: np.ndarray) -> float:
-    finite = np.abs(a[np.isfinite(a)])
-    return float(finite.max(initial=0.0))

@@ -48,19 +48,26 @@ def affine_units(dst_row: int, w_in: dict[int, float], bias: float) -> list[Unit
     return [pos, neg]
 
 
+def product_params(square: bool, bound_a: float, bound_b: float,
+                   z: float) -> tuple[float, float]:
+    """(k, e) of a product gadget: the balance k = sqrt(B_b / B_a) (1 for a square) and the
+    scale e with e * max|t| = z for operands within their bounds (a zero bound counts as 1)."""
+    bound_a = bound_a if bound_a > 0 else 1.0
+    bound_b = bound_b if bound_b > 0 else 1.0
+    if square:
+        return 1.0, z / bound_a
+    return math.sqrt(bound_b / bound_a), z / (2.0 * math.sqrt(bound_a * bound_b))
+
+
 def product_units(row_a: int, row_b: int, bound_a: float, bound_b: float,
                   outputs: dict[int, float], z: float, richardson: bool) -> list[UnitSpec]:
     """Units that add coef * v_a * v_b to each output row (coef from `outputs`), for
     |v_a| <= bound_a and |v_b| <= bound_b; z is the config's product_scale."""
-    bound_a = bound_a if bound_a > 0 else 1.0
-    bound_b = bound_b if bound_b > 0 else 1.0
+    k, scale = product_params(row_a == row_b, bound_a, bound_b, z)
     if row_a == row_b:
         combos = [({row_a: 1.0}, 1.0)]  # v_a^2
-        scale = z / bound_a
     else:
-        k = math.sqrt(bound_b / bound_a)
         combos = [({row_a: k, row_b: 1.0 / k}, 0.25), ({row_a: k, row_b: -1.0 / k}, -0.25)]
-        scale = z / (2.0 * math.sqrt(bound_a * bound_b))
     scales = [(scale, 4.0 / 3.0), (2.0 * scale, -1.0 / 3.0)] if richardson else [(scale, 1.0)]
     units = []
     for direction, weight in combos:

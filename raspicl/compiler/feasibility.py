@@ -1,0 +1,176 @@
+"""Compile-time feasibility: the finished model must keep its own contract on its domain.
+
+After assembly the compiled model runs on the calibration prompts and the runtime monitor
+(raspicl.monitor) walks the pass. What it measures re-tunes the constants that depend on what
+the model actually holds, including garbage at tokens where a value is undefined:
+- a neutral LayerNorm's eps, per block, to at least 2^(p+2) var bound_margin^2 (a power of 4,
+  so that sqrt(eps) stays exact), up to MAX_NEUTRAL_EPS of the dtype;
+- a division's anchor N, per block, so that the rest of the stream perturbs the quotient by
+  Q / (4 N^2 s^2) <= machine epsilon, up to MAX_ANCHOR_GROWTH times the config's N;
+- a gate's bound, per select, to bound_margin times the largest |a - b| it must keep closed.
+Then it compiles again, at most config.feasibility_passes times. Blocks that a shared loop
+runs several times get the largest constant any of their runs needs. If the finished model
+still refuses more than 1 - min_acceptance of the calibration prompts, the compile fails with
+a CompileError that names the op, the quantity and its limit, and the remedies.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raspicl.compiler.assemble import Tuning
+from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.lower import Lowered
+from raspicl.compiler.schedule import Schedule
+from raspicl.errors import CompileError, ContractWarning
+from raspicl.monitor import MANTISSA_BITS, ContractReport, check_contract
+
+MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
+MAX_ANCHOR_GROWTH = 1e3
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """What the last calibration run of the model found."""
+
+    report: ContractReport
+    passes: int
+
+    @property
+    def acceptance(self) -> float:
+        return float(self.report.accepted.mean()) if len(self.report.accepted) else 1.0
+
+
+def measure(model, layout: dict, prompts, dtype: str) -> ContractReport:
+    """The monitor's walk over the model's forward pass on `prompts`, in `dtype`."""
+    tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
+    if model.dtype != tdtype:
+        import copy
+
+        model = copy.deepcopy(model).to(tdtype)
+    tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
+    with torch.no_grad():
+        res = [r.double().numpy() for r in model.residuals(tokens)]
+    return check_contract(layout, res, dtype)
+
+
+def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning,
+           config: CompilerConfig) -> Tuning | None:
+    """The constants the measured needs call for, or None if the current ones suffice."""
+    dtype = config.target_dtype
+    m2 = config.bound_margin ** 2
+    u = float(np.finfo(dtype).eps)
+    by_op = {ins.op.index: ins for ins in low.instrs}
+    eps = dict(tuning.neutral_eps)
+    anchor = dict(tuning.anchor)
+    gate_floor: dict[int, float] = {}
+    changed = False
+    for key, need in report.needs.items():
+        op, quantity = key.split(":", 1)
+        ins = by_op[int(op.removeprefix("op"))]
+        if quantity == "neutral LayerNorm variance":
+            have = tuning.eps_of(ins.block, config)
+            if need * m2 > have:
+                want = min(_power_of_4_above(need * m2), MAX_NEUTRAL_EPS[dtype])
+                if want > have:
+                    eps[ins.block] = max(eps.get(ins.block, 0.0), want)
+                    changed = True
+        elif quantity == "division Q/s^2":
+            have = tuning.anchor_of(ins.block, config)
+            want = min(math.sqrt(need / (4 * u)) * config.bound_margin,
+                       MAX_ANCHOR_GROWTH * config.division_anchor)
+            if np.isfinite(want) and want > have * 1.0001:
+                anchor[ins.block] = max(anchor.get(ins.block, 0.0), want)
+                changed = True
+        elif quantity == "gate":
+            want = need * config.bound_margin
+            if np.isfinite(want) and want > ins.gate_floor and want > _gate_bound(ins):
+                gate_floor[ins.op.index] = want
+                changed = True
+    if not changed:
+        return None
+    for op, floor in gate_floor.items():
+        by_op[op].gate_floor = floor
+    _unify_twins(low, sched, eps, anchor)
+    return Tuning(eps, anchor)
+
+
+def _gate_bound(ins) -> float:
+    """The gate bound the compiler would choose without a floor (the interval over its
+    operands' bounds): a floor below it changes nothing."""
+    bounds = [v.bound for v, _ in ins.reads]
+    per_out = [0.0] * ins.dst.width
+    for o, c, r, _ in ins.gated:
+        per_out[o] += abs(c) * bounds[r]
+    return min([b for b in per_out if b > 0] or [0.0])
+
+
+def _unify_twins(low: Lowered, sched: Schedule, eps: dict, anchor: dict) -> None:
+    """Runs of one shared block, and twin selects of a shared loop, get the largest constant."""
+    for loop in sched.loops:
+        for j in range(loop.length):
+            runs = [start + j for start in loop.starts]
+            for table in (eps, anchor):
+                values = [table[r] for r in runs if r in table]
+                if values:
+                    for r in runs:
+                        table[r] = max(values)
+    root: dict[int, list] = {}
+    for ins in low.instrs:
+        twin = ins.dst
+        while twin.template is not None:
+            twin = twin.template
+        root.setdefault(id(twin), []).append(ins)
+    for group in root.values():
+        floor = max(ins.gate_floor for ins in group)
+        for ins in group:
+            ins.gate_floor = floor
+
+
+def _power_of_4_above(x: float) -> float:
+    """The smallest 4^k >= x (k >= 0)."""
+    if not np.isfinite(x):
+        return math.inf
+    k = max(0, math.ceil(math.log2(max(x, 1.0)) / 2))
+    return 4.0 ** k if k < 512 else math.inf
+
+
+def require_acceptance(feas: Feasibility, program_name: str, config: CompilerConfig) -> None:
+    """CompileError if a gadget precondition fails on more than 1 - min_acceptance of the
+    calibration prompts (the model cannot work on its own domain); a ContractWarning if only
+    the error bound is over the tolerance there (the model works, and refuses what it cannot
+    vouch for)."""
+    report = feas.report
+    n = len(report.accepted)
+    if not n:
+        return
+    hard = [f for f in report.findings if f.quantity != "prediction error bound"]
+    hard_rate = len({f.prompt for f in hard}) / n
+    if hard_rate <= 1 - config.min_acceptance and feas.acceptance >= config.min_acceptance:
+        return
+    pool = hard if hard_rate > 1 - config.min_acceptance else report.findings
+    kinds = Counter((f.op, f.quantity) for f in pool)
+    (op, quantity), count = kinds.most_common(1)[0]
+    example = next(f for f in pool if (f.op, f.quantity) == (op, quantity))
+    what = (f"the compiled model ({config.target_dtype}, tolerance "
+            f"{config.contract_tolerance:g}) accepts {feas.acceptance:.1%} of {n} calibration "
+            f"prompts from its own domain (at least {config.min_acceptance:.0%} wanted) after "
+            f"{feas.passes} tuning passes; most common finding ({count} prompts): "
+            f"{example.message}")
+    remedies = ("compile for float64, allow a larger error (CompilerConfig(tolerance=...)), "
+                "serve a narrower domain (compile_program(..., domain=PromptDistribution(...))"
+                "), or rescale the program's values (e.g. a larger regulariser)")
+    if pool is hard:
+        raise CompileError(f"program '{program_name}' cannot be compiled to work on its "
+                           f"domain: {what}. Remedies: {remedies}")
+    warnings.warn(f"program '{program_name}': {what}. It refuses those prompts at run time; "
+                  f"to accept more: {remedies}", ContractWarning, stacklevel=3)
+
+
+__all__ = ["Feasibility", "MANTISSA_BITS", "measure", "require_acceptance", "retune"]

@@ -1,0 +1,491 @@
+"""The runtime contract: every gadget's precondition checked, and every prediction's error
+bounded, at the magnitudes actually present in the residual stream.
+
+A compiled model's layout carries a `monitor` record: every instruction of the program with the
+rows it reads and writes, its coefficients and the constants of its gadget (product scales,
+gate bounds, division anchors). `check_contract` walks those instructions in program order over
+the residual stream of one forward pass and keeps, for every value at every token where the
+program defines it, an absolute error bound against the exact (float64 interpreter) value,
+propagated to first order:
+
+    moves, linear maps   err = sum |c| err_read + leak + rounding
+    products             err(a b) <= |a| err_b + |b| err_a + err_a err_b + the gadget's own error
+    gates (select)       err = err of the chosen operand + rounding
+    divisions            err(a / |s|) <= err_a / |s| + |a| err_s / s^2 + |q| |ratio - 1| + rounding
+
+with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
+- leak: a head's target leads every other token by M = attention_margin (less the scores'
+  rounding), so the others share weight <= (T - 1) e^-M and a read is off by at most
+  (T - 1) e^-M 2 max|residual| (any token, defined or not);
+- a read through the neutral LayerNorm (value = sqrt(eps) (LN_j - LN_zero)) rounds by
+  kappa u (|v| + 2 |mean of the residual|);
+- the product gadget sq_e(t) = t^2 (1 - (et)^2/6 + (et)^4/40 - ...); with Richardson
+  (4 sq_e - sq_2e) / 3 = t^2 (1 - (et)^4/10 + 0.06 (et)^6 - ...), so its truncation is
+  |w| t^2 (0.1 u^4 + 0.06 u^6 + 0.03 u^8) per square term (u = e t), and its rounding
+  kappa u sqrt(pi/2) |w| |t| / e per scale and sign: the GeLU outputs, of size e |t|, are
+  multiplied by 1 / e^2;
+- a division's LayerNorm divides by sigma = sqrt(var + eps), so the quotient is exact times
+  ratio = N |s| sqrt(2 / d_model) / sigma, read off the residual at every token.
+
+Preconditions, each a *finding* when it fails at a token where the instruction's result is
+defined: the neutral LayerNorm's variance (var * 2^(p+2) <= eps, so that var + eps == eps), a
+product's |e t| within the range where its series bound holds, a closed gate's |a - b| within
+the bound its sharpness was set for (tokens where an operand is undefined included: the compiled
+model holds something there), a finite nonzero divisor; and the prediction's bound within
+`tolerance * max(|output|, 1)`. A finding names the prompt, token, op (kind, register, source
+line) and the quantity against its limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SQRT_PI_2 = math.sqrt(math.pi / 2)
+# Above these |e t| the product gadget's truncation series (its first three terms) no longer
+# bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
+SERIES_LIMIT = {True: 0.5, False: 1.0}
+MANTISSA_BITS = {"float64": 52, "float32": 23}
+
+
+# ---------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True)
+class Read:
+    """An operand: a value read at a place."""
+
+    value: str
+    place: dict  # {"kind": "here" | "offset" | "at" | "mean", "k" | "index" | "role": ...}
+
+
+@dataclass(frozen=True)
+class ProductPair:
+    """The units of one product gadget: sq(k a + b / k) - sq(k a - b / k) (or sq(a)), with
+    the operands as (read, component) and its output coefficient per dst component."""
+
+    a: tuple[int, int]
+    b: tuple[int, int]
+    k: float
+    e: float
+    richardson: bool
+    outputs: dict[int, float]  # dst component -> coefficient
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One instruction of the program as compiled (see the module doc)."""
+
+    op: int
+    kind: str
+    dst: str
+    source: str
+    run: int
+    stage: str
+    defined: list[int]
+    reads: list[Read]
+    linear: list[tuple[int, float, int, int]]
+    bias: list[float]
+    pairs: list[ProductPair] = field(default_factory=list)
+    products: list[tuple[int, float, int, int, int, int]] = field(default_factory=list)
+    divisor: str | None = None
+    mask: str | None = None
+    gated: list[tuple[int, float, int, int]] = field(default_factory=list)
+    gated_bias: list[float] = field(default_factory=list)
+    gate_bound: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Instruction:
+        return cls(
+            op=int(d["op"]), kind=str(d["kind"]), dst=str(d["dst"]), source=str(d["source"]),
+            run=int(d["run"]), stage=str(d["stage"]), defined=[int(t) for t in d["defined"]],
+            reads=[Read(str(r["value"]), dict(r["place"])) for r in d["reads"]],
+            linear=[(int(o), float(c), int(r), int(k)) for o, c, r, k in d["linear"]],
+            bias=[float(b) for b in d["bias"]],
+            pairs=[ProductPair((int(p["a"][0]), int(p["a"][1])), (int(p["b"][0]), int(p["b"][1])),
+                               float(p["k"]), float(p["e"]), bool(p["richardson"]),
+                               {int(o): float(c) for o, c in p["outputs"]})
+                   for p in d.get("pairs", [])],
+            products=[tuple(int(x) if i != 1 else float(x) for i, x in enumerate(t))
+                      for t in d.get("products", [])],
+            divisor=d.get("divisor"), mask=d.get("mask"),
+            gated=[(int(o), float(c), int(r), int(k)) for o, c, r, k in d.get("gated", [])],
+            gated_bias=[float(b) for b in d.get("gated_bias", [])],
+            gate_bound=[float(b) for b in d.get("gate_bound", [])],
+        )
+
+    def where(self) -> str:
+        return f"op {self.op} ({self.kind} writing '{self.dst}', {self.source})"
+
+
+def instruction_record(ins: Instruction) -> dict:
+    """The JSON form of an Instruction (what layout['monitor']['instructions'] holds)."""
+    return {
+        "op": ins.op, "kind": ins.kind, "dst": ins.dst, "source": ins.source, "run": ins.run,
+        "stage": ins.stage, "defined": ins.defined,
+        "reads": [{"value": r.value, "place": r.place} for r in ins.reads],
+        "linear": [list(t) for t in ins.linear], "bias": ins.bias,
+        "pairs": [{"a": list(p.a), "b": list(p.b), "k": p.k, "e": p.e,
+                   "richardson": p.richardson, "outputs": [[o, c] for o, c in p.outputs.items()]}
+                  for p in ins.pairs],
+        "products": [list(t) for t in ins.products],
+        "divisor": ins.divisor, "mask": ins.mask, "gated": [list(t) for t in ins.gated],
+        "gated_bias": ins.gated_bias, "gate_bound": ins.gate_bound,
+    }
+
+
+# ---------------------------------------------------------------------- the result
+
+
+@dataclass
+class Finding:
+    """One violated precondition (or an error bound over the tolerance) in one prompt."""
+
+    prompt: int
+    token: int
+    op: int | None
+    quantity: str
+    value: float
+    limit: float
+    message: str
+
+
+@dataclass
+class ContractReport:
+    """What the monitor found on a batch.
+
+    bound: [B, n_positions, d_out], the absolute error bound of every prediction (inf where
+    none could be given); accepted: [B], prompts with no finding; findings: every finding, at
+    most one per prompt and kind of check (the first token); needs: per gadget, the largest
+    value of its checked quantity (what compile-time feasibility tunes the constants from).
+    """
+
+    bound: np.ndarray
+    relative_bound: np.ndarray
+    accepted: np.ndarray
+    findings: list[Finding]
+    needs: dict[str, float]
+
+
+# ---------------------------------------------------------------------- the walk
+
+
+def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
+    """Walk the monitor record over one forward pass (`residuals` as CompiledModel.residuals
+    returns them, float64 numpy) of a model running in `dtype` ('float64' or 'float32')."""
+    mon = layout["monitor"]
+    comp = layout["compiler"]
+    arch = layout["architecture"]
+    D, T = arch["d_model"], layout["prompt"]["n_tokens"]
+    B = residuals[0].shape[0]
+    u = float(np.finfo(dtype).eps)
+    kappa = float(comp["rounding_factor"])
+    roles = layout["prompt"]["roles"]
+    walk = _Walk(layout, residuals, u, kappa, B, T)
+    order = arch["block_order"]
+    eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
+    anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
+    p_bits = MANTISSA_BITS[dtype]
+    for rec in mon["instructions"]:
+        ins = Instruction.from_dict(rec)
+        defined = np.zeros(T, dtype=bool)
+        defined[ins.defined] = True
+        walk.broken = np.zeros((B, T), dtype=bool)
+        ops_vals = [walk.read(r, roles) for r in ins.reads]
+        if ins.stage == "attn":
+            val, err = walk.linear_attn(ins, ops_vals)
+        else:
+            mlp_in = residuals[2 * ins.run + 1]
+            mu = np.abs(mlp_in.mean(axis=2))  # [B, T]
+            var = mlp_in.var(axis=2)
+            if ins.divisor is None:
+                walk.check(ins, defined, "neutral LayerNorm variance", var * 2.0 ** (p_bits + 2),
+                           eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
+                           "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
+            reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
+            val, err = walk.mlp(ins, reads, defined, mu)
+            if ins.divisor is not None:
+                val, err = walk.divide(ins, val, err, defined, mlp_in, mu,
+                                       eps_of_run[ins.run], anchor_of_run[ins.run])
+        # no bound where a precondition failed; none needed where the value is undefined
+        err = np.where(walk.broken[:, :, None], np.inf, err)
+        err = np.where(defined[None, :, None], err, np.nan)
+        walk.values[ins.dst] = (walk.value_of(ins.dst), err)
+    out = layout["output"]
+    pos = out["positions"]
+    label = mon["output"]
+    got, err = walk.values[label]
+    got, err = got[:, pos], err[:, pos]
+    bound = np.where(np.isfinite(err), err, np.inf)
+    rel = bound / np.maximum(np.abs(got), 1.0)
+    tol = float(mon["tolerance"])
+    writer = [Instruction.from_dict(r) for r in mon["instructions"] if r["dst"] == label]
+    by = f" (written by {writer[-1].where()})" if writer else ""
+    bad = ~(rel <= tol)
+    for b in np.flatnonzero(bad.any(axis=(1, 2))):
+        k, j = np.argwhere(bad[b])[0]
+        walk.add(Finding(int(b), int(pos[k]), None, "prediction error bound", float(rel[b, k, j]),
+                         tol, f"the prediction {label}[{j}]{by} at {_where(layout, pos[k], b)} "
+                         f"has error bound {bound[b, k, j]:.3g}: relative {rel[b, k, j]:.3g} "
+                         f"exceeds the model's tolerance {tol:g}"))
+    accepted = np.ones(B, dtype=bool)
+    for f in walk.findings:
+        accepted[f.prompt] = False
+    return ContractReport(bound, rel, accepted, walk.findings, walk.needs)
+
+
+class _Walk:
+    """The state of one walk: every value's compiled content and error bound so far."""
+
+    def __init__(self, layout: dict, residuals: list[np.ndarray], u: float, kappa: float,
+                 B: int, T: int):
+        self.layout = layout
+        self.res = residuals
+        self.u, self.kappa, self.B, self.T = u, kappa, B, T
+        self.mon = layout["monitor"]
+        self.findings: list[Finding] = []
+        self.broken = np.zeros((B, T), dtype=bool)  # this instruction's failed preconditions
+        self.seen: set[tuple[int, str]] = set()
+        self.needs: dict[str, float] = {}
+        self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for label, v in self.mon["values"].items():
+            if v["kind"] in ("input", "const", "mask"):
+                val = self.value_of(label)
+                err = np.zeros_like(val) if v["kind"] == "mask" else u * np.abs(val)
+                self.values[label] = (val, err)
+        # the leak: what the exp(-M) weight on every other token can carry into a read
+        comp = layout["compiler"]
+        margin = float(comp["attention_margin"])
+        margin -= 4 * kappa * u * margin * T * T  # the scores' rounding (|score| <= 2 M T^2)
+        skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
+        rows = [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
+        biggest = np.zeros(B)
+        for r in residuals:
+            biggest = np.maximum(biggest, np.nan_to_num(np.abs(r[..., rows]), nan=np.inf)
+                                 .max(axis=(1, 2)))
+        self.leak = (T - 1) * math.exp(-min(margin, 700.0)) * 2 * biggest  # [B]
+
+    # -- values and reads
+
+    def value_of(self, label: str) -> np.ndarray:
+        v = self.mon["values"][label]
+        return self.res[v["written_after"]][:, :, v["rows"]]
+
+    def read(self, r: Read, roles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The operand's compiled value and error bound as read at each token: [B, T, w].
+
+        Where the place is undefined (before the prompt or the role starts) the error is NaN,
+        and the value is replaced by the largest |value| at any token so far: whatever a head
+        reads there is an average of those, and the monitor needs its size (a gate's closed
+        operand, the rounding it causes)."""
+        val, err = self.values[r.value]
+        kind = r.place["kind"]
+        if kind == "here":
+            return val, err
+        v, e = self._place(val, err, r, roles)
+        so_far = np.maximum.accumulate(np.abs(val), axis=1)
+        v = np.where(np.isnan(v), so_far, v)
+        return v, e + self.leak[:, None, None]
+
+    def _place(self, val, err, r: Read, roles: list[str]):
+        """val and err as read at r's place (not 'here'); NaN where it is undefined."""
+        kind = r.place["kind"]
+        T = self.T
+        v = np.full_like(val, np.nan)
+        e = np.full_like(err, np.nan)
+        if kind == "offset":
+            k = int(r.place["k"])
+            if k < T:
+                v[:, k:], e[:, k:] = val[:, :T - k], err[:, :T - k]
+        elif kind == "at":
+            i = int(r.place["index"])
+            if i < T:
+                v[:, i:], e[:, i:] = val[:, i:i + 1], err[:, i:i + 1]
+        elif kind == "mean":
+            sel = np.array([role == r.place["role"] for role in roles], dtype=np.float64)
+            count = np.cumsum(sel)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cv = np.cumsum(np.nan_to_num(val, nan=0.0) * sel[None, :, None], axis=1)
+                ce = np.cumsum(np.where(sel[None, :, None] > 0, err, 0.0), axis=1)
+                ok = count > 0
+                v[:, ok] = (cv / count[None, :, None])[:, ok]
+                e[:, ok] = (ce / count[None, :, None])[:, ok]
+        else:
+            raise ValueError(f"unknown place {r.place!r}")
+        return v, e
+
+    # -- findings
+
+    def check(self, ins: Instruction, where: np.ndarray, quantity: str, value: np.ndarray,
+              limit: float, why: str) -> None:
+        """A finding for every prompt where value [B, T] exceeds limit at a token in `where`."""
+        key = f"op{ins.op}:{quantity}"
+        masked = np.where(where[None, :], np.nan_to_num(value, nan=np.inf), -np.inf)
+        self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
+        over = masked > limit
+        self.broken |= over
+        for b in np.flatnonzero(over.any(axis=1)):
+            t = int(np.flatnonzero(over[b])[0])
+            self.add(Finding(int(b), t, ins.op, quantity, float(masked[b, t]), float(limit),
+                             f"{ins.where()} at {_where(self.layout, t, b)}: {quantity} "
+                             f"{masked[b, t]:.3g} exceeds its limit {limit:.3g}; {why}"))
+
+    def add(self, f: Finding) -> None:
+        key = (f.prompt, f"{f.op}:{f.quantity}")
+        if key not in self.seen:
+            self.seen.add(key)
+            self.findings.append(f)
+
+    # -- the gadgets
+
+    def _linear(self, terms, reads, width: int):
+        """sum c v, sum |c| err, sum |c| |v| over terms: each [B, T, width]."""
+        B, T = self.B, self.T
+        val = np.zeros((B, T, width))
+        err = np.zeros((B, T, width))
+        mag = np.zeros((B, T, width))
+        for o, c, r, k in terms:
+            v, e = reads[r]
+            val[:, :, o] += c * v[:, :, k]
+            err[:, :, o] += abs(c) * e[:, :, k]
+            mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
+        return val, err, mag
+
+    def linear_attn(self, ins: Instruction, reads):
+        width = len(ins.bias)
+        bias = np.asarray(ins.bias)
+        val, err, mag = self._linear(ins.linear, reads, width)
+        coef = np.zeros(width)
+        for o, c, _, _ in ins.linear:
+            coef[o] += abs(c)
+        leak = self.leak[:, None, None] * (1.0 + coef)[None, None, :]
+        return val + bias, err + self.kappa * self.u * (mag + np.abs(bias)) + leak
+
+    def mlp(self, ins: Instruction, reads, defined: np.ndarray, mu: np.ndarray):
+        width = len(ins.bias)
+        bias = np.asarray(ins.bias)
+        ku = self.kappa * self.u
+        val, err, mag = self._linear(ins.linear, reads, width)
+        if ins.mask is not None:
+            m = self.values[ins.mask][0][:, :, 0] > 0.5  # [B, T]
+            gval, gerr, gmag = self._linear(ins.gated, reads, width)
+            gbias = np.asarray(ins.gated_bias)
+            z = gval + gbias
+            # |a - b| itself where both operands are defined, else what their sizes allow
+            size = np.where(np.isnan(gerr), gmag + np.abs(gbias), np.abs(z))
+            closed = defined[None, :] & ~m
+            for o in range(width):
+                bound = ins.gate_bound[o]
+                if bound > 0:
+                    self._check_gate(ins, closed, size[:, :, o], bound)
+            # the chosen operand's error: the linear part where closed, linear + gated where
+            # open (a select's b cancels there: its coefficients sum to zero)
+            both = _merge(ins.linear, ins.gated)
+            _, err_open, _ = self._linear(both, reads, width)
+            err = np.where(m[:, :, None], err_open, err)
+            gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
+            err = err + ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
+            val = val + np.where(m[:, :, None], z, 0.0)
+        for o, c, ra, ca, rb, cb in ins.products:
+            va, ea = reads[ra][0][:, :, ca], reads[ra][1][:, :, ca]
+            vb, eb = reads[rb][0][:, :, cb], reads[rb][1][:, :, cb]
+            val[:, :, o] += c * va * vb
+            err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
+        for pair in ins.pairs:
+            own = self._product_error(ins, pair, reads, defined, mu)
+            for o, c in pair.outputs.items():
+                err[:, :, o] += abs(c) * own
+        err = err + ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None]))
+        return val + bias, err + self.leak[:, None, None]
+
+    def _check_gate(self, ins: Instruction, where: np.ndarray, z: np.ndarray,
+                    bound: float) -> None:
+        key = f"op{ins.op}:gate"
+        masked = np.where(where, np.nan_to_num(z, nan=np.inf), -np.inf)
+        self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
+        over = masked > bound
+        self.broken |= over
+        for b in np.flatnonzero(over.any(axis=1)):
+            t = int(np.flatnonzero(over[b])[0])
+            self.add(Finding(int(b), t, ins.op, "closed gate |a - b|", float(masked[b, t]),
+                             bound, f"{ins.where()} at {_where(self.layout, t, b)}: the closed "
+                             f"gate's |a - b| = {masked[b, t]:.3g} exceeds the bound {bound:.3g} "
+                             f"its sharpness was set for, so the gate would leak"))
+
+    def _product_error(self, ins: Instruction, pair: ProductPair, reads, defined, mu):
+        """The gadget's own error (truncation + rounding) for one pair: [B, T]."""
+        va = reads[pair.a[0]][0][:, :, pair.a[1]]
+        vb = reads[pair.b[0]][0][:, :, pair.b[1]]
+        square = pair.a == pair.b
+        combos = [(va, 1.0)] if square else [(pair.k * va + vb / pair.k, 0.25),
+                                             (pair.k * va - vb / pair.k, 0.25)]
+        err = np.zeros_like(va)
+        worst = np.zeros_like(va)
+        scales = ([(pair.e, 4.0 / 3.0), (2 * pair.e, 1.0 / 3.0)] if pair.richardson
+                  else [(pair.e, 1.0)])
+        for t, w in combos:
+            x = np.abs(pair.e * t)
+            worst = np.maximum(worst, x)
+            if pair.richardson:
+                trunc = 0.1 * x**4 + 0.06 * x**6 + 0.03 * x**8
+            else:
+                trunc = x**2 / 6 + x**4 / 40
+            err += w * t * t * trunc
+            # dt: the pre-activation's own rounding (weights and the LayerNorm mean, in units
+            # of t). It enters the square at second order (first order is in the operands'
+            # errors), and the GeLUs round at the argument they actually get, |t| + dt.
+            dt = self.kappa * self.u * (np.abs(t) + 2 * mu * (pair.k + 1 / pair.k))
+            for e, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
+                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / e + dt * dt)
+        limit = SERIES_LIMIT[pair.richardson]
+        self.check(ins, defined, "product gadget |e t|", worst, limit,
+                   "beyond it the gadget's series no longer bounds its error: an operand is far "
+                   "outside the range the product was scaled for")
+        return err
+
+    def divide(self, ins: Instruction, num, err_num, defined, mlp_in, mu, eps: float,
+               anchor: float):
+        """The quotient num / |s| as the dividing LayerNorm computes it (module doc)."""
+        s_val, s_err = self.values[ins.divisor]
+        s = np.abs(s_val[:, :, 0])
+        es = s_err[:, :, 0]
+        D = mlp_in.shape[2]
+        var = mlp_in.var(axis=2)
+        fixed = self.layout["fixed_rows"]
+        rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
+        Q = ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inv = 1.0 / s
+            self.check(ins, defined, "1 / |divisor|", np.where(s > 0, inv, np.inf),
+                       np.finfo(np.float64).max, "the divisor is zero or not finite")
+            key = f"op{ins.op}:division Q/s^2"
+            qs = np.where(defined[None, :], Q * inv * inv, 0.0)
+            self.needs[key] = max(self.needs.get(key, 0.0),
+                                  float(np.nan_to_num(qs, nan=np.inf).max(initial=0.0)))
+            ratio = anchor * s * math.sqrt(2.0 / D) / np.sqrt(var + eps)
+            q = num * inv[:, :, None]
+            err = (err_num * inv[:, :, None] + np.abs(num) * (es * inv * inv)[:, :, None]
+                   + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
+                   + self.kappa * self.u * np.abs(q))
+        return q, err
+
+
+def _merge(a, b):
+    """Linear terms a + b with equal (out, read, comp) combined and zeros dropped."""
+    acc: dict[tuple[int, int, int], float] = {}
+    for o, c, r, k in list(a) + list(b):
+        acc[(o, r, k)] = acc.get((o, r, k), 0.0) + c
+    return [(o, c, r, k) for (o, r, k), c in acc.items() if c != 0.0]
+
+
+def _where(layout: dict, t: int, b: int) -> str:
+    """'token 4 (x, example 3) of prompt 0'."""
+    roles = layout["prompt"]["roles"]
+    role = roles[t]
+    if role == "query":
+        what = "query"
+    else:
+        what = f"{role}, example {sum(1 for r in roles[:t + 1] if r == role)}"
+    return f"token {t} ({what}) of prompt {b}"
