@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # The dtypes the gadgets are built and measured for. float16 and bfloat16 cannot hold the
 # anchors, LayerNorm eps and product scales (bfloat16 errs by 3e-3 on a plain matrix product).
 GADGET_DTYPES = (torch.float64, torch.float32)

@@ -178,7 +178,7 @@ def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Con
     mon = layout["monitor"]
     comp = layout["compiler"]
     arch = layout["architecture"]
-    D, T = arch["d_model"], layout["prompt"]["n_tokens"]
+    T = layout["prompt"]["n_tokens"]
     B = residuals[0].shape[0]
     u = float(np.finfo(dtype).eps)
     kappa = float(comp["rounding_factor"])

@@ -10,7 +10,6 @@ calibration flags (raspicl.cli.domain_from_args) and raspicl.prompts.load_prompt
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -408,23 +407,7 @@ def test_calibration_prompts_must_fit_the_program(tmp_path, capsys, monkeypatch)
     assert "d=4, n=2" in line and "needs d=1, n=1" in line, line
 
 
-def test_calibration_flag_without_compiler_support(tmp_path, capsys, monkeypatch):
-    from raspicl.compiler import compile_program
-
-    def old_compile_program(program, config=None, loops="unroll"):
-        return compile_program(program, config, loops)
-
-    monkeypatch.setattr("raspicl.compiler.compile_program", old_compile_program)
-    line = raspicl_error(["compile", "gd_step", "--set", "d=1", "--out", str(tmp_path / "o"),
-                          "--x-scale", "2"], capsys)
-    assert "takes no calibration domain" in line
-
-
 def test_compile_with_a_domain_end_to_end(tmp_path, capsys):
-    from raspicl.compiler import compile_program
-
-    if "domain" not in inspect.signature(compile_program).parameters:
-        pytest.skip("compile_program takes no domain yet")
     np.savez(tmp_path / "p.npz", **_prompts(B=16, n=1, d=1))
     for flags in (["--x-scale", "2", "--noise", "0"],
                   ["--calibration-prompts", str(tmp_path / "p.npz")]):

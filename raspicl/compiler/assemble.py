@@ -10,8 +10,13 @@ import torch
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
-from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units, gate_units, product_params, \
-    product_units
+from raspicl.compiler.gadgets.mlp import (
+    UnitSpec,
+    affine_units,
+    gate_units,
+    product_params,
+    product_units,
+)
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.loops import wraparound_clears
 from raspicl.compiler.lower import Instr, Lowered, Value

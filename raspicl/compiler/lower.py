@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raspicl.compiler.bounds import Calibration, Domain, abs_max, calibrate, choose_bound, \
-    interval_bound
+from raspicl.compiler.bounds import (
+    Calibration,
+    Domain,
+    abs_max,
+    calibrate,
+    choose_bound,
+    interval_bound,
+)
 from raspicl.compiler.config import CompilerConfig
 from raspicl.errors import CompileError
 from raspicl.lang.ops import Op
