@@ -4,7 +4,8 @@ Prompt [x~_1, y~_1, x~_q] (n = 1). With the initial weights w0 baked into the pr
 
     w' = w0 - 2 lr (x_1 (x_1^T w0 - y_1) + lam w0),     prediction  w'^T x_q
 
-(the gradient of (x^T w - y)^2 + lam |w|^2; design.md §4 notes the paper's sign slip on lam).
+(the gradient of (x^T w - y)^2 + lam |w|^2; the paper's chain and formula disagree on lam's sign;
+the formula is the one implemented).
 The update is computed at every token; at the y token it reads x_1 from the token before, and
 the query reads w' from the y token. lr, lam and w0 may be sympy expressions (raspicl.symbolic);
 such a program runs in the interpreter but cannot be compiled.

@@ -1,26 +1,16 @@
-"""Guards on a compiled model's inputs and on its divisions (design.md §8).
+"""Checks on a compiled model's prompt before it runs: its shape, NaN or infinity, and (for
+reports such as verify's) values beyond what calibration saw.
 
-A compiled model's error bound holds on the domain recorded in layout.json (`domain`): the
-largest |x| and |y| seen in calibration times the compiler's margin, and for every division the
-smallest |divisor| seen, over the margin. `check_prompt` looks at the tokens before the model
-runs (shape, NaN or infinity, values beyond the domain); `check_divisors` reads each division's
-divisor from the residual stream afterwards and reports tokens where it came closer to zero than
-the calibrated minimum, where the quotient is unreliable or infinite; `check_leaks` looks at
-every token, defined or not, for residual entries so large (or infinite) that the weight an
-attention head leaks to tokens it does not read, about exp(-attention_margin) each, carries them
-into tokens that are defined (a division by a near-zero divisor at an undefined token can do
-this).
-
-Each takes `on_violation`: 'error' raises DomainError, 'warn' issues a DomainWarning per
-finding, 'ignore' does neither; all three return the findings as messages. A token array of the
-wrong shape is a ValueError whatever `on_violation` says: the model cannot run on it.
+What a model vouches for is decided after the forward pass by the runtime contract
+(raspicl.monitor), which CompiledModel.run applies; this module only looks at the tokens.
+`on_violation`: 'error' raises DomainError, 'warn' issues a DomainWarning per finding, 'ignore'
+does neither; all return the findings as messages. A token array of the wrong shape is a
+ValueError whatever `on_violation` says: the model cannot run on it.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -85,110 +75,7 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
                    stacklevel)
 
 
-def check_divisors(layout: dict, residuals: Sequence, on_violation: str = "error", *,
-                   stacklevel: int = 2) -> list[str]:
-    """Check every division's divisor, read from the residual stream, against its calibrated
-    minimum |s| >= abs_min.
-
-    `residuals` is what CompiledModel.residuals returns (numpy arrays or torch tensors, [B, T,
-    d_model] after the embedding and after every sublayer). The divisor is the register
-    version live at the div op, read right after the sublayer that wrote it, at the tokens where
-    calibration found it defined (layout domain.divisors[].tokens); elsewhere it is computed
-    from undefined reads and may hold anything. A finding names the op, the register, the
-    smallest |s|, where it is, and abs_min. stacklevel: as for check_prompt.
-    """
-    check_mode(on_violation)
-    messages = []
-    ops = {o["index"]: o for o in layout.get("ops", [])}
-    n_tokens = layout["prompt"]["n_tokens"]
-    for div in layout.get("domain", {}).get("divisors", []):
-        abs_min = float(div["abs_min"])
-        tokens = div.get("tokens", list(range(n_tokens)))
-        if not tokens:
-            continue
-        v = divisor_version(layout, div)
-        s = np.abs(_take(residuals[v["written_after"]], tokens, v["rows"])[:, :, 0])
-        finite = np.isfinite(s)
-        small = finite & (s < abs_min) if math.isfinite(abs_min) else np.zeros_like(finite)
-        op = ops.get(div["op"], {})
-        what = (f"division op {div['op']} ({op.get('text', '?')}, {op.get('source', '?')}): "
-                f"its divisor |{div['register']}|")
-        if (~finite).any():
-            b, k = (int(i) for i in np.argwhere(~finite)[0])
-            messages.append(f"{what} is {s[b, k]} at {_where(layout, tokens[k], b)}"
-                            f"{_count(~finite)}; the quotient there is undefined")
-        if small.any():
-            b, k = np.unravel_index(int(np.argmin(np.where(small, s, np.inf))), s.shape)
-            messages.append(
-                f"{what} = {s[b, k]:.4g} at {_where(layout, tokens[k], int(b))} is below "
-                f"abs_min = {abs_min:.4g}, the smallest divisor under which the division's "
-                f"error bound holds{_count(small)}; the quotient there is unreliable and may "
-                f"be inf")
-    return _report(messages, on_violation, "a division's divisor came too close to zero",
-                   stacklevel)
-
-
-def check_leaks(layout: dict, residuals: Sequence, on_violation: str = "error", *,
-                stacklevel: int = 2) -> list[str]:
-    """Report residual entries, at any token, that are infinite or larger than
-    machine epsilon * exp(M) / n_ctx (M the attention margin): beyond that, the exp(-M) weight
-    each head leaks onto every token would move other tokens' values by more than rounding."""
-    check_mode(on_violation)
-    margin = float(layout.get("compiler", {}).get("attention_margin", 0.0))
-    n_ctx = layout["architecture"]["n_ctx"]
-    limit = np.finfo(np.float64).eps * math.exp(min(margin, 700.0)) / n_ctx
-    skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
-    rows = [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
-    messages = []
-    for i, r in enumerate(residuals):
-        r = r.detach().cpu().double() if hasattr(r, "detach") else r
-        arr = np.abs(np.asarray(r)[..., rows])
-        bad = arr > limit  # inf included; NaN is not (it comes from a NaN prompt: check_prompt)
-        if bad.any():
-            b, t, c = np.argwhere(bad)[0]
-            value = arr[b, t, c]
-            name = layout["row_names"][rows[c]] or f"row {rows[c]}"
-            messages.append(
-                f"residual {i} holds |{name}| = {value:.3g} at token {t} of prompt {b}"
-                f"{_count(bad)}; attention leaks about exp(-{margin:g}) of every "
-                f"token into the others, so entries above {limit:.3g} (or infinite) can move "
-                f"defined values by more than rounding: an undefined token (e.g. one dividing "
-                f"by ~0) has blown up")
-            break
-    return _report(messages, on_violation, "the residual stream blew up", stacklevel)
-
-
-def divisor_version(layout: dict, div: dict) -> dict:
-    """The layout entry of the register version a division divides by: the one the layout's
-    divisor entry names, else (older layouts) the version written by the latest op before the
-    div op, else the input or constant version."""
-    name = div["register"].split("@")[0]
-    versions = layout["registers"][name]["versions"]
-    if "version" in div:
-        for v in versions:
-            if v["version"] == div["version"]:
-                return v
-    before = [v for v in versions if v["op"] is not None and v["op"] < div["op"]]
-    if before:
-        return max(before, key=lambda v: v["op"])
-    initial = [v for v in versions if v["op"] is None]
-    if not initial:
-        raise KeyError(f"no version of register '{name}' is live at op {div['op']}")
-    return initial[0]
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def _take(residual, tokens: list[int], rows: list[int]) -> np.ndarray:
-    """residual[:, tokens][:, :, rows] as float64 numpy, from a numpy array or torch tensor."""
-    if hasattr(residual, "detach"):
-        import torch
-
-        t = residual[:, torch.as_tensor(tokens, device=residual.device)]
-        t = t[:, :, torch.as_tensor(rows, device=residual.device)]
-        return t.detach().cpu().double().numpy()
-    return np.asarray(residual)[:, tokens][:, :, rows].astype(np.float64)
 
 
 def _where(layout: dict, t: int, b: int) -> str:

@@ -1,4 +1,5 @@
-"""The transformer that compiled programs run on: the `paper` architecture of design.md §5.
+"""The transformer that compiled programs run on: the `paper` architecture
+(the block of Akyürek et al., ICLR 2023; docs/architecture.md).
 
     resid = tokens @ W_E + W_pos[:T]
     for each block l (in `block_order`):

@@ -55,10 +55,12 @@ MANTISSA_BITS = {"float64": 52, "float32": 23}
 
 @dataclass(frozen=True)
 class Read:
-    """An operand: a value read at a place."""
+    """An operand: a value read at a place, and, for an MLP's remote operand, the rows of the
+    temporary the block's attention moves it into."""
 
     value: str
     place: dict  # {"kind": "here" | "offset" | "at" | "mean", "k" | "index" | "role": ...}
+    temp_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Instruction:
         return cls(
             op=int(d["op"]), kind=str(d["kind"]), dst=str(d["dst"]), source=str(d["source"]),
             run=int(d["run"]), stage=str(d["stage"]), defined=[int(t) for t in d["defined"]],
-            reads=[Read(str(r["value"]), dict(r["place"])) for r in d["reads"]],
+            reads=[Read(str(r["value"]), dict(r["place"]),
+                        tuple(int(x) for x in r.get("temp_rows", []))) for r in d["reads"]],
             linear=[(int(o), float(c), int(r), int(k)) for o, c, r, k in d["linear"]],
             bias=[float(b) for b in d["bias"]],
             pairs=[ProductPair((int(p["a"][0]), int(p["a"][1])), (int(p["b"][0]), int(p["b"][1])),
@@ -125,7 +128,8 @@ def instruction_record(ins: Instruction) -> dict:
     return {
         "op": ins.op, "kind": ins.kind, "dst": ins.dst, "source": ins.source, "run": ins.run,
         "stage": ins.stage, "defined": ins.defined,
-        "reads": [{"value": r.value, "place": r.place} for r in ins.reads],
+        "reads": [{"value": r.value, "place": r.place, "temp_rows": list(r.temp_rows)}
+                  for r in ins.reads],
         "linear": [list(t) for t in ins.linear], "bias": ins.bias,
         "pairs": [{"a": list(p.a), "b": list(p.b), "k": p.k, "e": p.e,
                    "richardson": p.richardson, "outputs": [[o, c] for o, c in p.outputs.items()]}
@@ -194,6 +198,9 @@ def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Con
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
         ops_vals = [walk.read(r, roles) for r in ins.reads]
+        if ins.stage != "attn":  # a temporary lands on whatever its rows held (a clear's
+            ops_vals = [(v, e + walk.landing(r.temp_rows, 2 * ins.run)) if r.temp_rows  # rest)
+                        else (v, e) for (v, e), r in zip(ops_vals, ins.reads, strict=True)]
         if ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
@@ -209,6 +216,10 @@ def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Con
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined, mlp_in, mu,
                                        eps_of_run[ins.run], anchor_of_run[ins.run])
+        # the write lands on what its rows held at the sublayer's input: a value cleared in the
+        # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
+        slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
+        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in)
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
@@ -315,6 +326,12 @@ class _Walk:
         else:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
+
+    def landing(self, rows, residual: int) -> np.ndarray:
+        """The rounding of writing into `rows` over what they hold in residuals[residual]:
+        2 kappa u |old| ([B, T, len(rows)]; zero for rows that were zero)."""
+        old = np.abs(self.res[residual][:, :, list(rows)])
+        return 2 * self.kappa * self.u * np.nan_to_num(old, nan=np.inf)
 
     # -- findings
 

@@ -1,6 +1,6 @@
 """Regression prompts: the examples and query of one in-context task, and their token vectors.
 
-The paper's format (design.md §1): x~_i = [0, x_i], y~_i = [y_i, 0_d], ..., x~_q = [0, x_q].
+The paper's format: x~_i = [0, x_i], y~_i = [y_i, 0_d], ..., x~_q = [0, x_q].
 """
 
 from __future__ import annotations

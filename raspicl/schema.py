@@ -365,6 +365,34 @@ class Anything(Check):
         return None
 
 
+class Bool(Check):
+    """true or false."""
+
+    what = "true or false"
+
+    def __call__(self, value: Any, path: str, ctx: Context) -> None:
+        if not isinstance(value, bool):
+            raise fail(path, f"must be {self.what}, got {show(value)}")
+
+
+@dataclass
+class Tuple(Check):
+    """A list of exactly len(items) entries, entry i accepted by items[i] (a term such as
+    [out, coef, read, component])."""
+
+    items: tuple[Check, ...]
+    label: str = ""
+
+    def describe(self) -> str:
+        return f"a list [{self.label}]"
+
+    def __call__(self, value: Any, path: str, ctx: Context) -> None:
+        if not isinstance(value, list) or len(value) != len(self.items):
+            raise fail(path, f"must be {self.describe()}, got {show(value)}")
+        for i, (v, check) in enumerate(zip(value, self.items, strict=True)):
+            check(v, f"{path}[{i}]", ctx)
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -419,6 +447,36 @@ OP = Obj({"index": Int(), "kind": Str(), "dst": Str(), "source": Str(), "text": 
           "block": BLOCK, "stage": Str()},
          {"run": RUN})
 
+# The runtime monitor's record (raspicl.monitor): indices inside terms are checked against the
+# instruction's own reads and widths by the rule _monitor_references.
+LINEAR_TERM = Tuple((Int(), Number(), Int(), Int()), "out, coef, read, component")
+PRODUCT_TERM = Tuple((Int(), Number(), Int(), Int(), Int(), Int()),
+                     "out, coef, read_a, component_a, read_b, component_b")
+PLACE = Obj({"kind": Str(choices=("here", "offset", "at", "mean"))},
+            {"k": Int(lo=1), "index": TOKEN, "role": Str(choices=ROLES)})
+PAIR = Obj({"a": Tuple((Int(), Int()), "read, component"),
+            "b": Tuple((Int(), Int()), "read, component"),
+            "k": Number(positive=True), "e": Number(positive=True),
+            "richardson": Bool(),
+            "outputs": Array(Tuple((Int(), Number()), "component, coef"))})
+INSTRUCTION = Obj(
+    {"op": Int(), "kind": Str(), "dst": Str(), "source": Str(), "run": RUN,
+     "stage": Str(choices=("attn", "mlp", "attn+mlp")), "defined": Array(TOKEN),
+     "reads": Array(Obj({"value": Str(), "place": PLACE}, {"temp_rows": ROWS})),
+     "linear": Array(LINEAR_TERM), "bias": Array(Number(), min_len=1)},
+    {"pairs": Array(PAIR), "products": Array(PRODUCT_TERM), "divisor": Nullable(Str()),
+     "mask": Nullable(Str()), "gated": Array(LINEAR_TERM), "gated_bias": Array(Number()),
+     "gate_bound": Array(Number(lo0=True))})
+MONITOR = Obj(
+    {"tolerance": Number(positive=True),
+     "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op")), "rows": ROWS,
+                        "written_after": Int(below="residuals")}), key="value"),
+     "instructions": Array(INSTRUCTION),
+     "anchors": Array(Nullable(Number(positive=True)), length="n_layers"),
+     "output": Str()},
+    {"calibration": Obj({}, {"prompts": Int(), "accepted": Number(lo0=True),
+                             "tuning_passes": Int()})})
+
 LAYOUT = Obj(
     {"format_version": Const(FORMAT_VERSION),
      "architecture": ARCHITECTURE,
@@ -434,8 +492,10 @@ LAYOUT = Obj(
                     "divisors": Array(DIVISOR)}),
      "ops": Array(OP),
      "blocks": Array(BLOCK_ENTRY, length="n_layers"),
-     "compiler": Obj({}, {"attention_margin": Number(positive=True),
-                          "division_anchor": Number(positive=True)}, what="an object"),
+     "compiler": Obj({"attention_margin": Number(positive=True),
+                      "rounding_factor": Number(positive=True)},
+                     {"division_anchor": Number(positive=True)}, what="an object"),
+     "monitor": MONITOR,
      "weights": Obj({"file": Const(WEIGHTS_FILE), "sha256": SHA256,
                      "dtype": Str(choices=WEIGHT_DTYPES)}),
      "integrity": Obj({"algorithm": Const(INTEGRITY_ALGORITHM),
@@ -517,8 +577,60 @@ def _block_entries(layout: dict, ctx: Context) -> None:
                                                  f"got {blk['mlp']['units']}")
 
 
+def _monitor_references(layout: dict, ctx: Context) -> None:
+    """The monitor's instructions name values it lists, and their term indices address their
+    own reads, components and outputs."""
+    mon = layout["monitor"]
+    values = mon["values"]
+
+    def width(label: str, path: str) -> int:
+        if label not in values:
+            raise fail(path, f"must name a value of monitor.values, got {show(label)}")
+        return len(values[label]["rows"])
+
+    width(mon["output"], "monitor.output")
+    for i, ins in enumerate(mon["instructions"]):
+        at = f"monitor.instructions[{i}]"
+        out_width = width(ins["dst"], f"{at}.dst")
+        if len(ins["bias"]) != out_width:
+            raise fail(f"{at}.bias", f"must have {out_width} entries (the width of "
+                                     f"{ins['dst']}), got {len(ins['bias'])}")
+        widths = [width(r["value"], f"{at}.reads[{j}].value") for j, r in enumerate(ins["reads"])]
+        for key in ("divisor", "mask"):
+            if ins.get(key) is not None:
+                width(ins[key], f"{at}.{key}")
+
+        def operand(read: int, comp: int, path: str) -> None:
+            if not 0 <= read < len(widths) or not 0 <= comp < widths[read]:
+                raise fail(path, f"must address one of the {len(widths)} reads and a component "
+                                 f"within its width, got read {read}, component {comp}")
+
+        for key in ("linear", "gated"):
+            for j, (o, _, r, c) in enumerate(ins.get(key, [])):
+                if not 0 <= o < out_width:
+                    raise fail(f"{at}.{key}[{j}]", f"writes component {o} of a {out_width}-wide "
+                                                   f"value")
+                operand(r, c, f"{at}.{key}[{j}]")
+        for j, (o, _, ra, ca, rb, cb) in enumerate(ins.get("products", [])):
+            if not 0 <= o < out_width:
+                raise fail(f"{at}.products[{j}]", f"writes component {o} of a {out_width}-wide "
+                                                  f"value")
+            operand(ra, ca, f"{at}.products[{j}]")
+            operand(rb, cb, f"{at}.products[{j}]")
+        for j, pair in enumerate(ins.get("pairs", [])):
+            operand(*pair["a"], f"{at}.pairs[{j}].a")
+            operand(*pair["b"], f"{at}.pairs[{j}].b")
+            for o, _ in pair["outputs"]:
+                if not 0 <= o < out_width:
+                    raise fail(f"{at}.pairs[{j}].outputs", f"writes component {o} of a "
+                                                           f"{out_width}-wide value")
+        for key in ("gated_bias", "gate_bound"):
+            if ins.get("mask") is not None and len(ins.get(key, [])) != out_width:
+                raise fail(f"{at}.{key}", f"must have {out_width} entries for a select")
+
+
 RULES: tuple[Callable[[dict, Context], None], ...] = (
-    _prompt_sizes, _register_widths, _references, _block_entries)
+    _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references)
 
 
 # ---------------------------------------------------------------------------------- tensors

@@ -222,6 +222,15 @@ def _arch(key, v):
 
 
 MALFORMED = [
+    ("monitor missing", lambda L: L.pop("monitor"), r"monitor is missing"),
+    ("monitor tolerance negative", lambda L: L["monitor"].__setitem__("tolerance", -1.0),
+     r"monitor\.tolerance must be a positive finite number, got -1"),
+    ("monitor unknown value", lambda L: L["monitor"]["instructions"][0].__setitem__(
+        "dst", "nowhere"), r"monitor\.instructions\[0\]\.dst must name a value"),
+    ("monitor term out of range", lambda L: L["monitor"]["instructions"][0]["linear"].append(
+        [0, 1.0, 7, 0]), r"monitor\.instructions\[0\]\.linear\[\d+\] must address"),
+    ("monitor value rows", lambda L: L["monitor"]["values"]["x"].__setitem__("rows", [10**6]),
+     r"monitor\.values\.x\.rows\[0\] must be an integer in range\(d_model"),
     ("weights null", lambda L: L.__setitem__("weights", None),
      r"weights must be an object, got null"),
     ("d_model float", _arch("d_model", 14.0),

@@ -19,8 +19,8 @@ class CompilerConfig:
         T * exp(-M) * (largest value at any token, read or not). Condition:
         T * exp(-M) * max|value| << tolerance. Values at tokens where the program is undefined
         are not bounded by calibration (a division by ~0 there can reach 1e20 and more), so M
-        is large: M = 100 leaks 4e-44 per token, and raspicl.guards.check_leaks reports any
-        residual entry above eps * exp(M) / T (about 1e26).
+        is large: M = 100 leaks 4e-44 per token, and the runtime monitor charges every read
+        (T - 1) exp(-M) 2 max|residual| (raspicl.monitor), refusing a blown-up prompt.
     neutral_ln_eps:
         eps of the LayerNorm in blocks that do not divide. LayerNorm then divides by
         sqrt(var + eps) == sqrt(eps) exactly in floating point, a known scaling the MLP undoes.

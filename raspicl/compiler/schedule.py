@@ -1,4 +1,4 @@
-"""Scheduling: every instruction gets a block and a sublayer (design.md §4, the paper's Lemma 7).
+"""Scheduling: every instruction gets a block and a sublayer (the paper's Lemma 7).
 
 Sublayers are numbered as slots: block l's attention is slot 2l, its MLP slot 2l + 1. An
 instruction runs as early as its inputs allow:

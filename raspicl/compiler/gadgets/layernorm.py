@@ -1,5 +1,5 @@
 """LayerNorm gadgets: the MLP reads exact values through a neutral LayerNorm, or quotients
-through a dividing one (design.md §3).
+through a dividing one.
 
 The LayerNorm before each MLP outputs l_j = (A_j - mu) / sigma with sigma = sqrt(var + eps).
 The `zero` row is never written, so l_zero = -mu / sigma and A_j / sigma = l_j - l_zero exactly:
