@@ -600,26 +600,21 @@ def _monitor_references(layout: dict, ctx: Context) -> None:
             if ins.get(key) is not None:
                 width(ins[key], f"{at}.{key}")
 
-        def operand(read: int, comp: int, path: str) -> None:
-            if not 0 <= read < len(widths) or not 0 <= comp < widths[read]:
-                raise fail(path, f"must address one of the {len(widths)} reads and a component "
-                                 f"within its width, got read {read}, component {comp}")
-
         for key in ("linear", "gated"):
             for j, (o, _, r, c) in enumerate(ins.get(key, [])):
                 if not 0 <= o < out_width:
                     raise fail(f"{at}.{key}[{j}]", f"writes component {o} of a {out_width}-wide "
                                                    f"value")
-                operand(r, c, f"{at}.{key}[{j}]")
+                _operand(widths, r, c, f"{at}.{key}[{j}]")
         for j, (o, _, ra, ca, rb, cb) in enumerate(ins.get("products", [])):
             if not 0 <= o < out_width:
                 raise fail(f"{at}.products[{j}]", f"writes component {o} of a {out_width}-wide "
                                                   f"value")
-            operand(ra, ca, f"{at}.products[{j}]")
-            operand(rb, cb, f"{at}.products[{j}]")
+            _operand(widths, ra, ca, f"{at}.products[{j}]")
+            _operand(widths, rb, cb, f"{at}.products[{j}]")
         for j, pair in enumerate(ins.get("pairs", [])):
-            operand(*pair["a"], f"{at}.pairs[{j}].a")
-            operand(*pair["b"], f"{at}.pairs[{j}].b")
+            _operand(widths, *pair["a"], f"{at}.pairs[{j}].a")
+            _operand(widths, *pair["b"], f"{at}.pairs[{j}].b")
             for o, _ in pair["outputs"]:
                 if not 0 <= o < out_width:
                     raise fail(f"{at}.pairs[{j}].outputs", f"writes component {o} of a "
@@ -627,6 +622,13 @@ def _monitor_references(layout: dict, ctx: Context) -> None:
         for key in ("gated_bias", "gate_bound"):
             if ins.get("mask") is not None and len(ins.get(key, [])) != out_width:
                 raise fail(f"{at}.{key}", f"must have {out_width} entries for a select")
+
+
+def _operand(widths: list[int], read: int, comp: int, path: str) -> None:
+    """(read, comp) addresses one of an instruction's reads and a component within it."""
+    if not 0 <= read < len(widths) or not 0 <= comp < widths[read]:
+        raise fail(path, f"must address one of the {len(widths)} reads and a component within "
+                         f"its width, got read {read}, component {comp}")
 
 
 RULES: tuple[Callable[[dict, Context], None], ...] = (
