@@ -1,0 +1,95 @@
+"""What the runtime monitor costs: cm.predict with and without the contract.
+
+    python bench/monitor.py                 # the table below, best of 5 repeats
+    python bench/monitor.py --repeats 9
+
+For gd_step d=4, sherman_morrison d=4 and ridge d=2 n=4 (float64, each program's DOMAIN, its
+contract tolerance) it times cm.predict(prompts, check="ignore") (the forward pass and the
+readout only) against cm.predict(prompts, check="warn") (the same pass, then the monitor's walk
+over every instruction at every token; its DomainWarnings are suppressed) at batch 1 and batch
+1024, each the best of --repeats runs (time.perf_counter), and prints both times and their
+ratio, all measured in one run.
+
+Quote the ratios, not the absolute times: those depend on the machine and its load (here two
+shared cores, torch and numpy at one thread on purpose: torch at 2 threads is far slower on
+this machine). The monitor is numpy over the float64 residual stream, so its share grows with
+the number of instructions, tokens and the model's width, not with torch's speed.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
+from raspicl.errors import ContractWarning, DomainWarning  # noqa: E402
+from raspicl.prompts import random_prompts  # noqa: E402
+from raspicl.registry import find_program  # noqa: E402
+from raspicl.verify import contract_tolerance_for  # noqa: E402
+
+torch.set_num_threads(1)
+
+CASES = [("gd_step", {"d": 4}), ("sherman_morrison", {"d": 4}), ("ridge", {"d": 2, "n": 4})]
+BATCHES = (1, 1024)
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per timing (best is kept)")
+    args = ap.parse_args()
+    head = (f"{'program':16s} {'params':10s} {'batch':>5s} {'ignore (ms)':>12s} "
+            f"{'warn (ms)':>10s} {'ratio':>6s}")
+    print(head)
+    print("-" * len(head))
+    for name, params in CASES:
+        pf = find_program(name)
+        program = pf.build(**params)
+        config = CompilerConfig.for_dtype("float64",
+                                          tolerance=contract_tolerance_for(pf, "float64"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContractWarning)
+            cm = compile_program(program, config, domain=pf.domain)
+        for batch in BATCHES:
+            prompts = random_prompts(batch, program.d, program.n, seed=0)
+
+            def plain(cm=cm, prompts=prompts):
+                return cm.predict(prompts, check="ignore")
+
+            def monitored(cm=cm, prompts=prompts):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DomainWarning)
+                    return cm.predict(prompts, check="warn")
+
+            t_plain = best_of(plain, args.repeats)
+            t_mon = best_of(monitored, args.repeats)
+            shown = " ".join(f"{k}={v}" for k, v in params.items())
+            print(f"{name:16s} {shown:10s} {batch:5d} {1e3 * t_plain:12.2f} {1e3 * t_mon:10.2f} "
+                  f"{t_mon / t_plain:6.1f}", flush=True)
+    print(f"\nbest of {args.repeats} repeats, torch threads {torch.get_num_threads()}; "
+          f"quote the ratios, not the times")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
