@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 verify: setup
 	$(BIN)/raspicl verify
 
+# One thread each for torch (tests/conftest.py) and BLAS: small models on a shared machine run
+# many times slower with more (oversubscription).
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check raspicl programs tests bench

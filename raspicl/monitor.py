@@ -179,6 +179,13 @@ class ContractReport:
 def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
     """Walk the monitor record over one forward pass (`residuals` as CompiledModel.residuals
     returns them, float64 numpy) of a model running in `dtype` ('float64' or 'float32')."""
+    # inf * 0 and the like arise only where a bound is already infinite or undefined; the
+    # result is a refusal (an infinite bound), not a number anyone reads
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _check_contract(layout, residuals, dtype)
+
+
+def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
     mon = layout["monitor"]
     comp = layout["compiler"]
     arch = layout["architecture"]
@@ -198,9 +205,10 @@ def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Con
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
         ops_vals = [walk.read(r, roles) for r in ins.reads]
-        if ins.stage != "attn":  # a temporary lands on whatever its rows held (a clear's
-            ops_vals = [(v, e + walk.landing(r.temp_rows, 2 * ins.run)) if r.temp_rows  # rest)
-                        else (v, e) for (v, e), r in zip(ops_vals, ins.reads, strict=True)]
+        for i, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
+            if r.temp_rows:                # lands on whatever its rows held (see below)
+                v, e = ops_vals[i]
+                ops_vals[i] = (v, e + walk.landing(r.temp_rows, 2 * ins.run))
         if ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
@@ -473,19 +481,19 @@ class _Walk:
         fixed = self.layout["fixed_rows"]
         rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
         Q = ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inv = 1.0 / s
-            self.check(ins, defined, "1 / |divisor|", np.where(s > 0, inv, np.inf),
-                       np.finfo(np.float64).max, "the divisor is zero or not finite")
-            key = f"op{ins.op}:division Q/s^2"
-            qs = np.where(defined[None, :], Q * inv * inv, 0.0)
-            self.needs[key] = max(self.needs.get(key, 0.0),
-                                  float(np.nan_to_num(qs, nan=np.inf).max(initial=0.0)))
-            ratio = anchor * s * math.sqrt(2.0 / D) / np.sqrt(var + eps)
-            q = num * inv[:, :, None]
-            err = (err_num * inv[:, :, None] + np.abs(num) * (es * inv * inv)[:, :, None]
-                   + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
-                   + self.kappa * self.u * np.abs(q))
+        inv = 1.0 / s
+        self.check(ins, defined, "1 / |divisor|",
+                   np.where((s > 0) & np.isfinite(s), inv, np.inf),
+                   np.finfo(np.float64).max, "the divisor is zero or not finite")
+        key = f"op{ins.op}:division Q/s^2"
+        qs = np.where(defined[None, :], Q * inv * inv, 0.0)
+        self.needs[key] = max(self.needs.get(key, 0.0),
+                              float(np.nan_to_num(qs, nan=np.inf).max(initial=0.0)))
+        ratio = anchor * s * math.sqrt(2.0 / D) / np.sqrt(var + eps)
+        q = num * inv[:, :, None]
+        err = (err_num * inv[:, :, None] + np.abs(num) * (es * inv * inv)[:, :, None]
+               + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
+               + self.kappa * self.u * np.abs(q))
         return q, err
 
 
