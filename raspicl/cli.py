@@ -14,11 +14,12 @@ import ast
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from raspicl.errors import RaspiclError
+from raspicl.errors import ContractWarning, RaspiclError
 
 NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
               "-infinity"}
@@ -194,7 +195,15 @@ def cmd_compile(args) -> int:
 
     config = CompilerConfig.for_dtype(args.dtype,
                                       tolerance=contract_tolerance_for(pf, args.dtype))
-    cm = compile_program(program, config, domain=domain if domain is not None else pf.domain)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ContractWarning)
+        cm = compile_program(program, config,
+                             domain=domain if domain is not None else pf.domain)
+    for w in caught:
+        if issubclass(w.category, ContractWarning):
+            print(f"raspicl: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.dtype == "float32":
         import torch
 
