@@ -21,11 +21,16 @@ with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
   kappa u (|v| + 2 |mean of the residual|);
 - the product gadget sq_e(t) = t^2 (1 - (et)^2/6 + (et)^4/40 - ...); with Richardson
   (4 sq_e - sq_2e) / 3 = t^2 (1 - (et)^4/10 + 0.06 (et)^6 - ...), so its truncation is
-  |w| t^2 (0.1 u^4 + 0.06 u^6 + 0.03 u^8) per square term (u = e t), and its rounding
-  kappa u sqrt(pi/2) |w| |t| / e per scale and sign: the GeLU outputs, of size e |t|, are
-  multiplied by 1 / e^2;
+  |w| t^2 (0.1 x^4 + 0.06 x^6 + 0.03 x^8) per square term (x = e t; an alternating series, so
+  its leading terms bound it), and its rounding kappa u sqrt(pi/2) |w| r (|t| + dt) / e per
+  scale e (Richardson weight r): the two GeLU outputs, of size e |t| / 2, are multiplied by
+  1 / e^2, and the pre-activation's own rounding dt = kappa u (|t| + 2 |mean| (k + 1/k)) (its
+  weights, and the LayerNorm mean read off the zero row) adds |w| r dt^2 at second order;
 - a division's LayerNorm divides by sigma = sqrt(var + eps), so the quotient is exact times
-  ratio = N |s| sqrt(2 / d_model) / sigma, read off the residual at every token.
+  ratio = N |s| sqrt(2 / d_model) / sigma, read off the residual at every token;
+- every write lands on what its rows held at the sublayer's input: zero, or a value cleared or
+  overwritten in the same sublayer, which computes old + (new - old) and rounds at
+  2 kappa u |old| (likewise the temporaries an MLP's remote operands are moved into).
 
 Preconditions, each a *finding* when it fails at a token where the instruction's result is
 defined: the neutral LayerNorm's variance (var * 2^(p+2) <= eps, so that var + eps == eps), a
@@ -48,6 +53,14 @@ SQRT_PI_2 = math.sqrt(math.pi / 2)
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
 SERIES_LIMIT = {True: 0.5, False: 1.0}
 MANTISSA_BITS = {"float64": 52, "float32": 23}
+
+# The quantities a finding (and ContractReport.needs) names.
+NEUTRAL_VARIANCE = "neutral LayerNorm variance"
+PRODUCT_RANGE = "product gadget |e t|"
+CLOSED_GATE = "closed gate |a - b|"
+DIVISOR = "1 / |divisor|"
+DIVISION_REST = "division Q/s^2"  # measured only (the anchor it needs), never a finding
+PREDICTION_BOUND = "prediction error bound"
 
 
 # ---------------------------------------------------------------------- the record
@@ -170,7 +183,7 @@ class ContractReport:
     relative_bound: np.ndarray
     accepted: np.ndarray
     findings: list[Finding]
-    needs: dict[str, float]
+    needs: dict[tuple[int, str], float]  # (op, quantity) -> its largest value
 
 
 # ---------------------------------------------------------------------- the walk
@@ -216,7 +229,7 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
             mu = np.abs(mlp_in.mean(axis=2))  # [B, T]
             var = mlp_in.var(axis=2)
             if ins.divisor is None:
-                walk.check(ins, defined, "neutral LayerNorm variance", var * 2.0 ** (p_bits + 2),
+                walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
@@ -245,7 +258,7 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
     bad = ~(rel <= tol)
     for b in np.flatnonzero(bad.any(axis=(1, 2))):
         k, j = np.argwhere(bad[b])[0]
-        walk.add(Finding(int(b), int(pos[k]), None, "prediction error bound", float(rel[b, k, j]),
+        walk.add(Finding(int(b), int(pos[k]), None, PREDICTION_BOUND, float(rel[b, k, j]),
                          tol, f"the prediction {label}[{j}]{by} at {_where(layout, pos[k], b)} "
                          f"has error bound {bound[b, k, j]:.3g}: relative {rel[b, k, j]:.3g} "
                          f"exceeds the model's tolerance {tol:g}"))
@@ -266,8 +279,8 @@ class _Walk:
         self.mon = layout["monitor"]
         self.findings: list[Finding] = []
         self.broken = np.zeros((B, T), dtype=bool)  # this instruction's failed preconditions
-        self.seen: set[tuple[int, str]] = set()
-        self.needs: dict[str, float] = {}
+        self.seen: set[tuple[int, int | None, str]] = set()
+        self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for label, v in self.mon["values"].items():
             if v["kind"] in ("input", "const", "mask"):
@@ -346,7 +359,7 @@ class _Walk:
     def check(self, ins: Instruction, where: np.ndarray, quantity: str, value: np.ndarray,
               limit: float, why: str) -> None:
         """A finding for every prompt where value [B, T] exceeds limit at a token in `where`."""
-        key = f"op{ins.op}:{quantity}"
+        key = (ins.op, quantity)
         masked = np.where(where[None, :], np.nan_to_num(value, nan=np.inf), -np.inf)
         self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
         over = masked > limit
@@ -358,7 +371,7 @@ class _Walk:
                              f"{masked[b, t]:.3g} exceeds its limit {limit:.3g}; {why}"))
 
     def add(self, f: Finding) -> None:
-        key = (f.prompt, f"{f.op}:{f.quantity}")
+        key = (f.prompt, f.op, f.quantity)
         if key not in self.seen:
             self.seen.add(key)
             self.findings.append(f)
@@ -427,14 +440,14 @@ class _Walk:
 
     def _check_gate(self, ins: Instruction, where: np.ndarray, z: np.ndarray,
                     bound: float) -> None:
-        key = f"op{ins.op}:gate"
+        key = (ins.op, CLOSED_GATE)
         masked = np.where(where, np.nan_to_num(z, nan=np.inf), -np.inf)
         self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
         over = masked > bound
         self.broken |= over
         for b in np.flatnonzero(over.any(axis=1)):
             t = int(np.flatnonzero(over[b])[0])
-            self.add(Finding(int(b), t, ins.op, "closed gate |a - b|", float(masked[b, t]),
+            self.add(Finding(int(b), t, ins.op, CLOSED_GATE, float(masked[b, t]),
                              bound, f"{ins.where()} at {_where(self.layout, t, b)}: the closed "
                              f"gate's |a - b| = {masked[b, t]:.3g} exceeds the bound {bound:.3g} "
                              f"its sharpness was set for, so the gate would leak"))
@@ -465,7 +478,7 @@ class _Walk:
             for e, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
                 err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / e + dt * dt)
         limit = SERIES_LIMIT[pair.richardson]
-        self.check(ins, defined, "product gadget |e t|", worst, limit,
+        self.check(ins, defined, PRODUCT_RANGE, worst, limit,
                    "beyond it the gadget's series no longer bounds its error: an operand is far "
                    "outside the range the product was scaled for")
         return err
@@ -482,10 +495,10 @@ class _Walk:
         rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
         Q = ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)
         inv = 1.0 / s
-        self.check(ins, defined, "1 / |divisor|",
+        self.check(ins, defined, DIVISOR,
                    np.where((s > 0) & np.isfinite(s), inv, np.inf),
                    np.finfo(np.float64).max, "the divisor is zero or not finite")
-        key = f"op{ins.op}:division Q/s^2"
+        key = (ins.op, DIVISION_REST)
         qs = np.where(defined[None, :], Q * inv * inv, 0.0)
         self.needs[key] = max(self.needs.get(key, 0.0),
                               float(np.nan_to_num(qs, nan=np.inf).max(initial=0.0)))

@@ -29,7 +29,14 @@ from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError, ContractWarning
-from raspicl.monitor import MANTISSA_BITS, ContractReport, check_contract
+from raspicl.monitor import (
+    CLOSED_GATE,
+    DIVISION_REST,
+    NEUTRAL_VARIANCE,
+    PREDICTION_BOUND,
+    ContractReport,
+    check_contract,
+)
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3
@@ -71,24 +78,23 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
     anchor = dict(tuning.anchor)
     gate_floor: dict[int, float] = {}
     changed = False
-    for key, need in report.needs.items():
-        op, quantity = key.split(":", 1)
-        ins = by_op[int(op.removeprefix("op"))]
-        if quantity == "neutral LayerNorm variance":
+    for (op, quantity), need in report.needs.items():
+        ins = by_op[op]
+        if quantity == NEUTRAL_VARIANCE:
             have = tuning.eps_of(ins.block, config)
             if need * m2 > have:
                 want = min(_power_of_4_above(need * m2), MAX_NEUTRAL_EPS[dtype])
                 if want > have:
                     eps[ins.block] = max(eps.get(ins.block, 0.0), want)
                     changed = True
-        elif quantity == "division Q/s^2":
+        elif quantity == DIVISION_REST:
             have = tuning.anchor_of(ins.block, config)
             want = min(math.sqrt(need / (4 * u)) * config.bound_margin,
                        MAX_ANCHOR_GROWTH * config.division_anchor)
             if np.isfinite(want) and want > have * 1.0001:
                 anchor[ins.block] = max(anchor.get(ins.block, 0.0), want)
                 changed = True
-        elif quantity == "gate":
+        elif quantity == CLOSED_GATE:
             want = need * config.bound_margin
             if np.isfinite(want) and want > ins.gate_floor and want > _gate_bound(ins):
                 gate_floor[ins.op.index] = want
@@ -150,7 +156,7 @@ def require_acceptance(feas: Feasibility, program_name: str, config: CompilerCon
     n = len(report.accepted)
     if not n:
         return
-    hard = [f for f in report.findings if f.quantity != "prediction error bound"]
+    hard = [f for f in report.findings if f.quantity != PREDICTION_BOUND]
     hard_rate = len({f.prompt for f in hard}) / n
     if hard_rate <= 1 - config.min_acceptance and feas.acceptance >= config.min_acceptance:
         return
@@ -173,4 +179,4 @@ def require_acceptance(feas: Feasibility, program_name: str, config: CompilerCon
                   f"to accept more: {remedies}", ContractWarning, stacklevel=3)
 
 
-__all__ = ["Feasibility", "MANTISSA_BITS", "measure", "require_acceptance", "retune"]
+__all__ = ["Feasibility", "measure", "require_acceptance", "retune"]
