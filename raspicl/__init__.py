@@ -6,7 +6,16 @@ against the interpreter and independent solvers (raspicl.verify).
 """
 
 from raspicl import solvers
-from raspicl.errors import CompileError, DomainError, LoadError, ProgramError, RaspiclError
+from raspicl.errors import (
+    CompileError,
+    ContractWarning,
+    DomainError,
+    DomainWarning,
+    ExportError,
+    LoadError,
+    ProgramError,
+    RaspiclError,
+)
 from raspicl.interpret import Trace, interpret
 from raspicl.lang import (
     ROLES,
@@ -20,12 +29,13 @@ from raspicl.lang import (
     Read,
     Register,
 )
-from raspicl.prompts import Prompts, random_prompts
+from raspicl.prompts import PromptDistribution, Prompts, random_prompts
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "CompileError", "DomainError", "Here", "LoadError", "Mean", "Offset", "Output",
-    "Program", "ProgramError", "PromptFormat", "Prompts", "ROLES", "RaspiclError", "Read",
+    "At", "CompileError", "ContractWarning", "DomainError", "DomainWarning", "ExportError",
+    "Here", "LoadError", "Mean", "Offset", "Output", "Program", "ProgramError",
+    "PromptDistribution", "PromptFormat", "Prompts", "ROLES", "RaspiclError", "Read",
     "Register", "Trace", "interpret", "random_prompts", "solvers",
 ]

@@ -19,6 +19,12 @@ class LoadError(RaspiclError):
     """An exported model (model.safetensors + layout.json) is missing, mismatched or corrupted."""
 
 
+class ExportError(RaspiclError):
+    """`save` refused to write a model directory (a symbolic link, a path that is not a
+    directory, a dtype the gadgets cannot run in, a layout the loader would refuse) or the
+    operating system failed to write it."""
+
+
 class DomainError(RaspiclError):
     """A prompt lies outside the input domain under which a compiled model's error bound holds."""
 

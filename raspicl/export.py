@@ -42,7 +42,7 @@ from safetensors.torch import save as save_bytes
 
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.describe import FORMAT_VERSION
-from raspicl.errors import LoadError, RaspiclError
+from raspicl.errors import ExportError, LoadError
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
 
@@ -60,12 +60,6 @@ _DTYPES: dict[str, tuple[int, str]] = {
     "U64": (8, "uint64"), "U32": (4, "uint32"), "U16": (2, "uint16"), "U8": (1, "uint8"),
     "BOOL": (1, "bool"),
 }
-
-
-class ExportError(RaspiclError):
-    """`save` refused to write a model directory (a symbolic link, a path that is not a
-    directory, a dtype the gadgets cannot run in, a layout the loader would refuse) or the
-    operating system failed to write it."""
 
 
 @dataclass(frozen=True)
