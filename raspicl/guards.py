@@ -52,7 +52,7 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
                       ("-inf", np.isneginf(arr))):
         if bad.any():
             b, t, c = (int(i) for i in np.argwhere(bad)[0])
-            messages.append(f"{_where(layout, t, b)}, component {c} ({_component(layout, c)}), "
+            messages.append(f"{token_name(layout, t, b)}, component {c} ({_component(layout, c)}), "
                             f"is {kind}{_count(bad)}; the model's output is undefined there")
     domain = layout.get("domain", {})
     comps = p.get("token_components", {"y": [0], "x": list(range(1, p["d_token"]))})
@@ -67,7 +67,7 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
         if over.any():
             b, t, j = np.unravel_index(int(np.argmax(a)), a.shape)
             messages.append(
-                f"|{name}| = {a[b, t, j]:.4g} at {_where(layout, int(t), int(b))}, component "
+                f"|{name}| = {a[b, t, j]:.4g} at {token_name(layout, int(t), int(b))}, component "
                 f"{int(cols[j])} ({_component(layout, int(cols[j]))}), exceeds the domain "
                 f"{name}_abs_max = {bound:.4g} under which the error bound holds"
                 f"{_count(over)}")
@@ -78,8 +78,8 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
 # ---------------------------------------------------------------------- helpers
 
 
-def _where(layout: dict, t: int, b: int) -> str:
-    """'token 4 (x, example 3) of prompt 0'."""
+def token_name(layout: dict, t: int, b: int) -> str:
+    """'token 4 (x, example 3) of prompt 0': a token of a prompt, as messages name it."""
     roles = layout["prompt"]["roles"]
     role = roles[t]
     if role == "query":

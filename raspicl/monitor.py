@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raspicl.guards import token_name
+
 SQRT_PI_2 = math.sqrt(math.pi / 2)
 # Above these |e t| the product gadget's truncation series (its first three terms) no longer
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
@@ -259,7 +261,7 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
     for b in np.flatnonzero(bad.any(axis=(1, 2))):
         k, j = np.argwhere(bad[b])[0]
         walk.add(Finding(int(b), int(pos[k]), None, PREDICTION_BOUND, float(rel[b, k, j]),
-                         tol, f"the prediction {label}[{j}]{by} at {_where(layout, pos[k], b)} "
+                         tol, f"the prediction {label}[{j}]{by} at {token_name(layout, pos[k], b)} "
                          f"has error bound {bound[b, k, j]:.3g}: relative {rel[b, k, j]:.3g} "
                          f"exceeds the model's tolerance {tol:g}"))
     accepted = np.ones(B, dtype=bool)
@@ -367,7 +369,7 @@ class _Walk:
         for b in np.flatnonzero(over.any(axis=1)):
             t = int(np.flatnonzero(over[b])[0])
             self.add(Finding(int(b), t, ins.op, quantity, float(masked[b, t]), float(limit),
-                             f"{ins.where()} at {_where(self.layout, t, b)}: {quantity} "
+                             f"{ins.where()} at {token_name(self.layout, t, b)}: {quantity} "
                              f"{masked[b, t]:.3g} exceeds its limit {limit:.3g}; {why}"))
 
     def add(self, f: Finding) -> None:
@@ -448,7 +450,7 @@ class _Walk:
         for b in np.flatnonzero(over.any(axis=1)):
             t = int(np.flatnonzero(over[b])[0])
             self.add(Finding(int(b), t, ins.op, CLOSED_GATE, float(masked[b, t]),
-                             bound, f"{ins.where()} at {_where(self.layout, t, b)}: the closed "
+                             bound, f"{ins.where()} at {token_name(self.layout, t, b)}: the closed "
                              f"gate's |a - b| = {masked[b, t]:.3g} exceeds the bound {bound:.3g} "
                              f"its sharpness was set for, so the gate would leak"))
 
@@ -516,14 +518,3 @@ def _merge(a, b):
     for o, c, r, k in list(a) + list(b):
         acc[(o, r, k)] = acc.get((o, r, k), 0.0) + c
     return [(o, c, r, k) for (o, r, k), c in acc.items() if c != 0.0]
-
-
-def _where(layout: dict, t: int, b: int) -> str:
-    """'token 4 (x, example 3) of prompt 0'."""
-    roles = layout["prompt"]["roles"]
-    role = roles[t]
-    if role == "query":
-        what = "query"
-    else:
-        what = f"{role}, example {sum(1 for r in roles[:t + 1] if r == role)}"
-    return f"token {t} ({what}) of prompt {b}"
