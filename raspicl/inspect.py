@@ -539,6 +539,21 @@ def _mlp_lines(cm: CompiledModel, blk: dict, rows: _Rows, runs: list[int],
     return lines
 
 
+def _contract_line(layout: dict) -> str:
+    """What the model vouches for, and on which prompts it was calibrated."""
+    mon = layout["monitor"]
+    cal = layout["domain"]["calibration"]
+    if cal.get("kind") == "distribution":
+        served = (f"x std up to {cal['x_scale']:g}, w std {cal['w_scale']:g}, noise up to "
+                  f"{cal['noise']:g}")
+    else:
+        served = f"{cal.get('count', '?')} prompts of the user's"
+    accepted = mon.get("calibration", {}).get("accepted")
+    rate = f"; accepts {accepted:.1%} of its calibration prompts" if accepted is not None else ""
+    return (f"Contract: every prediction's error bound <= {mon['tolerance']:g} x max(|y|, 1), "
+            f"else refused; calibrated on {served}{rate}.")
+
+
 def block_report(cm: CompiledModel) -> str:
     """Per block: each head's place, its writes as register statements and its purposes, and
     the MLP's mode, LayerNorm eps, units and ops, each traced to the program's source line."""
@@ -553,6 +568,7 @@ def block_report(cm: CompiledModel) -> str:
                      f" W_in undoes that and reads the mean off row zero.")
     lines.append("Head statements: 'dst <- terms (place)' is what the head adds into dst's "
                  "rows (place: the token it attends to); 'clear v' zeroes v's rows.")
+    lines.append(_contract_line(L))
     for blk in L["blocks"]:
         b = blk["block"]
         runs = _runs(L, blk)
