@@ -30,9 +30,11 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     transformer with shared weights, recorded in the layout's block_order and loops).
     domain: the prompts the model must serve, a raspicl.prompts.PromptDistribution (default:
     PromptDistribution(), x scale up to 1.5 and noise up to 1) or a Prompts batch of the
-    user's own. Calibration runs on it, and the finished model must accept at least
-    config.min_acceptance of the calibration prompts under its runtime contract
-    (raspicl.monitor), else CompileError says which gadget cannot meet the tolerance.
+    user's own. Calibration runs on it, and the finished model runs on the calibration prompts
+    under its runtime contract (raspicl.monitor), which re-tunes per-block constants
+    (feasibility.py): a gadget whose precondition still fails on more than
+    1 - config.min_acceptance of them is a CompileError naming it; a model whose error bound
+    exceeds the tolerance that often is returned with a ContractWarning.
     """
     if loops not in ("unroll", "share"):
         raise ValueError(f"loops must be 'unroll' or 'share', got {loops!r}")

@@ -245,6 +245,10 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config)
             for b in blocks]
     stored, order = _share(runs, sched)
+    for run, index in enumerate(order):  # feasibility gives a shared block's runs one eps
+        if blocks[run].ln_eps != blocks[stored[index]].ln_eps:
+            raise AssertionError(f"run {run} needs LayerNorm eps {blocks[run].ln_eps}, the "
+                                 f"block it shares {blocks[stored[index]].ln_eps}")
     eps = tuple(blocks[b].ln_eps for b in stored)
     cfg = ModelConfig(d_model=D, n_layers=len(stored), n_heads=n_heads, d_head=d_head,
                       d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
