@@ -82,6 +82,10 @@ def _one_torch_thread():
 class ContractGen(Gen):
     """Gen with selects over partly undefined operands, large magnitudes and risky divisors."""
 
+    REWRITE_KINDS = ["aff", "raw", "mov", "mean", "div", "select"]
+    OP_KINDS = ["raw", "mov", "mean", "aff", "mul", "dot", "div", "select", "select", "big",
+                "big", "mul", "risky_div"]
+
     def __init__(self, draw, d: int, n: int, limit: float):
         super().__init__(draw, d, n)
         self.limit = limit
@@ -165,21 +169,6 @@ class ContractGen(Gen):
         return self.add(Step("div", self.name("q"), (Ref(a.name), Ref(s.name)), {}),
                         a.shape, a.bound * 100.0, a.defined & s.defined)
 
-    def op(self) -> None:
-        var = [r for r in self.regs.values() if r.kind == "var"]
-        if var and self.draw(st.integers(0, 3)) == 0:
-            target = self.draw(st.sampled_from(var))
-            kind = self.draw(st.sampled_from(["aff", "raw", "mov", "mean", "div", "select"]))
-            if getattr(self, kind)(target) is None:
-                self.aff(target)
-            event(f"op: {kind} (rewrites a var)")
-            return
-        kind = self.draw(st.sampled_from(["raw", "mov", "mean", "aff", "mul", "dot", "div",
-                                          "select", "select", "big", "big", "mul",
-                                          "risky_div"]))
-        if getattr(self, kind)() is None:
-            self.aff()
-        event(f"op: {kind}")
 
 
 @st.composite

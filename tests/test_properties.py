@@ -595,16 +595,20 @@ class Gen:
         return self.add(Step("div", dst, (Ref(a.name), Ref(s.name)), {}, rewrite), a.shape,
                         bound, m)
 
+    # the op kinds drawn (a subclass may draw others, or weight them by repeating)
+    REWRITE_KINDS = ["aff", "raw", "mov", "mean", "div"]
+    OP_KINDS = ["raw", "mov", "mean", "aff", "mul", "dot", "div"]
+
     def op(self) -> None:
         var = [r for r in self.regs.values() if r.kind == "var"]
         if var and self.draw(st.integers(0, 3)) == 0:
             target = self.draw(st.sampled_from(var))
-            kind = self.draw(st.sampled_from(["aff", "raw", "mov", "mean", "div"]))
+            kind = self.draw(st.sampled_from(self.REWRITE_KINDS))
             if getattr(self, kind)(target) is None:
                 self.aff(target)
             event(f"op: {kind} (rewrites a var)")
             return
-        kind = self.draw(st.sampled_from(["raw", "mov", "mean", "aff", "mul", "dot", "div"]))
+        kind = self.draw(st.sampled_from(self.OP_KINDS))
         if getattr(self, kind)() is None:
             self.aff()
         event(f"op: {kind}")
