@@ -66,7 +66,11 @@ class CompiledModel:
         gadget precondition that fails, an error bound above the tolerance), naming the
         prompt, token, op and quantity; 'warn' issues a DomainWarning instead and returns
         every prediction, refused ones included; 'ignore' runs no monitor (bound None)."""
-        res, report, prompt_findings = self._forward(prompts, check)
+        return self._run(prompts, check, depth=1)
+
+    def _run(self, prompts, check: str, depth: int) -> Prediction:
+        """run(), called `depth` raspicl frames below the user's line."""
+        res, report, prompt_findings = self._forward(prompts, check, depth + 1)
         values = self.readout(res[-1])
         if report is None:
             return Prediction(values, None, None)
@@ -77,13 +81,13 @@ class CompiledModel:
                 with_bound: bool = False):
         """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy
         (and its error bound, the same shape, if with_bound). check: as for `run`."""
-        out = self.run(prompts, check)
+        out = self._run(prompts, check, depth=1)
         return (out.values, out.bound) if with_bound else out.values
 
     def residuals(self, prompts: Prompts | np.ndarray, check: str = "error") -> list[np.ndarray]:
         """The residual stream after the embedding and after every sublayer, float64 numpy.
         check: as for `run`."""
-        return self._forward(prompts, check)[0]
+        return self._forward(prompts, check, depth=1)[0]
 
     def readout(self, final: np.ndarray) -> np.ndarray:
         """The prediction at the output positions from the last residual [B, T, d_model]
@@ -101,7 +105,9 @@ class CompiledModel:
     def dtype_name(self) -> str:
         return str(self.model.dtype).removeprefix("torch.")
 
-    def _forward(self, prompts, check: str):
+    def _forward(self, prompts, check: str, depth: int):
+        """The residual stream, the monitor's report and the prompt's own findings. Called
+        `depth` raspicl frames below the user's line, at which warnings point."""
         check_mode(check)
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         # the shape is checked even under 'ignore'; NaN and infinity are findings
@@ -114,7 +120,8 @@ class CompiledModel:
         report = self.contract(res)
         prompt_findings = [Finding(-1, -1, None, "prompt", float("nan"), float("nan"), m)
                            for m in found]
-        _report(prompt_findings + report.findings, len(report.accepted), check)
+        _report(prompt_findings + report.findings, len(report.accepted), check,
+                stacklevel=depth + 3)  # _report, _forward, depth frames, the user
         return res, report, prompt_findings
 
     # ------------------------------------------------------------------ reading the layout
@@ -158,7 +165,7 @@ class CompiledModel:
         return CompiledModel(model, self.layout)
 
 
-def _report(findings: list[Finding], batch: int, check: str) -> None:
+def _report(findings: list[Finding], batch: int, check: str, stacklevel: int) -> None:
     """Raise or warn for the refused prompts (see CompiledModel.run)."""
     if not findings or check == "ignore":
         return
@@ -172,7 +179,7 @@ def _report(findings: list[Finding], batch: int, check: str) -> None:
             + "\n(check='warn' returns every prediction with a DomainWarning, "
               "check='ignore' runs no monitor)")
     for m in shown:
-        warnings.warn(m, DomainWarning, stacklevel=4)
+        warnings.warn(m, DomainWarning, stacklevel=stacklevel)
     if more:
         warnings.warn(f"... and {more} more findings ({refused} of {batch} prompts refused)",
-                      DomainWarning, stacklevel=4)
+                      DomainWarning, stacklevel=stacklevel)

@@ -198,3 +198,12 @@ def test_cli_verify_unaffected(capsys):
     assert main(["verify", "gd_step", "--set", "d=2", "--dtype", "float64", "--problems", "200",
                  "--no-symbolic"]) == 0
     assert "1 passed, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["predict", "run", "residuals"])
+def test_refusal_warnings_point_at_the_caller(gd, method):
+    tok = _tokens(gd)
+    tok[0, 0, 1] = 1e6
+    with pytest.warns(DomainWarning) as record:
+        getattr(gd, method)(tok, check="warn")
+    assert record[0].filename == __file__
