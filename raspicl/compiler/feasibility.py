@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from raspicl.monitor import (
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3
+MEASURE_CHUNK = 128  # calibration prompts per forward pass while measuring
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,34 @@ class Feasibility:
         return float(self.report.accepted.mean()) if len(self.report.accepted) else 1.0
 
 
-def measure(model, layout: dict, prompts, dtype: str) -> ContractReport:
-    """The monitor's walk over the model's forward pass on `prompts`, in `dtype`."""
+def measure(model, layout: dict, prompts, dtype: str, chunk: int = MEASURE_CHUNK) -> ContractReport:
+    """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
+    prompts at a time (the residual stream of every sublayer is held for one chunk only)."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     if model.dtype != tdtype:
         import copy
 
         model = copy.deepcopy(model).to(tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
-    with torch.no_grad():
-        res = [r.double().numpy() for r in model.residuals(tokens)]
-    return check_contract(layout, res, dtype)
+    parts = []
+    for start in range(0, len(tokens), chunk):
+        with torch.no_grad():
+            res = [r.double().numpy() for r in model.residuals(tokens[start:start + chunk])]
+        parts.append((start, check_contract(layout, res, dtype)))
+    return _merge(parts)
+
+
+def _merge(parts: list[tuple[int, ContractReport]]) -> ContractReport:
+    """One report for the chunks (each with its first prompt's index)."""
+    needs: dict = {}
+    findings = []
+    for start, rep in parts:
+        for key, value in rep.needs.items():
+            needs[key] = max(needs.get(key, 0.0), value)
+        findings += [replace(f, prompt=f.prompt + start) for f in rep.findings]
+    return ContractReport(np.concatenate([r.bound for _, r in parts]),
+                          np.concatenate([r.relative_bound for _, r in parts]),
+                          np.concatenate([r.accepted for _, r in parts]), findings, needs)
 
 
 def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning,
