@@ -214,8 +214,12 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
     eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
     anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
     p_bits = MANTISSA_BITS[dtype]
+    label = mon["output"]
+    writer: Instruction | None = None  # the last instruction that writes the output
     for rec in mon["instructions"]:
         ins = Instruction.from_dict(rec)
+        if ins.dst == label:
+            writer = ins
         defined = np.zeros(T, dtype=bool)
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
@@ -228,8 +232,7 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
             val, err = walk.linear_attn(ins, ops_vals)
         else:
             mlp_in = residuals[2 * ins.run + 1]
-            mu = np.abs(mlp_in.mean(axis=2))  # [B, T]
-            var = mlp_in.var(axis=2)
+            mu, var = walk.moments(2 * ins.run + 1)
             if ins.divisor is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
@@ -237,7 +240,7 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
             val, err = walk.mlp(ins, reads, defined, mu)
             if ins.divisor is not None:
-                val, err = walk.divide(ins, val, err, defined, mlp_in, mu,
+                val, err = walk.divide(ins, val, err, defined, mlp_in, var,
                                        eps_of_run[ins.run], anchor_of_run[ins.run])
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
@@ -247,16 +250,13 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
         walk.values[ins.dst] = (walk.value_of(ins.dst), err)
-    out = layout["output"]
-    pos = out["positions"]
-    label = mon["output"]
+    pos = layout["output"]["positions"]
     got, err = walk.values[label]
     got, err = got[:, pos], err[:, pos]
     bound = np.where(np.isfinite(err), err, np.inf)
     rel = bound / np.maximum(np.abs(got), 1.0)
     tol = float(mon["tolerance"])
-    writer = [Instruction.from_dict(r) for r in mon["instructions"] if r["dst"] == label]
-    by = f" (written by {writer[-1].where()})" if writer else ""
+    by = f" (written by {writer.where()})" if writer is not None else ""
     bad = ~(rel <= tol)
     for b in np.flatnonzero(bad.any(axis=(1, 2))):
         k, j = np.argwhere(bad[b])[0]
@@ -281,6 +281,7 @@ class _Walk:
         self.mon = layout["monitor"]
         self.findings: list[Finding] = []
         self.broken = np.zeros((B, T), dtype=bool)  # this instruction's failed preconditions
+        self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.seen: set[tuple[int, int | None, str]] = set()
         self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -349,6 +350,14 @@ class _Walk:
         else:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
+
+    def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
+        """|mean| and variance over the rows of residuals[residual], [B, T] each (computed
+        once per sublayer input, shared by the instructions of one MLP)."""
+        if residual not in self._moments:
+            r = self.res[residual]
+            self._moments[residual] = (np.abs(r.mean(axis=2)), r.var(axis=2))
+        return self._moments[residual]
 
     def landing(self, rows, residual: int) -> np.ndarray:
         """The rounding of writing into `rows` over what they hold in residuals[residual]:
@@ -485,14 +494,13 @@ class _Walk:
                    "outside the range the product was scaled for")
         return err
 
-    def divide(self, ins: Instruction, num, err_num, defined, mlp_in, mu, eps: float,
+    def divide(self, ins: Instruction, num, err_num, defined, mlp_in, var, eps: float,
                anchor: float):
         """The quotient num / |s| as the dividing LayerNorm computes it (module doc)."""
         s_val, s_err = self.values[ins.divisor]
         s = np.abs(s_val[:, :, 0])
         es = s_err[:, :, 0]
         D = mlp_in.shape[2]
-        var = mlp_in.var(axis=2)
         fixed = self.layout["fixed_rows"]
         rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
         Q = ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)

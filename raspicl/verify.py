@@ -1,19 +1,18 @@
 """Verification: the compiled model against the interpreter, and both against the solvers.
 
-Three checks per program and parameter set :
+Four checks per program and parameter set:
 1. interpreter vs the program file's reference(), which uses raspicl.solvers: to rounding;
 2. compiled model vs interpreter on every register version at every token where the
    interpreter's value is defined, read from the residual right after the sublayer that wrote
    it, and on the prediction;
 3. where the program file has closed_form() and d <= 3: sympy proves the program's output
-   expression equals it (an exact check of the semantics, independent of any prompt).
-
-Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
-every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
-
+   expression equals it (an exact check of the semantics, independent of any prompt);
 4. the runtime contract (raspicl.monitor) on the same forward pass: the fraction of problems
    the model accepts, and that no accepted prediction is off by more than its error bound or
    the contract tolerance (a violation fails the check).
+
+Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
+every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
 """
 
 from __future__ import annotations

@@ -72,9 +72,10 @@ class CompilerConfig:
         how many times compile-time feasibility may re-tune per-block constants (LayerNorm
         eps, anchors, gate bounds) from what the compiled model holds on calibration prompts.
     min_acceptance:
-        the fraction of calibration prompts the finished model must accept; below it the
-        compile fails with the reason (CompileError), rather than yield a model that refuses
-        its own domain.
+        the fraction of calibration prompts the finished model should accept. If a gadget's
+        precondition fails on more than 1 - min_acceptance of them the compile fails
+        (CompileError, naming the op and quantity); if only the error bound exceeds the
+        tolerance that often, the model is returned with a ContractWarning (feasibility.py).
     """
 
     attention_margin: float = 100.0
