@@ -391,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "block (each head's W_V·W_O and W_Q·W_K^T, the MLP's W_in and W_out^T) "
                         "and embed.png (W_E, W_pos, W_U)")
     p.set_defaults(func=cmd_inspect)
+
+    # trained in-context learners and their comparison with algorithms (docs/experiments.md)
+    from raspicl.icl import cli_analysis, cli_train
+    cli_train.add_commands(sub)
+    cli_analysis.add_commands(sub)
     return parser
 
 
