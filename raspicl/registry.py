@@ -4,7 +4,9 @@ A program file defines
     program(**params) -> Program     the learning algorithm (required)
     reference(prompts, **params)     the same prediction from raspicl.solvers, [B, positions]
     GRID                             parameter sets `raspicl verify` checks by default
-and is loaded by path, so programs need not be installed as a package.
+and is loaded by path, so programs need not be installed as a package. The bundled ones ship
+with raspicl (as raspicl/programs in an installed package); ./programs in the working directory,
+where it exists, takes their place.
 
 ProgramFile.build checks the parameters before it calls program() (check_params: known names,
 integers where the default is an integer, and the size parameters within SIZE_LIMITS), so that
@@ -25,7 +27,16 @@ from types import ModuleType
 
 from raspicl.errors import RaspiclError
 
-REPO_PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
+def _bundled_dir() -> Path:
+    """The bundled programs: raspicl/programs in an installed package (pyproject.toml maps the
+    top-level programs/ folder there), else programs/ beside the package in a source checkout or
+    an editable install."""
+    here = Path(__file__).resolve().parent
+    installed = here / "programs"
+    return installed if installed.is_dir() else here.parent / "programs"
+
+
+REPO_PROGRAMS = _bundled_dir()
 
 # The largest value accepted for the size parameters a program file's program() takes: the
 # dimension d, the number of examples n and the number of iterations T. Larger programs would
@@ -196,7 +207,7 @@ def _short(value, limit: int = 60) -> str:
 
 
 def programs_dir() -> Path:
-    """./programs if it exists, else the programs/ folder beside the raspicl package."""
+    """./programs if it exists, else the bundled programs."""
     local = Path.cwd() / "programs"
     return local if local.is_dir() else REPO_PROGRAMS
 

@@ -39,9 +39,5 @@ class Register:
         """Number of residual rows the register occupies (its entries, row-major)."""
         return math.prod(self.shape) if self.shape else 1
 
-    @property
-    def mutable(self) -> bool:
-        return self.kind == "var"
-
     def __repr__(self) -> str:
         return f"Register({self.name!r}, {shape_name(self.shape)})"
