@@ -6,7 +6,7 @@ from raspicl.compiler.assemble import BlockSpec
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Lowered
-from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.model import ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
@@ -56,9 +56,9 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         },
         "fixed_rows": dict(layout.fixed),
         "row_names": layout.row_names,
-        "registers": _registers(low, program, slot_name),
+        "registers": _registers(low, program, slot_name, layout),
         "temporaries": [{"name": v.label, "rows": v.rows, "written": slot_name(v.write_slot),
-                         "cleared": slot_name(clear_slot(v)), "bound": v.bound}
+                         "cleared": slot_name(layout.liveness.clear_slot(v)), "bound": v.bound}
                         for v in sched.temps],
         "masks": {v.name: {"row": v.rows[0], "values": mask.tolist()}
                   for v, mask in low.masks.values()},
@@ -134,7 +134,7 @@ def _place(at: Where) -> dict:
     raise TypeError(f"unknown place {at!r}")
 
 
-def _registers(low: Lowered, program, slot_name) -> dict:
+def _registers(low: Lowered, program, slot_name, layout: Layout) -> dict:
     out: dict[str, dict] = {}
     for v in low.values:
         if v.kind == "mask":  # a select's token mask: listed under masks, not registers
@@ -142,7 +142,7 @@ def _registers(low: Lowered, program, slot_name) -> dict:
         reg = program.registers[v.name]
         entry = out.setdefault(v.name, {"shape": list(reg.shape), "kind": reg.kind,
                                         "versions": []})
-        c = clear_slot(v)
+        c = layout.liveness.clear_slot(v)
         entry["versions"].append({
             "version": v.version,
             "rows": v.rows,
