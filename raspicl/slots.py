@@ -56,3 +56,13 @@ def attn_at_or_after(slot: int) -> int:
 def attn_after(slot: int) -> int:
     """The first attention slot strictly after `slot`."""
     return slot + 1 if is_mlp(slot) else slot + 2
+
+
+def slot_name(slot: int, order: list[int]) -> str:
+    """The human name of a slot in a forward pass running stored blocks `order`: 'embedding',
+    'block 3 attn', or 'run 7 (block 1) mlp' where the run is not its block's index."""
+    if slot == EMBEDDING:
+        return "embedding"
+    run, stage = run_of(slot), stage_of(slot).value
+    block = order[run]
+    return f"block {block} {stage}" if run == block else f"run {run} (block {block}) {stage}"
