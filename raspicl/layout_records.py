@@ -25,6 +25,7 @@ from enum import Enum
 from raspicl.slots import EMBEDDING, run_of, slot_name, stage_of
 
 FIXED_SLOT = -(10**9)  # fixed rows hold their meaning from before the embedding on
+ANCHOR_ROWS = ("anchor_pos", "anchor_neg")  # the fixed rows a division's anchors +-N s go to
 
 
 @dataclass(frozen=True)

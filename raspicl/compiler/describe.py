@@ -15,7 +15,7 @@ from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
-from raspicl.layout_records import HeadWrite, HeadWriteKind, slot_json
+from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
 from raspicl.model import ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
 from raspicl.slots import run_of
@@ -259,7 +259,7 @@ def _head_actions(head: HeadSpec, key: tuple, run: int, low: Lowered, sched: Sch
     if key != place_key(Here()):
         return out
     fixed = layout.fixed
-    anchors = [fixed[n] for n in ("anchor_pos", "anchor_neg") if n in fixed]
+    anchors = [fixed[n] for n in ANCHOR_ROWS if n in fixed]
     divisor = sched.anchors.get(run)
     if divisor is not None and mine(anchors):
         op = next(ins.op for ins in sched.instrs if ins.block == run and ins.divisor is divisor)
@@ -267,7 +267,7 @@ def _head_actions(head: HeadSpec, key: tuple, run: int, low: Lowered, sched: Sch
                              str(op.source), (divisor.label,)))
     self_clears = {head.columns[c] for c, r, coef in head.writes
                    if coef == -1.0 and head.columns[c] == r}
-    for name in ("anchor_pos", "anchor_neg"):
+    for name in ANCHOR_ROWS:
         if name in fixed and fixed[name] in self_clears:
             out.append(HeadWrite(HeadWriteKind.CLEAR, run, name, (fixed[name],)))
     for v in layout.values:

@@ -20,9 +20,10 @@ from raspicl.compiler.lower import Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
 from raspicl.lang.reads import ROLES
+from raspicl.layout_records import ANCHOR_ROWS
 
 FIXED = ("zero", "one", "pos", "pos_sq", "is_x", "is_y", "is_query")
-ANCHORS = ("anchor_pos", "anchor_neg")
+ANCHORS = ANCHOR_ROWS
 
 
 @dataclass
