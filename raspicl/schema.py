@@ -423,8 +423,8 @@ ARCHITECTURE = Obj(
 PROMPT = Obj({"format": Str(), "d": Int(lo=1), "n_examples": Int(lo=0),
               "n_tokens": Int(equals="n_ctx", define="n_tokens"),
               "d_token": Int(equals="d_token"),
-              "roles": Array(Str(choices=ROLES), length="n_tokens")},
-             {"token_components": Map(Array(Int(below="d_token")), key="component")})
+              "roles": Array(Str(choices=ROLES), length="n_tokens"),
+              "token_components": Map(Array(Int(below="d_token")), key="component")})
 
 # A sublayer as a typed record (raspicl.layout_records.Slot); rule _slot_records checks that
 # run, stage and block agree with the slot number and architecture.block_order.
@@ -467,8 +467,7 @@ BLOCK_ENTRY = Obj({"block": BLOCK, "runs": Array(RUN), "heads": Array(HEAD),
                                "ops": STRINGS})})
 
 OP = Obj({"index": Int(), "kind": Str(), "dst": Str(), "source": Str(), "text": Str(),
-          "block": BLOCK, "stage": Str()},
-         {"run": RUN})
+          "block": BLOCK, "run": RUN, "stage": Str()})
 
 # The runtime monitor's record (raspicl.monitor): indices inside terms are checked against the
 # instruction's own reads and widths by the rule _monitor_references.

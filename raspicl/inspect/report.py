@@ -67,7 +67,7 @@ def _fixed_purposes(layout: dict) -> dict[str, str]:
     a = layout["architecture"]
     roles = layout["prompt"]["roles"]
     n_ctx = a["n_ctx"]
-    anchor = layout.get("compiler", {}).get("division_anchor")
+    anchor = layout["compiler"].get("division_anchor")
     N = f"N = {_num(anchor)}" if anchor is not None else "N the compiler's division_anchor"
     out = {
         "zero": "never written; each MLP reads LayerNorm's mean off it (LN(zero) = -mean/sigma)",
@@ -128,7 +128,7 @@ def layout_table(cm: CompiledModel) -> str:
     pos = ", ".join(str(p) for p in out["positions"])
     lines += ["", f"Output: {out['register']} (rows {_ranges(out['rows'])}, read out by W_U) at "
                   f"token {pos} ({', '.join(out['roles'])})"]
-    dom = L.get("domain", {})
+    dom = L["domain"]
     if dom:
         text = f"Domain: |x| <= {dom['x_abs_max']:.3g}, |y| <= {dom['y_abs_max']:.3g}"
         for d in dom.get("divisors", []):
@@ -250,7 +250,7 @@ def _mlp_lines(cm: CompiledModel, blk: dict, rows: Rows, runs: list[int],
     lines = [f"  MLP: {blk['mlp']['mode']}; LayerNorm eps {mlp.ln_eps:.3g}; {mlp.units} of "
              f"{a['d_mlp']} hidden units"]
     if mlp.divisor is not None:
-        anchor = L.get("compiler", {}).get("division_anchor")
+        anchor = L["compiler"].get("division_anchor")
         N = _num(anchor) if anchor is not None else "N"
         s = mlp.divisor
         lines.append(f"    (the anchors hold ±{N}·{s}, so LayerNorm's sigma is about "
