@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from raspicl.slots import EMBEDDING, run_of, slot_name, stage_of
+from raspicl.slots import EMBEDDING, run_of, stage_of
 
 FIXED_SLOT = -(10**9)  # fixed rows hold their meaning from before the embedding on
 ANCHOR_ROWS = ("anchor_pos", "anchor_neg")  # the fixed rows a division's anchors +-N s go to
@@ -44,9 +44,6 @@ class Slot:
             return cls(EMBEDDING, None, "embedding", None)
         run = run_of(slot)
         return cls(slot, run, stage_of(slot).value, order[run])
-
-    def name(self, order: list[int]) -> str:
-        return slot_name(self.slot, order)
 
     def to_json(self) -> dict:
         return {"slot": self.slot, "run": self.run, "stage": self.stage, "block": self.block}

@@ -13,7 +13,7 @@ returns carries that Liveness on to assemble and describe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from raspicl.compiler.liveness import Liveness
 from raspicl.compiler.lower import Lowered, Value
@@ -31,8 +31,8 @@ class Layout:
     d_model: int
     fixed: dict[str, int]
     values: list[Value]
-    row_names: list[str] = field(default_factory=list)
-    liveness: Liveness = field(default_factory=lambda: Liveness({}))
+    row_names: list[str]
+    liveness: Liveness  # the clear slots the rows were laid out by (handed on to assemble)
 
 
 def lay_out(low: Lowered, sched: Schedule, live: Liveness) -> Layout:
