@@ -79,7 +79,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                  "block": order[ins.block], "run": ins.block, "stage": ins.stage}
                 for ins in low.instrs],
         "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
-                          low, sched)
+                          sched)
                    for i in range(cfg.n_layers)],
         "loops": [{"blocks": order[lp.starts[0]:lp.starts[0] + lp.length],
                    "repeat": len(lp.starts), "first_runs": lp.starts}
@@ -192,7 +192,7 @@ def _domain(low: Lowered) -> dict:
 
 
 def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig,
-           runs: list[int], low: Lowered, sched: Schedule) -> dict:
+           runs: list[int], sched: Schedule) -> dict:
     """One stored block: its heads (as in its first run, with every run's actions), its
     attention bias and its MLP. `blocks` are the BlockSpecs of every run."""
     names = layout.row_names
@@ -201,8 +201,7 @@ def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig
     ordered = sorted(block.heads.items(), key=lambda kv: kv[0])
     for h, (key, head) in enumerate(ordered):
         actions = [a.to_json() for run in runs
-                   for a in _head_actions(blocks[run].heads[key], key[:-1], run, low, sched,
-                                          layout)]
+                   for a in _head_actions(blocks[run].heads[key], key[:-1], run, sched, layout)]
         heads.append({
             "head": h,
             "place": head.place.describe(),
@@ -229,7 +228,7 @@ def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig
     }
 
 
-def _head_actions(head: HeadSpec, key: tuple, run: int, low: Lowered, sched: Schedule,
+def _head_actions(head: HeadSpec, key: tuple, run: int, sched: Schedule,
                   layout: Layout) -> list[HeadWrite]:
     """What one head (one part of a split head: `key` its place's key) does in one run, from
     the schedule, the layout and liveness; each action keeps only the rows this part writes."""
@@ -238,6 +237,15 @@ def _head_actions(head: HeadSpec, key: tuple, run: int, low: Lowered, sched: Sch
     def mine(rows) -> tuple[int, ...]:
         return tuple(dict.fromkeys(r for r in rows if r in written))
 
+    out = _op_actions(key, run, sched, mine)
+    if key == place_key(Here()):
+        out += _self_head_actions(head, run, sched, layout, mine)
+    return out
+
+
+def _op_actions(key: tuple, run: int, sched: Schedule, mine) -> list[HeadWrite]:
+    """Moves (attention ops' results) and temporaries (MLP ops' remote operands) this head
+    writes in this run."""
     out: list[HeadWrite] = []
     for ins in sched.instrs:
         if ins.block != run:
@@ -256,8 +264,14 @@ def _head_actions(head: HeadSpec, key: tuple, run: int, low: Lowered, sched: Sch
             if place_key(at) == key and rows:
                 out.append(HeadWrite(HeadWriteKind.TEMPORARY, run, t.label, rows, ins.op.index,
                                      src, (v.label,)))
-    if key != place_key(Here()):
-        return out
+    return out
+
+
+def _self_head_actions(head: HeadSpec, run: int, sched: Schedule, layout: Layout,
+                       mine) -> list[HeadWrite]:
+    """The self-head's anchors (from the schedule), its anchor clears (rows onto themselves
+    with -1 in its writes) and its clears of dead values (from liveness)."""
+    out: list[HeadWrite] = []
     fixed = layout.fixed
     anchors = [fixed[n] for n in ANCHOR_ROWS if n in fixed]
     divisor = sched.anchors.get(run)

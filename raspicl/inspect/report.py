@@ -159,20 +159,31 @@ class _HeadRun:
     moved: set[int]  # the ops whose results this head moves in this run
 
 
+Write = tuple[int, int, float]  # (from_row, to_row, coef)
+
+
 def _head_run(head: dict, slot: int, rows: Rows, bias: dict[int, float], bias_done: set,
               cleared: set) -> _HeadRun:
     """Register-level statements for one head at one attention slot."""
-    expected = expected_ov(head, len(rows.names))
     writes = [(w["from_row"], w["to_row"], float(w["coef"])) for w in head["writes"]]
     acts = [a for a in head_writes(head) if a.run == run_of(slot)]
-    place = head["place"]
-    out: list[str] = []
-    clears: list[str] = []
-    # clears: every value the layout says dies at this slot whose rows this head zeroes (the
-    # purposes of a looped block do not name every run's clears, so the slots decide)
+    clears = _clear_lines(writes, slot, rows, acts, cleared)  # takes the clears off `writes`
+    out, new_labels, empty = _statements(writes, slot, rows, head["place"], bias, bias_done)
+    if empty:
+        clears.append(f"(rows {_ranges(empty)} hold nothing at this slot: those writes add 0)")
+    moved = {a.op for a in acts if a.kind is HeadWriteKind.MOVE}
+    return _HeadRun(out + clears, new_labels, expected_ov(head, len(rows.names)), moved)
+
+
+def _clear_lines(writes: list[Write], slot: int, rows: Rows, acts: list, cleared: set) -> list[str]:
+    """'clear v' for every value the layout says dies at this slot whose rows this head zeroes
+    (row onto itself with -1; the slots decide, run by run), and 'clear the anchors' where the
+    head's actions clear them. The clear writes are removed from `writes`; `cleared` collects
+    (label, row) and the labels cleared whole."""
     dying = [o for o in rows.occupants if o.cleared == slot and o.label not in cleared]
     dying += [rows.fixed[a.value] for a in acts
               if a.kind is HeadWriteKind.CLEAR and a.value in ANCHOR_ROWS]
+    clears: list[str] = []
     anchors = []
     for o in dying:  # a wide value may be cleared by several heads, some rows each
         mine = [r for r in o.rows if (r, r, -1.0) in writes]
@@ -190,7 +201,14 @@ def _head_run(head: dict, slot: int, rows: Rows, bias: dict[int, float], bias_do
         clears.append(f"clear {o.label}" + ("" if whole else f" (rows {_ranges(mine)})"))
     if anchors:
         clears.insert(0, "clear the anchors" if len(anchors) == 2 else f"clear {anchors[0]}")
-    # the rest: dst value <- linear map of source values, grouped per register
+    return clears
+
+
+def _statements(writes: list[Write], slot: int, rows: Rows, place: str,
+                bias: dict[int, float], bias_done: set) -> tuple[list[str], set[str], list[int]]:
+    """The head's other writes as 'dst <- linear map of sources (place)', grouped per
+    destination value; with the labels of values new at this slot and the source rows that
+    hold nothing here."""
     groups: dict[str, dict] = {}
     empty = []
     for fr, to, c in writes:
@@ -202,43 +220,42 @@ def _head_run(head: dict, slot: int, rows: Rows, bias: dict[int, float], bias_do
         dst_label = dst.label if dst else f"row {to}"
         g = groups.setdefault(dst_label, {"occ": dst, "new": new, "terms": {}})
         g["terms"].setdefault(src.label, {"occ": src, "map": []})["map"].append((fr, to, c))
-    new_labels = set()
-    for dst_label, g in groups.items():
-        dst = g["occ"]
-        op = "<-" if g["new"] else "+="
-        if g["new"]:
-            new_labels.add(dst_label)
-        uniform: list[tuple[float, str]] | None = []
-        for src_label, t in g["terms"].items():
-            src = t["occ"]
-            cs = {c for _, _, c in t["map"]}
-            same = (dst is not None and len(src.rows) == len(dst.rows)
-                    and len(t["map"]) == len(src.rows) and len(cs) == 1
-                    and all(src.rows.index(fr) == dst.rows.index(to) for fr, to, _ in t["map"]))
-            if not same:
-                uniform = None
-                break
-            uniform.append((cs.pop(), src_label))
-        bias_text = ""
-        if dst is not None and dst.label not in bias_done:
-            bvec = [bias.get(r, 0.0) for r in dst.rows]
-            if any(bvec):
-                bias_text = f" + {_vector(bvec)} (bias b_O)"
-                bias_done.add(dst.label)
-        if uniform is not None:
-            out.append(f"{dst_label} {op} {_terms(uniform)} ({place}){bias_text}")
-            continue
-        per_elem: dict[int, list[tuple[float, str]]] = {}
-        for t in g["terms"].values():
-            for fr, to, c in t["map"]:
-                per_elem.setdefault(to, []).append((c, t["occ"].elem(fr)))
-        parts = [f"{dst.elem(to) if dst else f'row {to}'} {op} {_terms(per_elem[to])}"
-                 for to in sorted(per_elem)]
-        out.append("; ".join(parts) + f" ({place}){bias_text}")
-    if empty:
-        clears.append(f"(rows {_ranges(empty)} hold nothing at this slot: those writes add 0)")
-    moved = {a.op for a in acts if a.kind is HeadWriteKind.MOVE}
-    return _HeadRun(out + clears, new_labels, expected, moved)
+    out = [_statement(label, g, place, bias, bias_done) for label, g in groups.items()]
+    return out, {label for label, g in groups.items() if g["new"]}, empty
+
+
+def _statement(dst_label: str, g: dict, place: str, bias: dict[int, float],
+               bias_done: set) -> str:
+    """One destination's statement: a whole-value linear combination where every source maps
+    element to element with one coefficient, else element by element."""
+    dst = g["occ"]
+    op = "<-" if g["new"] else "+="
+    uniform: list[tuple[float, str]] | None = []
+    for src_label, t in g["terms"].items():
+        src = t["occ"]
+        cs = {c for _, _, c in t["map"]}
+        same = (dst is not None and len(src.rows) == len(dst.rows)
+                and len(t["map"]) == len(src.rows) and len(cs) == 1
+                and all(src.rows.index(fr) == dst.rows.index(to) for fr, to, _ in t["map"]))
+        if not same:
+            uniform = None
+            break
+        uniform.append((cs.pop(), src_label))
+    bias_text = ""
+    if dst is not None and dst.label not in bias_done:
+        bvec = [bias.get(r, 0.0) for r in dst.rows]
+        if any(bvec):
+            bias_text = f" + {_vector(bvec)} (bias b_O)"
+            bias_done.add(dst.label)
+    if uniform is not None:
+        return f"{dst_label} {op} {_terms(uniform)} ({place}){bias_text}"
+    per_elem: dict[int, list[tuple[float, str]]] = {}
+    for t in g["terms"].values():
+        for fr, to, c in t["map"]:
+            per_elem.setdefault(to, []).append((c, t["occ"].elem(fr)))
+    parts = [f"{dst.elem(to) if dst else f'row {to}'} {op} {_terms(per_elem[to])}"
+             for to in sorted(per_elem)]
+    return "; ".join(parts) + f" ({place}){bias_text}"
 
 
 def _mlp_lines(cm: CompiledModel, blk: dict, rows: Rows, runs: list[int],
@@ -302,7 +319,6 @@ def block_report(cm: CompiledModel) -> str:
     the MLP's mode, LayerNorm eps, units and ops, each traced to the program's source line."""
     L = cm.layout
     rows = Rows(L)
-    a = L["architecture"]
     lines = [_summary(cm)]
     eps = {blk["mlp"]["ln_eps"] for blk in L["blocks"] if blk["mlp"]["divisor"] is None}
     if eps:
@@ -313,67 +329,88 @@ def block_report(cm: CompiledModel) -> str:
                  "rows (place: the token it attends to); 'clear v' zeroes v's rows.")
     lines.append(_contract_line(L))
     for blk in L["blocks"]:
-        b = blk["block"]
-        runs = list(blk["runs"])
-        if runs == [b]:
-            lines += ["", f"Block {b}"]
-        elif len(runs) == 1:
-            lines += ["", f"Block {b} (run {runs[0]} of the forward pass)"]
-        else:
-            lines += ["", f"Block {b} (runs {', '.join(map(str, runs))}: the same weights each "
-                          f"time; statements per run)"]
-        battn = attention_bias(cm, b)
-        bias = {int(r): float(battn[r]) for r in np.flatnonzero(battn)}
-        bias_done: dict[int, set] = {r: set() for r in runs}
-        cleared: dict[int, set] = {r: set() for r in runs}
-        block_ops = [o for o in L["ops"] if o["block"] == b]
-        attn_ops = [o for o in block_ops if o["stage"] == "attn"]
-        placed: set[int] = set()
-        used = set()
-        for head in blk["heads"]:
-            h = head["head"]
-            used.add(h)
-            gloss = _gloss(head["where"])
-            lines.append(f"  head {h}: attends to {head['place']}"
-                         + (f" ({gloss})" if gloss else ""))
-            expected = None
-            for run in runs:
-                pre = f"run {run}: " if len(runs) > 1 else ""
-                hr = _head_run(head, attn_slot(run), rows, bias, bias_done[run], cleared[run])
-                expected = hr.expected
-                lines += [f"    {pre}{s}" for s in hr.lines]
-                for o in attn_ops:
-                    if o["run"] == run and o["index"] not in placed and (
-                            o["dst"] in hr.new or o["index"] in hr.moved):
-                        placed.add(o["index"])
-                        lines.append(f"    {pre}{_op_line(o)}")
-            if head["purpose"]:
-                lines.append(f"    purpose: {'; '.join(head['purpose'])}")
-            warning = ov_warning(cm, b, h, expected)
-            if warning:
-                lines.append(f"    {warning}")
-        for h in range(a["n_heads"]):
-            if h not in used:
-                lines.append(f"  head {h}: {unlisted_head(cm, b, h)}")
-        for run in runs:
-            pre = f"run {run}: " if len(runs) > 1 else ""
-            lines += [f"  {pre}{w}" for w in missing_clears(rows, run, cleared[run])]
-        for o in attn_ops:
-            if o["index"] not in placed:
-                lines.append(f"  attention op no head writes (all its coefficients are 0; "
-                             f"a bias would be in b_O): {_op_line(o)}")
-        for run in runs:
-            left = dict(bias)
-            for o in rows.occupants:
-                if o.label in bias_done[run]:
-                    for r in o.rows:
-                        left.pop(r, None)
-            pre = f"run {run}: " if len(runs) > 1 else ""
-            for r, v in sorted(left.items()):
-                lines.append(f"  {pre}attention bias b_O: {rows.label_write(r, attn_slot(run))} "
-                             f"+= {_num(v)}")
-        lines += _mlp_lines(cm, blk, rows, runs, [o for o in block_ops if o["stage"] != "attn"])
+        lines += _block_lines(cm, blk, rows)
     return "\n".join(lines)
+
+
+def _block_title(b: int, runs: list[int]) -> str:
+    if runs == [b]:
+        return f"Block {b}"
+    if len(runs) == 1:
+        return f"Block {b} (run {runs[0]} of the forward pass)"
+    return f"Block {b} (runs {', '.join(map(str, runs))}: the same weights each time; " \
+           f"statements per run)"
+
+
+@dataclass
+class _BlockState:
+    """What the heads of one block have accounted for so far, per run."""
+
+    bias: dict[int, float]  # row -> the block's attention bias there (from the weights)
+    bias_done: dict[int, set]  # run -> labels whose bias a statement named
+    cleared: dict[int, set]  # run -> labels (and (label, row)) some head zeroed
+    placed: set[int]  # attention ops traced under a head
+
+
+def _block_lines(cm: CompiledModel, blk: dict, rows: Rows) -> list[str]:
+    """One block's section: heads, the checks against the weights, bias, MLP."""
+    b = blk["block"]
+    runs = list(blk["runs"])
+    battn = attention_bias(cm, b)
+    st = _BlockState({int(r): float(battn[r]) for r in np.flatnonzero(battn)},
+                     {r: set() for r in runs}, {r: set() for r in runs}, set())
+    block_ops = [o for o in cm.layout["ops"] if o["block"] == b]
+    attn_ops = [o for o in block_ops if o["stage"] == "attn"]
+    lines = ["", _block_title(b, runs)]
+    for head in blk["heads"]:
+        lines += _head_lines(cm, b, head, runs, rows, attn_ops, st)
+    used = {head["head"] for head in blk["heads"]}
+    for h in range(cm.layout["architecture"]["n_heads"]):
+        if h not in used:
+            lines.append(f"  head {h}: {unlisted_head(cm, b, h)}")
+    for run in runs:
+        lines += [f"  {_pre(run, runs)}{w}" for w in missing_clears(rows, run, st.cleared[run])]
+    for o in attn_ops:
+        if o["index"] not in st.placed:
+            lines.append(f"  attention op no head writes (all its coefficients are 0; "
+                         f"a bias would be in b_O): {_op_line(o)}")
+    for run in runs:
+        left = dict(st.bias)
+        for o in rows.occupants:
+            if o.label in st.bias_done[run]:
+                for r in o.rows:
+                    left.pop(r, None)
+        for r, v in sorted(left.items()):
+            lines.append(f"  {_pre(run, runs)}attention bias b_O: "
+                         f"{rows.label_write(r, attn_slot(run))} += {_num(v)}")
+    return lines + _mlp_lines(cm, blk, rows, runs, [o for o in block_ops if o["stage"] != "attn"])
+
+
+def _pre(run: int, runs: list[int]) -> str:
+    return f"run {run}: " if len(runs) > 1 else ""
+
+
+def _head_lines(cm: CompiledModel, b: int, head: dict, runs: list[int], rows: Rows,
+                attn_ops: list[dict], st: _BlockState) -> list[str]:
+    """One head: its place, its statements run by run with the attention ops it carries, its
+    purpose (the layout's gloss) and the check of its W_V·W_O against its writes."""
+    h = head["head"]
+    lines = [f"  head {h}: attends to {head['place']} ({_gloss(head['where'])})"]
+    expected = None
+    for run in runs:
+        pre = _pre(run, runs)
+        hr = _head_run(head, attn_slot(run), rows, st.bias, st.bias_done[run], st.cleared[run])
+        expected = hr.expected
+        lines += [f"    {pre}{s}" for s in hr.lines]
+        for o in attn_ops:
+            if o["run"] == run and o["index"] not in st.placed and (
+                    o["dst"] in hr.new or o["index"] in hr.moved):
+                st.placed.add(o["index"])
+                lines.append(f"    {pre}{_op_line(o)}")
+    if head["purpose"]:
+        lines.append(f"    purpose: {'; '.join(head['purpose'])}")
+    warning = ov_warning(cm, b, h, expected)
+    return lines + ([f"    {warning}"] if warning else [])
 
 
 def inspect_text(cm: CompiledModel) -> str:
