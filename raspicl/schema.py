@@ -36,6 +36,7 @@ from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import LoadError
 from raspicl.lang.reads import ROLES
 from raspicl.model import GADGET_DTYPES
+from raspicl.slots import attn_slot, run_of, stage_of
 
 # architecture sizes, each a positive integer, in the order they are checked
 SIZES = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "n_ctx", "d_token", "d_out")
@@ -677,10 +678,11 @@ def _slot_records(layout: dict, ctx: Context) -> None:
         slot = rec["slot"]
         if slot == -1:
             want = {"slot": -1, "run": None, "stage": "embedding", "block": None}
-        elif slot // 2 < len(order):
-            want = {"slot": slot, "run": slot // 2, "stage": "attn" if slot % 2 == 0 else "mlp"}
+        elif run_of(slot) < len(order):
+            want = {"slot": slot, "run": run_of(slot), "stage": stage_of(slot).value}
         else:
-            raise fail(f"{path}.slot", f"must be below 2 runs = {2 * len(order)}, got {slot}")
+            raise fail(f"{path}.slot", f"must be below 2 runs = {attn_slot(len(order))}, got "
+                                       f"{slot}")
         for key, value in want.items():
             if rec[key] != value:
                 raise fail(f"{path}.{key}", f"must be {show(value)} for slot {slot}, got "
