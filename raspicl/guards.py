@@ -54,8 +54,8 @@ def check_prompt(layout: dict, tokens: np.ndarray | Prompts, on_violation: str =
             b, t, c = (int(i) for i in np.argwhere(bad)[0])
             messages.append(f"{token_name(layout, t, b)}, component {c} ({_component(layout, c)}), "
                             f"is {kind}{_count(bad)}; the model's output is undefined there")
-    domain = layout.get("domain", {})
-    comps = p.get("token_components", {"y": [0], "x": list(range(1, p["d_token"]))})
+    domain = layout["domain"]
+    comps = p["token_components"]
     for name in ("x", "y") if magnitudes else ():
         bound = domain.get(f"{name}_abs_max")
         if bound is None or not comps.get(name):
@@ -91,7 +91,7 @@ def token_name(layout: dict, t: int, b: int) -> str:
 
 def _component(layout: dict, c: int) -> str:
     """'y' or 'x[1]': what component c of a token carries."""
-    comps = layout["prompt"].get("token_components", {})
+    comps = layout["prompt"]["token_components"]
     for name, cols in comps.items():
         if c in cols:
             return name if len(cols) == 1 else f"{name}[{cols.index(c)}]"

@@ -36,6 +36,7 @@ from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import LoadError
 from raspicl.lang.reads import ROLES
 from raspicl.model import GADGET_DTYPES
+from raspicl.slots import attn_slot, run_of, stage_of
 
 # architecture sizes, each a positive integer, in the order they are checked
 SIZES = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "n_ctx", "d_token", "d_out")
@@ -423,37 +424,57 @@ ARCHITECTURE = Obj(
 PROMPT = Obj({"format": Str(), "d": Int(lo=1), "n_examples": Int(lo=0),
               "n_tokens": Int(equals="n_ctx", define="n_tokens"),
               "d_token": Int(equals="d_token"),
-              "roles": Array(Str(choices=ROLES), length="n_tokens")},
-             {"token_components": Map(Array(Int(below="d_token")), key="component")})
+              "roles": Array(Str(choices=ROLES), length="n_tokens"),
+              "token_components": Map(Array(Int(below="d_token")), key="component")})
 
-VERSION = Obj({"version": Int(), "rows": ROWS, "op": Nullable(Int()), "written": SLOT_NAME,
-               "written_after": Int(below="residuals"), "cleared": SLOT_NAME},
-              {"overwritten": SLOT_NAME, "bound": Nullable(Number(lo0=True, inf=True))})
+# A sublayer as a typed record (raspicl.layout_records.Slot); rule _slot_records checks that
+# run, stage and block agree with the slot number and architecture.block_order.
+SLOT_RECORD = Obj({"slot": Int(lo=-1), "run": Nullable(RUN),
+                   "stage": Str(choices=("embedding", "attn", "mlp")), "block": Nullable(BLOCK)})
+
+VERSION = Obj({"version": Int(), "label": Str(), "rows": ROWS, "op": Nullable(Int()),
+               "written": SLOT_NAME, "written_slot": SLOT_RECORD,
+               "written_after": Int(below="residuals"), "cleared": SLOT_NAME,
+               "cleared_slot": Nullable(SLOT_RECORD)},
+              {"overwritten": SLOT_NAME, "overwritten_slot": Nullable(SLOT_RECORD),
+               "bound": Nullable(Number(lo0=True, inf=True))})
+
+TEMPORARY = Obj({"label": Str(), "rows": ROWS, "written_slot": SLOT_RECORD,
+                 "cleared_slot": Nullable(SLOT_RECORD), "for_op": Int(), "operand": Str()},
+                {"name": Str(), "written": SLOT_NAME, "cleared": SLOT_NAME,
+                 "bound": Nullable(Number(lo0=True, inf=True))})
 
 REGISTER = Obj({"shape": SHAPE, "kind": Str(), "versions": Array(VERSION, min_len=1)})
 
 DIVISOR = Obj({"op": Int(), "register": Str(), "abs_min": Number(lo0=True, inf=True)},
               {"version": Int(), "tokens": Array(TOKEN)})
 
-HEAD = Obj({"head": Int(below="n_heads"), "place": Str(), "purpose": STRINGS,
+# The place a head attends to (also a monitor read's place).
+PLACE = Obj({"kind": Str(choices=("here", "offset", "at", "mean"))},
+            {"k": Int(lo=1), "index": TOKEN, "role": Str(choices=ROLES)})
+
+HEAD_WRITE = Obj({"kind": Str(choices=("move", "clear", "anchor", "temporary")), "run": RUN,
+                  "value": Str(), "rows": ROWS},
+                 {"op": Nullable(Int()), "source": Nullable(Str()), "reads": STRINGS})
+
+HEAD = Obj({"head": Int(below="n_heads"), "place": Str(), "where": PLACE, "purpose": STRINGS,
             "writes": Array(Obj({"from": Str(), "to": Str(), "from_row": ROW, "to_row": ROW,
-                                 "coef": Number()}))})
+                                 "coef": Number()})),
+            "actions": Array(HEAD_WRITE)})
 
 BLOCK_ENTRY = Obj({"block": BLOCK, "runs": Array(RUN), "heads": Array(HEAD),
-                   "mlp": Obj({"mode": Str(), "ln_eps": Number(positive=True),
-                               "units": Int(), "ops": STRINGS})})
+                   "mlp": Obj({"mode": Str(), "divisor": Nullable(Str()),
+                               "ln_eps": Number(positive=True), "units": Int(),
+                               "ops": STRINGS})})
 
 OP = Obj({"index": Int(), "kind": Str(), "dst": Str(), "source": Str(), "text": Str(),
-          "block": BLOCK, "stage": Str()},
-         {"run": RUN})
+          "block": BLOCK, "run": RUN, "stage": Str()})
 
 # The runtime monitor's record (raspicl.monitor): indices inside terms are checked against the
 # instruction's own reads and widths by the rule _monitor_references.
 LINEAR_TERM = Tuple((Int(), Number(), Int(), Int()), "out, coef, read, component")
 PRODUCT_TERM = Tuple((Int(), Number(), Int(), Int(), Int(), Int()),
                      "out, coef, read_a, component_a, read_b, component_b")
-PLACE = Obj({"kind": Str(choices=("here", "offset", "at", "mean"))},
-            {"k": Int(lo=1), "index": TOKEN, "role": Str(choices=ROLES)})
 PAIR = Obj({"a": Tuple((Int(), Int()), "read, component"),
             "b": Tuple((Int(), Int()), "read, component"),
             "k": Number(positive=True), "e": Number(positive=True),
@@ -490,6 +511,7 @@ LAYOUT = Obj(
                     "shape": SHAPE}),
      "domain": Obj({"x_abs_max": Number(lo0=True), "y_abs_max": Number(lo0=True),
                     "divisors": Array(DIVISOR)}),
+     "temporaries": Array(TEMPORARY),
      "ops": Array(OP),
      "blocks": Array(BLOCK_ENTRY, length="n_layers"),
      "compiler": Obj({"attention_margin": Number(positive=True),
@@ -500,7 +522,9 @@ LAYOUT = Obj(
                      "dtype": Str(choices=WEIGHT_DTYPES)}),
      "integrity": Obj({"algorithm": Const(INTEGRITY_ALGORITHM),
                        "covers": Const(INTEGRITY_COVERS), "digest": SHA256})},
-    {"masks": Map(Obj({"row": ROW, "values": Array(Number(), length="n_ctx")}), key="mask"),
+    {"masks": Map(Obj({"row": ROW, "values": Array(Number(), length="n_ctx"), "label": Str(),
+                       "written_slot": SLOT_RECORD, "cleared_slot": Nullable(SLOT_RECORD)}),
+                  key="mask"),
      "constants": Map(NumArray(), key="constant"),
      "loops": Array(Obj({"blocks": Array(BLOCK), "repeat": Int(lo=1),
                          "first_runs": Array(RUN)}))})
@@ -631,8 +655,62 @@ def _operand(widths: list[int], read: int, comp: int, path: str) -> None:
                          f"its width, got read {read}, component {comp}")
 
 
+def _slot_records(layout: dict, ctx: Context) -> None:
+    """Every slot record agrees with itself: slot -1 is the embedding (no run, no block); slot
+    s < 2 runs names run s // 2 and stage attn (s even) or mlp (s odd). (Its block, the one
+    block_order runs then, is left to the digest: an edited block_order is refused as an
+    edit, not as a schema error.)"""
+    order = layout["architecture"]["block_order"]
+    records = []
+    for name, reg in layout["registers"].items():
+        for i, v in enumerate(reg["versions"]):
+            for key in ("written_slot", "cleared_slot", "overwritten_slot"):
+                records.append((f"registers.{name}.versions[{i}].{key}", v.get(key)))
+    for i, t in enumerate(layout["temporaries"]):
+        for key in ("written_slot", "cleared_slot"):
+            records.append((f"temporaries[{i}].{key}", t[key]))
+    for name, m in layout.get("masks", {}).items():
+        for key in ("written_slot", "cleared_slot"):
+            records.append((f"masks.{name}.{key}", m[key]))
+    for path, rec in records:
+        if rec is None:
+            continue
+        slot = rec["slot"]
+        if slot == -1:
+            want = {"slot": -1, "run": None, "stage": "embedding", "block": None}
+        elif run_of(slot) < len(order):
+            want = {"slot": slot, "run": run_of(slot), "stage": stage_of(slot).value}
+        else:
+            raise fail(f"{path}.slot", f"must be below 2 runs = {attn_slot(len(order))}, got "
+                                       f"{slot}")
+        for key, value in want.items():
+            if rec[key] != value:
+                raise fail(f"{path}.{key}", f"must be {show(value)} for slot {slot}, got "
+                                            f"{show(rec[key])}")
+
+
+def _head_actions(layout: dict, ctx: Context) -> None:
+    """A head's actions happen in runs of its own block and name values the layout places (a
+    register version's label, a temporary, a mask or a fixed row)."""
+    labels = set(layout["fixed_rows"])
+    labels |= {v["label"] for reg in layout["registers"].values() for v in reg["versions"]}
+    labels |= {t["label"] for t in layout["temporaries"]}
+    labels |= {m["label"] for m in layout.get("masks", {}).values()}
+    for b, blk in enumerate(layout["blocks"]):
+        for h, head in enumerate(blk["heads"]):
+            for a, act in enumerate(head["actions"]):
+                at = f"blocks[{b}].heads[{h}].actions[{a}]"
+                if act["run"] not in blk["runs"]:
+                    raise fail(f"{at}.run", f"must be a run of block {b} ({blk['runs']}), got "
+                                            f"{show(act['run'])}")
+                if act["value"] not in labels:
+                    raise fail(f"{at}.value", f"must name a value the layout places, got "
+                                              f"{show(act['value'])}")
+
+
 RULES: tuple[Callable[[dict, Context], None], ...] = (
-    _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references)
+    _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references,
+    _slot_records, _head_actions)
 
 
 # ---------------------------------------------------------------------------------- tensors
@@ -714,7 +792,8 @@ def validate_layout(layout: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> 
     version = layout.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise fail("format_version", f"is {show(version)}; this raspicl reads format "
-                                     f"{FORMAT_VERSION}")
+                                     f"{FORMAT_VERSION} only (the model was written by another "
+                                     f"raspicl version): compile the model again")
     if "integrity" not in layout:
         raise fail("integrity", "is missing: the layout carries no digest over itself and the "
                                 "weights (written by an older raspicl?); compile the model "

@@ -330,6 +330,30 @@ MALFORMED = [
      r"format_version is true; this raspicl reads format"),
     ("format_version old", lambda L: L.__setitem__("format_version", 0),
      r"format_version is 0; this raspicl reads format"),
+    ("format_version 2", lambda L: L.__setitem__("format_version", 2),
+     r"format_version is 2; this raspicl reads format 3 only .*: compile the model again"),
+    ("slot record stage", lambda L: L["registers"]["g"]["versions"][0]["written_slot"].update(
+        stage={"attn": "mlp", "mlp": "attn"}[L["registers"]["g"]["versions"][0]["written_slot"]
+                                             ["stage"]]),
+     r'registers\.g\.versions\[0\]\.written_slot\.stage must be "(attn|mlp)" for slot \d+'),
+    ("slot record past the end", lambda L: L["registers"]["g"]["versions"][0].__setitem__(
+        "cleared_slot", {"slot": 40, "run": None, "stage": "attn", "block": None}),
+     r"registers\.g\.versions\[0\]\.cleared_slot\.slot must be below 2 runs = \d+, got 40"),
+    ("typed label missing", lambda L: L["registers"]["g"]["versions"][0].pop("label"),
+     r"registers\.g\.versions\[0\]\.label is missing"),
+    ("action kind", lambda L: L["blocks"][0]["heads"][0]["actions"].append(
+        {"kind": "paint", "run": 0, "value": "x", "rows": [0]}),
+     r"blocks\[0\]\.heads\[0\]\.actions\[\d+\]\.kind must be one of \"move\""),
+    ("action value", lambda L: L["blocks"][0]["heads"][0]["actions"].append(
+        {"kind": "clear", "run": 0, "value": "nope", "rows": [0]}),
+     r"blocks\[0\]\.heads\[0\]\.actions\[\d+\]\.value must name a value the layout "
+     r"places, got \"nope\""),
+    ("action run", lambda L: L["blocks"][0]["heads"][0]["actions"].append(
+        {"kind": "clear", "run": 1, "value": "x", "rows": [0]}),
+     r"blocks\[0\]\.heads\[0\]\.actions\[\d+\]\.run must be a run of block 0 \(\[0\]\)"),
+    ("temporaries missing", lambda L: L.pop("temporaries"), r"temporaries is missing"),
+    ("mlp divisor missing", lambda L: L["blocks"][0]["mlp"].pop("divisor"),
+     r"blocks\[0\]\.mlp\.divisor is missing"),
 ]
 
 

@@ -7,11 +7,13 @@ back into x_prev, and the block that divides (by the div op's own divisor regist
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
 
 from raspicl import inspect as rinspect
+from raspicl.compiled import CompiledModel
 from raspicl.compiler import compile_program
 from raspicl.export import load, save
 from raspicl.registry import find_program
@@ -169,3 +171,42 @@ def test_looped_model_is_described_run_by_run():
     for o in cm.layout["ops"]:  # each looped op sits under its own run
         if order.count(o["block"]) > 1:
             assert re.search(rf"run {o['run']}: op {o['index']} ", report), o["index"]
+
+
+def _scramble_prose(layout: dict) -> dict:
+    """A copy of the layout whose prose glosses (sublayer names, temporaries' names, row names,
+    the heads' writes by name, their purposes) are replaced by junk; the typed records stay."""
+    L = copy.deepcopy(layout)
+    junk = "#GLOSS#"
+    for reg in L["registers"].values():
+        for v in reg["versions"]:
+            for key in ("written", "cleared", "overwritten"):
+                if key in v:
+                    v[key] = junk
+    for t in L["temporaries"]:
+        t["name"] = t["written"] = t["cleared"] = junk
+    L["row_names"] = [junk] * len(L["row_names"])
+    for blk in L["blocks"]:
+        for head in blk["heads"]:
+            head["purpose"] = [junk]
+            head["reads"] = [junk] * len(head["reads"])
+            for w in head["writes"]:
+                w["from"] = w["to"] = junk
+    return L
+
+
+@pytest.mark.parametrize("loops", ["unroll", "share"])
+def test_report_reads_records_not_prose(loops):
+    """inspect works from the typed records alone: with every prose gloss it does not print
+    replaced by junk, the report is the same (apart from the heads' purpose lines, which
+    print that prose)."""
+    cm = compile_program(find_program("sgd").build(d=1, n=2), loops=loops)
+    scrambled = CompiledModel(cm.model, _scramble_prose(cm.layout))
+
+    def text(m) -> list[str]:
+        return [line for line in rinspect.inspect_text(m).splitlines()
+                if not line.lstrip().startswith("purpose: ")]
+
+    got = text(scrambled)
+    assert "#GLOSS#" not in "\n".join(got)
+    assert got == text(cm)

@@ -1,4 +1,5 @@
-"""The compiler: Program -> validate -> lower -> schedule -> lay out -> gadgets -> model.
+"""The compiler: Program -> validate -> lower -> schedule -> liveness -> lay out -> gadgets ->
+model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
 layout, everything a reader needs to interpret the weights.
@@ -13,7 +14,8 @@ from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
 from raspicl.compiler.layout import lay_out
-from raspicl.compiler.loops import fix_clears, link_iterations
+from raspicl.compiler.liveness import liveness
+from raspicl.compiler.loops import link_iterations
 from raspicl.compiler.lower import lower
 from raspicl.compiler.schedule import schedule
 from raspicl.lang.program import Program
@@ -43,9 +45,7 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
     sched = schedule(low, share_loops=share)
-    if share:
-        fix_clears(low, sched)
-    layout = lay_out(low, sched)
+    layout = lay_out(low, sched, liveness(low, sched, share_loops=share))
     tuning = Tuning()
     for passes in range(1, config.feasibility_passes + 2):
         blocks = build_blocks(low, sched, layout, config, tuning)

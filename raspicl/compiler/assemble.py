@@ -18,9 +18,8 @@ from raspicl.compiler.gadgets.mlp import (
     product_units,
 )
 from raspicl.compiler.layout import Layout
-from raspicl.compiler.loops import wraparound_clears
 from raspicl.compiler.lower import Instr, Lowered, Value
-from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 from raspicl.model import ModelConfig, Transformer
@@ -99,12 +98,8 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
                 for name in ("anchor_pos", "anchor_neg"):
                     nxt.clear(fixed[name])
                 nxt.note("clear the anchors")
-    wrap = wraparound_clears(low, sched)
     for v in layout.values:
-        c = clear_slot(v)
-        targets = [c // 2] if c is not None else []
-        targets += [b for b, vs in wrap.items() if v in vs]
-        for b in targets:
+        for b in layout.liveness.cleared_by(v):
             if b < sched.n_blocks:
                 head = blocks[b].head(Here())
                 for r in v.rows:

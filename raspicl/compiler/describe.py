@@ -1,17 +1,28 @@
-"""The layout record (layout.json): what every row, head and MLP of a compiled model means."""
+"""The layout record (layout.json): what every row, head and MLP of a compiled model means.
+
+Runs last; sets no field. Facts are written as the typed records of raspicl.layout_records
+(slots, head writes, labels, clear points, each MLP's divisor), which inspect, export and the
+schema read; beside them, prose glosses ('written': 'block 1 mlp', a head's 'purpose') are for
+people and are never parsed. Clear points come from the Liveness the layout carries.
+"""
 
 from __future__ import annotations
 
 from raspicl.compiler.assemble import BlockSpec
 from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.gadgets.attention import HeadSpec, place_key
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Lowered
-from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
+from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
 from raspicl.model import ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
+from raspicl.slots import run_of
+from raspicl.slots import slot_name as name_of
 
-FORMAT_VERSION = 2
+# 3: typed records (labels, slot records, head actions, temporaries' slots, MLP divisors)
+FORMAT_VERSION = 3
 
 
 def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
@@ -20,19 +31,12 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     run to the stored block it executes (the same list as architecture.block_order)."""
     program = low.program
     fmt = program.format
-    first_run = {}
-    for run, stored in enumerate(order):
-        first_run.setdefault(stored, run)
-
     def slot_name(slot: int | None) -> str | None:
-        if slot is None or slot // 2 >= len(order):
+        if slot is None or run_of(slot) >= len(order):
             return None
-        if slot < 0:
-            return "embedding"
-        run, stage = slot // 2, ("attn" if slot % 2 == 0 else "mlp")
-        block = order[run]
-        return f"block {block} {stage}" if run == block else f"run {run} (block {block}) {stage}"
+        return name_of(slot, order)
 
+    live = layout.liveness
     return {
         "format_version": FORMAT_VERSION,
         "program": {"name": program.name, "params": _jsonable(program.params)},
@@ -56,11 +60,12 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         },
         "fixed_rows": dict(layout.fixed),
         "row_names": layout.row_names,
-        "registers": _registers(low, program, slot_name),
-        "temporaries": [{"name": v.label, "rows": v.rows, "written": slot_name(v.write_slot),
-                         "cleared": slot_name(clear_slot(v)), "bound": v.bound}
-                        for v in sched.temps],
-        "masks": {v.name: {"row": v.rows[0], "values": mask.tolist()}
+        "registers": _registers(low, program, slot_name, layout, order),
+        "temporaries": [_temporary(ins, i, t, order, slot_name, live) for ins in low.instrs
+                        for i, t in ins.temps.items()],
+        "masks": {v.name: {"row": v.rows[0], "values": mask.tolist(), "label": v.label,
+                           "written_slot": slot_json(v.write_slot, order),
+                           "cleared_slot": slot_json(live.clear_slot(v), order)}
                   for v, mask in low.masks.values()},
         "constants": {name: program.constants[name].tolist() for name, reg in
                       program.registers.items() if reg.kind == "const"},
@@ -73,8 +78,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                  "source": str(ins.op.source), "text": ins.op.describe(),
                  "block": order[ins.block], "run": ins.block, "stage": ins.stage}
                 for ins in low.instrs],
-        "blocks": [_block(i, blocks[first_run[i]], layout, cfg,
-                          [r for r, s in enumerate(order) if s == i])
+        "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
+                          sched)
                    for i in range(cfg.n_layers)],
         "loops": [{"blocks": order[lp.starts[0]:lp.starts[0] + lp.length],
                    "repeat": len(lp.starts), "first_runs": lp.starts}
@@ -134,7 +139,16 @@ def _place(at: Where) -> dict:
     raise TypeError(f"unknown place {at!r}")
 
 
-def _registers(low: Lowered, program, slot_name) -> dict:
+def _temporary(ins, i: int, t, order: list[int], slot_name, live) -> dict:
+    """A temporary: the rows an MLP op's remote operand is moved into by its block's attention."""
+    c = live.clear_slot(t)
+    return {"name": t.label, "label": t.label, "rows": t.rows, "written": slot_name(t.write_slot),
+            "cleared": slot_name(c), "bound": t.bound,
+            "written_slot": slot_json(t.write_slot, order), "cleared_slot": slot_json(c, order),
+            "for_op": ins.op.index, "operand": ins.reads[i][0].label}
+
+
+def _registers(low: Lowered, program, slot_name, layout: Layout, order: list[int]) -> dict:
     out: dict[str, dict] = {}
     for v in low.values:
         if v.kind == "mask":  # a select's token mask: listed under masks, not registers
@@ -142,7 +156,7 @@ def _registers(low: Lowered, program, slot_name) -> dict:
         reg = program.registers[v.name]
         entry = out.setdefault(v.name, {"shape": list(reg.shape), "kind": reg.kind,
                                         "versions": []})
-        c = clear_slot(v)
+        c = layout.liveness.clear_slot(v)
         entry["versions"].append({
             "version": v.version,
             "rows": v.rows,
@@ -152,6 +166,10 @@ def _registers(low: Lowered, program, slot_name) -> dict:
             "cleared": slot_name(c),
             "overwritten": slot_name(v.overwritten_at),  # by its successor, in place (loops)
             "bound": v.bound,
+            "label": v.label,
+            "written_slot": slot_json(v.write_slot, order),
+            "cleared_slot": slot_json(c, order),
+            "overwritten_slot": slot_json(v.overwritten_at, order),
         })
     return out
 
@@ -173,20 +191,27 @@ def _domain(low: Lowered) -> dict:
     }
 
 
-def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
-           runs: list[int]) -> dict:
+def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig,
+           runs: list[int], sched: Schedule) -> dict:
+    """One stored block: its heads (as in its first run, with every run's actions), its
+    attention bias and its MLP. `blocks` are the BlockSpecs of every run."""
     names = layout.row_names
+    block = blocks[runs[0]]
     heads = []
-    ordered = [head for _, head in sorted(block.heads.items(), key=lambda kv: kv[0])]
-    for h, head in enumerate(ordered):
+    ordered = sorted(block.heads.items(), key=lambda kv: kv[0])
+    for h, (key, head) in enumerate(ordered):
+        actions = [a.to_json() for run in runs
+                   for a in _head_actions(blocks[run].heads[key], key[:-1], run, sched, layout)]
         heads.append({
             "head": h,
             "place": head.place.describe(),
+            "where": _place(head.place),
             "reads": [names[r] for r in head.columns],
             "writes": [{"from": names[head.columns[c]], "to": names[r],
                         "from_row": head.columns[c], "to_row": r, "coef": coef}
                        for c, r, coef in head.writes],
             "purpose": head.purposes,
+            "actions": actions,
         })
     return {
         "block": index,
@@ -196,10 +221,75 @@ def _block(index: int, block: BlockSpec, layout: Layout, cfg: ModelConfig,
                            for r, b in sorted(block.b_O.items()) if b != 0.0],
         "mlp": {"mode": "neutral" if block.divisor is None
                 else f"divide by |{block.divisor.label}|",
+                "divisor": block.divisor.label if block.divisor is not None else None,
                 "ln_eps": cfg.ln_eps[index], "units": len(block.units),
                 "anchor": block.anchor if block.divisor is not None else None,
                 "ops": block.mlp_ops},
     }
+
+
+def _head_actions(head: HeadSpec, key: tuple, run: int, sched: Schedule,
+                  layout: Layout) -> list[HeadWrite]:
+    """What one head (one part of a split head: `key` its place's key) does in one run, from
+    the schedule, the layout and liveness; each action keeps only the rows this part writes."""
+    written = {r for _, r, _ in head.writes}
+
+    def mine(rows) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(r for r in rows if r in written))
+
+    out = _op_actions(key, run, sched, mine)
+    if key == place_key(Here()):
+        out += _self_head_actions(head, run, sched, layout, mine)
+    return out
+
+
+def _op_actions(key: tuple, run: int, sched: Schedule, mine) -> list[HeadWrite]:
+    """Moves (attention ops' results) and temporaries (MLP ops' remote operands) this head
+    writes in this run."""
+    out: list[HeadWrite] = []
+    for ins in sched.instrs:
+        if ins.block != run:
+            continue
+        src = str(ins.op.source)
+        if ins.stage == "attn":
+            terms = [(o, ri) for o, _, ri, _ in ins.linear if place_key(ins.reads[ri][1]) == key]
+            rows = mine(ins.dst.rows[o] for o, _ in terms)
+            if rows:
+                reads = tuple(dict.fromkeys(ins.reads[ri][0].label for _, ri in terms))
+                out.append(HeadWrite(HeadWriteKind.MOVE, run, ins.dst.label, rows,
+                                     ins.op.index, src, reads))
+        for i, t in ins.temps.items():
+            v, at = ins.reads[i]
+            rows = mine(t.rows)
+            if place_key(at) == key and rows:
+                out.append(HeadWrite(HeadWriteKind.TEMPORARY, run, t.label, rows, ins.op.index,
+                                     src, (v.label,)))
+    return out
+
+
+def _self_head_actions(head: HeadSpec, run: int, sched: Schedule, layout: Layout,
+                       mine) -> list[HeadWrite]:
+    """The self-head's anchors (from the schedule), its anchor clears (rows onto themselves
+    with -1 in its writes) and its clears of dead values (from liveness)."""
+    out: list[HeadWrite] = []
+    fixed = layout.fixed
+    anchors = [fixed[n] for n in ANCHOR_ROWS if n in fixed]
+    divisor = sched.anchors.get(run)
+    if divisor is not None and mine(anchors):
+        op = next(ins.op for ins in sched.instrs if ins.block == run and ins.divisor is divisor)
+        out.append(HeadWrite(HeadWriteKind.ANCHOR, run, divisor.label, mine(anchors), op.index,
+                             str(op.source), (divisor.label,)))
+    self_clears = {head.columns[c] for c, r, coef in head.writes
+                   if coef == -1.0 and head.columns[c] == r}
+    for name in ANCHOR_ROWS:
+        if name in fixed and fixed[name] in self_clears:
+            out.append(HeadWrite(HeadWriteKind.CLEAR, run, name, (fixed[name],)))
+    for v in layout.values:
+        if run in layout.liveness.cleared_by(v):
+            rows = mine(v.rows)
+            if rows:
+                out.append(HeadWrite(HeadWriteKind.CLEAR, run, v.label, rows))
+    return out
 
 
 def _jsonable(obj):

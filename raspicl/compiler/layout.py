@@ -5,19 +5,25 @@ Fixed rows come first: `zero` (never written: LayerNorm's mean is read off it), 
 per role, and the two division anchors. Then values are placed in order of their write slot,
 reusing the rows of values already cleared, so the width follows the live set rather than the
 number of writes.
+
+Sets `Value.rows` on every value (inputs, constants, masks, op results, temporaries); reads the
+clear slots liveness decided (a row is free from its value's clear slot on). The Layout it
+returns carries that Liveness on to assemble and describe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from raspicl.compiler.liveness import Liveness
 from raspicl.compiler.lower import Lowered, Value
-from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
 from raspicl.lang.reads import ROLES
+from raspicl.layout_records import ANCHOR_ROWS
 
 FIXED = ("zero", "one", "pos", "pos_sq", "is_x", "is_y", "is_query")
-ANCHORS = ("anchor_pos", "anchor_neg")
+ANCHORS = ANCHOR_ROWS
 
 
 @dataclass
@@ -25,13 +31,12 @@ class Layout:
     d_model: int
     fixed: dict[str, int]
     values: list[Value]
-    row_names: list[str] = field(default_factory=list)
-
-    def row(self, name: str) -> int:
-        return self.fixed[name]
+    row_names: list[str]
+    liveness: Liveness  # the clear slots the rows were laid out by (handed on to assemble)
 
 
-def lay_out(low: Lowered, sched: Schedule) -> Layout:
+def lay_out(low: Lowered, sched: Schedule, live: Liveness) -> Layout:
+    """Rows for every value (see the module doc), free again from each value's clear slot."""
     fixed_names = list(FIXED) + (list(ANCHORS) if sched.anchors else [])
     fixed = {name: i for i, name in enumerate(fixed_names)}
     assert all(f"is_{r}" in fixed for r in ROLES)
@@ -59,7 +64,7 @@ def lay_out(low: Lowered, sched: Schedule) -> Layout:
                     start -= 1
                 free_from += [float("-inf")] * (start + v.width - len(free_from))
             rows = list(range(start, start + v.width))
-        c = clear_slot(v)
+        c = live.clear_slot(v)
         until = float("inf") if c is None or v in replaced else c
         for r in rows:
             free_from[r] = until
@@ -71,7 +76,7 @@ def lay_out(low: Lowered, sched: Schedule) -> Layout:
         for k, r in enumerate(v.rows):
             tag = v.label if v.width == 1 else f"{v.label}[{k}]"
             names[r] = tag if not names[r] else f"{names[r]}|{tag}"
-    return Layout(d_model, fixed, placed, names)
+    return Layout(d_model, fixed, placed, names, live)
 
 
 def _find_run(free_from: list[float], width: int, slot: int) -> int | None:

@@ -5,21 +5,27 @@ to the same blocks over the same rows:
 - before scheduling, `link_iterations` pairs every value of iteration k with its iteration-0
   twin (same rows), and makes each var's last write in an iteration take over the rows of the
   version it replaces, so the loop state stays in place;
-- the scheduler starts every iteration on a fresh block (schedule.py, share_loops);
-- the scheduler lets a var's new version overwrite the old one in place: an attention write
+- placement starts every iteration on a fresh block (placement.py, share_loops);
+- placement lets a var's new version overwrite the old one in place: an attention write
   once the old version is cleared, or a neutral MLP write that subtracts the old value itself;
-- after scheduling, `fix_clears` keeps values from before the loop, and the loop state the
-  last iteration leaves, alive until the loop ends (a shared block must not clear them); the
-  clears that iteration k + 1 inherits from iteration k are also given to iteration 0 (on rows
-  that are still zero then), as are the anchor clears after a division;
+- liveness (liveness.py) calls `defer_clears`, which keeps values from before the loop, and
+  the loop state the last iteration leaves, alive until the loop ends (a shared block must not
+  clear them); the clears that iteration k + 1 inherits from iteration k are also given to
+  iteration 0 (on rows that are still zero then: `wraparound_clears`), as are the anchor
+  clears after a division;
 - assemble checks that the blocks are identical and keeps one copy (a looped transformer).
+
+Fields set: `link_iterations` sets `Value.template`, `Value.replaces` (with share_rows) and
+unifies `Value.bound` across twins; `defer_clears` and `wraparound_clears` set no field (they
+update and return liveness's clear slots).
 """
 
 from __future__ import annotations
 
 from raspicl.compiler.lower import Lowered, Value
-from raspicl.compiler.schedule import Schedule, clear_slot
+from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
+from raspicl.slots import attn_slot
 
 
 def link_iterations(low: Lowered, share_rows: bool = True) -> None:
@@ -96,37 +102,39 @@ def _share_bounds(low: Lowered) -> None:
             m.bound = bound
 
 
-def fix_clears(low: Lowered, sched: Schedule) -> None:
-    """Defer clears of pre-loop values to after the loop; copy wrap-around clears to the
-    first iteration (see the module doc)."""
+def defer_clears(low: Lowered, sched: Schedule, clears: dict[Value, int | None]) -> None:
+    """Liveness in a shared loop: defer clears of pre-loop values, and of the state the last
+    iteration leaves, to the first attention after the loop (see the module doc). Updates
+    `clears` (value -> clear slot) in place, loop by loop."""
     replaced = {v.replaces for v in low.values if v.replaces is not None}
     for loop in sched.loops:
         start, length = loop.starts[0], loop.length
-        end_slot = 2 * (loop.starts[-1] + length)  # first attention after the loop
+        end_slot = attn_slot(loop.starts[-1] + length)  # first attention after the loop
         last = (loop.loop_id, len(loop.starts) - 1)
         for v in low.values + sched.temps:
-            c = clear_slot(v)
-            if c is None or not 2 * start <= c < end_slot:
+            c = clears[v]
+            if c is None or not attn_slot(start) <= c < end_slot:
                 continue
-            if v.write_slot < 2 * start and v not in replaced:
-                v.clear_override = end_slot  # from before the loop: keep its rows to the end
+            if v.write_slot < attn_slot(start) and v not in replaced:
+                clears[v] = end_slot  # from before the loop: keep its rows to the end
             elif (v.replaces is not None and v not in replaced and v.op is not None
                   and v.op.loop == last):
                 # the loop state after the last iteration: in every other iteration the next
                 # one reads (and clears or overwrites) it; here nothing inside the loop may
-                v.clear_override = end_slot
+                clears[v] = end_slot
 
 
-def wraparound_clears(low: Lowered, sched: Schedule) -> dict[int, list[Value]]:
-    """block -> values whose rows the first iteration's first block clears, as every later
+def wraparound_clears(low: Lowered, sched: Schedule,
+                      clears: dict[Value, int | None]) -> dict[int, list[Value]]:
+    """run -> values whose rows the first iteration's first block clears, as every later
     iteration's first block clears the previous iteration's."""
     extra: dict[int, list[Value]] = {}
     for loop in sched.loops:
         if len(loop.starts) < 2:
             continue
-        boundary = 2 * loop.starts[1]
+        boundary = attn_slot(loop.starts[1])
         for v in low.values + sched.temps:
-            if v.kind in ("op", "temp") and 2 * loop.starts[0] <= v.write_slot < boundary \
-                    and clear_slot(v) == boundary:
+            if v.kind in ("op", "temp") and attn_slot(loop.starts[0]) <= v.write_slot < boundary \
+                    and clears[v] == boundary:
                 extra.setdefault(loop.starts[0], []).append(v)
     return extra
