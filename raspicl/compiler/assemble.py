@@ -23,7 +23,7 @@ from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule, clear_slot
 from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
-from raspicl.model import ModelConfig, Transformer
+from raspicl.model import LayerNorm, ModelConfig, Transformer
 from raspicl.monitor import ProductPair
 
 
@@ -254,7 +254,6 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                       d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
                       d_out=low.output.width, ln_eps=eps,
                       block_order=tuple(order) if len(stored) < len(runs) else ())
-    model = Transformer(cfg)
     W_E = np.zeros((fmt.d_token, D))
     W_E[0, low.inputs["y"].rows[0]] = 1.0
     for j, r in enumerate(low.inputs["x"].rows):
@@ -275,13 +274,35 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     sd = {"embed.W_E": W_E, "pos_embed.W_pos": W_pos, "unembed.W_U": W_U}
     for layer, b in enumerate(stored):
         sd |= {f"blocks.{layer}.{name}": arr for name, arr in runs[b].items()}
-    state = model.state_dict()
-    for name, arr in sd.items():
-        if state[name].shape != arr.shape:
-            raise AssertionError(f"{name}: built {arr.shape}, model has {state[name].shape}")
-        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
-    model.load_state_dict(state)
+    model = model_from_arrays(cfg, sd)
     return model, order
+
+
+def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transformer:
+    """A Transformer whose parameters are `arrays` themselves (float64, shared with numpy, not
+    copied); a parameter not in `arrays` is a LayerNorm weight of ones or else zeros, the
+    values the gadgets assume. The model is built on the meta device first, so no zero-filled
+    weights are allocated and then overwritten."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    layer_norm_weights = {f"{name}.w" for name, m in model.named_modules()
+                          if isinstance(m, LayerNorm)}
+    state = {}
+    for name, meta in model.state_dict().items():
+        arr = arrays.get(name)
+        if arr is None:
+            fill = torch.ones if name in layer_norm_weights else torch.zeros
+            state[name] = fill(meta.shape, dtype=torch.float64)
+            continue
+        if tuple(meta.shape) != arr.shape:
+            raise AssertionError(f"{name}: built {arr.shape}, model has {tuple(meta.shape)}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    unknown = set(arrays) - set(state)
+    if unknown:
+        raise AssertionError(f"built weights the model does not have: {sorted(unknown)}")
+    model.load_state_dict(state, assign=True)
+    model.requires_grad_(False)
+    return model
 
 
 def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
@@ -305,19 +326,17 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     bO = np.zeros(D)
     for r, b in block.b_O.items():
         bO[r] += b
-    if block.divisor is not None:
-        W_in, b_in = division_read(block.units, rows, D, block.anchor)
+    if block.divisor is not None:  # allocated at d_mlp units: the padding is zeros
+        W_in, b_in = division_read(block.units, rows, D, block.anchor, d_mlp)
     else:
-        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps)
-    W_out = np.zeros((len(block.units), D))
+        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps, d_mlp)
+    W_out = np.zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():
             W_out[u, r] += w
-    pad = d_mlp - len(block.units)
     return {
         "attn.W_Q": WQ, "attn.W_K": WK, "attn.W_V": WV, "attn.W_O": WO, "attn.b_O": bO,
-        "mlp.W_in": np.pad(W_in, ((0, 0), (0, pad))), "mlp.b_in": np.pad(b_in, (0, pad)),
-        "mlp.W_out": np.pad(W_out, ((0, pad), (0, 0))),
+        "mlp.W_in": W_in, "mlp.b_in": b_in, "mlp.W_out": W_out,
     }
 
 

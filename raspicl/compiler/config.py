@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+# Calibration prompts the interpreter runs at a time (compiler/calibrate.py). Calibration keeps
+# running maxima, minima and counts, so the bounds do not depend on it; memory grows with it
+# (chunk x tokens x the width of the registers live at once, in float64), and a chunk too small
+# pays numpy's per-call overhead once per op. Condition: >= 1; 64 keeps ridge d = 8, n = 16
+# (width-64 registers, 33 tokens) at about 1 MB per live register.
+CALIBRATION_CHUNK = 64
+
 
 @dataclass(frozen=True)
 class CompilerConfig:
