@@ -146,32 +146,57 @@ def split_heads(blocks: list[BlockSpec]) -> int:
 
 
 def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) -> None:
+    """One scheduled instruction's heads (attention) or MLP units, added to its block."""
     dst = ins.dst
     what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
     if ins.stage == "attn":
-        for o, c, ri, ci in ins.linear:
-            v, at = ins.reads[ri]
-            head = block.head(at)
-            head.copy(v.rows[ci], dst.rows[o], c)
-            head.note(what)
-        for o, b in enumerate(ins.bias):
-            if b != 0.0:
-                block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
+        _emit_attention(ins, block, what)
         return
-    operand_rows = []
     facts = block.gadgets.setdefault(ins.op.index, Gadgets())
+    operand_rows = _operand_rows(ins, block)
+    bounds = [ins.temps[i].bound if i in ins.temps else v.bound
+              for i, (v, _) in enumerate(ins.reads)]
+    block.units += _affine_part(ins, operand_rows)
+    if ins.mask is not None:
+        block.units += _gated_part(ins, operand_rows, bounds, facts, config)
+    block.units += _product_part(ins, operand_rows, bounds, facts, config)
+    block.mlp_ops.append(what)
+
+
+def _emit_attention(ins: Instr, block: BlockSpec, what: str) -> None:
+    """A linear op placed in attention: one head per place, the bias in b_O."""
+    dst = ins.dst
+    for o, c, ri, ci in ins.linear:
+        v, at = ins.reads[ri]
+        head = block.head(at)
+        head.copy(v.rows[ci], dst.rows[o], c)
+        head.note(what)
+    for o, b in enumerate(ins.bias):
+        if b != 0.0:
+            block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
+
+
+def _operand_rows(ins: Instr, block: BlockSpec) -> list[list[int]]:
+    """Per read, the rows the MLP reads it from: its own, or the temporary a head of this
+    block moves a remote read into (the head is added here)."""
+    operand_rows = []
     for i, (v, at) in enumerate(ins.reads):
         if i in ins.temps:
             t = ins.temps[i]
             head = block.head(at)
             for k in range(v.width):
                 head.copy(v.rows[k], t.rows[k])
-            head.note(f"read {v.label} ({at.describe()}) for {dst.label}")
+            head.note(f"read {v.label} ({at.describe()}) for {ins.dst.label}")
             operand_rows.append(t.rows)
         else:
             operand_rows.append(v.rows)
-    bounds = [ins.temps[i].bound if i in ins.temps else v.bound
-              for i, (v, _) in enumerate(ins.reads)]
+    return operand_rows
+
+
+def _affine_part(ins: Instr, operand_rows: list[list[int]]) -> list[UnitSpec]:
+    """Exact affine units for the linear terms and bias (minus the old value, for a write
+    that overwrites its predecessor in place)."""
+    dst = ins.dst
     per_row: dict[int, dict[int, float]] = {}
     for o, c, ri, ci in ins.linear:
         row = operand_rows[ri][ci]
@@ -182,26 +207,41 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         for o, row in enumerate(old.rows):
             per_row.setdefault(o, {})
             per_row[o][row] = per_row[o].get(row, 0.0) - 1.0
+    units = []
     for o in range(dst.width):
         if o in per_row or ins.bias[o] != 0.0:
-            block.units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
-    if ins.mask is not None:
-        gated: dict[int, dict[int, float]] = {}
-        for o, c, ri, ci in ins.gated:
-            row = operand_rows[ri][ci]
-            gated.setdefault(o, {})
-            gated[o][row] = gated[o].get(row, 0.0) + c
-        facts.gate_bound = [0.0] * dst.width
-        for o in range(dst.width):
-            terms = gated.get(o, {})
-            b = float(ins.gated_bias[o])
-            if terms or b != 0.0:
-                bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
-                                     for r, c in terms.items())
-                bound = max(bound, ins.gate_floor)
-                block.units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
-                                          config.select_sharpness)
-                facts.gate_bound[o] = bound
+            units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
+    return units
+
+
+def _gated_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
+                facts: Gadgets, config: CompilerConfig) -> list[UnitSpec]:
+    """A select's gate units, each output's gate bound recorded in `facts`."""
+    dst = ins.dst
+    gated: dict[int, dict[int, float]] = {}
+    for o, c, ri, ci in ins.gated:
+        row = operand_rows[ri][ci]
+        gated.setdefault(o, {})
+        gated[o][row] = gated[o].get(row, 0.0) + c
+    facts.gate_bound = [0.0] * dst.width
+    units = []
+    for o in range(dst.width):
+        terms = gated.get(o, {})
+        b = float(ins.gated_bias[o])
+        if terms or b != 0.0:
+            bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
+                                 for r, c in terms.items())
+            bound = max(bound, ins.gate_floor)
+            units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
+                                config.select_sharpness)
+            facts.gate_bound[o] = bound
+    return units
+
+
+def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
+                  facts: Gadgets, config: CompilerConfig) -> list[UnitSpec]:
+    """Product units, one gadget per pair of operand rows (its outputs summed), each pair's
+    constants recorded in `facts` for the monitor."""
     pairs: dict[tuple[int, int], dict[int, float]] = {}
     row_bound: dict[int, float] = {}
     operand_of: dict[int, tuple[int, int]] = {}  # row -> (read, component)
@@ -212,14 +252,15 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         operand_of.setdefault(b, (rb, cb))
         outs = pairs.setdefault((min(a, b), max(a, b)), {})
         outs[o] = outs.get(o, 0.0) + c
+    units = []
     for (a, b), outs in pairs.items():
-        block.units += product_units(a, b, row_bound[a], row_bound[b],
-                                     {dst.rows[o]: c for o, c in outs.items()},
-                                     config.product_scale, config.richardson)
+        units += product_units(a, b, row_bound[a], row_bound[b],
+                               {ins.dst.rows[o]: c for o, c in outs.items()},
+                               config.product_scale, config.richardson)
         k, e = product_params(a == b, row_bound[a], row_bound[b], config.product_scale)
         facts.pairs.append(ProductPair(operand_of[a], operand_of[b], k, e, config.richardson,
                                        dict(outs)))
-    block.mlp_ops.append(what)
+    return units
 
 
 def _row_bound(ins: Instr, operand_rows: list[list[int]], bounds: list[float], row: int) -> float:

@@ -116,8 +116,10 @@ def calibration_prompts(program: Program, config: CompilerConfig,
 
 
 def calibrate(program: Program, config: CompilerConfig, domain: Domain | None,
-              chunk: int = CALIBRATION_CHUNK) -> Calibration:
-    """Run the interpreter on the calibration prompts, `chunk` at a time, keeping OpStats."""
+              chunk: int | None = None) -> Calibration:
+    """Run the interpreter on the calibration prompts, `chunk` at a time (default
+    config.CALIBRATION_CHUNK), keeping OpStats."""
+    chunk = CALIBRATION_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     prompts, description = calibration_prompts(program, config, domain)

@@ -70,6 +70,23 @@ def fold_op(op: Op, folded_regs: set[str], consts: dict[str, np.ndarray]) -> Fol
 
     bias = op.bias.copy()
     lin = _fold_linear(op.linear, folded, const, index_map, bias)
+    prod = _fold_products(op, folded, const, index_map, bias, lin)
+    gated: list[LinearTerm] = []
+    gated_bias = np.zeros(op.dst.width)
+    if op.gated is not None:
+        gated = _fold_linear(op.gated, folded, const, index_map, gated_bias)
+    unfolded = sorted(index_map, key=index_map.get)
+    result = _drop_unused(Folded(op, unfolded, lin, prod, bias, gated,
+                                 gated_bias if op.mask is not None else None))
+    if op.divisor is not None and op.divisor.register.name in folded_regs:
+        _fold_divisor(result, float(consts[op.divisor.register.name][0]))
+    return result
+
+
+def _fold_products(op: Op, folded: set[int], const, index_map: dict[int, int],
+                   bias: np.ndarray, lin: list[LinearTerm]) -> list[ProductTerm]:
+    """The products over two unfolded reads; one with a folded operand is appended to `lin`,
+    one of two constants goes into `bias` (both in place)."""
     prod: list[ProductTerm] = []
     P = op.products
     for o, c, ra, ca, rb, cb in zip(P.out, P.coef, P.read_a, P.comp_a, P.read_b, P.comp_b,
@@ -83,33 +100,35 @@ def fold_op(op: Op, folded_regs: set[str], consts: dict[str, np.ndarray]) -> Fol
             lin.append((int(o), float(c * const(rb, cb)), index_map[ra], int(ca)))
         else:
             prod.append((int(o), float(c), index_map[ra], int(ca), index_map[rb], int(cb)))
-    gated: list[LinearTerm] = []
-    gated_bias = np.zeros(op.dst.width)
-    if op.gated is not None:
-        gated = _fold_linear(op.gated, folded, const, index_map, gated_bias)
-    lin = [t for t in lin if t[1] != 0.0]
-    prod = [t for t in prod if t[1] != 0.0]
-    gated = [t for t in gated if t[1] != 0.0]
+    return prod
+
+
+def _drop_unused(f: Folded) -> Folded:
+    """`f` without zero-coefficient terms and without the reads no term uses (f.kept then
+    lists the op's read indices of the rest, the terms' read positions renumbered)."""
+    lin = [t for t in f.linear if t[1] != 0.0]
+    prod = [t for t in f.products if t[1] != 0.0]
+    gated = [t for t in f.gated if t[1] != 0.0]
     used = ({t[2] for t in lin} | {t[2] for t in prod} | {t[4] for t in prod}
             | {t[2] for t in gated})
-    unfolded = sorted(index_map, key=index_map.get)
-    keep = [k for k in range(len(unfolded)) if k in used]
+    keep = [k for k in range(len(f.kept)) if k in used]
     remap = {old: new for new, old in enumerate(keep)}
-    lin = [(o, c, remap[r], k) for o, c, r, k in lin]
-    prod = [(o, c, remap[ra], ca, remap[rb], cb) for o, c, ra, ca, rb, cb in prod]
-    gated = [(o, c, remap[r], k) for o, c, r, k in gated]
-    result = Folded(op, [unfolded[k] for k in keep], lin, prod, bias, gated,
-                    gated_bias if op.mask is not None else None)
-    if op.divisor is not None and op.divisor.register.name in folded_regs:
-        s = abs(float(consts[op.divisor.register.name][0]))
-        if s == 0.0:
-            raise CompileError(f"{op.where()}: divides by the constant 0")
-        result.bias = result.bias / s
-        result.linear = [(o, c / s, r, k) for o, c, r, k in result.linear]
-        result.products = [(o, c / s, ra, ca, rb, cb)
-                           for o, c, ra, ca, rb, cb in result.products]
-        result.const_divisor = s
-    return result
+    f.kept = [f.kept[k] for k in keep]
+    f.linear = [(o, c, remap[r], k) for o, c, r, k in lin]
+    f.products = [(o, c, remap[ra], ca, remap[rb], cb) for o, c, ra, ca, rb, cb in prod]
+    f.gated = [(o, c, remap[r], k) for o, c, r, k in gated]
+    return f
+
+
+def _fold_divisor(f: Folded, divisor: float) -> None:
+    """Divide a folded op by the constant |divisor| (in place); 0 is a CompileError."""
+    s = abs(divisor)
+    if s == 0.0:
+        raise CompileError(f"{f.op.where()}: divides by the constant 0")
+    f.bias = f.bias / s
+    f.linear = [(o, c / s, r, k) for o, c, r, k in f.linear]
+    f.products = [(o, c / s, ra, ca, rb, cb) for o, c, ra, ca, rb, cb in f.products]
+    f.const_divisor = s
 
 
 def _fold_linear(terms: LinearTerms, folded: set[int], const, index_map: dict[int, int],
