@@ -3,6 +3,7 @@
     python bench/compile.py                          # the default cases, one subprocess each
     python bench/compile.py ridge d=2 n=32 --loops share   # one case
     python bench/compile.py --sweep-share            # ridge and sgd, loops="share", over n
+    python bench/compile.py --before /path/to/old/checkout   # each case old, then new
 
 Each case runs in a fresh subprocess, so that its peak resident memory is its own. For each
 case it prints the wall time of `compile_program`, the subprocess's peak RSS (getrusage
@@ -47,7 +48,7 @@ def _rss_kib() -> int:
     return 0
 
 
-def run_one(name: str, params: dict, loops: str, threads: int) -> dict:
+def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) -> dict:
     """Compile one case in this process and return its figures (call in a fresh process)."""
     import resource
     import time
@@ -56,7 +57,7 @@ def run_one(name: str, params: dict, loops: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(root))
     from raspicl.compiler import compile_program
     from raspicl.errors import ContractWarning
     from raspicl.registry import find_program
@@ -75,27 +76,29 @@ def run_one(name: str, params: dict, loops: str, threads: int) -> dict:
             "env_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
-def spawn(name: str, params: dict, loops: str, threads: int) -> dict:
-    """run_one in a fresh interpreter, so that peak RSS is the case's own."""
+def spawn(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) -> dict:
+    """run_one in a fresh interpreter (raspicl imported from `root`, programs read from
+    root/programs), so that peak RSS is the case's own."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    args = [sys.executable, __file__, "--child", name, *(f"{k}={v}" for k, v in params.items()),
-            "--loops", loops, "--threads", str(threads)]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    args = [sys.executable, str(Path(__file__).resolve()), "--child", name,
+            *(f"{k}={v}" for k, v in params.items()), "--loops", loops, "--threads",
+            str(threads), "--root", str(root)]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False, cwd=root)
     if out.returncode != 0:
         raise RuntimeError(f"{name} {params} {loops}: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _row(r: dict) -> str:
+def _row(r: dict, tag: str = "") -> str:
     size = " ".join(f"{k}={v}" for k, v in r["params"].items())
-    return (f"{r['program']:<17} {size:<10} {r['loops']:<6} {r['seconds']:>8.2f} "
+    return (f"{tag + r['program']:<24} {size:<10} {r['loops']:<6} {r['seconds']:>8.2f} "
             f"{r['peak_mb']:>9.0f} {r['base_mb']:>8.0f} {r['added_mb']:>9.0f} "
             f"{r['parameters']:>10} {r['torch_threads']:>3}")
 
 
-HEADER = (f"{'program':<17} {'size':<10} {'loops':<6} {'time_s':>8} {'peak_MB':>9} "
+HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'peak_MB':>9} "
           f"{'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3}")
 
 
@@ -107,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sweep-share", action="store_true",
                     help="ridge and sgd with loops='share' over n")
+    ap.add_argument("--before", type=Path, metavar="CHECKOUT",
+                    help="also run each case, just before, with raspicl and programs/ from "
+                         "this other checkout (rows tagged before:/after:)")
+    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     params = {k: int(v) for k, v in (s.split("=", 1) for s in a.sets)}
     if a.child:
-        print(json.dumps(run_one(a.program, params, a.loops, a.threads)))
+        print(json.dumps(run_one(a.program, params, a.loops, a.threads, a.root)))
         return 0
     if a.program:
         cases = [(a.program, params, a.loops)]
@@ -125,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
           f"difference")
     print(HEADER)
     for name, p, loops in cases:
-        print(_row(spawn(name, p, loops, a.threads)), flush=True)
+        if a.before is not None:
+            print(_row(spawn(name, p, loops, a.threads, a.before.resolve()), "before:"),
+                  flush=True)
+            print(_row(spawn(name, p, loops, a.threads), "after:"), flush=True)
+        else:
+            print(_row(spawn(name, p, loops, a.threads)), flush=True)
     return 0
 
 
