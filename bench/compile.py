@@ -36,7 +36,7 @@ DEFAULT_CASES = [
     ("sgd", {"d": 2, "n": 32}, "share"),
     ("newton", {"d": 8, "n": 8}, "unroll"),
 ]
-SHARE_SWEEP = [("ridge", {"d": 2}, [4, 8, 16, 32, 64]), ("sgd", {"d": 2}, [4, 8, 16, 32, 64])]
+SHARE_SWEEP = [("ridge", {"d": 2}, [4, 8, 16, 32]), ("sgd", {"d": 2}, [4, 8, 16, 32])]
 
 
 def _rss_kib() -> int:

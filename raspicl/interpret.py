@@ -7,6 +7,11 @@ over numpy object arrays of sympy expressions (see symbolic.py), so the symbolic
 exactly these semantics. It does so when the tokens are an object array or when the program has
 symbolic coefficients (Program.is_symbolic()); then every float coefficient, bias and constant
 enters as the exact rational it equals (0.5 as 1/2), so sympy sees exact arithmetic.
+
+`stream_ops` is the semantics proper: it yields each op's result as it goes and can forget a
+register as soon as no later op reads it, which is how calibration (compiler/calibrate.py) runs
+in memory that does not grow with the number of ops; `interpret` keeps every result (a Trace).
+Each op's linear and product sums are one 2-D matrix product over all B*T rows.
 """
 
 from __future__ import annotations

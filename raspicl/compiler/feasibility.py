@@ -29,6 +29,7 @@ from raspicl.compiler.config import MEASURE_CHUNK, MEASURE_MEMORY, CompilerConfi
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError, ContractWarning
+from raspicl.model import Transformer
 from raspicl.monitor import (
     CLOSED_GATE,
     DIVISION_REST,
@@ -69,9 +70,7 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None) 
     each prompt on its own and the merged needs are maxima."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     if model.dtype != tdtype:
-        import copy
-
-        model = copy.deepcopy(model).to(tdtype)
+        model = _converted(model, tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
     chunk = chunk or measure_chunk(model.cfg, tokens.shape[1])
     parts = []
@@ -80,6 +79,15 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None) 
             res = [r.double().numpy() for r in model.residuals(tokens[start:start + chunk])]
         parts.append((start, check_contract(layout, res, dtype)))
     return _merge(parts)
+
+
+def _converted(model: Transformer, dtype: torch.dtype) -> Transformer:
+    """A copy of `model` in `dtype`, converting each weight once (a deepcopy then .to would
+    first copy every float64 weight)."""
+    with torch.device("meta"):
+        copy = Transformer(model.cfg)
+    copy.load_state_dict({k: v.to(dtype) for k, v in model.state_dict().items()}, assign=True)
+    return copy.requires_grad_(False)
 
 
 def _merge(parts: list[tuple[int, ContractReport]]) -> ContractReport:

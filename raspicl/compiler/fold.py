@@ -12,6 +12,7 @@ the kept reads, bias and gated_bias, and const_divisor. ssa.py maps the kept rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from raspicl.lang.program import Program
 
 LinearTerm = tuple[int, float, int, int]  # (out, coef, read, comp)
 ProductTerm = tuple[int, float, int, int, int, int]  # (out, coef, read_a, comp_a, read_b, comp_b)
+ConstOf = Callable[[int, int], float]  # (op read index, component) -> the constant there
 
 
 @dataclass
@@ -83,7 +85,7 @@ def fold_op(op: Op, folded_regs: set[str], consts: dict[str, np.ndarray]) -> Fol
     return result
 
 
-def _fold_products(op: Op, folded: set[int], const, index_map: dict[int, int],
+def _fold_products(op: Op, folded: set[int], const: ConstOf, index_map: dict[int, int],
                    bias: np.ndarray, lin: list[LinearTerm]) -> list[ProductTerm]:
     """The products over two unfolded reads; one with a folded operand is appended to `lin`,
     one of two constants goes into `bias` (both in place)."""
@@ -131,7 +133,7 @@ def _fold_divisor(f: Folded, divisor: float) -> None:
     f.const_divisor = s
 
 
-def _fold_linear(terms: LinearTerms, folded: set[int], const, index_map: dict[int, int],
+def _fold_linear(terms: LinearTerms, folded: set[int], const: ConstOf, index_map: dict[int, int],
                  bias: np.ndarray) -> list[LinearTerm]:
     """Linear terms over the unfolded reads; terms on folded constants go into `bias` (in
     place)."""

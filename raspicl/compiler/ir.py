@@ -1,9 +1,9 @@
 """The compiler's intermediate form: register *values* and the instructions over them.
 
-lower.py builds these (calibrate.py, fold.py, ssa.py and bounds.py each set some of the
-fields, as their module docs say); schedule.py sets Instr.block/stage/temps and Value.write_slot
-and last_read; layout.py sets Value.rows; loops.py sets the looped-compilation fields;
-feasibility.py raises Instr.gate_floor.
+lower.py builds these (fold.py, ssa.py and bounds.py each set some of the fields, as their
+module docs say, from calibrate.py's statistics); schedule.py sets Instr.block, stage and temps
+and Value.write_slot, last_read and overwritten_at; layout.py sets Value.rows; loops.py sets
+Value.template, replaces and clear_override; feasibility.py raises Instr.gate_floor.
 """
 
 from __future__ import annotations
