@@ -1,63 +1,70 @@
-"""Lines and cyclomatic complexity of the functions in some modules, largest first.
+"""The largest functions of some modules: lines and branches.
 
-    python bench/function_sizes.py raspicl/compiler/schedule.py raspicl/inspect ... [--top N]
+    python bench/function_sizes.py raspicl/compiler/*.py raspicl/interpret.py [--top 15]
 
-Lines: a function's source lines (def to last line, docstring included). Complexity: ruff's
-mccabe count (`ruff check --select C901 --config lint.mccabe.max-complexity=0`), when ruff is
-on PATH or beside the Python running this; '-' otherwise. A folder stands for its *.py files.
+Lines: the function's source lines (def to last statement, docstring included). Branches: the
+decision points a reader follows, counted on the AST: if / elif / ternary, for / while (and
+their else), except, each extra operand of and / or, each `if` of a comprehension, match case,
+and assert. Cyclomatic complexity in the McCabe sense is branches + 1 (ruff's C901 counts fewer
+kinds: it ignores boolean operators and comprehension conditions).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 
-def _files(paths: list[str]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        out += sorted(p.glob("*.py")) if p.is_dir() else [p]
-    return out
+def branches(node: ast.AST) -> int:
+    """Decision points inside `node`, not descending into nested functions or classes."""
+    count = 0
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        if isinstance(child, ast.If | ast.IfExp | ast.For | ast.AsyncFor | ast.While
+                      | ast.ExceptHandler | ast.Assert | ast.match_case):
+            count += 1
+        if isinstance(child, ast.For | ast.AsyncFor | ast.While) and child.orelse:
+            count += 1
+        if isinstance(child, ast.BoolOp):
+            count += len(child.values) - 1
+        if isinstance(child, ast.comprehension):
+            count += len(child.ifs)
+        count += branches(child)
+    return count
 
 
-def _complexity(files: list[Path]) -> dict[tuple[str, int], int]:
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists() and shutil.which(ruff) is None:
-        return {}
-    res = subprocess.run([ruff, "check", "--select", "C901", "--config",
-                          "lint.mccabe.max-complexity=0", "--output-format", "concise",
-                          *map(str, files)], capture_output=True, text=True)
-    out = {}
-    for line in res.stdout.splitlines():
-        m = re.match(r"(.+?):(\d+):\d+: C901 `.*` is too complex \((\d+) > 0\)", line)
-        if m:
-            out[(str(Path(m.group(1))), int(m.group(2)))] = int(m.group(3))
+def functions(path: Path) -> list[tuple[str, int, int]]:
+    """(qualified name, lines, branches) of every function in a file."""
+    tree = ast.parse(path.read_text())
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                lines = child.end_lineno - child.lineno + 1
+                out.append((f"{path}:{name}", lines, branches(child)))
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("paths", nargs="+")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--top", type=int, default=15)
-    args = ap.parse_args()
-    files = _files(args.paths)
-    cx = _complexity(files)
-    rows = []
-    for f in files:
-        tree = ast.parse(f.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                n = node.end_lineno - node.lineno + 1
-                rows.append((n, cx.get((str(f), node.lineno), "-"), f"{f}:{node.name}"))
-    print("module lines: " + ", ".join(f"{f} {len(f.read_text().splitlines())}" for f in files))
-    print(f"{'lines':>5}  {'cx':>3}  function")
-    for n, c, name in sorted(rows, key=lambda r: -r[0])[:args.top]:
-        print(f"{n:5d}  {c!s:>3}  {name}")
+    a = ap.parse_args()
+    rows = [r for f in a.files for r in functions(f)]
+    rows.sort(key=lambda r: (-r[2], -r[1]))
+    print(f"{'function':<60} {'lines':>6} {'branches':>9}")
+    for name, lines, br in rows[:a.top]:
+        print(f"{name:<60} {lines:>6} {br:>9}")
     return 0
 
 

@@ -1,16 +1,16 @@
-"""Digests of every bundled program's compiled weights and layout, to show a refactor of the
-compiler changes neither.
+"""A digest of every bundled program's compiled weights and layout, to compare two versions.
 
-    python bench/weights_digest.py OUT.json              # write the digests
-    python bench/weights_digest.py OUT.json --compare BEFORE.json  # exit 1 on a change
+    python bench/weights_digest.py > after.json           # every program over its GRID
+    python bench/weights_digest.py --compare before.json after.json
 
-For every program in programs/ and every parameter set of its GRID it compiles the program
-(float64, loops="unroll", and loops="share" where the program has a p.loop) and records:
-- `weights`: SHA-256 over every tensor's name, shape, dtype and raw bytes, in name order, so
-  "equal" means bitwise identical weights;
-- `layout`: SHA-256 over the canonical JSON of the layout with the fields listed in NEW_FIELDS
-  removed wherever they occur (fields a layout format adds, which an older layout lacks), and
-  without `format_version`.
+For each bundled program, each GRID size, each dtype (float64, float32: the configs
+`raspicl verify` compiles) and each loop mode (unroll; also share for a program with a loop) it
+compiles the program with the program's DOMAIN and records the SHA-256 of every weight tensor's
+bytes and of the layout (JSON with sorted keys, floats written exactly, less the fields that
+layout format 3 added: NEW_FIELDS, so that a layout of format 2 compares with one of format 3). Two versions of the
+compiler that produce the same digests produce bitwise-identical weights and identical layouts
+(bounds, rows, heads, monitor constants). `--compare` prints the cases that differ and exits 1
+if any does.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
-from raspicl.compiler import compile_program  # noqa: E402
+from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
+from raspicl.errors import ContractWarning  # noqa: E402
 from raspicl.registry import bundled_programs  # noqa: E402
+
 
 # Fields added by layout format 3 (typed records); an older layout has none of them.
 NEW_FIELDS = frozenset({"format_version", "label", "written_slot", "cleared_slot",
@@ -43,53 +45,62 @@ def _strip(obj):
     return obj
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+def digest_model(cm) -> dict:
+    """SHA-256 per weight tensor and of the layout."""
+    out = {name: hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+           for name, t in cm.model.state_dict().items()}
+    layout = json.dumps(_strip(cm.layout), sort_keys=True, default=repr, allow_nan=True)
+    out["layout.json"] = hashlib.sha256(layout.encode()).hexdigest()
+    return out
 
 
-def layout_digest(layout: dict) -> str:
-    data = json.dumps(_strip(layout), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()
+def digests() -> dict:
+    result = {}
+    for pf in bundled_programs():
+        for params in pf.grid:
+            program = pf.build(**params)
+            modes = ["unroll"] + (["share"] if any(op.loop is not None for op in program.ops)
+                                  else [])
+            for dtype in ("float64", "float32"):
+                for loops in modes:
+                    key = f"{pf.name} {json.dumps(params, sort_keys=True)} {dtype} {loops}"
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ContractWarning)
+                        try:
+                            cm = compile_program(program, CompilerConfig.for_dtype(dtype),
+                                                 loops=loops, domain=pf.domain)
+                        except Exception as exc:  # noqa: BLE001 - a refusal is a result too
+                            result[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                            continue
+                    result[key] = digest_model(cm)
+                    print(key, file=sys.stderr, flush=True)
+    return result
+
+
+def compare(a: dict, b: dict) -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            da, db = a.get(key, {}), b.get(key, {})
+            names = sorted(n for n in set(da) | set(db) if da.get(n) != db.get(n))
+            diffs.append(f"{key}: {', '.join(names)}")
+    return diffs
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--compare")
-    args = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    a = ap.parse_args()
+    if a.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in a.compare)
+        diffs = compare(before, after)
+        print(f"{len(before)} cases before, {len(after)} after, {len(diffs)} differ")
+        for d in diffs:
+            print("  " + d)
+        return 1 if diffs else 0
     torch.set_num_threads(1)
-    result: dict[str, dict] = {}
-    for pf in bundled_programs():
-        for params in pf.grid:
-            prog = pf.build(**params)
-            modes = ["unroll"] + (["share"] if any(op.loop is not None for op in prog.ops)
-                                  else [])
-            for mode in modes:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    cm = compile_program(pf.build(**params), loops=mode)
-                key = f"{pf.name} {json.dumps(params, sort_keys=True)} {mode}"
-                result[key] = {"weights": weights_digest(cm.model),
-                               "layout": layout_digest(cm.layout)}
-                print(key, result[key]["weights"][:16], result[key]["layout"][:16], flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    if not args.compare:
-        return 0
-    before = json.loads(Path(args.compare).read_text())
-    bad = 0
-    for key in sorted(set(before) | set(result)):
-        a, b = before.get(key), result.get(key)
-        for field in ("weights", "layout"):
-            if a is None or b is None or a[field] != b[field]:
-                print(f"CHANGED {field}: {key}")
-                bad += 1
-    print(f"{len(result)} compiles, {bad} changes")
-    return 1 if bad else 0
+    print(json.dumps(digests(), indent=1, sort_keys=True))
+    return 0
 
 
 if __name__ == "__main__":

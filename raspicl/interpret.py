@@ -7,10 +7,16 @@ over numpy object arrays of sympy expressions (see symbolic.py), so the symbolic
 exactly these semantics. It does so when the tokens are an object array or when the program has
 symbolic coefficients (Program.is_symbolic()); then every float coefficient, bias and constant
 enters as the exact rational it equals (0.5 as 1/2), so sympy sees exact arithmetic.
+
+`stream_ops` is the semantics proper: it yields each op's result as it goes and can forget a
+register as soon as no later op reads it, which is how calibration (compiler/calibrate.py) runs
+in memory that does not grow with the number of ops; `interpret` keeps every result (a Trace).
+Each op's linear and product sums are one 2-D matrix product over all B*T rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,52 +66,103 @@ def interpret(program: Program, prompts: Prompts | np.ndarray) -> Trace:
 
 def run_ops(program: Program, tokens: np.ndarray) -> Trace:
     """The semantics proper, for float64 or object (sympy) token arrays."""
+    after = []
+    state: dict[str, np.ndarray] = {}
+    for step in stream_ops(program, tokens, state=state):
+        after.append(step.value)
+    return Trace(program, tokens, after, state)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op's result as `stream_ops` yields it.
+
+    value: what the op wrote, [B, T, width]; divisor: for a div, the divisor register's value
+    the op divided by (before |.|), [B, T, 1]; None otherwise.
+    """
+
+    op: Op
+    value: np.ndarray
+    divisor: np.ndarray | None
+
+
+def stream_ops(program: Program, tokens: np.ndarray,
+               state: dict[str, np.ndarray] | None = None,
+               drop_dead: bool = False) -> Iterator[Step]:
+    """Run the ops in program order, yielding each op's result as it is computed.
+
+    state: the registers' current values (filled in place; after the last op it holds every
+    register's final value, as Trace.final). drop_dead: forget a register's value as soon as
+    no later op reads it before writing it again, so that only the live values are held (what
+    calibration needs: O(live registers) memory instead of O(ops)); the final state then
+    holds only what is still live, which is nothing. A consumer that keeps no Step holds no
+    other op's output.
+    """
     if tokens.dtype != _OBJECT and program.is_symbolic():
         tokens = tokens.astype(object)
     dtype = tokens.dtype
     B, T, _ = tokens.shape
     nan = _nan_like(tokens)
-    state: dict[str, np.ndarray] = {"x": tokens[:, :, 1:], "y": tokens[:, :, :1]}
+    state = {} if state is None else state
+    state.update({"x": tokens[:, :, 1:], "y": tokens[:, :, :1]})
     for name, value in program.constants.items():
         arr = np.broadcast_to(_cast(value, dtype), (B, T, value.size))
         state[name] = np.array(arr)
     roles = np.array(program.format.roles())
-    after = []
-    for op in program.ops:
+    live_after = _live_after(program.ops) if drop_dead else None
+    for k, op in enumerate(program.ops):
         values = [_place(state[r.register.name], r, roles, nan) for r in op.reads]
         if op.mask is not None:  # select
             out = np.where(op.mask[None, :, None], values[0], values[1])
         else:
             out = _apply(op, values, dtype)
+        del values
+        s = None
         if op.divisor is not None:
             s = state[op.divisor.register.name]
             out = out / abs_(s)
         state[op.dst.name] = out
-        after.append(out)
-    return Trace(program, tokens, after, state)
+        if live_after is not None:
+            for name in [n for n in state if n not in live_after[k]]:
+                del state[name]
+        yield Step(op, out, s)
+
+
+def _live_after(ops) -> list[set[str]]:
+    """Per op, the registers some later op reads before any op writes them again."""
+    live: set[str] = set()
+    out: list[set[str]] = [set()] * len(ops)
+    for k in range(len(ops) - 1, -1, -1):
+        out[k] = set(live)
+        live.discard(ops[k].dst.name)
+        live |= {r.name for r in ops[k].registers_read}
+    return out
 
 
 def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
+    """bias + linear + products over the reads, each sum one 2-D matrix product over the
+    B*T rows (a batched 3-D product gives the same numbers, and is far slower)."""
     B, T = values[0].shape[:2] if values else (0, 0)
     width = op.dst.width
     offsets = np.cumsum([0] + [v.shape[2] for v in values])
     V = np.concatenate(values, axis=2)
+    V2 = V.reshape(B * T, V.shape[2])
     obj = dtype == _OBJECT
     zero = 0 if obj else np.zeros((), dtype=dtype)
-    out = np.full((B, T, width), zero, dtype=dtype) + _cast(op.bias, dtype)
+    out = np.full((B * T, width), zero, dtype=dtype) + _cast(op.bias, dtype)
     lin = op.linear
     if len(lin):
         M = np.zeros((width, V.shape[2]), dtype=_OBJECT if obj else np.float64)
         np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), _cast(lin.coef, dtype))
-        out = out + V @ M.T
+        out = out + V2 @ M.T
     pr = op.products
     if len(pr):
-        a = V[:, :, offsets[pr.read_a] + pr.comp_a]
-        b = V[:, :, offsets[pr.read_b] + pr.comp_b]
+        a = V2[:, offsets[pr.read_a] + pr.comp_a]
+        b = V2[:, offsets[pr.read_b] + pr.comp_b]
         S = np.zeros((len(pr), width), dtype=_OBJECT if obj else np.float64)
         S[np.arange(len(pr)), pr.out] = _cast(pr.coef, dtype)
         out = out + (a * b) @ S
-    return out
+    return out.reshape(B, T, width)
 
 
 def _cast(values: np.ndarray, dtype) -> np.ndarray:

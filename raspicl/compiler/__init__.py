@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.assemble import Tuning, assemble, build_blocks
-from raspicl.compiler.bounds import Domain
+from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune

@@ -22,7 +22,7 @@ from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
-from raspicl.model import ModelConfig, Transformer
+from raspicl.model import LayerNorm, ModelConfig, Transformer
 from raspicl.monitor import ProductPair
 
 
@@ -141,32 +141,57 @@ def split_heads(blocks: list[BlockSpec]) -> int:
 
 
 def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) -> None:
+    """One scheduled instruction's heads (attention) or MLP units, added to its block."""
     dst = ins.dst
     what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
     if ins.stage == "attn":
-        for o, c, ri, ci in ins.linear:
-            v, at = ins.reads[ri]
-            head = block.head(at)
-            head.copy(v.rows[ci], dst.rows[o], c)
-            head.note(what)
-        for o, b in enumerate(ins.bias):
-            if b != 0.0:
-                block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
+        _emit_attention(ins, block, what)
         return
-    operand_rows = []
     facts = block.gadgets.setdefault(ins.op.index, Gadgets())
+    operand_rows = _operand_rows(ins, block)
+    bounds = [ins.temps[i].bound if i in ins.temps else v.bound
+              for i, (v, _) in enumerate(ins.reads)]
+    block.units += _affine_part(ins, operand_rows)
+    if ins.mask is not None:
+        block.units += _gated_part(ins, operand_rows, bounds, facts, config)
+    block.units += _product_part(ins, operand_rows, bounds, facts, config)
+    block.mlp_ops.append(what)
+
+
+def _emit_attention(ins: Instr, block: BlockSpec, what: str) -> None:
+    """A linear op placed in attention: one head per place, the bias in b_O."""
+    dst = ins.dst
+    for o, c, ri, ci in ins.linear:
+        v, at = ins.reads[ri]
+        head = block.head(at)
+        head.copy(v.rows[ci], dst.rows[o], c)
+        head.note(what)
+    for o, b in enumerate(ins.bias):
+        if b != 0.0:
+            block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
+
+
+def _operand_rows(ins: Instr, block: BlockSpec) -> list[list[int]]:
+    """Per read, the rows the MLP reads it from: its own, or the temporary a head of this
+    block moves a remote read into (the head is added here)."""
+    operand_rows = []
     for i, (v, at) in enumerate(ins.reads):
         if i in ins.temps:
             t = ins.temps[i]
             head = block.head(at)
             for k in range(v.width):
                 head.copy(v.rows[k], t.rows[k])
-            head.note(f"read {v.label} ({at.describe()}) for {dst.label}")
+            head.note(f"read {v.label} ({at.describe()}) for {ins.dst.label}")
             operand_rows.append(t.rows)
         else:
             operand_rows.append(v.rows)
-    bounds = [ins.temps[i].bound if i in ins.temps else v.bound
-              for i, (v, _) in enumerate(ins.reads)]
+    return operand_rows
+
+
+def _affine_part(ins: Instr, operand_rows: list[list[int]]) -> list[UnitSpec]:
+    """Exact affine units for the linear terms and bias (minus the old value, for a write
+    that overwrites its predecessor in place)."""
+    dst = ins.dst
     per_row: dict[int, dict[int, float]] = {}
     for o, c, ri, ci in ins.linear:
         row = operand_rows[ri][ci]
@@ -177,26 +202,41 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         for o, row in enumerate(old.rows):
             per_row.setdefault(o, {})
             per_row[o][row] = per_row[o].get(row, 0.0) - 1.0
+    units = []
     for o in range(dst.width):
         if o in per_row or ins.bias[o] != 0.0:
-            block.units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
-    if ins.mask is not None:
-        gated: dict[int, dict[int, float]] = {}
-        for o, c, ri, ci in ins.gated:
-            row = operand_rows[ri][ci]
-            gated.setdefault(o, {})
-            gated[o][row] = gated[o].get(row, 0.0) + c
-        facts.gate_bound = [0.0] * dst.width
-        for o in range(dst.width):
-            terms = gated.get(o, {})
-            b = float(ins.gated_bias[o])
-            if terms or b != 0.0:
-                bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
-                                     for r, c in terms.items())
-                bound = max(bound, ins.gate_floor)
-                block.units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
-                                          config.select_sharpness)
-                facts.gate_bound[o] = bound
+            units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
+    return units
+
+
+def _gated_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
+                facts: Gadgets, config: CompilerConfig) -> list[UnitSpec]:
+    """A select's gate units, each output's gate bound recorded in `facts`."""
+    dst = ins.dst
+    gated: dict[int, dict[int, float]] = {}
+    for o, c, ri, ci in ins.gated:
+        row = operand_rows[ri][ci]
+        gated.setdefault(o, {})
+        gated[o][row] = gated[o].get(row, 0.0) + c
+    facts.gate_bound = [0.0] * dst.width
+    units = []
+    for o in range(dst.width):
+        terms = gated.get(o, {})
+        b = float(ins.gated_bias[o])
+        if terms or b != 0.0:
+            bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
+                                 for r, c in terms.items())
+            bound = max(bound, ins.gate_floor)
+            units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
+                                config.select_sharpness)
+            facts.gate_bound[o] = bound
+    return units
+
+
+def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
+                  facts: Gadgets, config: CompilerConfig) -> list[UnitSpec]:
+    """Product units, one gadget per pair of operand rows (its outputs summed), each pair's
+    constants recorded in `facts` for the monitor."""
     pairs: dict[tuple[int, int], dict[int, float]] = {}
     row_bound: dict[int, float] = {}
     operand_of: dict[int, tuple[int, int]] = {}  # row -> (read, component)
@@ -207,14 +247,15 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) 
         operand_of.setdefault(b, (rb, cb))
         outs = pairs.setdefault((min(a, b), max(a, b)), {})
         outs[o] = outs.get(o, 0.0) + c
+    units = []
     for (a, b), outs in pairs.items():
-        block.units += product_units(a, b, row_bound[a], row_bound[b],
-                                     {dst.rows[o]: c for o, c in outs.items()},
-                                     config.product_scale, config.richardson)
+        units += product_units(a, b, row_bound[a], row_bound[b],
+                               {ins.dst.rows[o]: c for o, c in outs.items()},
+                               config.product_scale, config.richardson)
         k, e = product_params(a == b, row_bound[a], row_bound[b], config.product_scale)
         facts.pairs.append(ProductPair(operand_of[a], operand_of[b], k, e, config.richardson,
                                        dict(outs)))
-    block.mlp_ops.append(what)
+    return units
 
 
 def _row_bound(ins: Instr, operand_rows: list[list[int]], bounds: list[float], row: int) -> float:
@@ -249,7 +290,6 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                       d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
                       d_out=low.output.width, ln_eps=eps,
                       block_order=tuple(order) if len(stored) < len(runs) else ())
-    model = Transformer(cfg)
     W_E = np.zeros((fmt.d_token, D))
     W_E[0, low.inputs["y"].rows[0]] = 1.0
     for j, r in enumerate(low.inputs["x"].rows):
@@ -270,13 +310,35 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     sd = {"embed.W_E": W_E, "pos_embed.W_pos": W_pos, "unembed.W_U": W_U}
     for layer, b in enumerate(stored):
         sd |= {f"blocks.{layer}.{name}": arr for name, arr in runs[b].items()}
-    state = model.state_dict()
-    for name, arr in sd.items():
-        if state[name].shape != arr.shape:
-            raise AssertionError(f"{name}: built {arr.shape}, model has {state[name].shape}")
-        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
-    model.load_state_dict(state)
+    model = model_from_arrays(cfg, sd)
     return model, order
+
+
+def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transformer:
+    """A Transformer whose parameters are `arrays` themselves (float64, shared with numpy, not
+    copied); a parameter not in `arrays` is a LayerNorm weight of ones or else zeros, the
+    values the gadgets assume. The model is built on the meta device first, so no zero-filled
+    weights are allocated and then overwritten."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    layer_norm_weights = {f"{name}.w" for name, m in model.named_modules()
+                          if isinstance(m, LayerNorm)}
+    state = {}
+    for name, meta in model.state_dict().items():
+        arr = arrays.get(name)
+        if arr is None:
+            fill = torch.ones if name in layer_norm_weights else torch.zeros
+            state[name] = fill(meta.shape, dtype=torch.float64)
+            continue
+        if tuple(meta.shape) != arr.shape:
+            raise AssertionError(f"{name}: built {arr.shape}, model has {tuple(meta.shape)}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    unknown = set(arrays) - set(state)
+    if unknown:
+        raise AssertionError(f"built weights the model does not have: {sorted(unknown)}")
+    model.load_state_dict(state, assign=True)
+    model.requires_grad_(False)
+    return model
 
 
 def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
@@ -300,19 +362,17 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     bO = np.zeros(D)
     for r, b in block.b_O.items():
         bO[r] += b
-    if block.divisor is not None:
-        W_in, b_in = division_read(block.units, rows, D, block.anchor)
+    if block.divisor is not None:  # allocated at d_mlp units: the padding is zeros
+        W_in, b_in = division_read(block.units, rows, D, block.anchor, d_mlp)
     else:
-        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps)
-    W_out = np.zeros((len(block.units), D))
+        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps, d_mlp)
+    W_out = np.zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():
             W_out[u, r] += w
-    pad = d_mlp - len(block.units)
     return {
         "attn.W_Q": WQ, "attn.W_K": WK, "attn.W_V": WV, "attn.W_O": WO, "attn.b_O": bO,
-        "mlp.W_in": np.pad(W_in, ((0, 0), (0, pad))), "mlp.b_in": np.pad(b_in, (0, pad)),
-        "mlp.W_out": np.pad(W_out, ((0, pad), (0, 0))),
+        "mlp.W_in": W_in, "mlp.b_in": b_in, "mlp.W_out": W_out,
     }
 
 

@@ -8,6 +8,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+# Calibration prompts the interpreter runs at a time (compiler/calibrate.py). Calibration keeps
+# running maxima, minima and counts, so the bounds do not depend on it; memory grows with it
+# (chunk x tokens x the width of the registers live at once, in float64), and a chunk too small
+# pays numpy's per-call overhead once per op. Condition: >= 1; 64 keeps ridge d = 8, n = 16
+# (width-64 registers, 33 tokens) at about 1 MB per live register.
+CALIBRATION_CHUNK = 64
+# Compile-time feasibility (compiler/feasibility.py) runs the compiled model on the calibration
+# prompts and walks the monitor over every sublayer's residual stream, a chunk of prompts at a
+# time: at most MEASURE_CHUNK prompts, and fewer where one chunk's residual streams
+# ((2 blocks run + 1) x chunk x tokens x d_model float64) would exceed MEASURE_MEMORY bytes.
+# The report does not depend on the chunk; memory grows with it (the monitor's walk holds
+# about as much again), and a small chunk pays per-sublayer overhead once per chunk.
+# Condition: MEASURE_CHUNK >= 1, MEASURE_MEMORY > 0.
+MEASURE_CHUNK = 128
+MEASURE_MEMORY = 24 * 2**20
+
 
 @dataclass(frozen=True)
 class CompilerConfig:

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from raspicl.compiler.assemble import Tuning
-from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.config import MEASURE_CHUNK, MEASURE_MEMORY, CompilerConfig
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError, ContractWarning
+from raspicl.model import Transformer
 from raspicl.monitor import (
     CLOSED_GATE,
     DIVISION_REST,
@@ -40,7 +41,6 @@ from raspicl.monitor import (
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3
-MEASURE_CHUNK = 128  # calibration prompts per forward pass while measuring
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,39 @@ class Feasibility:
         return float(self.report.accepted.mean()) if len(self.report.accepted) else 1.0
 
 
-def measure(model, layout: dict, prompts, dtype: str, chunk: int = MEASURE_CHUNK) -> ContractReport:
+def measure_chunk(cfg, n_tokens: int) -> int:
+    """Prompts per measuring forward pass: as many as keep one chunk's residual streams (every
+    sublayer's, [chunk, T, d_model] float64) within config.MEASURE_MEMORY, at most
+    config.MEASURE_CHUNK and at least 1."""
+    per_prompt = (2 * len(cfg.order()) + 1) * n_tokens * cfg.d_model * 8
+    return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
+
+
+def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None) -> ContractReport:
     """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
-    prompts at a time (the residual stream of every sublayer is held for one chunk only)."""
+    prompts at a time (default: measure_chunk), so that the residual stream of every sublayer
+    is held for one chunk only. The report does not depend on the chunk: the monitor judges
+    each prompt on its own and the merged needs are maxima."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     if model.dtype != tdtype:
-        import copy
-
-        model = copy.deepcopy(model).to(tdtype)
+        model = _converted(model, tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
+    chunk = chunk or measure_chunk(model.cfg, tokens.shape[1])
     parts = []
     for start in range(0, len(tokens), chunk):
         with torch.no_grad():
             res = [r.double().numpy() for r in model.residuals(tokens[start:start + chunk])]
         parts.append((start, check_contract(layout, res, dtype)))
     return _merge(parts)
+
+
+def _converted(model: Transformer, dtype: torch.dtype) -> Transformer:
+    """A copy of `model` in `dtype`, converting each weight once (a deepcopy then .to would
+    first copy every float64 weight)."""
+    with torch.device("meta"):
+        copy = Transformer(model.cfg)
+    copy.load_state_dict({k: v.to(dtype) for k, v in model.state_dict().items()}, assign=True)
+    return copy.requires_grad_(False)
 
 
 def _merge(parts: list[tuple[int, ContractReport]]) -> ContractReport:

@@ -26,11 +26,11 @@ from raspicl.compiler.gadgets.mlp import UnitSpec
 
 
 def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
-                 eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """W_in [d_model, units] and b_in for value-space units under a neutral LayerNorm."""
+                 eps: float, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """W_in [d_model, width] and b_in [width] for value-space units under a neutral
+    LayerNorm; columns past len(units) (the MLP's padding to `width`, default none) are 0."""
     E = math.sqrt(eps)
-    W = np.zeros((d_model, len(units)))
-    b = np.zeros(len(units))
+    W, b = _allocate(units, d_model, width)
     for u, unit in enumerate(units):
         for j, a in unit.w_in.items():
             W[j, u] += a * E
@@ -40,14 +40,24 @@ def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
 
 
 def division_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
-                  anchor: float) -> tuple[np.ndarray, np.ndarray]:
-    """W_in for units whose pre-activation is (sum w_in v + b_in) / |s| in a dividing block."""
+                  anchor: float, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """W_in [d_model, width] for units whose pre-activation is (sum w_in v + b_in) / |s| in a
+    dividing block, and b_in (zeros); columns past len(units) are 0 as in neutral_read."""
     c = anchor * math.sqrt(2.0 / d_model)
-    W = np.zeros((d_model, len(units)))
+    W, b = _allocate(units, d_model, width)
     for u, unit in enumerate(units):
         for j, a in unit.w_in.items():
             W[j, u] += a * c
             W[rows["zero"], u] -= a * c
         W[rows["one"], u] += unit.b_in * c
         W[rows["zero"], u] -= unit.b_in * c
-    return W, np.zeros(len(units))
+    return W, b
+
+
+def _allocate(units: list[UnitSpec], d_model: int,
+              width: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Zero W_in [d_model, width] and b_in [width], width >= len(units) (default: equal)."""
+    width = len(units) if width is None else width
+    if width < len(units):
+        raise ValueError(f"{len(units)} units do not fit in an MLP of width {width}")
+    return np.zeros((d_model, width)), np.zeros(width)
