@@ -139,47 +139,50 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "warm-up and cosine decay, gradient clipping. Writes DIR/model.safetensors, "
                     "DIR/config.json, DIR/optimizer.safetensors and DIR/train_log.jsonl "
                     "(docs/training.md); the same seed gives the same weights.")
-    p.add_argument("--d", type=count_arg, help="input dimension (required unless --resume)")
-    p.add_argument("--n", type=count_arg,
+    p.add_argument("--d", type=count_arg, metavar="D",
+                   help="input dimension (required unless --resume)")
+    p.add_argument("--n", type=count_arg, metavar="N",
                    help="examples per prompt; also the most the model accepts (required unless "
                         "--resume)")
-    p.add_argument("--layers", type=count_arg, help="transformer blocks L (required unless "
-                                                     "--resume)")
+    p.add_argument("--layers", type=count_arg, metavar="L",
+                   help="transformer blocks L (required unless --resume)")
     p.add_argument("--d-model", type=count_arg, metavar="H",
                    help="residual width H, a multiple of --heads (required unless --resume)")
-    p.add_argument("--heads", type=count_arg, help="attention heads (required unless --resume)")
-    p.add_argument("--steps", type=count_arg,
+    p.add_argument("--heads", type=count_arg, metavar="M",
+                   help="attention heads (required unless --resume)")
+    p.add_argument("--steps", type=count_arg, metavar="S",
                    help="optimizer steps (required unless --resume; with --resume, the new "
                         "total, which changes the cosine schedule's end)")
-    p.add_argument("--noise", type=scale_arg, default=0.0,
+    p.add_argument("--noise", type=scale_arg, default=0.0, metavar="SIGMA",
                    help="label noise sigma (default 0.0)")
-    p.add_argument("--w-scale", type=scale_arg, default=1.0,
+    p.add_argument("--w-scale", type=scale_arg, default=1.0, metavar="TAU",
                    help="standard deviation tau of the true w (default 1.0)")
     p.add_argument("--curriculum", action="store_true",
                    help="Garg et al.'s curriculum: effective d from 1 by 1 and examples from 3 "
                         "by 2 every --curriculum-interval steps, up to --d and --n")
-    p.add_argument("--curriculum-interval", type=count_arg, default=2000,
+    p.add_argument("--curriculum-interval", type=count_arg, default=2000, metavar="STEPS",
                    help="steps between curriculum stages (default 2000)")
     p.add_argument("--fixed-w", action="store_true",
                    help="every prompt shares one w drawn from the seed: the probes' control "
                         "model")
-    p.add_argument("--seed", type=seed_arg, default=0,
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="K",
                    help="seed of the initial weights and of every step's prompts (default 0)")
-    p.add_argument("--batch", type=count_arg, default=64, help="prompts per step (default 64)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3,
+    p.add_argument("--batch", type=count_arg, default=64, metavar="B",
+                   help="prompts per step (default 64)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, metavar="LR",
                    help="peak learning rate of AdamW (default 0.001)")
-    p.add_argument("--warmup", type=_nonneg_int, default=1000,
+    p.add_argument("--warmup", type=_nonneg_int, default=1000, metavar="STEPS",
                    help="steps of linear warm-up, below --steps (default 1000)")
-    p.add_argument("--weight-decay", type=scale_arg, default=0.01,
+    p.add_argument("--weight-decay", type=scale_arg, default=0.01, metavar="WD",
                    help="AdamW's decoupled weight decay (default 0.01)")
-    p.add_argument("--grad-clip", type=scale_arg, default=1.0,
+    p.add_argument("--grad-clip", type=scale_arg, default=1.0, metavar="NORM",
                    help="clip the gradient norm to this, 0 for none (default 1.0)")
-    p.add_argument("--threads", type=count_arg, default=1,
+    p.add_argument("--threads", type=count_arg, default=1, metavar="T",
                    help="torch threads on CPU (default 1: on a shared 2-core machine 2 threads "
                         "ran a small model up to 15x slower)")
-    p.add_argument("--device", type=_device, default="cpu",
+    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
                    help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--checkpoint-every", type=_nonneg_int, default=5000,
+    p.add_argument("--checkpoint-every", type=_nonneg_int, default=5000, metavar="STEPS",
                    help="write a resumable checkpoint every this many steps, 0 for only at the "
                         "end (default 5000)")
     p.add_argument("--resume", action="store_true",
@@ -204,6 +207,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="a .npz or .safetensors file with arrays X, y, xq")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="the .npy file to write (its folder is created if needed)")
-    p.add_argument("--threads", type=count_arg, default=1,
+    p.add_argument("--threads", type=count_arg, default=1, metavar="T",
                    help="torch threads (default 1)")
     p.set_defaults(func=cmd_predict)

@@ -258,10 +258,15 @@ def _set_threads(cfg: TrainConfig) -> None:
 
 def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
           out: str | Path | None = None, resume: bool = False, progress: bool = True,
-          log_every: int = 100) -> TrainResult:
+          log_every: int = 100, stop_after: int | None = None) -> TrainResult:
     """Train a fresh model (or, with resume=True, continue the checkpoint in `out`) and write
     checkpoints to `out` every cfg.checkpoint_every steps and at the end (nothing is written
-    when out is None)."""
+    when out is None).
+
+    The loss is logged (to the returned log and DIR/train_log.jsonl) as its mean over every
+    `log_every` steps. `stop_after` ends the call after that step, as an interruption would
+    (a checkpoint is written there): the schedule stays that of cfg.steps, so that resuming
+    continues the same run."""
     from tqdm import tqdm
 
     if task.d != model_config.d:
@@ -292,14 +297,13 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
     held_out = eval_prompts(task, cfg.eval_prompts, cfg.seed, fixed_w)
     params = list(model.parameters())
     window: list[float] = []
-    final_window = min(1000, cfg.steps)
-    recent: list[float] = []
     last_eval: dict = {}
     t0 = time.perf_counter()
     t_log, s_log = t0, start
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                mininterval=2.0, dynamic_ncols=True)
-    for step in range(start, cfg.steps):
+    end = cfg.steps if stop_after is None else min(cfg.steps, max(start, stop_after))
+    for step in range(start, end):
         d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
                         else (task.d, task.n))
         tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
@@ -319,16 +323,13 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
             raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
                                f"keep grad_clip > 0)")
         window.append(value)
-        recent.append(value)
-        if len(recent) > final_window:
-            recent.pop(0)
         done = step + 1
-        if done % log_every == 0 or done == cfg.steps:
+        if done % log_every == 0 or done in (cfg.steps, end):
             now = time.perf_counter()
             entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
                      "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
             window, t_log, s_log = [], now, done
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
                 last_eval = evaluate(model, held_out)
                 entry["eval_query_error"] = last_eval["query_error"]
                 entry["eval_mean_error"] = last_eval["mean_error"]
@@ -338,19 +339,33 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
                     f.write(json.dumps(entry) + "\n")
             bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
         bar.update(1)
-        if out is not None and (done == cfg.steps or (cfg.checkpoint_every
-                                                       and done % cfg.checkpoint_every == 0)):
-            final = {"final_loss": float(np.mean(recent)), "final_window": len(recent),
-                     "eval": last_eval}
+        if out is not None and (done == end or (cfg.checkpoint_every
+                                                and done % cfg.checkpoint_every == 0)):
+            loss, covered = final_loss(log, done)
+            final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
             save_checkpoint(Path(out), model, opt, task, cfg, done, final)
     bar.close()
     if not last_eval:
         last_eval = evaluate(model, held_out)
     model.eval()
-    return TrainResult(model=model, step=max(start, cfg.steps),
-                       final_loss=float(np.mean(recent)) if recent else float("nan"),
-                       final_window=len(recent), eval=last_eval, log=log,
-                       seconds=time.perf_counter() - t0)
+    loss, covered = final_loss(log, end)
+    return TrainResult(model=model, step=end, final_loss=loss, final_window=covered,
+                       eval=last_eval, log=log, seconds=time.perf_counter() - t0)
+
+
+def final_loss(log: list[dict], step: int, window: int = 1000) -> tuple[float, int]:
+    """The training loss averaged over the last `window` steps up to `step`, from the log's
+    per-interval means (weighted by the steps each covers), and the steps it covers."""
+    total, covered, prev = 0.0, 0, 0
+    for entry in log:
+        if entry["step"] > step:
+            break
+        span = entry["step"] - prev
+        if entry["step"] > step - window:
+            total += entry["loss"] * span
+            covered += span
+        prev = entry["step"]
+    return (total / covered if covered else float("nan")), covered
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -426,7 +441,7 @@ def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
         raise LoadError(f"{path}: holds the optimizer of step {meta_step}, config.json is at "
                         f"step {step}")
     state = {}
-    for i, (name, p) in enumerate(model.named_parameters()):
+    for i, (name, _) in enumerate(model.named_parameters()):
         entry = {}
         for key in ("step", "exp_avg", "exp_avg_sq"):
             t = tensors.get(f"{name}.{key}")
