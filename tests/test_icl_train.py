@@ -406,12 +406,16 @@ def test_short_training_lowers_the_loss():
 
 @pytest.mark.slow
 def test_smoke_training_d2_two_layers_learns_in_context():
-    """4000 steps, d = 2, 2 layers, curriculum: measured XXX."""
+    """4000 steps, d = 2, 2 layers of width 32, curriculum every 500 steps (over a minute, so
+    slow). Measured (seed 0): held-out query error / d 1.12 at step 500, 0.21 at 2000, 0.065 at
+    4000; by prefix at the end 0.98 (k = 0, no examples) down to 0.065 (k = 6)."""
     task = RegressionTask(2, 6)
     cfg = TrainConfig(steps=4000, batch=64, warmup=500, lr=1e-3, seed=0, eval_every=0,
                       eval_prompts=1024, checkpoint_every=0, curriculum=Curriculum(interval=500))
     r = train(SMOKE_MODEL, task, cfg, progress=False)
-    assert r.eval["query_error"] < 0.1
+    assert r.eval["query_error"] < 0.12
+    by_k = r.eval["error_by_k"]
+    assert by_k[0] > 0.8 and by_k[-1] < 0.2 * by_k[0]  # the error falls with the examples
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -164,7 +164,10 @@ class TrainConfig:
         if data.get("curriculum") is not None:
             if not isinstance(data["curriculum"], dict):
                 raise RaspiclError("train.curriculum must be an object or null")
-            data["curriculum"] = Curriculum(**data["curriculum"])
+            try:
+                data["curriculum"] = Curriculum(**data["curriculum"])
+            except TypeError as exc:
+                raise RaspiclError(f"train.curriculum: {exc}") from None
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -263,10 +264,14 @@ def save_model(model: ICLTransformer, path: str | Path, meta: dict | None = None
         raise RaspiclError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
     config = {"format": FORMAT, "model": model.cfg.to_dict()}
     config.update({k: v for k, v in (meta or {}).items() if k not in config})
-    (out / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+    # each file is written beside its place and renamed over it: a kill mid-write leaves the
+    # previous file whole (config.json last, so that its step never runs ahead of the weights)
+    save_file(state, str(out / (WEIGHTS + ".tmp")))
+    os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
+    (out / (CONFIG + ".tmp")).write_text(json.dumps(config, indent=1) + "\n")
+    os.replace(out / (CONFIG + ".tmp"), out / CONFIG)
     return out
 
 
