@@ -330,8 +330,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", action="append", choices=["w_ols", "xty", "program"],
                    help="what to probe for; repeatable (default: w_ols and xty). program: the "
                         "weights of a compiled batch_gd, ridge or sgd model's own algorithm")
-    p.add_argument("--kind", choices=["linear", "mlp", "both"], default="both",
-                   help="probe kind: ridge, a two-layer GeLU MLP, or both (default both)")
+    p.add_argument("--kind", choices=["linear", "mlp", "both"], default="linear",
+                   help="probe kind: ridge, a two-layer GeLU MLP (about a second per layer and "
+                        "prefix on one CPU thread), or both (default linear)")
     p.add_argument("--noise", type=scale_arg, metavar="SIGMA",
                    help="label noise sigma of the prompts (default: the model's training "
                         "noise, 0 for a compiled model)")
