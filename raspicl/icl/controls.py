@@ -1,0 +1,186 @@
+"""Compiled raspicl models as Predictors: controls whose algorithm is known exactly.
+
+A compiled batch_gd, ridge or sgd model computes its algorithm to rounding (the compiler's
+checks), so every metric and probe applied to it has a known right answer: SPD to its own
+algorithm ~0, best match its own algorithm, the weight register decodable from the residual
+after the block that writes it and not before. `CompiledPredictor` maps the layout's output
+positions to the Predictor columns (x token 2k -> column k, the query 2n -> column n, NaN
+elsewhere) and gives the residual after the embedding and after every block as hidden states.
+
+Check mode. The compiled model's runtime monitor (raspicl.monitor) either vouches for a prompt
+or refuses it. A control is run with check='warn' by default: every prediction comes back, on
+exactly the prompts every other learner sees (dropping refused prompts would select the sample
+by the control's own difficulty, and 'error' would abort a whole comparison over one prompt
+whose conservative bound exceeds the tolerance: a compiled ridge at d = 2 vouches at 1e-8 for
+about a third of its domain while its measured error is ~1e-10), and the refusals are counted
+in `refused` / `checked` instead of printed, so that `raspicl compare` reports them. The
+controls' tests then check the predictions directly against raspicl.solvers, which is
+stronger than the monitor. 'error' and 'ignore' are available for callers who want them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raspicl.compiled import CompiledModel
+from raspicl.errors import DomainWarning, RaspiclError
+from raspicl.icl import learners as L
+from raspicl.prompts import Prompts
+
+
+def _call(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("d", "n"))
+
+
+@dataclass
+class CompiledPredictor:
+    """A compiled raspicl model read as an in-context learner."""
+
+    model: CompiledModel
+    check: str = "warn"
+    name: str = ""
+    refused: int = 0  # prompts the monitor refused, over every call so far
+    checked: int = 0  # prompts the monitor checked, over every call so far
+    findings: list[str] = field(default_factory=list)  # the first few refusal messages
+
+    def __post_init__(self) -> None:
+        if self.check not in ("error", "warn", "ignore"):
+            raise ValueError(f"check must be 'error', 'warn' or 'ignore', got {self.check!r}")
+        pos = self.model.layout["output"]["positions"]
+        shape = self.model.layout["output"].get("shape", [])
+        if int(np.prod(shape)) != 1:
+            raise RaspiclError(f"compiled model {self.program_name}: its output register has "
+                               f"shape {shape}; a regression learner predicts one number")
+        bad = [p for p in pos if p % 2 or p > 2 * self.n]
+        if bad:
+            raise RaspiclError(f"compiled model {self.program_name}: output positions {bad} "
+                               f"are not x tokens or the query (0, 2, ..., 2n = {2 * self.n})")
+        if not self.name:
+            self.name = f"compiled {self.program_name}({_call(self.params)})"
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, directory: str | Path, check: str = "warn") -> CompiledPredictor:
+        """A model directory written by `raspicl compile` / raspicl.export.save."""
+        from raspicl.export import load
+
+        return cls(load(directory), check=check)
+
+    # ------------------------------------------------------------------ what it is
+
+    @property
+    def d(self) -> int:
+        return int(self.model.layout["prompt"]["d"])
+
+    @property
+    def n(self) -> int:
+        return int(self.model.layout["prompt"]["n_examples"])
+
+    @property
+    def program_name(self) -> str:
+        return str(self.model.layout["program"]["name"])
+
+    @property
+    def params(self) -> dict:
+        return dict(self.model.layout["program"].get("params", {}))
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.model.layout["architecture"]["block_order"])
+
+    # ------------------------------------------------------------------ running
+
+    def _check_prompts(self, prompts: Prompts) -> None:
+        if (prompts.d, prompts.n) != (self.d, self.n):
+            raise RaspiclError(f"{self.name}: compiled for d={self.d}, n={self.n}; the prompts "
+                               f"have d={prompts.d}, n={prompts.n}")
+
+    def _count(self, caught: list, accepted: np.ndarray | None, batch: int) -> None:
+        if self.check == "ignore":
+            return
+        self.checked += batch
+        if accepted is not None:
+            self.refused += int(batch - np.count_nonzero(accepted))
+        for w in caught:
+            if issubclass(w.category, DomainWarning) and len(self.findings) < 5:
+                self.findings.append(str(w.message))
+
+    def predict(self, prompts: Prompts) -> np.ndarray:
+        """[B, n + 1]: the model's output at x token k + 1 (token 2k) in column k, at the query
+        (token 2n) in column n, NaN at columns it has no output position for."""
+        self._check_prompts(prompts)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DomainWarning)
+            run = self.model.run(prompts, check=self.check)
+        self._count(caught, run.accepted, prompts.batch)
+        out = np.full((prompts.batch, self.n + 1), np.nan)
+        pos = self.model.layout["output"]["positions"]
+        out[:, [p // 2 for p in pos]] = run.values.reshape(prompts.batch, len(pos))
+        return out
+
+    def hidden_states(self, prompts: Prompts) -> list[np.ndarray]:
+        """The residual stream after the embedding and after every block (after its MLP):
+        1 + blocks arrays [B, 2n + 1, d_model], float64."""
+        self._check_prompts(prompts)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", DomainWarning)
+            res = self.model.residuals(prompts, check=self.check)
+        return res[0::2]
+
+    def block_writing(self, register: str, version: int | None = None) -> int:
+        """The hidden-state index (1 = after the first block) right after the block whose
+        sublayer writes this register version (0: the embedding)."""
+        v = self.model.version(register, version)
+        return (int(v["written_after"]) + 1) // 2
+
+    def program_learners(self) -> list:
+        """The reference learners of this model's own algorithm at its hyper-parameters (what
+        an honest comparison must offer: see docs/experiments.md): batch_gd -> fixed-step
+        gd(T, lr, lam, w0), ridge -> ridge(lam), sgd -> sgd(lr, lam, w0); [] otherwise."""
+        return program_learners(self.program_name, self.params)
+
+
+def program_learners(program: str, params: dict) -> list:
+    """See CompiledPredictor.program_learners."""
+    if program == "batch_gd":
+        return [L.GradientDescent(T=int(params["T"]), lr=float(params["lr"]),
+                                  lam=float(params.get("lam", 0.0)), w0=params.get("w0"))]
+    if program == "ridge":
+        return [L.Ridge(float(params["lam"]))]
+    if program == "sgd":
+        return [L.SGD(lr=float(params["lr"]), lam=float(params.get("lam", 0.0)),
+                      w0=params.get("w0"))]
+    return []
+
+
+def compile_control(program: str, dtype: str = "float64", check: str = "warn",
+                    **params) -> CompiledPredictor:
+    """Compile a bundled program (or a program file) as `raspicl compile` does — its own
+    DOMAIN and contract tolerance — and wrap it as a CompiledPredictor."""
+    import torch
+
+    from raspicl.compiler import CompilerConfig, compile_program
+    from raspicl.errors import ContractWarning
+    from raspicl.registry import find_program
+    from raspicl.verify import contract_tolerance_for
+
+    pf = find_program(program)
+    config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)  # counted at run time as refusals
+        cm = compile_program(pf.build(**params), config, domain=pf.domain)
+    if dtype == "float32":
+        cm = cm.to(torch.float32)
+    return CompiledPredictor(cm, check=check)
+
+
+def merge_learners(base: list, extra: list) -> list:
+    """base + the learners of extra whose names base lacks (a program's learner may already be
+    in the reference set, e.g. gd(T=1, lr=0.1) or ridge(0.25))."""
+    names = {b.name for b in base}
+    return base + [e for e in extra if e.name not in names]
