@@ -13,6 +13,13 @@ Four checks per program and parameter set:
 
 Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
 every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
+
+Memory: the problems run CHUNK at a time, and each chunk is one forward pass streamed sublayer
+by sublayer (CompiledModel.stream): every register version is compared as soon as the sublayer
+that writes it has run, the runtime monitor (raspicl.monitor.ContractStream) keeps only what
+its walk reads, and the prediction is read off the last residual of the same pass. Nothing
+holds the whole residual stream, so memory grows with the chunk, not with `problems`; every
+check is per problem, so the result does not depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -29,11 +36,16 @@ from raspicl.compiler.bounds import Domain
 from raspicl.errors import ContractWarning
 from raspicl.guards import check_prompt
 from raspicl.interpret import interpret
-from raspicl.prompts import random_prompts
+from raspicl.monitor import ContractStream
+from raspicl.prompts import Prompts, random_prompts
 from raspicl.registry import ProgramFile
 
 INTERPRETER_TOLERANCE = 1e-12
 DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
+# Problems per forward pass: bounds verify's memory (ridge d=8 n=16 holds ~5 MB per problem
+# in the interpreter's trace and the monitor's values) while keeping each pass large enough
+# to run at the model's batch speed.
+CHUNK = 200
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -109,32 +121,44 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     if dtype == "float32":
         cm = cm.to(torch.float32)
     prompts = random_prompts(problems, program.d, program.n, seed)
-    trace = interpret(program, prompts)
     # Verification measures the error on every prompt drawn (check='ignore'), notes those
     # beyond what calibration saw, and holds the contract separately below.
     outside = check_prompt(cm.layout, prompts.tokens(), "ignore")
-    residuals = cm.residuals(prompts, check="ignore")
+    writes = _writes(program, cm)
+    err_op = np.zeros(len(program.ops))
+    err_pred = err_is = err_ms = 0.0
+    accepted, violations = [], 0
+    for lo in range(0, problems, CHUNK):
+        chunk = _chunk(prompts, lo, min(lo + CHUNK, problems))
+        trace = interpret(program, chunk)
+        monitor = ContractStream(cm.layout, cm.dtype_name)
+        final = None
+        for i, r in enumerate(cm.stream(chunk)):  # one forward pass, sublayer by sublayer
+            monitor.feed(r)
+            for k, rows in writes.get(i, ()):
+                err_op[k] = max(err_op[k], rel_err(r[:, :, rows], trace.after[k]))
+            final = r
+        want = trace.output()
+        got = cm.readout(final)
+        err_pred = max(err_pred, rel_err(got, want))
+        contract = monitor.report()
+        ok = contract.accepted[:, None, None] & np.isfinite(want)
+        diff = np.abs(got - want)
+        over = ok & ((diff > contract.bound)
+                     | (diff > config.contract_tolerance * np.maximum(np.abs(want), 1.0)))
+        violations += int(over.sum())
+        accepted.append(contract.accepted)
+        if pf.has_reference:
+            ref = np.asarray(pf.reference(chunk, **params), dtype=np.float64).reshape(want.shape)
+            err_is, err_ms = max(err_is, rel_err(want, ref)), max(err_ms, rel_err(got, ref))
+        del trace, monitor, contract, final
+    if not pf.has_reference:
+        err_is = err_ms = float("nan")
     worst, worst_name = 0.0, "-"
-    versions: dict[str, int] = {}
-    for op in program.ops:
-        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
-        got = cm.decode(residuals, op.dst.name, versions[op.dst.name])
-        e = rel_err(got, trace.after[op.index])
+    for op in program.ops:  # the first op with the largest error, as one pass would name it
+        e = err_op[op.index]
         if e > worst or worst_name == "-":
             worst, worst_name = e, f"{op.dst.name} (op {op.index}, {op.source})"
-    want = trace.output()
-    got = cm.readout(residuals[-1])
-    err_pred = rel_err(got, want)
-    contract = cm.contract(residuals)
-    ok = contract.accepted[:, None, None] & np.isfinite(want)
-    diff = np.abs(got - want)
-    over = ok & ((diff > contract.bound)
-                 | (diff > config.contract_tolerance * np.maximum(np.abs(want), 1.0)))
-    if pf.has_reference:
-        ref = np.asarray(pf.reference(prompts, **params), dtype=np.float64).reshape(want.shape)
-        err_is, err_ms = rel_err(want, ref), rel_err(got, ref)
-    else:
-        err_is = err_ms = float("nan")
     sym = "-"
     if symbolic and hasattr(pf.module, "closed_form") and program.d <= 3 and program.n == 1:
         sym = "proved" if _prove(pf, params, program) else "FAILED"
@@ -142,8 +166,26 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     return CheckResult(pf.name, dict(params), dtype, s["blocks"], s["heads"], s["d_model"],
                        s["d_mlp"], s["params"], worst, worst_name, err_pred, err_is, err_ms,
                        sym, tolerance_for(pf, dtype), time.perf_counter() - start, problems,
-                       float(contract.accepted.mean()), int(over.sum()),
+                       float(np.concatenate(accepted).mean()), violations,
                        config.contract_tolerance, notes=outside)
+
+
+def _writes(program, cm) -> dict[int, list[tuple[int, list[int]]]]:
+    """For each residual index, the ops whose register version is read off it: (op index,
+    rows), every op in program order."""
+    versions: dict[str, int] = {}
+    out: dict[int, list[tuple[int, list[int]]]] = {}
+    for op in program.ops:
+        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
+        v = cm.version(op.dst.name, versions[op.dst.name])
+        out.setdefault(int(v["written_after"]), []).append((op.index, list(v["rows"])))
+    return out
+
+
+def _chunk(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Problems start..stop-1 of a batch."""
+    w = None if prompts.w is None else prompts.w[start:stop]
+    return Prompts(prompts.X[start:stop], prompts.y[start:stop], prompts.xq[start:stop], w)
 
 
 def _prove(pf: ProgramFile, params: dict, program) -> bool:
