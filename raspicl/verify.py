@@ -18,8 +18,9 @@ Memory: the problems run CHUNK at a time, and each chunk is one forward pass str
 by sublayer (CompiledModel.stream): every register version is compared as soon as the sublayer
 that writes it has run, the runtime monitor (raspicl.monitor.ContractStream) keeps only what
 its walk reads, and the prediction is read off the last residual of the same pass. Nothing
-holds the whole residual stream, so memory grows with the chunk, not with `problems`; every
-check is per problem, so the result does not depend on the chunk size.
+holds the whole residual stream, so memory grows with the chunk, not with `problems`. Every
+check is per problem; the chunk size changes only the last bits of the model's arithmetic
+(vectorised kernels round the tail of a batch differently).
 """
 
 from __future__ import annotations
@@ -217,24 +218,56 @@ def default_checks(programs: list[ProgramFile], dtypes: tuple[str, ...]) -> list
     return [(pf, params, dt) for pf in programs for params in pf.grid for dt in dtypes]
 
 
+HEAD = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
+        "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted", "pass"]
+# The narrowest each column is printed, whatever its header: the widest value it usually holds
+# (a model of 10^8 parameters, an error such as 1.2e-11, "99.8%"), so that rows printed one
+# at a time line up.
+MIN_WIDTH = {"blocks": 4, "d_model": 5, "d_mlp": 5, "params#": 9, "sympy": 6, "tol": 5,
+             "accepted": 8, "pass": 4}
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _cells(r: CheckResult) -> list[str]:
+    return [r.program, _params_text(r.params), r.dtype, str(r.blocks), str(r.heads),
+            str(r.d_model), str(r.d_mlp), str(r.n_params),
+            f"{max(r.err_registers, r.err_prediction):.1e}", _fmt(r.err_model_solver),
+            _fmt(r.err_interpreter_solver), r.symbolic, f"{r.tolerance:.0e}", _accepted(r),
+            "PASS" if r.passed else "FAIL"]
+
+
+def _join(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
 def format_table(results: list[CheckResult]) -> str:
     """The verification table, one row per check."""
-    head = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
-            "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted",
-            "pass"]
-    rows = []
-    for r in results:
-        params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        rows.append([r.program, params, r.dtype, str(r.blocks), str(r.heads), str(r.d_model),
-                     str(r.d_mlp), str(r.n_params), f"{max(r.err_registers, r.err_prediction):.1e}",
-                     _fmt(r.err_model_solver), _fmt(r.err_interpreter_solver), r.symbolic,
-                     f"{r.tolerance:.0e}", _accepted(r), "PASS" if r.passed else "FAIL"])
+    rows = [_cells(r) for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+              for i, h in enumerate(HEAD)]
+    lines = [_join(HEAD, widths), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [_join(row, widths) for row in rows])
+
+
+class TablePrinter:
+    """The verification table a row at a time: its widths are fixed before any check runs,
+    from the checks' program names and parameters and MIN_WIDTH."""
+
+    def __init__(self, checks: list[tuple]):
+        known = {"program": [pf.name for pf, _, _ in checks],
+                 "params": [_params_text(params) for _, params, _ in checks],
+                 "dtype": [dt for _, _, dt in checks]}
+        self.widths = [max([len(h), MIN_WIDTH.get(h, 0), *map(len, known.get(h, []))])
+                       for h in HEAD]
+
+    def header(self) -> str:
+        return _join(HEAD, self.widths) + "\n" + "  ".join("-" * w for w in self.widths)
+
+    def row(self, r: CheckResult) -> str:
+        return _join(_cells(r), self.widths)
 
 
 def _accepted(r: CheckResult) -> str:
