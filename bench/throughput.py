@@ -82,11 +82,13 @@ def main() -> int:
             dense.compact = False
             for batch in BATCHES:
                 prompts = random_prompts(batch, program.d, program.n, seed=batch)
-                t_int = best_of(lambda p=prompts: interpret(program, p), args.repeats)
-                t_sol = best_of(lambda p=prompts: pf.reference(p, **params), args.repeats)
-                t_dense = best_of(lambda p=prompts: dense.predict(p, check="ignore"),
+                t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats)
+                t_sol = best_of(lambda p=prompts, f=pf, k=params: f.reference(p, **k),
+                                args.repeats)
+                t_dense = best_of(lambda p=prompts, m=dense: m.predict(p, check="ignore"),
                                   args.repeats)
-                t_comp = best_of(lambda p=prompts: cm.predict(p, check="ignore"), args.repeats)
+                t_comp = best_of(lambda p=prompts, m=cm: m.predict(p, check="ignore"),
+                                 args.repeats)
                 print(f"{name:16s} {shown:10s} {str(dtype)[6:]:7s} {batch:5d} "
                       f"{1e3 * t_int:10.2f} {1e3 * t_sol:10.2f} {1e3 * t_dense:10.2f} "
                       f"{1e3 * t_comp:10.2f} {t_dense / t_int:9.1f} {t_comp / t_int:11.1f} "

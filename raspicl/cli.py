@@ -222,10 +222,10 @@ def cmd_compile(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from raspicl.prompts import Prompts
-    from raspicl.registry import bundled_programs, find_program
     from tqdm import tqdm
 
+    from raspicl.prompts import Prompts
+    from raspicl.registry import bundled_programs, find_program
     from raspicl.verify import TablePrinter, default_checks, verify_program
 
     programs = [find_program(p) for p in args.programs] if args.programs else bundled_programs()

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from raspicl.compact import CompactPlan
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
-from raspicl.compact import CompactPlan
 from raspicl.model import Transformer, check_dtype
 from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
