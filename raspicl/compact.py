@@ -132,6 +132,12 @@ def _mlp_plan(block) -> MLPPlan:
                    mlp.b_out[out_rows].clone())
 
 
+def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], as one fused 2-D product."""
+    B, T, r = x.shape
+    return torch.addmm(b, x.reshape(B * T, r), W).view(B, T, -1)
+
+
 class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
@@ -159,27 +165,27 @@ class CompactPlan:
         H = p.n_heads
         if H:
             def heads(rows, W, b):  # [B, H, T, width]
-                x = resid.index_select(2, rows) @ W + b
-                return x.view(B, T, H, -1).transpose(1, 2)
+                return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1) \
+                    .transpose(1, 2)
 
             q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
             if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
-                scores = q[..., :, None, 0] * k[..., None, :, 0]
+                s = q[..., :, None, 0] * k[..., None, :, 0]
                 for c in range(1, q.shape[-1]):
-                    scores = scores + q[..., :, None, c] * k[..., None, :, c]
+                    s.addcmul_(q[..., :, None, c], k[..., None, :, c])
             else:
-                scores = q @ k.transpose(-1, -2)
+                s = q @ k.transpose(-1, -2)
             future = torch.ones(T, T, dtype=torch.bool, device=resid.device).triu(1)
-            scores = (scores / p.scale).masked_fill(future, float("-inf"))
-            # softmax written out (torch's kernel is several times slower on a last dim this
-            # short); a weight below the dtype's smallest normal number is set to zero, where
-            # the dense pass has a subnormal: exp is slow there, and the difference is below
-            # finfo.tiny per weight
-            x = scores - scores.amax(dim=-1, keepdim=True)
-            x = x.masked_fill(x < math.log(torch.finfo(x.dtype).tiny), float("-inf"))
-            e = torch.exp(x)
-            z = (e / e.sum(dim=-1, keepdim=True)) @ heads(p.v_rows, p.W_v, p.b_v)
-            out = z.transpose(1, 2).reshape(B, T, -1) @ p.W_o + p.b_o
+            s.div_(p.scale).masked_fill_(future, float("-inf"))
+            # softmax written out, in place (torch's kernel is several times slower on a last
+            # dim this short); a weight below the dtype's smallest normal number is set to
+            # zero, where the dense pass has a subnormal: exp is slow there, and the
+            # difference is below finfo.tiny per weight
+            s.sub_(s.amax(dim=-1, keepdim=True))
+            s.masked_fill_(s < math.log(torch.finfo(s.dtype).tiny), float("-inf")).exp_()
+            s.div_(s.sum(dim=-1, keepdim=True))
+            z = s @ heads(p.v_rows, p.W_v, p.b_v)  # [B, H, T, cv]
+            out = _affine(z.transpose(1, 2).reshape(B, T, -1), p.W_o, p.b_o)
         else:
             out = p.b_o.expand(B, T, -1)
         return resid.index_add(2, p.out_rows, out)
@@ -190,8 +196,8 @@ class CompactPlan:
         if not len(p.out_rows):
             return resid
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        out = F.gelu(x.index_select(2, p.in_rows) @ p.W_in + p.b_in) @ p.W_out + p.b_out
-        return resid.index_add(2, p.out_rows, out)
+        h = F.gelu(_affine(x.index_select(2, p.in_rows), p.W_in, p.b_in))
+        return resid.index_add(2, p.out_rows, _affine(h, p.W_out, p.b_out))
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every
