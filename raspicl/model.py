@@ -37,6 +37,10 @@ from torch import nn
 # anchors, LayerNorm eps and product scales (bfloat16 errs by 3e-3 on a plain matrix product).
 GADGET_DTYPES = (torch.float64, torch.float32)
 
+# The MLP's activation as layouts name it: F.gelu, the exact (erf) form. The one place it is
+# spelled; describe and the schema should read it from here.
+ACT_FN = "gelu_erf"
+
 # The torch thread count of a CPU forward pass unless the caller or RASPICL_THREADS says
 # otherwise. Compiled models do many small matrix products (a few hundred rows): extra threads
 # only add synchronisation, and on a machine whose cores are busy they wait on each other
