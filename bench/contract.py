@@ -61,6 +61,7 @@ import torch  # noqa: E402
 import raspicl  # noqa: E402
 from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
 from raspicl.errors import CompileError, ContractWarning  # noqa: E402
+from raspicl.model import threads_for  # noqa: E402
 from raspicl.prompts import PromptDistribution  # noqa: E402
 from raspicl.registry import bundled_programs, find_program  # noqa: E402
 from raspicl.verify import contract_tolerance_for  # noqa: E402
@@ -228,7 +229,7 @@ def main() -> int:
     else:
         print("acceptance >= 99% on every prompt set with noise <= 1 and x std <= 1.5")
     print(f"{time.perf_counter() - start:.0f} s, {args.problems} prompts per set, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads per forward pass {threads_for()} (raspicl.model.threads_for)")
     return 1 if total_viol else 0
 
 

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
 from raspicl.errors import ContractWarning, DomainWarning  # noqa: E402
+from raspicl.model import threads_for  # noqa: E402
 from raspicl.prompts import random_prompts  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
 from raspicl.verify import contract_tolerance_for  # noqa: E402
@@ -86,7 +87,8 @@ def main() -> int:
             shown = " ".join(f"{k}={v}" for k, v in params.items())
             print(f"{name:16s} {shown:10s} {batch:5d} {1e3 * t_plain:12.2f} {1e3 * t_mon:10.2f} "
                   f"{t_mon / t_plain:6.1f}", flush=True)
-    print(f"\nbest of {args.repeats} repeats, torch threads {torch.get_num_threads()}; "
+    print(f"\nbest of {args.repeats} repeats, torch threads per forward pass {threads_for()} "
+          f"(raspicl.model.threads_for); "
           f"quote the ratios, not the times")
     return 0
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raspicl.compiler import compile_program  # noqa: E402
 from raspicl.errors import ContractWarning  # noqa: E402
+from raspicl.model import threads_for  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
 
 SWEEPS = {
@@ -98,6 +99,7 @@ def main() -> int:
     for what, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {detail}")
         failed += not ok
+    print(f"torch threads per forward pass {threads_for()} (raspicl.model.threads_for)")
     return 1 if failed else 0
 
 

@@ -222,9 +222,11 @@ def cmd_compile(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from tqdm import tqdm
+
     from raspicl.prompts import Prompts
     from raspicl.registry import bundled_programs, find_program
-    from raspicl.verify import default_checks, format_table, verify_program
+    from raspicl.verify import TablePrinter, default_checks, verify_program
 
     programs = [find_program(p) for p in args.programs] if args.programs else bundled_programs()
     if not programs:
@@ -241,16 +243,23 @@ def cmd_verify(args) -> int:
         for pf, params, _ in checks:
             _check_domain(domain, pf.build(**params), f"{pf.name}({_call(params)})")
     results = []
-    for pf, params, dt in checks:
+    table = TablePrinter(checks)
+    print(table.header(), flush=True)
+    # each row as its check finishes; the progress bar (stderr, a terminal only) counts checks
+    bar = tqdm(checks, desc="verify", unit="check", file=sys.stderr, disable=None, leave=False)
+    for pf, params, dt in bar:
+        bar.set_postfix_str(f"{pf.name} {_call(params)} {dt}")
         r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
                            symbolic=not args.no_symbolic, domain=domain)
         results.append(r)
+        bar.write(table.row(r), file=sys.stdout)
+        sys.stdout.flush()
         if args.verbose:
-            print(f"{r.program} {r.params} {r.dtype}: worst register {r.worst_register}, "
-                  f"{r.seconds:.1f}s", file=sys.stderr)
+            bar.write(f"{r.program} {r.params} {r.dtype}: worst register {r.worst_register}, "
+                      f"{r.seconds:.1f}s", file=sys.stderr)
             for note in r.notes:
-                print(f"  outside the calibrated domain: {note}", file=sys.stderr)
-    print(format_table(results))
+                bar.write(f"  outside the calibrated domain: {note}", file=sys.stderr)
+    bar.close()
     failed = [r for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
           f"({args.problems} random problems each, seed {args.seed}; "

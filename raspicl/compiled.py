@@ -3,6 +3,14 @@
 The layout (the content of layout.json) is all that is needed to encode prompts, read the
 prediction and decode any register from the residual stream; a model loaded from disk has no
 Program object, only this.
+
+`run`, `predict` and `stream` make the residual stream one sublayer at a time and hand each
+residual to the runtime monitor (raspicl.monitor.ContractStream) as it comes, so no call holds
+every residual of a batch unless it asks for them (`residuals`). The forward pass runs the
+compact plan (raspicl.compact: the weights' nonzero rows, units and heads only) unless
+`compact=False` or a token is not finite; on the CPU it runs under `threads` torch threads
+(raspicl.model.threads_for: the argument, else the model's `threads`, else RASPICL_THREADS,
+else 1), restoring the caller's setting after.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from raspicl.compact import CompactPlan
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
 from raspicl.model import Transformer, check_dtype
-from raspicl.monitor import ContractReport, Finding, check_contract
+from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
 
 # At most this many findings are spelled out in a DomainError or as warnings; the rest are
@@ -43,8 +52,16 @@ class Prediction:
 
 @dataclass
 class CompiledModel:
+    """model: the transformer; layout: what its rows mean. threads: the torch thread count of
+    its CPU forward passes (None: RASPICL_THREADS, else raspicl.model.DEFAULT_THREADS);
+    compact: run the compact plan of its weights (same numbers as the dense pass up to the
+    order of floating-point sums; see raspicl.compact)."""
+
     model: Transformer
     layout: dict
+    threads: int | None = None
+    compact: bool = True
+    _plan: CompactPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ running
 
@@ -59,18 +76,21 @@ class CompiledModel:
         W = self.model.embed.W_E
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
-    def run(self, prompts: Prompts | np.ndarray, check: str = "error") -> Prediction:
+    def run(self, prompts: Prompts | np.ndarray, check: str = "error",
+            threads: int | None = None) -> Prediction:
         """Predictions with their error bounds and the runtime contract (raspicl.monitor).
 
         check: 'error' raises DomainError if any prompt is refused (NaN or infinite tokens, a
         gadget precondition that fails, an error bound above the tolerance), naming the
         prompt, token, op and quantity; 'warn' issues a DomainWarning instead and returns
-        every prediction, refused ones included; 'ignore' runs no monitor (bound None)."""
-        return self._run(prompts, check, depth=1)
+        every prediction, refused ones included; 'ignore' runs no monitor (bound None).
+        threads: the torch thread count on the CPU (default: the model's `threads`)."""
+        return self._run(prompts, check, depth=1, threads=threads)
 
-    def _run(self, prompts, check: str, depth: int) -> Prediction:
+    def _run(self, prompts, check: str, depth: int, threads: int | None = None) -> Prediction:
         """run(), called `depth` raspicl frames below the user's line."""
-        res, report, prompt_findings = self._forward(prompts, check, depth + 1)
+        res, report, prompt_findings = self._forward(prompts, check, depth + 1, threads,
+                                                     keep_all=False)
         values = self.readout(res[-1])
         if report is None:
             return Prediction(values, None, None)
@@ -78,16 +98,38 @@ class CompiledModel:
                           prompt_findings + report.findings, self.layout["monitor"]["tolerance"])
 
     def predict(self, prompts: Prompts | np.ndarray, check: str = "error",
-                with_bound: bool = False):
+                with_bound: bool = False, threads: int | None = None):
         """The prediction at the output positions: [B, n_positions, d_out], as float64 numpy
-        (and its error bound, the same shape, if with_bound). check: as for `run`."""
-        out = self._run(prompts, check, depth=1)
+        (and its error bound, the same shape, if with_bound). check, threads: as for `run`."""
+        out = self._run(prompts, check, depth=1, threads=threads)
         return (out.values, out.bound) if with_bound else out.values
 
-    def residuals(self, prompts: Prompts | np.ndarray, check: str = "error") -> list[np.ndarray]:
-        """The residual stream after the embedding and after every sublayer, float64 numpy.
-        check: as for `run`."""
-        return self._forward(prompts, check, depth=1)[0]
+    def residuals(self, prompts: Prompts | np.ndarray, check: str = "error",
+                  threads: int | None = None) -> list[np.ndarray]:
+        """The residual stream after the embedding and after every sublayer, float64 numpy
+        (every one held: `stream` yields them one at a time). check, threads: as for `run`."""
+        return self._forward(prompts, check, depth=1, threads=threads, keep_all=True)[0]
+
+    def stream(self, prompts: Prompts | np.ndarray, threads: int | None = None,
+               compact: bool | None = None):
+        """The residuals `residuals` returns, yielded one at a time as float64 numpy (no
+        monitor, no checks beyond the prompt's shape). compact: None for the model's own
+        setting; prompts with a non-finite token always run the dense pass."""
+        arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
+        tok = self.tokens(arr)
+        use = self.compact if compact is None else compact
+        plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
+        n = threads if threads is not None else self.threads
+        with torch.no_grad():
+            for r in self.model.stream(tok, plan=plan, threads=n):
+                yield r.detach().cpu().double().numpy()
+
+    def plan(self) -> CompactPlan:
+        """The compact execution plan of the current weights (built once, rebuilt if a
+        parameter is replaced or modified in place)."""
+        if self._plan is None or not self._plan.matches(self.model):
+            self._plan = CompactPlan(self.model)
+        return self._plan
 
     def readout(self, final: np.ndarray) -> np.ndarray:
         """The prediction at the output positions from the last residual [B, T, d_model]
@@ -105,19 +147,28 @@ class CompiledModel:
     def dtype_name(self) -> str:
         return str(self.model.dtype).removeprefix("torch.")
 
-    def _forward(self, prompts, check: str, depth: int):
-        """The residual stream, the monitor's report and the prompt's own findings. Called
-        `depth` raspicl frames below the user's line, at which warnings point."""
+    def _forward(self, prompts, check: str, depth: int, threads: int | None = None,
+                 keep_all: bool = True):
+        """The residual stream (every residual if keep_all, else the last one only), the
+        monitor's report and the prompt's own findings. Called `depth` raspicl frames below
+        the user's line, at which warnings point. The monitor is fed each residual as the
+        forward pass makes it."""
         check_mode(check)
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         # the shape is checked even under 'ignore'; NaN and infinity are findings
         found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
-        tok = self.tokens(arr)
-        with torch.no_grad():
-            res = [r.detach().cpu().double().numpy() for r in self.model.residuals(tok)]
-        if check == "ignore":
+        monitor = None if check == "ignore" else ContractStream(self.layout, self.dtype_name)
+        res: list[np.ndarray] = []
+        for r in self.stream(arr, threads=threads):
+            if monitor is not None:
+                monitor.feed(r)
+            if keep_all or not res:
+                res.append(r)
+            else:
+                res[0] = r
+        if monitor is None:
             return res, None, []
-        report = self.contract(res)
+        report = monitor.report()
         prompt_findings = [Finding(-1, -1, None, "prompt", float("nan"), float("nan"), m)
                            for m in found]
         _report(prompt_findings + report.findings, len(report.accepted), check,
@@ -162,7 +213,7 @@ class CompiledModel:
             check_dtype(dtype)
 
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
-        return CompiledModel(model, self.layout)
+        return CompiledModel(model, self.layout, self.threads, self.compact)
 
 
 def _report(findings: list[Finding], batch: int, check: str, stacklevel: int) -> None:

@@ -11,11 +11,22 @@ Q_h = resid W_Q[h] + b_Q[h], likewise K and V; GeLU is the exact (erf) form; eac
 LayerNorm has its own eps. Weight names and shapes follow TransformerLens. `block_order` lists
 the blocks the forward pass runs, in order: range(n_layers) for an ordinary model, a block index
 repeated for a looped one whose weights are shared.
+
+`Transformer.stream` yields the residual stream one sublayer at a time, so that a caller who
+reads each residual as it comes (the runtime monitor, verify) never holds them all. A compact
+execution plan (raspicl.compact) may run the same forward pass on the weights' nonzero parts
+only. On the CPU every forward pass runs under a chosen torch thread count (`threads_for`):
+compiled models are small, and on a small machine a second thread made a batch-1 forward 900x
+slower, so the default is DEFAULT_THREADS; the user's own torch setting is restored after the
+call.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +36,49 @@ from torch import nn
 # The dtypes the gadgets are built and measured for. float16 and bfloat16 cannot hold the
 # anchors, LayerNorm eps and product scales (bfloat16 errs by 3e-3 on a plain matrix product).
 GADGET_DTYPES = (torch.float64, torch.float32)
+
+# The MLP's activation as layouts name it: F.gelu, the exact (erf) form. The one place it is
+# spelled; describe and the schema should read it from here.
+ACT_FN = "gelu_erf"
+
+# The torch thread count of a CPU forward pass unless the caller or RASPICL_THREADS says
+# otherwise. Compiled models do many small matrix products (a few hundred rows): extra threads
+# only add synchronisation, and on a machine whose cores are busy they wait on each other
+# (2 threads on 2 shared cores: a batch-1 forward 900x slower than 1 thread).
+DEFAULT_THREADS = 1
+THREADS_ENV = "RASPICL_THREADS"
+
+
+def threads_for(threads: int | None = None) -> int:
+    """The thread count a CPU forward pass runs under: `threads` if given, else the
+    RASPICL_THREADS environment variable if set, else DEFAULT_THREADS."""
+    if threads is None:
+        env = os.environ.get(THREADS_ENV, "").strip()
+        if not env:
+            return DEFAULT_THREADS
+        try:
+            threads = int(env)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={env!r}: must be a positive integer") from None
+        source = f"{THREADS_ENV}={env}"
+    else:
+        source = f"threads={threads!r}"
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"{source}: the thread count must be a positive integer")
+    return threads
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch.set_num_threads(threads) inside the block, the caller's count restored after."""
+    old = torch.get_num_threads()
+    if threads != old:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,7 +105,6 @@ class ModelConfig:
     d_out: int
     ln_eps: tuple[float, ...]
     block_order: tuple[int, ...] = field(default=())
-    act_fn: str = "gelu"
 
     def order(self) -> tuple[int, ...]:
         return self.block_order or tuple(range(self.n_layers))
@@ -115,14 +168,9 @@ class Block(nn.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps[layer])
         self.mlp = MLP(cfg)
 
-    def forward(self, resid: torch.Tensor, cache: list | None = None) -> torch.Tensor:
+    def forward(self, resid: torch.Tensor) -> torch.Tensor:
         resid = resid + self.attn(resid)
-        if cache is not None:
-            cache.append(resid)
-        resid = resid + self.mlp(self.ln2(resid))
-        if cache is not None:
-            cache.append(resid)
-        return resid
+        return resid + self.mlp(self.ln2(resid))
 
 
 class Embed(nn.Module):
@@ -156,23 +204,52 @@ class Transformer(nn.Module):
         self.unembed = Unembed(cfg)
         self.requires_grad_(False)
 
-    def residuals(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """The residual stream after the embedding and after every sublayer run:
-        [embed, attn of the 1st block run, mlp of the 1st block run, ...], each [B, T, d_model].
-        """
+    def stream(self, tokens: torch.Tensor, plan=None,
+               threads: int | None = None) -> Iterator[torch.Tensor]:
+        """The residual stream after the embedding and after every sublayer run, one at a
+        time: embed, attn of the 1st block run, mlp of the 1st block run, ..., each
+        [B, T, d_model] and a new tensor (none is modified after it is yielded).
+
+        plan: a raspicl.compact.CompactPlan of this model's weights, which runs the same
+        sublayers on their nonzero rows, units and heads only; None runs the dense weights.
+        On the CPU each sublayer runs under threads_for(threads) torch threads."""
         T = tokens.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"the prompt has {T} tokens but the model's n_ctx is "
                              f"{self.cfg.n_ctx}")
-        resid = tokens @ self.embed.W_E + self.pos_embed.W_pos[:T]
-        cache = [resid]
-        for layer in self.cfg.order():
-            resid = self.blocks[layer](resid, cache)
-        return cache
+        n = threads_for(threads) if tokens.device.type == "cpu" else None
+
+        def step(fn, *args):
+            if n is None:
+                return fn(*args)
+            with torch_threads(n):
+                return fn(*args)
+
+        resid = step(lambda t: t @ self.embed.W_E + self.pos_embed.W_pos[:T], tokens)
+        yield resid
+        for run, layer in enumerate(self.cfg.order()):
+            block = self.blocks[layer]
+            if plan is None:
+                resid = step(lambda r, b=block: r + b.attn(r), resid)
+                yield resid
+                resid = step(lambda r, b=block: r + b.mlp(b.ln2(r)), resid)
+            else:
+                resid = step(plan.attn, run, resid)
+                yield resid
+                resid = step(plan.mlp, run, resid)
+            yield resid
+
+    def residuals(self, tokens: torch.Tensor, plan=None,
+                  threads: int | None = None) -> list[torch.Tensor]:
+        """Every residual `stream` yields, as a list."""
+        return list(self.stream(tokens, plan, threads))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The readout at every token: [B, T, d_out]."""
-        return self.readout(self.residuals(tokens)[-1])
+        final = None
+        for final in self.stream(tokens):  # noqa: B007 (only the last one is kept)
+            pass
+        return self.readout(final)
 
     def readout(self, resid: torch.Tensor) -> torch.Tensor:
         """W_U applied to a final residual stream: [B, T, d_out]."""

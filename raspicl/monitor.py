@@ -194,29 +194,200 @@ class ContractReport:
 def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
     """Walk the monitor record over one forward pass (`residuals` as CompiledModel.residuals
     returns them, float64 numpy) of a model running in `dtype` ('float64' or 'float32')."""
+    return _walk(layout, _ListResiduals(layout, residuals), dtype)
+
+
+class ContractStream:
+    """The monitor fed one residual at a time, in the order the forward pass makes them.
+
+    `feed(residual)` keeps only what the walk will read from that residual (the rows of the
+    values written after it, the rows a later write lands on, an MLP input's mean, variance
+    and division sums, the per-prompt largest entry); `report()`, after the last residual,
+    runs the walk on those and returns what check_contract would return on the whole list.
+    The walk cannot start earlier: every read's leak term needs the largest entry of every
+    residual of the pass."""
+
+    def __init__(self, layout: dict, dtype: str):
+        self.layout, self.dtype = layout, dtype
+        self.source = _StreamResiduals(layout)
+
+    def feed(self, residual: np.ndarray) -> None:
+        self.source.feed(residual)
+
+    def report(self) -> ContractReport:
+        n = 1 + 2 * len(self.layout["architecture"]["block_order"])
+        if self.source.fed != n:
+            raise ValueError(f"the monitor was fed {self.source.fed} residuals; the model's "
+                             f"forward pass makes {n}")
+        return _walk(self.layout, self.source, self.dtype)
+
+
+def _walk(layout: dict, source, dtype: str) -> ContractReport:
     # inf * 0 and the like arise only where a bound is already infinite or undefined; the
     # result is a refusal (an infinite bound), not a number anyone reads
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _check_contract(layout, residuals, dtype)
+        return _check_contract(layout, source, dtype)
 
 
-def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
+def _leak_rows(layout: dict) -> list[int]:
+    """The rows whose size bounds what a head's leak can carry (every row but the anchors)."""
+    skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
+    return [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
+
+
+def _division_rest(layout: dict, mlp_in: np.ndarray) -> np.ndarray:
+    """Q = sum over the non-anchor rows of (row - mean)^2 at every token: [B, T]."""
+    fixed = layout["fixed_rows"]
+    D = mlp_in.shape[2]
+    rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
+    return ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)
+
+
+def _needs(layout: dict) -> tuple[dict[int, list], dict[int, set], set[int], set[int]]:
+    """What the walk reads from each residual: value labels by written_after, landing rows by
+    residual, the residuals whose moments and division sums it needs."""
+    mon = layout["monitor"]
+    values: dict[int, list] = {}
+    for label, v in mon["values"].items():
+        values.setdefault(int(v["written_after"]), []).append(label)
+    landings: dict[int, set] = {}
+    moments: set[int] = set()
+    divisions: set[int] = set()
+    for rec in mon["instructions"]:
+        run = int(rec["run"])
+        for r in rec["reads"]:
+            if r.get("temp_rows"):
+                landings.setdefault(2 * run, set()).add(tuple(int(x) for x in r["temp_rows"]))
+        slot_in = 2 * run + (0 if rec["stage"] == "attn" else 1)
+        landings.setdefault(slot_in, set()).add(tuple(mon["values"][rec["dst"]]["rows"]))
+        if rec["stage"] != "attn":
+            moments.add(2 * run + 1)
+            if rec.get("divisor") is not None:
+                divisions.add(2 * run + 1)
+    return values, landings, moments, divisions
+
+
+class _ListResiduals:
+    """What the walk reads, taken from the whole list of residuals of a forward pass."""
+
+    def __init__(self, layout: dict, residuals: list[np.ndarray]):
+        self.layout, self.res = layout, residuals
+        self.B = residuals[0].shape[0]
+        self.d_model = residuals[0].shape[2]
+        rows = _leak_rows(layout)
+        biggest = np.zeros(self.B)
+        for r in residuals:
+            biggest = np.maximum(biggest, np.nan_to_num(np.abs(r[..., rows]), nan=np.inf)
+                                 .max(axis=(1, 2)))
+        self.biggest = biggest
+        self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def value(self, label: str) -> np.ndarray:
+        v = self.layout["monitor"]["values"][label]
+        return self.res[v["written_after"]][:, :, v["rows"]]
+
+    def old(self, rows, residual: int) -> np.ndarray:
+        """What `rows` hold in residuals[residual]."""
+        return self.res[residual][:, :, list(rows)]
+
+    def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
+        if residual not in self._moments:
+            r = self.res[residual]
+            self._moments[residual] = (np.abs(r.mean(axis=2)), r.var(axis=2))
+        return self._moments[residual]
+
+    def division_rest(self, residual: int) -> np.ndarray:
+        return _division_rest(self.layout, self.res[residual])
+
+    def release(self, label: str) -> None:
+        """The walk no longer needs `label`'s value (nothing to free: the list holds it)."""
+
+
+class _StreamResiduals:
+    """What the walk reads, kept from each residual as it is fed (see ContractStream)."""
+
+    def __init__(self, layout: dict):
+        self.layout = layout
+        self.d_model = layout["architecture"]["d_model"]
+        self._values_at, self._landings_at, self._moments_at, self._div_at = _needs(layout)
+        self._rows = _leak_rows(layout)
+        self.fed = 0
+        self.B: int | None = None
+        self.biggest: np.ndarray | None = None
+        self._values: dict[str, np.ndarray] = {}
+        self._old: dict[tuple[int, tuple], np.ndarray] = {}
+        self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._div: dict[int, np.ndarray] = {}
+
+    def feed(self, r: np.ndarray) -> None:
+        i = self.fed
+        if self.B is None:
+            self.B = r.shape[0]
+            self.biggest = np.zeros(self.B)
+        if r.shape[0] != self.B or r.shape[2] != self.d_model:
+            raise ValueError(f"residual {i} has shape {tuple(r.shape)}; the first had batch "
+                             f"{self.B} and the model's d_model is {self.d_model}")
+        self.biggest = np.maximum(self.biggest, np.nan_to_num(np.abs(r[..., self._rows]),
+                                                              nan=np.inf).max(axis=(1, 2)))
+        mon = self.layout["monitor"]["values"]
+        for label in self._values_at.get(i, ()):
+            self._values[label] = r[:, :, mon[label]["rows"]]
+        for rows in self._landings_at.get(i, ()):
+            self._old[(i, rows)] = r[:, :, list(rows)]
+        if i in self._moments_at:
+            self._moments[i] = (np.abs(r.mean(axis=2)), r.var(axis=2))
+        if i in self._div_at:
+            self._div[i] = _division_rest(self.layout, r)
+        self.fed += 1
+
+    def value(self, label: str) -> np.ndarray:
+        return self._values[label]
+
+    def old(self, rows, residual: int) -> np.ndarray:
+        return self._old[(residual, tuple(rows))]
+
+    def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._moments[residual]
+
+    def division_rest(self, residual: int) -> np.ndarray:
+        return self._div[residual]
+
+    def release(self, label: str) -> None:
+        self._values.pop(label, None)
+
+
+def _last_use(layout: dict) -> dict[str, int]:
+    """The index of the last instruction that reads each value (as operand, divisor or mask);
+    the output value is never released."""
+    last: dict[str, int] = {}
+    for i, rec in enumerate(layout["monitor"]["instructions"]):
+        for r in rec["reads"]:
+            last[r["value"]] = i
+        for key in ("divisor", "mask"):
+            if rec.get(key) is not None:
+                last[rec[key]] = i
+    last.pop(layout["monitor"]["output"], None)
+    return last
+
+
+def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
     mon = layout["monitor"]
     comp = layout["compiler"]
     arch = layout["architecture"]
     T = layout["prompt"]["n_tokens"]
-    B = residuals[0].shape[0]
+    B = source.B
     u = float(np.finfo(dtype).eps)
     kappa = float(comp["rounding_factor"])
     roles = layout["prompt"]["roles"]
-    walk = _Walk(layout, residuals, u, kappa, B, T)
+    walk = _Walk(layout, source, u, kappa, B, T)
     order = arch["block_order"]
     eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
     anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
     p_bits = MANTISSA_BITS[dtype]
     label = mon["output"]
+    last_use = _last_use(layout)
     writer: Instruction | None = None  # the last instruction that writes the output
-    for rec in mon["instructions"]:
+    for i, rec in enumerate(mon["instructions"]):
         ins = Instruction.from_dict(rec)
         if ins.dst == label:
             writer = ins
@@ -224,15 +395,14 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
         ops_vals = [walk.read(r, roles) for r in ins.reads]
-        for i, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
+        for k, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
             if r.temp_rows:                # lands on whatever its rows held (see below)
-                v, e = ops_vals[i]
-                ops_vals[i] = (v, e + walk.landing(r.temp_rows, 2 * ins.run))
+                v, e = ops_vals[k]
+                ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run))
         if ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
-            mlp_in = residuals[2 * ins.run + 1]
-            mu, var = walk.moments(2 * ins.run + 1)
+            mu, var = source.moments(2 * ins.run + 1)
             if ins.divisor is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
@@ -240,8 +410,9 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
             val, err = walk.mlp(ins, reads, defined, mu)
             if ins.divisor is not None:
-                val, err = walk.divide(ins, val, err, defined, mlp_in, var,
-                                       eps_of_run[ins.run], anchor_of_run[ins.run])
+                val, err = walk.divide(ins, val, err, defined,
+                                       source.division_rest(2 * ins.run + 1), source.d_model,
+                                       var, eps_of_run[ins.run], anchor_of_run[ins.run])
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
@@ -250,6 +421,14 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
         walk.values[ins.dst] = (walk.value_of(ins.dst), err)
+        # values no later instruction reads are dropped: the walk holds only live ones
+        for r in ({r.value for r in ins.reads} | {ins.divisor, ins.mask}) - {None}:
+            if last_use.get(r) == i:
+                walk.values.pop(r, None)
+                source.release(r)
+        if ins.dst not in last_use and ins.dst != label:
+            walk.values.pop(ins.dst, None)
+            source.release(ins.dst)
     pos = layout["output"]["positions"]
     got, err = walk.values[label]
     got, err = got[:, pos], err[:, pos]
@@ -271,17 +450,15 @@ def _check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Co
 
 
 class _Walk:
-    """The state of one walk: every value's compiled content and error bound so far."""
+    """The state of one walk: every live value's compiled content and error bound so far."""
 
-    def __init__(self, layout: dict, residuals: list[np.ndarray], u: float, kappa: float,
-                 B: int, T: int):
+    def __init__(self, layout: dict, source, u: float, kappa: float, B: int, T: int):
         self.layout = layout
-        self.res = residuals
+        self.source = source
         self.u, self.kappa, self.B, self.T = u, kappa, B, T
         self.mon = layout["monitor"]
         self.findings: list[Finding] = []
         self.broken = np.zeros((B, T), dtype=bool)  # this instruction's failed preconditions
-        self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.seen: set[tuple[int, int | None, str]] = set()
         self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -294,19 +471,12 @@ class _Walk:
         comp = layout["compiler"]
         margin = float(comp["attention_margin"])
         margin -= 4 * kappa * u * margin * T * T  # the scores' rounding (|score| <= 2 M T^2)
-        skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
-        rows = [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
-        biggest = np.zeros(B)
-        for r in residuals:
-            biggest = np.maximum(biggest, np.nan_to_num(np.abs(r[..., rows]), nan=np.inf)
-                                 .max(axis=(1, 2)))
-        self.leak = (T - 1) * math.exp(-min(margin, 700.0)) * 2 * biggest  # [B]
+        self.leak = (T - 1) * math.exp(-min(margin, 700.0)) * 2 * source.biggest  # [B]
 
     # -- values and reads
 
     def value_of(self, label: str) -> np.ndarray:
-        v = self.mon["values"][label]
-        return self.res[v["written_after"]][:, :, v["rows"]]
+        return self.source.value(label)
 
     def read(self, r: Read, roles: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The operand's compiled value and error bound as read at each token: [B, T, w].
@@ -351,18 +521,10 @@ class _Walk:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
 
-    def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
-        """|mean| and variance over the rows of residuals[residual], [B, T] each (computed
-        once per sublayer input, shared by the instructions of one MLP)."""
-        if residual not in self._moments:
-            r = self.res[residual]
-            self._moments[residual] = (np.abs(r.mean(axis=2)), r.var(axis=2))
-        return self._moments[residual]
-
     def landing(self, rows, residual: int) -> np.ndarray:
         """The rounding of writing into `rows` over what they hold in residuals[residual]:
         2 kappa u |old| ([B, T, len(rows)]; zero for rows that were zero)."""
-        old = np.abs(self.res[residual][:, :, list(rows)])
+        old = np.abs(self.source.old(rows, residual))
         return 2 * self.kappa * self.u * np.nan_to_num(old, nan=np.inf)
 
     # -- findings
@@ -494,16 +656,13 @@ class _Walk:
                    "outside the range the product was scaled for")
         return err
 
-    def divide(self, ins: Instruction, num, err_num, defined, mlp_in, var, eps: float,
+    def divide(self, ins: Instruction, num, err_num, defined, Q, D: int, var, eps: float,
                anchor: float):
-        """The quotient num / |s| as the dividing LayerNorm computes it (module doc)."""
+        """The quotient num / |s| as the dividing LayerNorm computes it (module doc); Q: the
+        sum of squares of the MLP input's non-anchor rows about its mean, D: d_model."""
         s_val, s_err = self.values[ins.divisor]
         s = np.abs(s_val[:, :, 0])
         es = s_err[:, :, 0]
-        D = mlp_in.shape[2]
-        fixed = self.layout["fixed_rows"]
-        rest = [r for r in range(D) if r not in (fixed["anchor_pos"], fixed["anchor_neg"])]
-        Q = ((mlp_in[:, :, rest] - mlp_in.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)
         inv = 1.0 / s
         self.check(ins, defined, DIVISOR,
                    np.where((s > 0) & np.isfinite(s), inv, np.inf),

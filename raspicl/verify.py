@@ -13,6 +13,14 @@ Four checks per program and parameter set:
 
 Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
 every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
+
+Memory: the problems run CHUNK at a time, and each chunk is one forward pass streamed sublayer
+by sublayer (CompiledModel.stream): every register version is compared as soon as the sublayer
+that writes it has run, the runtime monitor (raspicl.monitor.ContractStream) keeps only what
+its walk reads, and the prediction is read off the last residual of the same pass. Nothing
+holds the whole residual stream, so memory grows with the chunk, not with `problems`. Every
+check is per problem; the chunk size changes only the last bits of the model's arithmetic
+(vectorised kernels round the tail of a batch differently).
 """
 
 from __future__ import annotations
@@ -29,11 +37,16 @@ from raspicl.compiler.bounds import Domain
 from raspicl.errors import ContractWarning
 from raspicl.guards import check_prompt
 from raspicl.interpret import interpret
-from raspicl.prompts import random_prompts
+from raspicl.monitor import ContractStream
+from raspicl.prompts import Prompts, random_prompts
 from raspicl.registry import ProgramFile
 
 INTERPRETER_TOLERANCE = 1e-12
 DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
+# Problems per forward pass: bounds verify's memory (ridge d=8 n=16 holds ~5 MB per problem
+# in the interpreter's trace and the monitor's values) while keeping each pass large enough
+# to run at the model's batch speed.
+CHUNK = 200
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -109,32 +122,44 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     if dtype == "float32":
         cm = cm.to(torch.float32)
     prompts = random_prompts(problems, program.d, program.n, seed)
-    trace = interpret(program, prompts)
     # Verification measures the error on every prompt drawn (check='ignore'), notes those
     # beyond what calibration saw, and holds the contract separately below.
     outside = check_prompt(cm.layout, prompts.tokens(), "ignore")
-    residuals = cm.residuals(prompts, check="ignore")
+    writes = _writes(program, cm)
+    err_op = np.zeros(len(program.ops))
+    err_pred = err_is = err_ms = 0.0
+    accepted, violations = [], 0
+    for lo in range(0, problems, CHUNK):
+        chunk = _chunk(prompts, lo, min(lo + CHUNK, problems))
+        trace = interpret(program, chunk)
+        monitor = ContractStream(cm.layout, cm.dtype_name)
+        final = None
+        for i, r in enumerate(cm.stream(chunk)):  # one forward pass, sublayer by sublayer
+            monitor.feed(r)
+            for k, rows in writes.get(i, ()):
+                err_op[k] = max(err_op[k], rel_err(r[:, :, rows], trace.after[k]))
+            final = r
+        want = trace.output()
+        got = cm.readout(final)
+        err_pred = max(err_pred, rel_err(got, want))
+        contract = monitor.report()
+        ok = contract.accepted[:, None, None] & np.isfinite(want)
+        diff = np.abs(got - want)
+        over = ok & ((diff > contract.bound)
+                     | (diff > config.contract_tolerance * np.maximum(np.abs(want), 1.0)))
+        violations += int(over.sum())
+        accepted.append(contract.accepted)
+        if pf.has_reference:
+            ref = np.asarray(pf.reference(chunk, **params), dtype=np.float64).reshape(want.shape)
+            err_is, err_ms = max(err_is, rel_err(want, ref)), max(err_ms, rel_err(got, ref))
+        del trace, monitor, contract, final
+    if not pf.has_reference:
+        err_is = err_ms = float("nan")
     worst, worst_name = 0.0, "-"
-    versions: dict[str, int] = {}
-    for op in program.ops:
-        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
-        got = cm.decode(residuals, op.dst.name, versions[op.dst.name])
-        e = rel_err(got, trace.after[op.index])
+    for op in program.ops:  # the first op with the largest error, as one pass would name it
+        e = err_op[op.index]
         if e > worst or worst_name == "-":
             worst, worst_name = e, f"{op.dst.name} (op {op.index}, {op.source})"
-    want = trace.output()
-    got = cm.readout(residuals[-1])
-    err_pred = rel_err(got, want)
-    contract = cm.contract(residuals)
-    ok = contract.accepted[:, None, None] & np.isfinite(want)
-    diff = np.abs(got - want)
-    over = ok & ((diff > contract.bound)
-                 | (diff > config.contract_tolerance * np.maximum(np.abs(want), 1.0)))
-    if pf.has_reference:
-        ref = np.asarray(pf.reference(prompts, **params), dtype=np.float64).reshape(want.shape)
-        err_is, err_ms = rel_err(want, ref), rel_err(got, ref)
-    else:
-        err_is = err_ms = float("nan")
     sym = "-"
     if symbolic and hasattr(pf.module, "closed_form") and program.d <= 3 and program.n == 1:
         sym = "proved" if _prove(pf, params, program) else "FAILED"
@@ -142,8 +167,26 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     return CheckResult(pf.name, dict(params), dtype, s["blocks"], s["heads"], s["d_model"],
                        s["d_mlp"], s["params"], worst, worst_name, err_pred, err_is, err_ms,
                        sym, tolerance_for(pf, dtype), time.perf_counter() - start, problems,
-                       float(contract.accepted.mean()), int(over.sum()),
+                       float(np.concatenate(accepted).mean()), violations,
                        config.contract_tolerance, notes=outside)
+
+
+def _writes(program, cm) -> dict[int, list[tuple[int, list[int]]]]:
+    """For each residual index, the ops whose register version is read off it: (op index,
+    rows), every op in program order."""
+    versions: dict[str, int] = {}
+    out: dict[int, list[tuple[int, list[int]]]] = {}
+    for op in program.ops:
+        versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
+        v = cm.version(op.dst.name, versions[op.dst.name])
+        out.setdefault(int(v["written_after"]), []).append((op.index, list(v["rows"])))
+    return out
+
+
+def _chunk(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Problems start..stop-1 of a batch."""
+    w = None if prompts.w is None else prompts.w[start:stop]
+    return Prompts(prompts.X[start:stop], prompts.y[start:stop], prompts.xq[start:stop], w)
 
 
 def _prove(pf: ProgramFile, params: dict, program) -> bool:
@@ -175,24 +218,56 @@ def default_checks(programs: list[ProgramFile], dtypes: tuple[str, ...]) -> list
     return [(pf, params, dt) for pf in programs for params in pf.grid for dt in dtypes]
 
 
+HEAD = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
+        "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted", "pass"]
+# The narrowest each column is printed, whatever its header: the widest value it usually holds
+# (a model of 10^8 parameters, an error such as 1.2e-11, "99.8%"), so that rows printed one
+# at a time line up.
+MIN_WIDTH = {"blocks": 4, "d_model": 5, "d_mlp": 5, "params#": 9, "sympy": 6, "tol": 5,
+             "accepted": 8, "pass": 4}
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _cells(r: CheckResult) -> list[str]:
+    return [r.program, _params_text(r.params), r.dtype, str(r.blocks), str(r.heads),
+            str(r.d_model), str(r.d_mlp), str(r.n_params),
+            f"{max(r.err_registers, r.err_prediction):.1e}", _fmt(r.err_model_solver),
+            _fmt(r.err_interpreter_solver), r.symbolic, f"{r.tolerance:.0e}", _accepted(r),
+            "PASS" if r.passed else "FAIL"]
+
+
+def _join(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
 def format_table(results: list[CheckResult]) -> str:
     """The verification table, one row per check."""
-    head = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
-            "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted",
-            "pass"]
-    rows = []
-    for r in results:
-        params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        rows.append([r.program, params, r.dtype, str(r.blocks), str(r.heads), str(r.d_model),
-                     str(r.d_mlp), str(r.n_params), f"{max(r.err_registers, r.err_prediction):.1e}",
-                     _fmt(r.err_model_solver), _fmt(r.err_interpreter_solver), r.symbolic,
-                     f"{r.tolerance:.0e}", _accepted(r), "PASS" if r.passed else "FAIL"])
+    rows = [_cells(r) for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+              for i, h in enumerate(HEAD)]
+    lines = [_join(HEAD, widths), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [_join(row, widths) for row in rows])
+
+
+class TablePrinter:
+    """The verification table a row at a time: its widths are fixed before any check runs,
+    from the checks' program names and parameters and MIN_WIDTH."""
+
+    def __init__(self, checks: list[tuple]):
+        known = {"program": [pf.name for pf, _, _ in checks],
+                 "params": [_params_text(params) for _, params, _ in checks],
+                 "dtype": [dt for _, _, dt in checks]}
+        self.widths = [max([len(h), MIN_WIDTH.get(h, 0), *map(len, known.get(h, []))])
+                       for h in HEAD]
+
+    def header(self) -> str:
+        return _join(HEAD, self.widths) + "\n" + "  ".join("-" * w for w in self.widths)
+
+    def row(self, r: CheckResult) -> str:
+        return _join(_cells(r), self.widths)
 
 
 def _accepted(r: CheckResult) -> str:

@@ -1,0 +1,103 @@
+"""Throughput: the compiled model against the interpreter and the numpy solver.
+
+    python bench/throughput.py              # the table in docs/compiler.md, best of 3 repeats
+    python bench/throughput.py --repeats 5
+
+For gd_step d=4, sherman_morrison d=4 and ridge d=2 n=4 (each program's DOMAIN and contract
+tolerance, compiled in float64, run in float64 and float32) it times, at batch 1, 1024 and
+8192 (prompts x, w ~ N(0, I)):
+
+- interp: raspicl.interpret (the float64 interpreter, every op on the whole batch);
+- solver: the program file's reference() (numpy, raspicl.solvers);
+- dense: cm.predict(prompts, check="ignore") on the dense weights (CompiledModel.compact off);
+- compact: the same through the compact execution plan (raspicl.compact), the default;
+
+each the best of --repeats runs after one warm-up (time.perf_counter), and prints the ratios to
+the interpreter, all measured in one run, and the torch thread count the forward passes ran
+under. Quote the ratios, not the times: those depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
+from raspicl.errors import ContractWarning  # noqa: E402
+from raspicl.interpret import interpret  # noqa: E402
+from raspicl.model import threads_for  # noqa: E402
+from raspicl.prompts import random_prompts  # noqa: E402
+from raspicl.registry import find_program  # noqa: E402
+from raspicl.verify import contract_tolerance_for  # noqa: E402
+
+torch.set_num_threads(1)
+
+CASES = [("gd_step", {"d": 4}), ("sherman_morrison", {"d": 4}), ("ridge", {"d": 2, "n": 4})]
+BATCHES = (1, 1024, 8192)
+DTYPES = (torch.float64, torch.float32)
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per timing (best is kept)")
+    args = ap.parse_args()
+    head = (f"{'program':16s} {'params':10s} {'dtype':7s} {'batch':>5s} {'interp ms':>10s} "
+            f"{'solver ms':>10s} {'dense ms':>10s} {'compact ms':>10s} {'dense/int':>9s} "
+            f"{'compact/int':>11s} {'compact/solver':>14s}")
+    print(head)
+    print("-" * len(head))
+    for name, params in CASES:
+        pf = find_program(name)
+        program = pf.build(**params)
+        config = CompilerConfig.for_dtype("float64",
+                                          tolerance=contract_tolerance_for(pf, "float64"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContractWarning)
+            cm64 = compile_program(program, config, domain=pf.domain)
+        shown = " ".join(f"{k}={v}" for k, v in params.items())
+        for dtype in DTYPES:
+            cm = cm64 if dtype == torch.float64 else cm64.to(dtype)
+            dense = cm.to()
+            dense.compact = False
+            for batch in BATCHES:
+                prompts = random_prompts(batch, program.d, program.n, seed=batch)
+                t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats)
+                t_sol = best_of(lambda p=prompts, f=pf, k=params: f.reference(p, **k),
+                                args.repeats)
+                t_dense = best_of(lambda p=prompts, m=dense: m.predict(p, check="ignore"),
+                                  args.repeats)
+                t_comp = best_of(lambda p=prompts, m=cm: m.predict(p, check="ignore"),
+                                 args.repeats)
+                print(f"{name:16s} {shown:10s} {str(dtype)[6:]:7s} {batch:5d} "
+                      f"{1e3 * t_int:10.2f} {1e3 * t_sol:10.2f} {1e3 * t_dense:10.2f} "
+                      f"{1e3 * t_comp:10.2f} {t_dense / t_int:9.1f} {t_comp / t_int:11.1f} "
+                      f"{t_comp / t_sol:14.1f}", flush=True)
+    print(f"\nbest of {args.repeats} repeats; torch threads per forward pass {threads_for()} "
+          f"(raspicl.model.threads_for); numpy (interp, solver) at OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS')}; quote the ratios, not the times")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

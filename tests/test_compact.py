@@ -1,0 +1,121 @@
+"""The compact execution plan (raspicl.compact) against the dense forward pass.
+
+The plan drops only exact zeros of the dense pass, so the two differ only in the order of their
+floating-point sums. Stated tolerance, float64: every residual entry within 1e-9 of the dense
+one relative to max(|dense|, 1) (a summation-order change is ~1e-16; the product gadget, which
+divides GeLU outputs by e^2 with e down to ~1e-3, and the division anchors amplify it by up to
+~1e6), and every prediction within the sum of the two passes' error bounds of the dense one
+(each pass lies within its own bound of the exact value). float32: the predictions within
+that sum of bounds.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from raspicl import random_prompts
+from raspicl.compact import CompactPlan
+from raspicl.compiler import CompilerConfig, compile_program
+from raspicl.errors import ContractWarning, DomainWarning
+from raspicl.registry import find_program
+from raspicl.verify import contract_tolerance_for
+
+RESIDUAL_TOLERANCE = 1e-9
+CASES = [("gd_step", {"d": 3}, "unroll"), ("sherman_morrison", {"d": 3}, "unroll"),
+         ("ridge", {"d": 2, "n": 3}, "unroll"), ("ridge", {"d": 2, "n": 3}, "share")]
+
+
+def compiled(name, params, loops, dtype="float64"):
+    pf = find_program(name)
+    program = pf.build(**params)
+    config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(program, config, loops=loops, domain=pf.domain)
+    return program, (cm.to(torch.float32) if dtype == "float32" else cm)
+
+
+def dense_of(cm):
+    d = cm.to()
+    d.compact = False
+    return d
+
+
+def bounded(cm, prompts):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DomainWarning)
+        return cm.run(prompts, check="warn")
+
+
+@pytest.mark.parametrize("name,params,loops", CASES)
+def test_compact_matches_dense_float64(name, params, loops):
+    program, cm = compiled(name, params, loops)
+    dense = dense_of(cm)
+    prompts = random_prompts(64, program.d, program.n, seed=11)
+    a = cm.residuals(prompts, check="ignore")
+    b = dense.residuals(prompts, check="ignore")
+    assert len(a) == len(b) == 1 + 2 * len(cm.layout["architecture"]["block_order"])
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        err = np.abs(x - y) / np.maximum(np.abs(y), 1.0)
+        assert float(err.max()) <= RESIDUAL_TOLERANCE, f"residual {i}: {err.max():.3g}"
+    got, want = bounded(cm, prompts), bounded(dense, prompts)
+    assert np.all(np.abs(got.values - want.values) <= got.bound + want.bound)
+    # the plan did skip work: the bundled programs' weights are mostly zero
+    work = cm.plan().work(cm.model)
+    assert work["compact"] < 0.25 * work["dense"]
+
+
+@pytest.mark.parametrize("name,params,loops", CASES[:3])
+def test_compact_matches_dense_float32(name, params, loops):
+    program, cm = compiled(name, params, loops, "float32")
+    prompts = random_prompts(64, program.d, program.n, seed=12)
+    got, want = bounded(cm, prompts), bounded(dense_of(cm), prompts)
+    ok = np.isfinite(got.bound) & np.isfinite(want.bound)
+    assert ok.mean() > 0.5
+    assert np.all(np.abs(got.values - want.values)[ok] <= (got.bound + want.bound)[ok])
+
+
+def test_plan_skips_zero_heads_units_and_rows():
+    """What the plan keeps, recomputed from the weights of every block of gd_step."""
+    _, cm = compiled("gd_step", {"d": 2}, "unroll")
+    plan = CompactPlan(cm.model)
+    for layer, block in enumerate(cm.model.blocks):
+        a, m = plan.attns[layer], plan.mlps[layer]
+        useful = [h for h in range(block.attn.W_O.shape[0])
+                  if (block.attn.W_O[h] != 0).any() and ((block.attn.W_V[h] != 0).any()
+                                                         or (block.attn.b_V[h] != 0).any())]
+        assert a.n_heads == len(useful)
+        written = ((block.attn.W_O != 0).any(dim=(0, 1)) | (block.attn.b_O != 0))
+        assert a.out_rows.tolist() == torch.nonzero(written).flatten().tolist()
+        units = ((block.mlp.W_out != 0).any(dim=1)
+                 & ((block.mlp.W_in != 0).any(dim=0) | (block.mlp.b_in != 0)))
+        assert m.W_in.shape[1] == int(units.sum())
+        assert set(m.in_rows.tolist()) == set(
+            torch.nonzero((block.mlp.W_in[:, units] != 0).any(dim=1)).flatten().tolist())
+
+
+def test_plan_follows_the_weights_and_nonfinite_prompts_run_dense():
+    program, cm = compiled("gd_step", {"d": 2}, "unroll")
+    prompts = random_prompts(8, program.d, program.n, seed=1)
+    before = cm.predict(prompts, check="ignore")
+    plan = cm.plan()
+    with torch.no_grad():
+        cm.model.unembed.W_U.mul_(2.0)  # the readout is not in the plan; a block's weight is
+        cm.model.blocks[0].attn.W_O.mul_(0.0)
+    assert not plan.matches(cm.model)
+    after = cm.predict(prompts, check="ignore")
+    assert cm.plan() is not plan
+    dense = dense_of(cm).predict(prompts, check="ignore")
+    np.testing.assert_allclose(after, dense, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(after, before)
+    tok = prompts.tokens()
+    tok[0, 0, 1] = np.nan
+    _, cm = compiled("gd_step", {"d": 2}, "unroll")
+    got = cm.predict(tok, check="ignore")
+    want = dense_of(cm).predict(tok, check="ignore")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0]).all()
