@@ -7,10 +7,10 @@ For each bundled program, each GRID size, each dtype (float64, float32: the conf
 `raspicl verify` compiles) and each loop mode (unroll; also share for a program with a loop) it
 compiles the program with the program's DOMAIN and records the SHA-256 of every weight tensor's
 bytes and of the layout (JSON with sorted keys, floats written exactly, less the fields that
-layout format 3 added: NEW_FIELDS, so that a layout of format 2 compares with one of format 3). Two versions of the
-compiler that produce the same digests produce bitwise-identical weights and identical layouts
-(bounds, rows, heads, monitor constants). `--compare` prints the cases that differ and exits 1
-if any does.
+layout format 3 added: NEW_FIELDS, so that a layout of format 2 compares with one of format 3).
+Two versions of the compiler that produce the same digests produce bitwise-identical weights
+and identical layouts (bounds, rows, heads, monitor constants). `--compare` prints the cases
+that differ and exits 1 if any does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
 from raspicl.errors import ContractWarning  # noqa: E402
 from raspicl.registry import bundled_programs  # noqa: E402
-
 
 # Fields added by layout format 3 (typed records); an older layout has none of them.
 NEW_FIELDS = frozenset({"format_version", "label", "written_slot", "cleared_slot",

@@ -27,6 +27,7 @@ from types import ModuleType
 
 from raspicl.errors import RaspiclError
 
+
 def _bundled_dir() -> Path:
     """The bundled programs: raspicl/programs in an installed package (pyproject.toml maps the
     top-level programs/ folder there), else programs/ beside the package in a source checkout or

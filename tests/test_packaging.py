@@ -4,8 +4,9 @@ programs are found, and the version has one source."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import raspicl
 from raspicl.registry import REPO_PROGRAMS, bundled_programs

@@ -16,7 +16,7 @@ from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
-from raspicl.model import ModelConfig
+from raspicl.model import ACT_FN, ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
 from raspicl.slots import run_of
 from raspicl.slots import slot_name as name_of
@@ -44,7 +44,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
             "name": "paper",
             "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
             "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx,
-            "d_token": cfg.d_token, "d_out": cfg.d_out, "act_fn": "gelu_erf",
+            "d_token": cfg.d_token, "d_out": cfg.d_out, "act_fn": ACT_FN,
             "layernorm": {"before_attention": False, "before_mlp": True, "final": False,
                           "eps": list(cfg.ln_eps)},
             "attention_score_divisor": "sqrt(d_head)",
