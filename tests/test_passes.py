@@ -18,6 +18,7 @@ from raspicl.compiler.loops import link_iterations
 from raspicl.compiler.lower import lower
 from raspicl.compiler.schedule import MlpMode, schedule
 from raspicl.layout_records import HeadWrite, HeadWriteKind, Slot, head_writes, occupants
+from raspicl.registry import find_program
 from raspicl.slots import attn_after, attn_at_or_after, attn_slot, mlp_slot, run_of, slot_name
 
 
@@ -201,7 +202,11 @@ def test_liveness_shared_loop():
     assert live_u.clear_slot(_value(low_u, "x_prev")) == clear_slot_of(_value(low_u, "x_prev"))
 
 
-@pytest.mark.parametrize("make", [chain, division, accumulate])
+def _sgd() -> Program:
+    return find_program("sgd").build(d=1, n=2)
+
+
+@pytest.mark.parametrize("make", [chain, division, accumulate, _sgd])
 def test_liveness_agrees_with_the_weights(make):
     """Every clear liveness decides inside the model is done by a self-head of that run: the
     layout's clear records and the heads' clear actions name the same (value, run) pairs."""

@@ -8,11 +8,13 @@ people and are never parsed. Clear points come from the Liveness the layout carr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from raspicl.compiler.assemble import BlockSpec
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, place_key
 from raspicl.compiler.layout import Layout
-from raspicl.compiler.lower import Lowered
+from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
@@ -37,6 +39,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         return name_of(slot, order)
 
     live = layout.liveness
+    by_run = _ByRun.of(sched, layout)
     return {
         "format_version": FORMAT_VERSION,
         "program": {"name": program.name, "params": _jsonable(program.params)},
@@ -79,7 +82,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                  "block": order[ins.block], "run": ins.block, "stage": ins.stage}
                 for ins in low.instrs],
         "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
-                          sched)
+                          by_run)
                    for i in range(cfg.n_layers)],
         "loops": [{"blocks": order[lp.starts[0]:lp.starts[0] + lp.length],
                    "repeat": len(lp.starts), "first_runs": lp.starts}
@@ -191,8 +194,28 @@ def _domain(low: Lowered) -> dict:
     }
 
 
+@dataclass
+class _ByRun:
+    """The schedule and liveness indexed by run, for the heads' actions."""
+
+    instrs: dict[int, list[Instr]]
+    cleared: dict[int, list[Value]]  # run -> values its self-head clears, in layout order
+    anchors: dict[int, Value]
+
+    @classmethod
+    def of(cls, sched: Schedule, layout: Layout) -> _ByRun:
+        instrs: dict[int, list[Instr]] = {}
+        for ins in sched.instrs:
+            instrs.setdefault(ins.block, []).append(ins)
+        cleared: dict[int, list[Value]] = {}
+        for v in layout.values:
+            for run in dict.fromkeys(layout.liveness.cleared_by(v)):
+                cleared.setdefault(run, []).append(v)
+        return cls(instrs, cleared, sched.anchors)
+
+
 def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig,
-           runs: list[int], sched: Schedule) -> dict:
+           runs: list[int], by_run: _ByRun) -> dict:
     """One stored block: its heads (as in its first run, with every run's actions), its
     attention bias and its MLP. `blocks` are the BlockSpecs of every run."""
     names = layout.row_names
@@ -201,7 +224,7 @@ def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig
     ordered = sorted(block.heads.items(), key=lambda kv: kv[0])
     for h, (key, head) in enumerate(ordered):
         actions = [a.to_json() for run in runs
-                   for a in _head_actions(blocks[run].heads[key], key[:-1], run, sched, layout)]
+                   for a in _head_actions(blocks[run].heads[key], key[:-1], run, by_run, layout)]
         heads.append({
             "head": h,
             "place": head.place.describe(),
@@ -228,7 +251,7 @@ def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig
     }
 
 
-def _head_actions(head: HeadSpec, key: tuple, run: int, sched: Schedule,
+def _head_actions(head: HeadSpec, key: tuple, run: int, by_run: _ByRun,
                   layout: Layout) -> list[HeadWrite]:
     """What one head (one part of a split head: `key` its place's key) does in one run, from
     the schedule, the layout and liveness; each action keeps only the rows this part writes."""
@@ -237,19 +260,17 @@ def _head_actions(head: HeadSpec, key: tuple, run: int, sched: Schedule,
     def mine(rows) -> tuple[int, ...]:
         return tuple(dict.fromkeys(r for r in rows if r in written))
 
-    out = _op_actions(key, run, sched, mine)
+    out = _op_actions(key, run, by_run, mine)
     if key == place_key(Here()):
-        out += _self_head_actions(head, run, sched, layout, mine)
+        out += _self_head_actions(head, run, by_run, layout, mine)
     return out
 
 
-def _op_actions(key: tuple, run: int, sched: Schedule, mine) -> list[HeadWrite]:
+def _op_actions(key: tuple, run: int, by_run: _ByRun, mine) -> list[HeadWrite]:
     """Moves (attention ops' results) and temporaries (MLP ops' remote operands) this head
     writes in this run."""
     out: list[HeadWrite] = []
-    for ins in sched.instrs:
-        if ins.block != run:
-            continue
+    for ins in by_run.instrs.get(run, []):
         src = str(ins.op.source)
         if ins.stage == "attn":
             terms = [(o, ri) for o, _, ri, _ in ins.linear if place_key(ins.reads[ri][1]) == key]
@@ -267,16 +288,16 @@ def _op_actions(key: tuple, run: int, sched: Schedule, mine) -> list[HeadWrite]:
     return out
 
 
-def _self_head_actions(head: HeadSpec, run: int, sched: Schedule, layout: Layout,
+def _self_head_actions(head: HeadSpec, run: int, by_run: _ByRun, layout: Layout,
                        mine) -> list[HeadWrite]:
     """The self-head's anchors (from the schedule), its anchor clears (rows onto themselves
     with -1 in its writes) and its clears of dead values (from liveness)."""
     out: list[HeadWrite] = []
     fixed = layout.fixed
     anchors = [fixed[n] for n in ANCHOR_ROWS if n in fixed]
-    divisor = sched.anchors.get(run)
+    divisor = by_run.anchors.get(run)
     if divisor is not None and mine(anchors):
-        op = next(ins.op for ins in sched.instrs if ins.block == run and ins.divisor is divisor)
+        op = next(ins.op for ins in by_run.instrs[run] if ins.divisor is divisor)
         out.append(HeadWrite(HeadWriteKind.ANCHOR, run, divisor.label, mine(anchors), op.index,
                              str(op.source), (divisor.label,)))
     self_clears = {head.columns[c] for c, r, coef in head.writes
@@ -284,11 +305,10 @@ def _self_head_actions(head: HeadSpec, run: int, sched: Schedule, layout: Layout
     for name in ANCHOR_ROWS:
         if name in fixed and fixed[name] in self_clears:
             out.append(HeadWrite(HeadWriteKind.CLEAR, run, name, (fixed[name],)))
-    for v in layout.values:
-        if run in layout.liveness.cleared_by(v):
-            rows = mine(v.rows)
-            if rows:
-                out.append(HeadWrite(HeadWriteKind.CLEAR, run, v.label, rows))
+    for v in by_run.cleared.get(run, []):
+        rows = mine(v.rows)
+        if rows:
+            out.append(HeadWrite(HeadWriteKind.CLEAR, run, v.label, rows))
     return out
 
 
