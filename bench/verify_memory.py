@@ -6,7 +6,10 @@ Runs what `raspicl verify PROGRAM --set ... --dtype float64` runs (raspicl.verif
 and prints the peak resident set size twice: once when the compile has finished, and once for
 the verification alone (compare register versions, monitor, readout, solver), measured from
 the end of the compile: there the compile's freed heap is handed back to the OS (malloc_trim)
-and Linux's peak counter (VmHWM) is reset through /proc/self/clear_refs. /usr/bin/time -v's "Maximum resident set size" is the whole run's peak.
+and Linux's peak counter (VmHWM) is reset through /proc/self/clear_refs. That reset also
+lowers the counter /usr/bin/time -v reads, so its "Maximum resident set size" is then the
+verification's peak too; the whole run's peak is the larger of the two printed (or run
+`/usr/bin/time -v raspicl verify ...` itself).
 """
 
 from __future__ import annotations
