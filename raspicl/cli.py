@@ -250,7 +250,7 @@ def cmd_verify(args) -> int:
     for pf, params, dt in bar:
         bar.set_postfix_str(f"{pf.name} {_call(params)} {dt}")
         r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
-                           symbolic=not args.no_symbolic, domain=domain)
+                           symbolic=not args.no_symbolic, domain=domain, progress=True)
         results.append(r)
         bar.write(table.row(r), file=sys.stdout)
         sys.stdout.flush()

@@ -25,6 +25,7 @@ check is per problem; the chunk size changes only the last bits of the model's a
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from raspicl.registry import ProgramFile
 
 INTERPRETER_TOLERANCE = 1e-12
 DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
-# Problems per forward pass: bounds verify's memory (ridge d=8 n=16 holds ~5 MB per problem
+# Problems per forward pass: bounds verify's memory (ridge d=8 n=16 holds ~4 MB per problem
 # in the interpreter's trace and the monitor's values) while keeping each pass large enough
 # to run at the model's batch speed.
 CHUNK = 200
@@ -110,8 +111,9 @@ def contract_tolerance_for(pf: ProgramFile, dtype: str) -> float:
 def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
                    problems: int = 1000, seed: int = 0, symbolic: bool = True,
                    config: CompilerConfig | None = None,
-                   domain: Domain | None = None) -> CheckResult:
-    """Compile one instance of a program and run all four checks on it."""
+                   domain: Domain | None = None, progress: bool = False) -> CheckResult:
+    """Compile one instance of a program and run all four checks on it. progress: a progress
+    bar over the chunks of problems (stderr, shown on a terminal only)."""
     start = time.perf_counter()
     program = pf.build(**params)
     config = config or CompilerConfig.for_dtype(dtype,
@@ -129,7 +131,13 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     err_op = np.zeros(len(program.ops))
     err_pred = err_is = err_ms = 0.0
     accepted, violations = [], 0
-    for lo in range(0, problems, CHUNK):
+    starts = range(0, problems, CHUNK)
+    if progress and len(starts) > 1:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"{pf.name} {dtype}", unit="chunk", file=sys.stderr,
+                      disable=None, leave=False)
+    for lo in starts:
         chunk = _chunk(prompts, lo, min(lo + CHUNK, problems))
         trace = interpret(program, chunk)
         monitor = ContractStream(cm.layout, cm.dtype_name)
