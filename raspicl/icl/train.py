@@ -1,0 +1,482 @@
+"""Training an in-context learner (raspicl.icl.trained.ICLTransformer) on RegressionTask prompts.
+
+AdamW, a learning rate that rises linearly over `warmup` steps and then follows a cosine down to
+`min_lr_ratio` x lr at the last step, gradient clipping, and fresh prompts at every step: step s
+of seed K always sees the batch drawn from numpy's default_rng([K, s]), so a run is a function
+of its seed and configuration alone (one torch thread, or any fixed count, on one machine),
+and a run resumed from a checkpoint gives bitwise the weights of an uninterrupted one. The loss
+is the mean squared error at every x token and the query (position 2k predicts y_{k+1}, noisy
+labels as sampled).
+
+The curriculum of Garg et al. (2022): the effective dimension starts at `d_start` and grows by
+`d_step` every `interval` steps (coordinates past it are zero in x, and w does not use them),
+and the number of examples starts at `n_start` and grows by `n_step` (shorter prompts), each
+up to the task's d and n.
+
+`--fixed-w` trains on prompts that all share one w (drawn once from the seed): the control
+model of the probes, which can predict well without learning anything in context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raspicl.errors import LoadError, RaspiclError
+from raspicl.icl.tasks import RegressionTask
+from raspicl.icl.trained import (
+    CONFIG,
+    ICLTransformer,
+    ModelConfig,
+    load_model,
+    read_config,
+    save_model,
+)
+from raspicl.prompts import Prompts
+
+OPTIMIZER = "optimizer.safetensors"
+LOG = "train_log.jsonl"
+# entropy words appended to [seed, 0] for the draws that are not a step's batch; a step's
+# entropy [seed, s] has two words, so these (three words, last nonzero) never collide with it
+_FIXED_W_WORD = 1
+_EVAL_WORD = 2
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s schedule of the effective d and n (they used d from 5 by 1 and n from 11
+    by 2 every 2000 steps, at d = 20, n = 41)."""
+
+    d_start: int = 1
+    d_step: int = 1
+    n_start: int = 3
+    n_step: int = 2
+    interval: int = 2000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise RaspiclError(f"Curriculum.{f.name} must be an integer >= 1, got {v!r}")
+
+    def at(self, step: int, d: int, n: int) -> tuple[int, int]:
+        """(d_eff, n_eff) at a step, for a task of size d, n."""
+        k = step // self.interval
+        return min(d, self.d_start + k * self.d_step), min(n, self.n_start + k * self.n_step)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Sizes of the model are raspicl.icl.trained.ModelConfig; of the prompts,
+    RegressionTask.
+
+    steps, batch        optimizer steps; prompts per step
+    lr, warmup          peak learning rate; steps of linear warm-up from 0
+    min_lr_ratio        the cosine ends at min_lr_ratio x lr at the last step
+    weight_decay        AdamW's (decoupled) weight decay
+    betas               AdamW's
+    grad_clip           clip the global gradient norm to this (0: no clipping)
+    seed                the weights' initialisation and every step's batch
+    curriculum          a Curriculum, or None to train at the full d and n from step 0
+    fixed_w             every prompt shares one w, drawn from the seed (the probes' control)
+    threads             torch threads on CPU (default 1: on a shared 2-core machine, 2 threads
+                        ran a small model up to 15x slower, by oversubscription)
+    device              "cpu" or "cuda" (or "cuda:N")
+    checkpoint_every    write a checkpoint every this many steps (0: only at the end)
+    eval_every          evaluate on `eval_prompts` held-out prompts every this many steps
+                        (0: only at the end)
+    """
+
+    steps: int
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 1000
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    seed: int = 0
+    curriculum: Curriculum | None = None
+    fixed_w: bool = False
+    threads: int = 1
+    device: str = "cpu"
+    checkpoint_every: int = 5000
+    eval_every: int = 2000
+    eval_prompts: int = 1024
+
+    # fields that may change when a run is resumed without changing what it computes
+    RESUMABLE = ("steps", "threads", "device", "checkpoint_every", "eval_every")
+
+    def __post_init__(self) -> None:
+        ints = {"steps": 1, "batch": 1, "warmup": 0, "seed": 0, "threads": 1,
+                "checkpoint_every": 0, "eval_every": 0, "eval_prompts": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise RaspiclError(f"TrainConfig.{name} must be an integer >= {low}, got {v!r}")
+        for name, low, high in (("lr", 0.0, math.inf), ("min_lr_ratio", 0.0, 1.0),
+                                ("weight_decay", 0.0, math.inf), ("grad_clip", 0.0, math.inf)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or not low <= v <= high or (name == "lr" and v == 0):
+                raise RaspiclError(f"TrainConfig.{name} must be a finite number in "
+                                   f"[{low}, {high}]{' and > 0' if name == 'lr' else ''}, "
+                                   f"got {v!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise RaspiclError(f"TrainConfig.betas must be two numbers in [0, 1), got "
+                               f"{self.betas!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise RaspiclError(f"TrainConfig.device must be 'cpu' or 'cuda[:N]', got "
+                               f"{self.device!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based): linear warm-up, then cosine."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        span = max(1, self.steps - 1 - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        ratio = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi
+                                                                                  * progress))
+        return self.lr * ratio
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise RaspiclError("train must be an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RaspiclError(f"train: unknown field(s) {unknown}")
+        data = dict(data)
+        if data.get("curriculum") is not None:
+            if not isinstance(data["curriculum"], dict):
+                raise RaspiclError("train.curriculum must be an object or null")
+            try:
+                data["curriculum"] = Curriculum(**data["curriculum"])
+            except TypeError as exc:
+                raise RaspiclError(f"train.curriculum: {exc}") from None
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise RaspiclError(f"train: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def fixed_w_for(task: RegressionTask, seed: int) -> np.ndarray:
+    """The one w of a --fixed-w run: w_scale * N(0, I_d) from default_rng([seed, 0, 1])."""
+    return task.w_scale * np.random.default_rng([seed, 0, _FIXED_W_WORD]).standard_normal(task.d)
+
+
+def training_batch(task: RegressionTask, batch: int, seed: int, step: int,
+                   d_eff: int | None = None, n_eff: int | None = None,
+                   fixed_w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Step `step`'s batch: tokens [B, 2 n_eff + 1, d + 1] float32 (n_eff examples and a query)
+    and targets [B, n_eff + 1] (the y of x_1..x_{n_eff} and of the query, with noise).
+
+    Drawn from default_rng([seed, step]) as a RegressionTask(d_eff, n_eff + 1) sample whose
+    last example is the query; x is zero-padded from d_eff to d coordinates."""
+    d_eff = task.d if d_eff is None else d_eff
+    n_eff = task.n if n_eff is None else n_eff
+    rng = np.random.default_rng([seed, step])
+    p = RegressionTask(d_eff, n_eff + 1, task.noise, task.w_scale).sample(batch, rng)
+    y = p.y
+    if fixed_w is not None:
+        y = p.X @ fixed_w[:d_eff] + task.noise * rng.standard_normal(y.shape)
+    X = np.zeros((batch, n_eff + 1, task.d))
+    X[..., :d_eff] = p.X
+    tokens = Prompts(X[:, :n_eff], y[:, :n_eff], X[:, n_eff]).tokens()
+    return tokens.astype(np.float32), y.astype(np.float32)
+
+
+def eval_prompts(task: RegressionTask, count: int, seed: int,
+                 fixed_w: np.ndarray | None = None) -> Prompts:
+    """The held-out prompts of a run (default_rng([seed, 0, 2]), full d and n), with their w."""
+    rng = np.random.default_rng([seed, 0, _EVAL_WORD])
+    p = task.sample(count, rng)
+    if fixed_w is None:
+        return p
+    w = np.broadcast_to(fixed_w, p.w.shape).copy()
+    y = p.X @ fixed_w + task.noise * rng.standard_normal(p.y.shape)
+    return Prompts(p.X, y, p.xq, w)
+
+
+@torch.no_grad()
+def evaluate(model: ICLTransformer, prompts: Prompts) -> dict:
+    """Garg et al.'s normalised error (prediction - w^T x)^2 / d against the noiseless target,
+    per prefix k = 0..n (k = n: the query) and its mean."""
+    from raspicl.icl.trained import TrainedPredictor
+
+    was_training = model.training
+    pred = TrainedPredictor(model).predict(prompts)
+    model.train(was_training)
+    truth = np.einsum("bkd,bd->bk", prompts.prefix_queries(), prompts.w)
+    by_k = ((pred - truth) ** 2).mean(axis=0) / prompts.d
+    return {"error_by_k": [float(e) for e in by_k], "query_error": float(by_k[-1]),
+            "mean_error": float(by_k.mean())}
+
+
+# ------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """What train() returns: the model, the last step done, the training loss averaged over
+    the last `final_window` steps, the last evaluation, the log and the wall time."""
+
+    model: ICLTransformer
+    step: int
+    final_loss: float
+    final_window: int
+    eval: dict
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_optimizer(model: ICLTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                             weight_decay=cfg.weight_decay)
+
+
+def _set_threads(cfg: TrainConfig) -> None:
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+
+
+def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
+          out: str | Path | None = None, resume: bool = False, progress: bool = True,
+          log_every: int = 100, stop_after: int | None = None) -> TrainResult:
+    """Train a fresh model (or, with resume=True, continue the checkpoint in `out`) and write
+    checkpoints to `out` every cfg.checkpoint_every steps and at the end (nothing is written
+    when out is None).
+
+    The loss is logged (to the returned log and DIR/train_log.jsonl) as its mean over every
+    `log_every` steps. `stop_after` ends the call after that step, as an interruption would
+    (a checkpoint is written there): the schedule stays that of cfg.steps, so that resuming
+    continues the same run."""
+    from tqdm import tqdm
+
+    if task.d != model_config.d:
+        raise RaspiclError(f"task.d ({task.d}) differs from the model's d ({model_config.d})")
+    if task.n > model_config.n_positions:
+        raise RaspiclError(f"task.n ({task.n}) exceeds the model's n_positions "
+                           f"({model_config.n_positions})")
+    _set_threads(cfg)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RaspiclError(f"device {cfg.device!r}: CUDA is not available on this machine")
+    fixed_w = fixed_w_for(task, cfg.seed) if cfg.fixed_w else None
+    log: list[dict] = []
+    if resume:
+        if out is None:
+            raise RaspiclError("resume needs the checkpoint directory (out)")
+        model, opt, start, log = _load_checkpoint(Path(out), model_config, task, cfg)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = ICLTransformer(model_config).to(device)
+        opt = make_optimizer(model, cfg)
+        start = 0
+        if out is not None and (Path(out) / LOG).exists():
+            (Path(out) / LOG).unlink()
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    model.train()
+    held_out = eval_prompts(task, cfg.eval_prompts, cfg.seed, fixed_w)
+    params = list(model.parameters())
+    window: list[float] = []
+    last_eval: dict = {}
+    t0 = time.perf_counter()
+    t_log, s_log = t0, start
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
+               mininterval=2.0, dynamic_ncols=True)
+    end = cfg.steps if stop_after is None else min(cfg.steps, max(start, stop_after))
+    for step in range(start, end):
+        d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
+                        else (task.d, task.n))
+        tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
+        tok = torch.from_numpy(tok).to(device, non_blocking=True)
+        tgt = torch.from_numpy(tgt).to(device, non_blocking=True)
+        lr = cfg.lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = F.mse_loss(model(tok)[:, 0::2], tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
+                               f"keep grad_clip > 0)")
+        window.append(value)
+        done = step + 1
+        if done % log_every == 0 or done in (cfg.steps, end):
+            now = time.perf_counter()
+            entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
+                     "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
+            window, t_log, s_log = [], now, done
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
+                last_eval = evaluate(model, held_out)
+                entry["eval_query_error"] = last_eval["query_error"]
+                entry["eval_mean_error"] = last_eval["mean_error"]
+            log.append(entry)
+            if out is not None:
+                with open(Path(out) / LOG, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
+        bar.update(1)
+        if out is not None and (done == end or (cfg.checkpoint_every
+                                                and done % cfg.checkpoint_every == 0)):
+            loss, covered = final_loss(log, done)
+            final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
+            save_checkpoint(Path(out), model, opt, task, cfg, done, final)
+    bar.close()
+    if not last_eval:
+        last_eval = evaluate(model, held_out)
+    model.eval()
+    loss, covered = final_loss(log, end)
+    return TrainResult(model=model, step=end, final_loss=loss, final_window=covered,
+                       eval=last_eval, log=log, seconds=time.perf_counter() - t0)
+
+
+def final_loss(log: list[dict], step: int, window: int = 1000) -> tuple[float, int]:
+    """The training loss averaged over the last `window` steps up to `step`, from the log's
+    per-interval means (weighted by the steps each covers), and the steps it covers."""
+    total, covered, prev = 0.0, 0, 0
+    for entry in log:
+        if entry["step"] > step:
+            break
+        span = entry["step"] - prev
+        if entry["step"] > step - window:
+            total += entry["loss"] * span
+            covered += span
+        prev = entry["step"]
+    return (total / covered if covered else float("nan")), covered
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out: Path, model: ICLTransformer, opt: torch.optim.AdamW,
+                    task: RegressionTask, cfg: TrainConfig, step: int,
+                    extra: dict | None = None) -> None:
+    """The model files (trained.save_model) plus optimizer.safetensors: AdamW's exp_avg,
+    exp_avg_sq and step per parameter, named by the parameter. config.json is written last
+    and its step is the checkpoint's; the optimizer file's metadata repeats the step so that a
+    mismatched pair is refused on resume."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            tensors[f"{names[id(p)]}.{key}"] = value.detach().cpu().contiguous().reshape(
+                value.shape)
+    tmp = out / (OPTIMIZER + ".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step)})
+    os.replace(tmp, out / OPTIMIZER)
+    meta = {"task": task.to_dict(), "train": cfg.to_dict(), "step": step,
+            "fixed_w": (fixed_w_for(task, cfg.seed).tolist() if cfg.fixed_w else None),
+            "schedule": {"lr_next": cfg.lr_at(step) if step < cfg.steps else None},
+            "optimizer": OPTIMIZER}
+    meta.update(extra or {})
+    save_model(model, out, meta)
+
+
+def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
+                     cfg: TrainConfig):
+    """Model, optimizer, step and log of the checkpoint in `out`, checked against the run's
+    configuration (only TrainConfig.RESUMABLE fields may differ)."""
+    from safetensors import SafetensorError, safe_open
+
+    config = read_config(out)
+    saved_model = ModelConfig.from_dict(config["model"])
+    if saved_model != model_config:
+        raise RaspiclError(f"{out / CONFIG}: the checkpoint's model {saved_model} differs from "
+                           f"the run's {model_config}")
+    if config.get("task") != task.to_dict():
+        raise RaspiclError(f"{out / CONFIG}: the checkpoint's task {config.get('task')} "
+                           f"differs from the run's {task.to_dict()}")
+    try:
+        saved = TrainConfig.from_dict(config.get("train"))
+    except RaspiclError as exc:
+        raise LoadError(f"{out / CONFIG}: field {exc}") from None
+    diff = [f.name for f in fields(TrainConfig) if f.name not in TrainConfig.RESUMABLE
+            and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if diff:
+        raise RaspiclError(f"{out / CONFIG}: the checkpoint was trained with different "
+                           f"{', '.join(diff)} (only {', '.join(TrainConfig.RESUMABLE)} may "
+                           f"change on resume)")
+    step = config["step"]
+    if step > cfg.steps:
+        raise RaspiclError(f"{out / CONFIG}: the checkpoint is at step {step}, past the run's "
+                           f"steps ({cfg.steps})")
+    model, _ = load_model(out, cfg.device)
+    opt = make_optimizer(model, cfg)
+    path = out / OPTIMIZER
+    if not path.is_file():
+        raise LoadError(f"{path}: no such file (the checkpoint cannot be resumed)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta_step = (f.metadata() or {}).get("step")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoadError(f"{path}: not a readable safetensors file: {exc}") from exc
+    if meta_step != str(step):
+        raise LoadError(f"{path}: holds the optimizer of step {meta_step}, config.json is at "
+                        f"step {step}")
+    state = {}
+    for i, (name, _) in enumerate(model.named_parameters()):
+        entry = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            t = tensors.get(f"{name}.{key}")
+            if t is None:
+                if step == 0:
+                    continue
+                raise LoadError(f"{path}: no tensor {name}.{key}")
+            entry[key] = t.to(cfg.device) if key != "step" else t
+        if entry:
+            state[i] = entry
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    log = []
+    log_path = out / LOG
+    if log_path.is_file():
+        lines = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
+        log = [e for e in lines if e["step"] <= step]
+        log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
+    return model, opt, step, log
+
+
+def resume_config(out: str | Path, **overrides) -> tuple[ModelConfig, RegressionTask,
+                                                         TrainConfig]:
+    """The model, task and training configuration of the checkpoint in `out`, with the
+    RESUMABLE fields of TrainConfig replaced by `overrides` (e.g. steps=...)."""
+    config = read_config(out)
+    bad = sorted(set(overrides) - set(TrainConfig.RESUMABLE))
+    if bad:
+        raise RaspiclError(f"resume: {bad} cannot change (only {TrainConfig.RESUMABLE} can)")
+    if "train" not in config or "task" not in config:
+        raise LoadError(f"{Path(out) / CONFIG}: not a training checkpoint (no 'train' or "
+                        f"'task' field)")
+    cfg = replace(TrainConfig.from_dict(config["train"]), **overrides)
+    return ModelConfig.from_dict(config["model"]), RegressionTask(**config["task"]), cfg
