@@ -32,18 +32,18 @@ def test_r2_by_hand():
 
 def test_probes_on_synthetic_features():
     rng = np.random.default_rng(0)
-    F = rng.standard_normal((800, 10))
+    F = rng.standard_normal((600, 10))
     lin = F @ rng.standard_normal((10, 2))
     quad = np.stack([F[:, 0] * F[:, 1], F[:, 2] ** 2], axis=1)
-    noise = rng.standard_normal((800, 2))
-    tr, te = slice(0, 600), slice(600, None)
+    noise = rng.standard_normal((600, 2))
+    tr, te = slice(0, 450), slice(450, None)
     assert P.linear_probe(F[tr], lin[tr], F[te], lin[te]) > 0.9999
     assert P.linear_probe(F[tr], noise[tr], F[te], noise[te]) < 0.05
     assert P.linear_probe(F[tr], quad[tr], F[te], quad[te]) < 0.1
     # the MLP probe finds the nonlinear target the linear one cannot
-    assert P.mlp_probe(F[tr], quad[tr], F[te], quad[te], steps=300) > 0.5
+    assert P.mlp_probe(F[tr], quad[tr], F[te], quad[te], steps=200) > 0.5
     # constant features (unused residual rows) are dropped, not divided by zero
-    Fc = np.concatenate([F, np.ones((800, 3))], axis=1)
+    Fc = np.concatenate([F, np.ones((600, 3))], axis=1)
     assert P.linear_probe(Fc[tr], lin[tr], Fc[te], lin[te]) > 0.9999
 
 
@@ -54,7 +54,7 @@ def test_probes_on_synthetic_features():
 def test_compiled_weight_register_is_decodable_from_its_block_on(program, params, register,
                                                                   learner):
     cp = compile_control(program, **params)
-    prompts = RegressionTask(D, N, noise=0.5).sample(800, 4)
+    prompts = RegressionTask(D, N, noise=0.5).sample(600, 4)
     res = P.probe(cp, prompts, P.learner_target(learner))
     r2 = np.array(res.r2)  # [hidden states, k]
     at = cp.block_writing(register)

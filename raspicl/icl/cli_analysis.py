@@ -168,12 +168,14 @@ def _plot_errors(errors: dict, model: str, ks: list[int], task, path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, vals in errors.items():
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, (name, vals) in enumerate(errors.items()):
         v = np.array([np.nan if x is None else x for x in vals], dtype=float)
         if name == model:
             ax.plot(ks, v, "k-", lw=2.5, label=name, zorder=5)
-        else:
-            ax.plot(ks, v, lw=1, marker=".", label=name)
+        else:  # 20 distinct colours, then the line style changes
+            ax.plot(ks, v, lw=1, marker=".", color=colours[(2 * i) % 20 + (i // 10) % 2],
+                    ls="-" if i < 20 else "--", label=name)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("examples seen k")
     ax.set_ylabel("squared error / d (noiseless target)")
