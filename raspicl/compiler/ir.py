@@ -1,9 +1,10 @@
 """The compiler's intermediate form: register *values* and the instructions over them.
 
 lower.py builds these (fold.py, ssa.py and bounds.py each set some of the fields, as their
-module docs say, from calibrate.py's statistics); schedule.py sets Instr.block, stage and temps
-and Value.write_slot, last_read and overwritten_at; layout.py sets Value.rows; loops.py sets
-Value.template, replaces and clear_override; feasibility.py raises Instr.gate_floor.
+module docs say, from calibrate.py's statistics); schedule.py's passes set Instr.block, stage
+and temps and Value.write_slot, last_read and overwritten_at (placement.py and temporaries.py);
+liveness.py hands on the clear slots as a result of its own, not as fields; layout.py sets
+Value.rows; loops.py sets Value.template and replaces; feasibility.py raises Instr.gate_floor.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ class Value:
     # per token: defined (finite) on the calibration prompts; None for inputs, constants and
     # masks, which are defined everywhere
     defined: np.ndarray | None = None
-    # Looped compilation (schedule.py, layout.py): a clear slot that replaces the computed one,
-    # the iteration-0 value whose rows this one reuses, and rows fixed in advance.
-    clear_override: int | None = None
+    # Looped compilation (schedule.py, layout.py): the iteration-0 value whose rows this one
+    # reuses, and rows fixed in advance.
     template: Value | None = None
     replaces: Value | None = None  # a var's last write in an iteration takes over these rows
     overwritten_at: int | None = None  # the MLP slot that subtracts it as it writes its successor
