@@ -47,7 +47,7 @@ DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
 # Problems per forward pass: bounds verify's memory (ridge d=8 n=16 holds ~4 MB per problem
 # in the interpreter's trace and the monitor's values) while keeping each pass large enough
 # to run at the model's batch speed.
-CHUNK = 200
+CHUNK = 100
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
