@@ -271,6 +271,7 @@ def _plot_probes(results: dict, model: str, control: str | None, path: Path) -> 
                     f"{r['target']} ({r['kind']})"
             ax.plot(range(len(r["at_query"])), r["at_query"], style, color=colour,
                     marker="o" if r["kind"] == "linear" else "s", ms=3, label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # hidden states are whole layers
     ax.set_xlabel("hidden state (0 = embedding, l = after layer l)")
     ax.set_ylabel("probe R^2 at the query (test prompts)")
     ax.set_ylim(-0.1, 1.05)
