@@ -24,35 +24,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from timing import best_of  # noqa: E402 (bench/timing.py)
 
-from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
-from raspicl.errors import ContractWarning, DomainWarning  # noqa: E402
+from raspicl.errors import DomainWarning  # noqa: E402
 from raspicl.model import threads_for  # noqa: E402
 from raspicl.prompts import random_prompts  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
-from raspicl.verify import contract_tolerance_for  # noqa: E402
+from raspicl.verify import compile_checked  # noqa: E402
 
 torch.set_num_threads(1)
 
 CASES = [("gd_step", {"d": 4}), ("sherman_morrison", {"d": 4}), ("ridge", {"d": 2, "n": 4})]
 BATCHES = (1, 1024)
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> int:
@@ -66,11 +55,7 @@ def main() -> int:
     for name, params in CASES:
         pf = find_program(name)
         program = pf.build(**params)
-        config = CompilerConfig.for_dtype("float64",
-                                          tolerance=contract_tolerance_for(pf, "float64"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ContractWarning)
-            cm = compile_program(program, config, domain=pf.domain)
+        cm = compile_checked(pf, program, "float64")
         for batch in BATCHES:
             prompts = random_prompts(batch, program.d, program.n, seed=0)
 

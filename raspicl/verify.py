@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from raspicl.compiled import CompiledModel
 from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.compiler.bounds import Domain
 from raspicl.errors import ContractWarning
@@ -108,6 +109,22 @@ def contract_tolerance_for(pf: ProgramFile, dtype: str) -> float:
     return float(tol.get(dtype, tolerance_for(pf, dtype)))
 
 
+def compile_checked(pf: ProgramFile, program, dtype: str = "float64",
+                    config: CompilerConfig | None = None, loops: str = "unroll",
+                    domain: Domain | None = None) -> CompiledModel:
+    """`program` (built from `pf`) compiled as verify checks it: the file's contract tolerance
+    for `dtype` unless `config` is given, the file's DOMAIN unless `domain` is, then converted
+    to `dtype`. ContractWarning is silenced: verify reports acceptance as a column, and the
+    other callers count refusals at run time."""
+    config = config or CompilerConfig.for_dtype(dtype,
+                                                tolerance=contract_tolerance_for(pf, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(program, config, loops=loops,
+                             domain=domain if domain is not None else pf.domain)
+    return cm.to(torch.float32) if dtype == "float32" else cm
+
+
 def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
                    problems: int = 1000, seed: int = 0, symbolic: bool = True,
                    config: CompilerConfig | None = None,
@@ -118,11 +135,7 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     program = pf.build(**params)
     config = config or CompilerConfig.for_dtype(dtype,
                                                 tolerance=contract_tolerance_for(pf, dtype))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ContractWarning)  # reported as the accepted column
-        cm = compile_program(program, config, domain=domain if domain is not None else pf.domain)
-    if dtype == "float32":
-        cm = cm.to(torch.float32)
+    cm = compile_checked(pf, program, dtype, config, domain=domain)
     prompts = random_prompts(problems, program.d, program.n, seed)
     # Verification measures the error on every prompt drawn (check='ignore'), notes those
     # beyond what calibration saw, and holds the contract separately below.

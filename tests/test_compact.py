@@ -19,10 +19,9 @@ import torch
 
 from raspicl import random_prompts
 from raspicl.compact import CompactPlan
-from raspicl.compiler import CompilerConfig, compile_program
-from raspicl.errors import ContractWarning, DomainWarning
+from raspicl.errors import DomainWarning
 from raspicl.registry import find_program
-from raspicl.verify import contract_tolerance_for
+from raspicl.verify import compile_checked
 
 RESIDUAL_TOLERANCE = 1e-9
 CASES = [("gd_step", {"d": 3}, "unroll"), ("sherman_morrison", {"d": 3}, "unroll"),
@@ -30,13 +29,10 @@ CASES = [("gd_step", {"d": 3}, "unroll"), ("sherman_morrison", {"d": 3}, "unroll
 
 
 def compiled(name, params, loops, dtype="float64"):
+    """The program and its model, compiled as verify compiles it for `dtype`."""
     pf = find_program(name)
     program = pf.build(**params)
-    config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ContractWarning)
-        cm = compile_program(program, config, loops=loops, domain=pf.domain)
-    return program, (cm.to(torch.float32) if dtype == "float32" else cm)
+    return program, compile_checked(pf, program, dtype, loops=loops)
 
 
 def dense_of(cm):

@@ -15,28 +15,21 @@ import pytest
 
 import raspicl.verify as verify_mod
 from raspicl import interpret, random_prompts
-from raspicl.compiler import CompilerConfig, compile_program
-from raspicl.errors import ContractWarning, DomainWarning
+from raspicl.errors import DomainWarning
 from raspicl.monitor import ContractStream, check_contract
 from raspicl.prompts import Prompts
 from raspicl.registry import find_program
-from raspicl.verify import contract_tolerance_for, rel_err, verify_program
+from raspicl.verify import compile_checked, rel_err, verify_program
 
 CASES = [("gd_step", {"d": 2}, "unroll"), ("sherman_morrison", {"d": 2}, "unroll"),
          ("ridge", {"d": 2, "n": 3}, "unroll"), ("ridge", {"d": 2, "n": 3}, "share")]
 
 
 def compiled(name: str, params: dict, loops: str, dtype: str = "float64"):
-    """The program compiled as verify compiles it for `dtype`."""
-    import torch
-
+    """The program and its model, compiled as verify compiles it for `dtype`."""
     pf = find_program(name)
     program = pf.build(**params)
-    config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ContractWarning)
-        cm = compile_program(program, config, loops=loops, domain=pf.domain)
-    return program, (cm.to(torch.float32) if dtype == "float32" else cm)
+    return program, compile_checked(pf, program, dtype, loops=loops)
 
 
 def hard_prompts(program, batch: int = 24) -> Prompts:

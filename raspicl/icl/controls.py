@@ -162,21 +162,12 @@ def compile_control(program: str, dtype: str = "float64", check: str = "warn",
                     **params) -> CompiledPredictor:
     """Compile a bundled program (or a program file) as `raspicl compile` does — its own
     DOMAIN and contract tolerance — and wrap it as a CompiledPredictor."""
-    import torch
-
-    from raspicl.compiler import CompilerConfig, compile_program
-    from raspicl.errors import ContractWarning
     from raspicl.registry import find_program
-    from raspicl.verify import contract_tolerance_for
+    from raspicl.verify import compile_checked
 
     pf = find_program(program)
-    config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ContractWarning)  # counted at run time as refusals
-        cm = compile_program(pf.build(**params), config, domain=pf.domain)
-    if dtype == "float32":
-        cm = cm.to(torch.float32)
-    return CompiledPredictor(cm, check=check)
+    # ContractWarning is silenced there: refusals are counted at run time
+    return CompiledPredictor(compile_checked(pf, pf.build(**params), dtype), check=check)
 
 
 def merge_learners(base: list, extra: list) -> list:
