@@ -326,10 +326,10 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     if arch.reads_through_layernorm:  # gpt2: every read through a LayerNorm of weight c
         ln_anchor_embedding(W_pos, rows, config.ln_anchor)
         sd["unembed.W_U"] = through_layernorm(W_U, rows["zero"])
-        c = np.full(D, ln_read_scale(config.ln_anchor, D))
+        c = ln_read_scale(config.ln_anchor, D)
         for layer in range(len(stored)):
-            sd |= {f"blocks.{layer}.ln1.w": c, f"blocks.{layer}.ln2.w": c}
-        sd["ln_final.w"] = c
+            sd |= {f"blocks.{layer}.ln1.w": np.full(D, c), f"blocks.{layer}.ln2.w": np.full(D, c)}
+        sd["ln_final.w"] = np.full(D, c)
     model = model_from_arrays(cfg, sd)
     return model, order
 
