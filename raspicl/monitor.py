@@ -468,8 +468,8 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
-            if ln is not None:  # gpt2: through ln2 (whose weight c makes the read scale 1)
-                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]
+            if ln is not None and ins.divisor is None:  # gpt2: through ln2 (weight c: the
+                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]  # scale is 1)
             val, err = walk.mlp(ins, reads, defined, mu)
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,
