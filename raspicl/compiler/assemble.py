@@ -88,7 +88,8 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
     for b, mode in sched.mlp_mode.items():
         if isinstance(mode, Value):
             blocks[b].divisor = mode
-            blocks[b].ln_eps = config.division_ln_eps
+            if shared is None:
+                blocks[b].ln_eps = config.division_ln_eps
     for ins in sched.instrs:
         _emit(ins, blocks[ins.block], layout, config)
     fixed = layout.fixed
