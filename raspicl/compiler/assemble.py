@@ -118,10 +118,12 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
     return blocks
 
 
-def split_heads(blocks: list[BlockSpec]) -> int:
+def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
     """Split wide heads into heads of at most d_head value columns, d_head chosen to make
     n_heads * d_head (the padded attention size of every block) within 25% of its smallest,
     and as large as that allows (fewer heads read more easily). Returns d_head.
+    span: a target whose n_heads * d_head must equal d_model (gpt2), d_model at least span:
+    d_head then makes that padded width smallest (the largest d_head among the ties).
 
     Every head is padded to the model's d_head, so one head that clears a d x d matrix (d^2
     columns) would otherwise set d_head for all heads of all blocks.
@@ -132,9 +134,14 @@ def split_heads(blocks: list[BlockSpec]) -> int:
     def heads_needed(dh: int) -> int:
         return max([1] + [sum(-(-w // dh) for w in ws) for ws in widths])
 
-    size = {dh: heads_needed(dh) * dh for dh in range(2, widest + 1)}
-    # the widest heads within 25% of the smallest size: fewer, more readable heads
-    d_head = max(dh for dh, n in size.items() if n <= 1.25 * min(size.values()))
+    if span is not None:
+        width = {dh: max(heads_needed(dh), -(-span // dh)) * dh
+                 for dh in range(2, max(widest, span) + 1)}
+        d_head = min(width, key=lambda dh: (width[dh], -dh))
+    else:
+        size = {dh: heads_needed(dh) * dh for dh in range(2, widest + 1)}
+        # the widest heads within 25% of the smallest size: fewer, more readable heads
+        d_head = max(dh for dh, n in size.items() if n <= 1.25 * min(size.values()))
     for block in blocks:
         split: dict[tuple, HeadSpec] = {}
         for key, head in block.heads.items():
@@ -284,10 +291,10 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     """
     fmt = low.program.format
     D = layout.d_model
-    d_head = split_heads(blocks)
+    arch = sched.arch
+    d_head = split_heads(blocks, D if arch.heads_span_model else None)
     n_heads = max([len(b.heads) for b in blocks] + [1])
     d_mlp = max([len(b.units) for b in blocks] + [1])
-    arch = sched.arch
     if arch.heads_span_model:  # n_heads * d_head == d_model: pad with zero heads and rows
         n_heads = max(n_heads, -(-D // d_head))
         D = n_heads * d_head
