@@ -761,8 +761,8 @@ def _architecture_facts(layout: dict, ctx: Context) -> None:
 
 
 RULES: tuple[Callable[[dict, Context], None], ...] = (
-    _architecture_facts, _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references,
-    _slot_records, _head_actions)
+    _architecture_facts, _prompt_sizes, _register_widths, _references, _block_entries,
+    _monitor_references, _slot_records, _head_actions)
 
 
 # ---------------------------------------------------------------------------------- tensors

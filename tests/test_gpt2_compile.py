@@ -195,3 +195,13 @@ def test_cli_compile_and_verify_arch_gpt2(tmp_path, capsys):
                  "--problems", "50", "--no-symbolic"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(["compile", "gd_step", "--ln-eps", "1e-6", "--out", str(tmp_path / "p")]) == 2
+
+
+def test_inspect_reads_a_gpt2_model(compiled):
+    """raspicl inspect's checks of the weights against the layout hold for gpt2's reads
+    through ln1 (W_V less its column sums at the zero row): no warning."""
+    from raspicl.inspect.report import block_report
+
+    text = block_report(compiled("sherman_morrison"))
+    assert "gpt2: every LayerNorm" in text and "divide by |denom|" in text
+    assert "WARNING" not in text
