@@ -435,7 +435,8 @@ ARCHITECTURE = Obj(
                        "final": Bool()}),
      "block_order": Array(BLOCK, min_len=1, define="runs")},
     {"act_fn": Str(choices=tuple(ACT_FNS)), "attention_score_divisor": Const("sqrt(d_head)"),
-     "ln_eps": Number(positive=True), "ln_anchor": Number(positive=True)})
+     "ln_eps": Number(positive=True), "ln_anchor": Number(positive=True),
+     "ln_restore_anchor": Number(positive=True)})
 
 PROMPT = Obj({"format": Str(), "d": Int(lo=1), "n_examples": Int(lo=0),
               "n_tokens": Int(equals="n_ctx", define="n_tokens"),
