@@ -23,13 +23,13 @@ A_j * ratio with ratio = c / sigma = 1 - Q / (4 N^2) + ...: a read matrix W (row
 residual row, never the zero row) becomes `through_layernorm(W)`, which subtracts W's column
 sums at the zero row. The runtime monitor charges |A_j| |ratio - 1|, measured per token.
 
-Division under gpt2 (`anchor_levels`): the dividing block's attention reads s through ln1 as
-usual, writes the division anchors +-N_div s and, through b_O, cancels the constant anchors
-exactly (`ln_anchor_biases`); its ln2 (weight 1) then sees the division anchors alone and
-divides as in the paper block; its MLP's b_out restores the constant anchors at +-N_r
-(`restore_ln_anchors`, N_r = config.ln_restore_anchor, default N), and the next attention
-takes them back to N. That attention clears the division anchors while the constant ones
-dominate: its ln1 (weight N_r sqrt(2 / d_model)) reads every row times
+Division under gpt2 (raspicl.arch.anchor_levels): the dividing block's attention reads s
+through ln1 as usual, writes the division anchors +-N_div s and, through b_O, cancels the
+constant anchors exactly (`ln_anchor_biases`); its ln2 (weight 1) then sees the division
+anchors alone and divides as in the paper block; its MLP's b_out restores the constant anchors
+at +-N_r (`restore_ln_anchors`, N_r = config.ln_restore_anchor, default N), and the next
+attention takes them back to N. That attention clears the division anchors while the constant
+ones dominate: its ln1 (weight N_r sqrt(2 / d_model)) reads every row times
 ratio = 1 / sqrt(1 + (N_div s / N_r)^2 + ...), so N_r >> N_div |s| keeps that read, and the
 clear's residue N_div |s| |ratio - 1|, small; the monitor measures the ratio.
 """
@@ -40,7 +40,6 @@ import math
 
 import numpy as np
 
-from raspicl.arch import anchor_levels  # noqa: F401 (the levels these biases make)
 from raspicl.compiler.gadgets.mlp import UnitSpec
 
 
