@@ -437,7 +437,7 @@ VERSION = Obj({"version": Int(), "label": Str(), "rows": ROWS, "op": Nullable(In
                "written_after": Int(below="residuals"), "cleared": SLOT_NAME,
                "cleared_slot": Nullable(SLOT_RECORD)},
               {"overwritten": SLOT_NAME, "overwritten_slot": Nullable(SLOT_RECORD),
-               "bound": Nullable(Number(lo0=True, inf=True))})
+               "bound": Nullable(Number(lo0=True, inf=True)), "absorbed_by": Array(Int())})
 
 TEMPORARY = Obj({"label": Str(), "rows": ROWS, "written_slot": SLOT_RECORD,
                  "cleared_slot": Nullable(SLOT_RECORD), "for_op": Int(), "operand": Str()},
@@ -468,7 +468,7 @@ BLOCK_ENTRY = Obj({"block": BLOCK, "runs": Array(RUN), "heads": Array(HEAD),
                                "ops": STRINGS})})
 
 OP = Obj({"index": Int(), "kind": Str(), "dst": Str(), "source": Str(), "text": Str(),
-          "block": BLOCK, "run": RUN, "stage": Str()})
+          "block": BLOCK, "run": RUN, "stage": Str()}, {"absorbed_by": Array(Int())})
 
 # The runtime monitor's record (raspicl.monitor): indices inside terms are checked against the
 # instruction's own reads and widths by the rule _monitor_references.
@@ -482,7 +482,7 @@ PAIR = Obj({"a": Tuple((Int(), Int()), "read, component"),
             "outputs": Array(Tuple((Int(), Number()), "component, coef"))})
 INSTRUCTION = Obj(
     {"op": Int(), "kind": Str(), "dst": Str(), "source": Str(), "run": RUN,
-     "stage": Str(choices=("attn", "mlp", "attn+mlp")), "defined": Array(TOKEN),
+     "stage": Str(choices=("attn", "mlp", "attn+mlp", "fused")), "defined": Array(TOKEN),
      "reads": Array(Obj({"value": Str(), "place": PLACE}, {"temp_rows": ROWS})),
      "linear": Array(LINEAR_TERM), "bias": Array(Number(), min_len=1)},
     {"pairs": Array(PAIR), "products": Array(PRODUCT_TERM), "divisor": Nullable(Str()),
@@ -490,7 +490,8 @@ INSTRUCTION = Obj(
      "gate_bound": Array(Number(lo0=True))})
 MONITOR = Obj(
     {"tolerance": Number(positive=True),
-     "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op")), "rows": ROWS,
+     "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op", "fused")),
+                        "rows": ROWS,
                         "written_after": Int(below="residuals")}), key="value"),
      "instructions": Array(INSTRUCTION),
      "anchors": Array(Nullable(Number(positive=True)), length="n_layers"),
@@ -527,7 +528,10 @@ LAYOUT = Obj(
                   key="mask"),
      "constants": Map(NumArray(), key="constant"),
      "loops": Array(Obj({"blocks": Array(BLOCK), "repeat": Int(lo=1),
-                         "first_runs": Array(RUN)}))})
+                         "first_runs": Array(RUN)})),
+     "depth": Obj({"critical_path": Nullable(Int(lo=1)), "blocks": Int(lo=1)},
+                  {"fused": Array(Obj({"value": Str(), "op": Int(),
+                                       "absorbed_by": Array(Int())}))})})
 
 
 # ---------------------------------------------------------------------------------- rules

@@ -1,4 +1,4 @@
-"""The compiler: Program -> validate -> lower -> schedule -> liveness -> lay out -> gadgets ->
+"""The compiler: Program -> validate -> lower -> fuse -> schedule -> liveness -> lay out -> gadgets ->
 model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
@@ -12,6 +12,7 @@ from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
+from raspicl.compiler.fusion import fuse
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
 from raspicl.compiler.layout import lay_out
 from raspicl.compiler.liveness import liveness
@@ -44,6 +45,7 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
+    fuse(low, config, share_loops=share)
     sched = schedule(low, share_loops=share)
     layout = lay_out(low, sched, liveness(low, sched, share_loops=share))
     tuning = Tuning()
