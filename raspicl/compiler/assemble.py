@@ -87,10 +87,7 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
         _emit(ins, blocks[ins.block], layout, config, defs)
     fixed = layout.fixed
     for b, divisor in sched.anchors.items():
-        head = blocks[b].head(Here())
-        head.copy(divisor.rows[0], fixed["anchor_pos"], blocks[b].anchor)
-        head.copy(divisor.rows[0], fixed["anchor_neg"], -blocks[b].anchor)
-        head.note(f"anchors +-N {divisor.label} for the division")
+        _anchors(blocks[b], divisor, fixed, defs)
         after = [b + 1]
         for lp in sched.loops:  # in a shared loop, every iteration's first block clears them
             if len(lp.starts) > 1 and (b + 1) in lp.starts:  # (zeros, in the iterations that
@@ -109,6 +106,31 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
                     head.clear(r)
                 head.note(f"clear {v.label}")
     return blocks
+
+
+def _anchors(block: BlockSpec, divisor: Value, fixed: dict[str, int],
+             defs: dict[Value, Instr]) -> None:
+    """The division anchors +-N s: copied from the divisor's row by the self-head, or, for a
+    fused divisor (fusion.py), computed from its reads (heads at their places, N times its
+    bias in b_O)."""
+    N = block.anchor
+    if not divisor.fused:
+        head = block.head(Here())
+        head.copy(divisor.rows[0], fixed["anchor_pos"], N)
+        head.copy(divisor.rows[0], fixed["anchor_neg"], -N)
+        head.note(f"anchors +-N {divisor.label} for the division")
+        return
+    f = defs[divisor]
+    for _, c, r, k in f.linear:
+        src, place = f.reads[r]
+        head = block.head(place)
+        head.copy(src.rows[k], fixed["anchor_pos"], N * c)
+        head.copy(src.rows[k], fixed["anchor_neg"], -N * c)
+        head.note(f"anchors +-N {divisor.label} (fused) for the division")
+    b = float(f.bias[0])
+    if b != 0.0:
+        for name, sign in (("anchor_pos", 1.0), ("anchor_neg", -1.0)):
+            block.b_O[fixed[name]] = block.b_O.get(fixed[name], 0.0) + sign * N * b
 
 
 def split_heads(blocks: list[BlockSpec]) -> int:

@@ -8,17 +8,21 @@ op that reads it can absorb it:
 - a reader's linear terms (an attention head's OV map and b_O, an MLP's affine units, the
   next linear op, a select's linear or gated part, a division's numerator): F's terms are
   substituted, each read at the composition of the two places (`compose`);
+- a division by F: the division's attention writes its anchors +-N F from F's reads (heads
+  at F's places, N times F's bias in b_O);
 - a reader's product terms: F stays an operand of the product, a *factor* that is an affine
   form of rows. Read at the current token over reads at the current token, the product's W_in
   computes it (gadgets/mlp.product_form_units, scaled by F's own calibrated bound); otherwise
   the block's attention computes it into the temporary it moves remote operands to (heads at
   the composed places, F's bias in b_O).
 
-F is kept (materialised) when it is the output, a divisor or a select's mask; when some read
+F is kept (materialised) when it is the output or a select's mask; when some read
 cannot be composed (a Mean of anything but the current token, an Offset of an At, ...); when
 more than `config.fusion_max_readers` ops read it (each reader repeats F's terms: value columns
 of a head, entries of W_in, never extra hidden units, so a few readers cost less than F's rows
-and sublayer); and, with loops="share", when it is loop state (a var's last write that the next
+and sublayer); when more than one reader would need a temporary of its own for it (a product
+factor read at another token, or over reads at another token: each such temporary costs F's
+width in rows, where F stored costs it once); and, with loops="share", when it is loop state (a var's last write that the next
 iteration overwrites in place) or when its twins in other iterations cannot all be fused
 (identical iterations must stay identical).
 
@@ -40,7 +44,7 @@ from raspicl.lang.reads import At, Here, Offset, Where
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
 __all__ = ["FusedValue", "Fusion", "compose", "critical_path_depth", "factor_places", "fuse",
-           "operands"]
+           "operands", "stored"]
 
 
 @dataclass(frozen=True)
@@ -140,17 +144,17 @@ def _group(v: Value) -> int:
 def _run(low: Lowered, config: CompilerConfig, share_loops: bool, excluded: set[int],
          record: Fusion) -> int | None:
     """One pass in program order; returns a twin group whose members disagree, else None."""
-    special = {low.output}
-    for ins in low.instrs:
-        special |= {v for v in (ins.divisor, ins.mask) if v is not None}
+    special = {low.output} | {ins.mask for ins in low.instrs if ins.mask is not None}
     replaced = {v.replaces for v in low.values if v.replaces is not None}
     decided: dict[int, bool] = {}
     for k, ins in enumerate(low.instrs):
         F = ins.dst
-        readers = [c for c in low.instrs[k + 1:] if any(v is F for v, _ in c.reads)]
+        readers = [c for c in low.instrs[k + 1:]
+                   if c.divisor is F or any(v is F for v, _ in c.reads)]
         ok = (ins.is_linear and F.kind == "op" and F not in special and bool(readers)
               and len(readers) <= config.fusion_max_readers
-              and all(_absorbable(ins, c) for c in readers))
+              and all(_absorbable(ins, c) for c in readers)
+              and sum(_needs_own_temp(ins, c) for c in readers) <= 1)
         if share_loops:
             ok = ok and F.replaces is None and F not in replaced and _group(F) not in excluded
             g = _group(F)
@@ -172,6 +176,21 @@ def _absorbable(f: Instr, c: Instr) -> bool:
         if v is f.dst and any(compose(at, p) is None for _, p in f.reads):
             return False
     return True
+
+
+def _needs_own_temp(f: Instr, c: Instr) -> bool:
+    """Whether c would read f.dst as a product factor through a temporary of its own (a read
+    elsewhere, or f reading elsewhere): each such reader adds f's width in rows, so f is
+    fused into at most one of them (else it is cheaper stored once)."""
+    factors = {t[2] for t in c.products} | {t[4] for t in c.products}
+    return any(c.reads[i][0] is f.dst and (not isinstance(c.reads[i][1], Here)
+                                           or any(not isinstance(p, Here) for _, p in f.reads))
+               for i in factors)
+
+
+def stored(v: Value, defs: dict[Value, Instr]) -> list[Value]:
+    """The values with rows that v stands for: its fused definition's reads, or v itself."""
+    return [r for r, _ in defs[v].reads] if v.fused else [v]
 
 
 def _absorb(f: Instr, c: Instr) -> None:

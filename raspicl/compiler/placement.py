@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from raspicl.compiler.fusion import definitions, operands, place_fused
+from raspicl.compiler.fusion import definitions, operands, place_fused, stored
 from raspicl.compiler.liveness import NEVER, clear_slot_of
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.errors import CompileError
@@ -99,7 +99,8 @@ def place(low: Lowered, share_loops: bool = False) -> Placement:
                 loops.setdefault(tag[0], Loop(tag[0], [], 0)).starts.append(st.floor)
             current_loop = tag
         ready = _ready(ins, st.floor, defs)
-        run = _place_linear(ins, ready, st) if ins.is_linear else _place_mlp(ins, ready, st)
+        run = _place_linear(ins, ready, st) if ins.is_linear else _place_mlp(ins, ready, st,
+                                                                               defs)
         st.last_block = max(st.last_block, run)
     for loop in loops.values():
         ends = [max(i.block for i in low.instrs if i.op.loop == (loop.loop_id, k)
@@ -155,11 +156,14 @@ def _place_linear(ins: Instr, r: _Ready, st: _State) -> int:
     return run
 
 
-def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
+def _place_mlp(ins: Instr, r: _Ready, st: _State, defs: dict[Value, Instr]) -> int:
     """The first run whose attention can fetch its remote operands (and write the anchors of a
     division) and whose MLP has the mode it needs."""
     divisor = ins.divisor
     want: Mode = divisor if divisor is not None else MlpMode.NEUTRAL
+    # the anchors are written from the divisor's rows, or from a fused divisor's reads
+    anchor_from = stored(divisor, defs) if divisor is not None else []
+    divisor_at = max((v.write_slot for v in anchor_from), default=-1)
     if r.replaced is not None and divisor is not None and r.replaced in ins.registers_read:
         raise CompileError(f"{ins.op.where()}: in a shared loop a division cannot overwrite "
                            f"'{r.replaced.name}', which it reads; divide into another var")
@@ -167,7 +171,7 @@ def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
     def fits(run: int) -> bool:
         attn, mlp = attn_slot(run), mlp_slot(run)
         return (attn > r.remote_at and mlp > r.here_at
-                and (divisor is None or attn > divisor.write_slot)
+                and (divisor is None or attn > divisor_at)
                 and st.mlp_ok(run, want)
                 and (divisor is None or attn >= r.attn_floor)
                 and (divisor is not None or mlp >= r.mlp_floor))
@@ -187,8 +191,8 @@ def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
         ins.mask.read_at(mlp)
     for v in r.remote:
         v.read_at(attn)
-    if divisor is not None:
-        divisor.read_at(attn)
+    for v in anchor_from:
+        v.read_at(attn)
     ins.dst.write_slot = mlp
     return run
 
