@@ -12,16 +12,41 @@ from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
-from raspicl.compiler.fusion import fuse
+from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
-from raspicl.compiler.layout import lay_out
+from raspicl.compiler.layout import Layout, lay_out
 from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations
-from raspicl.compiler.lower import lower
-from raspicl.compiler.schedule import schedule
+from raspicl.compiler.lower import Lowered, lower
+from raspicl.compiler.schedule import Schedule, schedule
 from raspicl.lang.program import Program
 
 __all__ = ["CompilerConfig", "compile_program"]
+
+
+def _place_and_lay_out(low: Lowered, share: bool) -> tuple[Lowered, Schedule, Layout]:
+    sched = schedule(low, share_loops=share)
+    return low, sched, lay_out(low, sched, liveness(low, sched, share_loops=share))
+
+
+def fuse_and_lay_out(low: Lowered, config: CompilerConfig,
+                     share: bool) -> tuple[Lowered, Schedule, Layout]:
+    """Schedule and lay out the program fused (fusion.py) and as written, and keep the fused
+    one unless it is worse (fusion.prefer_fused: fewer blocks, or as many and no wider)."""
+    if not config.fusion:
+        fuse(low, config, share_loops=share)  # records the critical path only
+        return _place_and_lay_out(low, share)
+    plain = _place_and_lay_out(copy_lowered(low), share)
+    fuse(low, config, share_loops=share)
+    if not low.fusion.fused:
+        plain[0].fusion = low.fusion
+        return plain
+    fused = _place_and_lay_out(low, share)
+    if prefer_fused(fused[1].n_blocks, fused[2].d_model, plain[1].n_blocks, plain[2].d_model,
+                    config):
+        return fused
+    plain[0].fusion = Fusion([], low.fusion.critical_path, rejected=len(low.fusion.fused))
+    return plain
 
 
 def compile_program(program: Program, config: CompilerConfig | None = None,
@@ -45,9 +70,7 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
-    fuse(low, config, share_loops=share)
-    sched = schedule(low, share_loops=share)
-    layout = lay_out(low, sched, liveness(low, sched, share_loops=share))
+    low, sched, layout = fuse_and_lay_out(low, config, share)
     tuning = Tuning()
     for passes in range(1, config.feasibility_passes + 2):
         blocks = build_blocks(low, sched, layout, config, tuning)

@@ -99,6 +99,10 @@ class CompilerConfig:
         a linear value read by more ops than this is kept (materialised): each reader that
         absorbs it repeats its terms (value columns of a head, entries of W_in), so past a
         few readers the repeated terms outweigh the rows saved. Condition: >= 1.
+    fusion_width_slack:
+        the fused layout is kept when it has fewer blocks and a d_model at most this multiple
+        of the unfused one's (or as many blocks and no wider); fusing lengthens the lives of
+        the fused values' operands, which can widen the stream. Condition: >= 1.
     """
 
     attention_margin: float = 100.0
@@ -119,6 +123,7 @@ class CompilerConfig:
     min_acceptance: float = 0.99
     fusion: bool = True
     fusion_max_readers: int = 4
+    fusion_width_slack: float = 1.25
 
     @classmethod
     def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:

@@ -34,6 +34,7 @@ schedule of the op kinds needs, reported beside the achieved depth.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +44,7 @@ from raspicl.compiler.ir import Instr, Lowered, Value
 from raspicl.lang.reads import At, Here, Offset, Where
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
-__all__ = ["FusedValue", "Fusion", "compose", "critical_path_depth", "factor_places", "fuse",
+__all__ = ["FusedValue", "Fusion", "compose", "copy_lowered", "prefer_fused", "critical_path_depth", "factor_places", "fuse",
            "operands", "stored"]
 
 
@@ -62,6 +63,26 @@ class Fusion:
 
     fused: list[FusedValue] = field(default_factory=list)
     critical_path: int = 1
+    rejected: int = 0  # values the pass fused in a layout that prefer_fused turned down
+
+
+def prefer_fused(blocks: int, d_model: int, plain_blocks: int, plain_d_model: int,
+                 config: CompilerConfig) -> bool:
+    """Whether the fused layout is kept: fewer blocks and d_model at most
+    config.fusion_width_slack times the plain one's, or as many blocks and no wider. (Fusing
+    lengthens the lives of the fused values' operands, which can widen the stream.)"""
+    if blocks < plain_blocks:
+        return d_model <= config.fusion_width_slack * plain_d_model
+    return blocks == plain_blocks and d_model <= plain_d_model
+
+
+def copy_lowered(low: Lowered) -> Lowered:
+    """A deep copy of the instructions and values (the program, its ops and the calibration
+    are shared), for scheduling an alternative."""
+    memo = {id(low.program): low.program, id(low.calibration): low.calibration}
+    for op in low.program.ops:
+        memo[id(op)] = op
+    return copy.deepcopy(low, memo)
 
 
 def compose(outer: Where, inner: Where) -> Where | None:
