@@ -492,7 +492,8 @@ MONITOR = Obj(
     {"tolerance": Number(positive=True),
      "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op", "fused")),
                         "rows": ROWS,
-                        "written_after": Int(below="residuals")}), key="value"),
+                        "written_after": Int(below="residuals")}, {"width": Int(lo=1)}),
+                   key="value"),
      "instructions": Array(INSTRUCTION),
      "anchors": Array(Nullable(Number(positive=True)), length="n_layers"),
      "output": Str()},
@@ -552,7 +553,7 @@ def _register_widths(layout: dict, ctx: Context) -> None:
     for name, reg in layout["registers"].items():
         width = math.prod(reg["shape"])
         for i, v in enumerate(reg["versions"]):
-            if len(v["rows"]) != width:
+            if len(v["rows"]) != width and not v.get("absorbed_by"):  # fused: no rows
                 raise fail(f"registers.{name}.versions[{i}].rows",
                            f"must have {width} entries (the product of shape {reg['shape']}), "
                            f"got {len(v['rows'])}")
@@ -614,7 +615,8 @@ def _monitor_references(layout: dict, ctx: Context) -> None:
     def width(label: str, path: str) -> int:
         if label not in values:
             raise fail(path, f"must name a value of monitor.values, got {show(label)}")
-        return len(values[label]["rows"])
+        v = values[label]
+        return int(v["width"]) if v["kind"] == "fused" else len(v["rows"])  # fused: no rows
 
     width(mon["output"], "monitor.output")
     for i, ins in enumerate(mon["instructions"]):

@@ -106,6 +106,8 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
     for v in low.values:
         values[v.label] = {"kind": "fused" if v.fused else v.kind, "rows": v.rows,
                            "written_after": v.write_slot + 1 if v.kind == "op" else 0}
+        if v.fused:  # no rows to count: its width
+            values[v.label]["width"] = v.width
     instructions = []
     for ins in low.instrs:
         facts = blocks[ins.block].gadgets.get(ins.op.index)

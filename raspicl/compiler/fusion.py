@@ -69,11 +69,12 @@ class Fusion:
 def prefer_fused(blocks: int, d_model: int, plain_blocks: int, plain_d_model: int,
                  config: CompilerConfig) -> bool:
     """Whether the fused layout is kept: fewer blocks and d_model at most
-    config.fusion_width_slack times the plain one's, or as many blocks and no wider. (Fusing
-    lengthens the lives of the fused values' operands, which can widen the stream.)"""
+    config.fusion_width_slack times the plain one's, or as many blocks and a narrower stream.
+    (Fusing lengthens the lives of the fused values' operands, which can widen the stream; a
+    fusion that gains nothing leaves the program compiled as written.)"""
     if blocks < plain_blocks:
         return d_model <= config.fusion_width_slack * plain_d_model
-    return blocks == plain_blocks and d_model <= plain_d_model
+    return blocks == plain_blocks and d_model < plain_d_model
 
 
 def copy_lowered(low: Lowered) -> Lowered:
