@@ -103,6 +103,9 @@ class CompilerConfig:
         the fused layout is kept when it has fewer blocks and a d_model at most this multiple
         of the unfused one's (or as many blocks and a narrower stream); fusing lengthens the lives of
         the fused values' operands, which can widen the stream. Condition: >= 1.
+    fusion_always:
+        keep the fused layout whatever its size (the fusion property tests use it, so that
+        every fusion the pass makes is compiled and checked).
     """
 
     attention_margin: float = 100.0
@@ -124,6 +127,7 @@ class CompilerConfig:
     fusion: bool = True
     fusion_max_readers: int = 4
     fusion_width_slack: float = 1.25
+    fusion_always: bool = False
 
     @classmethod
     def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:

@@ -72,6 +72,8 @@ def prefer_fused(blocks: int, d_model: int, plain_blocks: int, plain_d_model: in
     config.fusion_width_slack times the plain one's, or as many blocks and a narrower stream.
     (Fusing lengthens the lives of the fused values' operands, which can widen the stream; a
     fusion that gains nothing leaves the program compiled as written.)"""
+    if config.fusion_always:
+        return True
     if blocks < plain_blocks:
         return d_model <= config.fusion_width_slack * plain_d_model
     return blocks == plain_blocks and d_model < plain_d_model
