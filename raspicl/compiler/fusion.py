@@ -307,19 +307,23 @@ def place_fused(low: Lowered) -> None:
 
 def critical_path_depth(low: Lowered) -> int:
     """The fewest blocks any schedule of the op kinds can use: moves (reads at another token)
-    in attention, products, selects and divisions in MLPs, linear maps at the current token
-    free (a reader can absorb them). Each value gets the earliest slot after which it can be
-    read (raspicl.slots: 2 r attention of run r, 2 r + 1 its MLP; -1 the embedding):
+    in attention, products, selects and divisions in MLPs, linear maps free (a reader can
+    absorb them). Each value gets the earliest slot after which it can be read
+    (raspicl.slots: 2 r attention of run r, 2 r + 1 its MLP; -1 the embedding):
 
+    - a linear value stands for the stored values it reads, at their places (`compose`): a
+      read of it is a read of those (moves compose: a move of a move is one move); where a
+      place does not compose it is read as a value of its own, ready when its reads are
+      (at once for reads at the current token, at the first attention after the value for
+      a read elsewhere);
     - a read at the current token needs the value before the reader's sublayer, a read at
       another token (or a division's anchor, which attention writes) an attention after it;
-    - a linear op is ready as soon as its reads are: at once for reads at the current
-      token, at the first attention after the value for a read elsewhere;
     - an MLP op (products, select, division) takes the first MLP after its operands.
 
-    The output needs at least one block. Placement honours each of these, so the depth it
-    achieves is never below this bound."""
+    The output needs at least one block. Every schedule the compiler makes, fused or not,
+    honours each of these (tests/test_fusion.py checks it on random programs)."""
     ready: dict[int, int] = {}
+    form: dict[int, list[tuple[Value, Where]] | None] = {}  # linear value -> its stored reads
     for v in low.values:
         if v.kind != "op":
             ready[id(v)] = -1
@@ -328,17 +332,30 @@ def critical_path_depth(low: Lowered) -> int:
         slot = s + 1
         return slot if is_attn(slot) else slot + 1
 
+    def expand(v: Value, at: Where) -> list[tuple[Value, Where]]:
+        parts = form.get(id(v))
+        if parts is not None:
+            composed = [(s, compose(at, p)) for s, p in parts]
+            if all(p is not None for _, p in composed):
+                return composed
+        return [(v, at)]
+
+    def needs(reads: list[tuple[Value, Where]]) -> tuple[list[int], list[int]]:
+        here = [ready[id(v)] for v, at in reads if isinstance(at, Here)]
+        moved = [first_attn_after(ready[id(v)]) for v, at in reads if not isinstance(at, Here)]
+        return here, moved
+
     for ins in low.instrs:
-        here = [ready[id(v)] for v, at in ins.reads if isinstance(at, Here)]
-        moved = [first_attn_after(ready[id(v)]) for v, at in ins.reads
-                 if not isinstance(at, Here)]
+        reads = [r for v, at in ins.reads for r in expand(v, at)]
+        here, moved = needs(reads)
         if ins.mask is not None:
             here.append(ready[id(ins.mask)])
         if ins.is_linear:
             ready[id(ins.dst)] = max(here + moved + [-1])
+            form[id(ins.dst)] = reads
             continue
         if ins.divisor is not None:
-            moved.append(first_attn_after(ready[id(ins.divisor)]))
+            moved += [first_attn_after(ready[id(v)]) for v, _ in expand(ins.divisor, Here())]
         run = 0
         while not (mlp_slot(run) > max(here + [-1]) and attn_slot(run) >= max(moved + [0])):
             run += 1
