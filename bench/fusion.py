@@ -26,19 +26,25 @@ from raspicl.registry import bundled_programs  # noqa: E402
 def sizes(pf, params: dict, fusion: bool, loops: str) -> dict:
     with warnings.catch_warnings():  # sizes only
         warnings.simplefilter("ignore", ContractWarning)
-        cm = compile_program(pf.build(**params), CompilerConfig(fusion=fusion),
-                             loops=loops)
+        cm = compile_program(pf.build(**params), CompilerConfig(fusion=fusion), loops=loops)
     s = cm.summary()
     depth = cm.layout["depth"]
-    return {"run": s["blocks_run"], "crit": depth["critical_path"], "d_model": s["d_model"],
-            "params": s["params"], "fused": len(depth["fused"])}
+    return {
+        "run": s["blocks_run"],
+        "crit": depth["critical_path"],
+        "d_model": s["d_model"],
+        "params": s["params"],
+        "fused": len(depth["fused"]),
+    }
 
 
 def main() -> int:
     torch.set_num_threads(1)
-    head = (f"{'program':17s} {'params':18s} {'loops':6s} {'crit':>4s} | {'blocks':>6s} "
-            f"{'d_model':>7s} {'params':>9s} | {'blocks':>6s} {'d_model':>7s} {'params':>9s} "
-            f"{'fused':>5s}")
+    head = (
+        f"{'program':17s} {'params':18s} {'loops':6s} {'crit':>4s} | {'blocks':>6s} "
+        f"{'d_model':>7s} {'params':>9s} | {'blocks':>6s} {'d_model':>7s} {'params':>9s} "
+        f"{'fused':>5s}"
+    )
     print(f"{'':48s}| {'before (fusion=False)':24s} | after (default)")
     print(head)
     print("-" * len(head))
@@ -49,9 +55,11 @@ def main() -> int:
             for loops in ("unroll", "share") if has_loop else ("unroll",):
                 a, b = sizes(pf, params, False, loops), sizes(pf, params, True, loops)
                 shown = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
-                print(f"{name:17s} {shown:18s} {loops:6s} {a['crit']:4d} | {a['run']:6d} "
-                      f"{a['d_model']:7d} {a['params']:9d} | {b['run']:6d} {b['d_model']:7d} "
-                      f"{b['params']:9d} {b['fused']:5d}")
+                print(
+                    f"{name:17s} {shown:18s} {loops:6s} {a['crit']:4d} | {a['run']:6d} "
+                    f"{a['d_model']:7d} {a['params']:9d} | {b['run']:6d} {b['d_model']:7d} "
+                    f"{b['params']:9d} {b['fused']:5d}"
+                )
     return 0
 
 

@@ -94,7 +94,8 @@ def main() -> int:
     print("-" * len(head))
     for name, loops, params, s in rows:
         print(f"{name:9s} {loops:7s} {params:16s} {s['blocks']:6d} {s['blocks_run']:5d} "
-              f"{s['heads']:5d} {s['critical']:5d} {s['d_head']:6d} {s['d_model']:7d} {s['d_mlp']:6d} "
+              f"{s['heads']:5d} {s['critical']:5d} {s['d_head']:6d} {s['d_model']:7d} "
+              f"{s['d_mlp']:6d} "
               f"{s['params']:10d}")
     print()
     failed = 0

@@ -50,8 +50,13 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def check_model(program: Program, config: CompilerConfig | None = None, loops: str = "unroll",
-                seed: int = 0, n_prompts: int = 64):
+def check_model(
+    program: Program,
+    config: CompilerConfig | None = None,
+    loops: str = "unroll",
+    seed: int = 0,
+    n_prompts: int = 64,
+):
     """Compile, run on random prompts and compare with the interpreter: every register version
     with rows, and the prediction. Returns (model, worst rel_err, fused labels)."""
     with warnings.catch_warnings():
@@ -69,8 +74,10 @@ def check_model(program: Program, config: CompilerConfig | None = None, loops: s
         if v["label"] in fused:
             assert v["rows"] == [] and v["absorbed_by"], v
             continue
-        worst = max(worst, rel_err(cm.decode(res, op.dst.name, versions[op.dst.name]),
-                                   trace.after[op.index]))
+        worst = max(
+            worst,
+            rel_err(cm.decode(res, op.dst.name, versions[op.dst.name]), trace.after[op.index]),
+        )
     run = cm.run(prompts, check="ignore")
     worst = max(worst, rel_err(run.values, trace.output()))
     return cm, worst, fused
@@ -143,10 +150,10 @@ def test_product_form_units():
     """Over single rows the form gadget is the plain one, bit for bit; over forms it computes
     (sum a_j v_j + alpha)(sum b_j v_j + beta) (here checked against the exact product)."""
     plain = product_units(3, 5, 2.0, 4.0, {9: 1.5}, 1e-3, True)
-    form = product_form_units(({3: 1.0}, 0.0), ({5: 1.0}, 0.0), False, 2.0, 4.0, {9: 1.5},
-                              1e-3, True)
-    assert [(u.w_in, u.b_in, u.w_out) for u in plain] == [(u.w_in, u.b_in, u.w_out)
-                                                          for u in form]
+    form = product_form_units(
+        ({3: 1.0}, 0.0), ({5: 1.0}, 0.0), False, 2.0, 4.0, {9: 1.5}, 1e-3, True
+    )
+    assert [(u.w_in, u.b_in, u.w_out) for u in plain] == [(u.w_in, u.b_in, u.w_out) for u in form]
     vals = {1: 0.7, 2: -1.2, 3: 0.4}
     fa, fb = ({1: 2.0, 2: -0.5}, 0.25), ({2: 1.0, 3: 3.0}, -1.0)
     a = 2.0 * 0.7 - 0.5 * -1.2 + 0.25
@@ -248,8 +255,9 @@ def sgd_textbook(d: int = 2, n: int = 2, lr: float = 0.1, w0=None) -> Program:
     for i in range(1, n + 1):
         x_i = p.mov(f"x_{i}", Read(p.x, At(2 * i - 2)))
         r = p.dot(f"r_{i}", x_i, w, note="x_i^T w_{i-1}")
-        err = p.aff(f"e_{i}", r, Read(p.y, At(2 * i - 1)), W1=1.0, W2=-1.0,
-                    note="x_i^T w_{i-1} - y_i")
+        err = p.aff(
+            f"e_{i}", r, Read(p.y, At(2 * i - 1)), W1=1.0, W2=-1.0, note="x_i^T w_{i-1} - y_i"
+        )
         g = p.mul(f"g_{i}", x_i, err, note="x_i (x_i^T w_{i-1} - y_i)")
         p.aff(w, w, g, W1=1.0, W2=-lr, note="w_i = w_{i-1} - lr g_i")
     p.output(p.dot("pred", w, p.x), roles=("query",))
@@ -345,14 +353,16 @@ def _check_fused(program: Program, seed: int) -> None:
         warnings.simplefilter("ignore")
         run = cm.run(prompts, check="warn")
     exact = exact_output(program, prompts)
-    for b, k, j in zip(*np.nonzero(run.accepted[:, None, None]
-                                   & np.ones(run.values.shape, bool)), strict=True):
+    for b, k, j in zip(
+        *np.nonzero(run.accepted[:, None, None] & np.ones(run.values.shape, bool)), strict=True
+    ):
         want = exact[b, k, j]
         if want is None:
             continue
         diff = abs(Fraction(float(run.values[b, k, j])) - want)
-        assert diff <= Fraction(float(run.bound[b, k, j])), \
+        assert diff <= Fraction(float(run.bound[b, k, j])), (
             f"prompt {b}: |error| {float(diff):.3g} above its bound {run.bound[b, k, j]:.3g}"
+        )
 
 
 EXACT_PROMPTS = 16
@@ -399,9 +409,13 @@ def linear_rich(draw) -> tuple[str, Program]:
     lines = []
 
     def coef(rows: int, cols: int) -> np.ndarray:
-        return np.array(draw(st.lists(st.integers(-4, 4), min_size=rows * cols,
-                                      max_size=rows * cols)), dtype=np.float64
-                        ).reshape(rows, cols) / 4.0
+        return (
+            np.array(
+                draw(st.lists(st.integers(-4, 4), min_size=rows * cols, max_size=rows * cols)),
+                dtype=np.float64,
+            ).reshape(rows, cols)
+            / 4.0
+        )
 
     def pick(shape: tuple | None = None):
         cands = [(r, k) for r, k in pool if shape is None or r.shape == shape]
@@ -418,8 +432,13 @@ def linear_rich(draw) -> tuple[str, Program]:
         return f if f == 0 else None  # a mean: only of values defined everywhere
 
     def place(a):
-        ok = [at for at in PLACES if (not isinstance(at, At) or at.index < T)
-              and after(first[a.name], at) is not None and after(first[a.name], at) < T]
+        ok = [
+            at
+            for at in PLACES
+            if (not isinstance(at, At) or at.index < T)
+            and after(first[a.name], at) is not None
+            and after(first[a.name], at) < T
+        ]
         return draw(st.sampled_from(ok))
 
     def define(reg, *parts: int) -> None:
@@ -432,8 +451,14 @@ def linear_rich(draw) -> tuple[str, Program]:
             (a, ka), (b, kb) = pick(), pick()
             w = draw(st.sampled_from([1, d]))
             at_a, at_b = place(a), place(b)
-            reg = p.aff(name, Read(a, at_a), Read(b, at_b), W1=coef(w, a.width),
-                        W2=coef(w, b.width), bias=float(draw(st.integers(-2, 2))) / 2)
+            reg = p.aff(
+                name,
+                Read(a, at_a),
+                Read(b, at_b),
+                W1=coef(w, a.width),
+                W2=coef(w, b.width),
+                bias=float(draw(st.integers(-2, 2))) / 2,
+            )
             lines.append(f"{name} = aff({a.name}@{at_a}, {b.name}@{at_b})")
             define(reg, after(first[a.name], at_a), after(first[b.name], at_b))
             pool.append((reg, max(ka, kb)))
@@ -497,8 +522,13 @@ def linear_rich(draw) -> tuple[str, Program]:
 
 
 def _settings(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 @_settings(EXAMPLES)

@@ -16,8 +16,8 @@ from raspicl import inspect as rinspect
 from raspicl.compiled import CompiledModel
 from raspicl.compiler import compile_program
 from raspicl.export import load, save
-from raspicl.registry import find_program
 from raspicl.layout_records import fused_values
+from raspicl.registry import find_program
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,5 +1,5 @@
-"""The compiler: Program -> validate -> lower -> fuse -> schedule -> liveness -> lay out -> gadgets ->
-model.
+"""The compiler: Program -> validate -> lower -> fuse -> schedule -> liveness -> lay out ->
+gadgets -> model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
 layout, everything a reader needs to interpret the weights.
@@ -12,8 +12,8 @@ from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
-from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
+from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
 from raspicl.compiler.layout import Layout, lay_out
 from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.fusion import compose, definitions
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
 from raspicl.compiler.gadgets.mlp import (
@@ -18,7 +19,6 @@ from raspicl.compiler.gadgets.mlp import (
     product_params,
     product_units,
 )
-from raspicl.compiler.fusion import compose, definitions
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule

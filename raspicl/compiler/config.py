@@ -101,8 +101,8 @@ class CompilerConfig:
         few readers the repeated terms outweigh the rows saved. Condition: >= 1.
     fusion_width_slack:
         the fused layout is kept when it has fewer blocks and a d_model at most this multiple
-        of the unfused one's (or as many blocks and a narrower stream); fusing lengthens the lives of
-        the fused values' operands, which can widen the stream. Condition: >= 1.
+        of the unfused one's (or as many blocks and a narrower stream); fusing lengthens the
+        lives of the fused values' operands, which can widen the stream. Condition: >= 1.
     fusion_always:
         keep the fused layout whatever its size (the fusion property tests use it, so that
         every fusion the pass makes is compiled and checked).

@@ -16,15 +16,16 @@ op that reads it can absorb it:
   the block's attention computes it into the temporary it moves remote operands to (heads at
   the composed places, F's bias in b_O).
 
-F is kept (materialised) when it is the output or a select's mask; when some read
-cannot be composed (a Mean of anything but the current token, an Offset of an At, ...); when
-more than `config.fusion_max_readers` ops read it (each reader repeats F's terms: value columns
-of a head, entries of W_in, never extra hidden units, so a few readers cost less than F's rows
-and sublayer); when more than one reader would need a temporary of its own for it (a product
+F is kept (materialised) when it is the output or a select's mask; when some read cannot be
+composed (a Mean of anything but the current token, an Offset of an At, ...); when more than
+`config.fusion_max_readers` ops read it (each reader repeats F's terms: value columns of a
+head, entries of W_in, never extra hidden units, so a few readers cost less than F's rows and
+sublayer); when more than one reader would need a temporary of its own for it (a product
 factor read at another token, or over reads at another token: each such temporary costs F's
-width in rows, where F stored costs it once); and, with loops="share", when it is loop state (a var's last write that the next
-iteration overwrites in place) or when its twins in other iterations cannot all be fused
-(identical iterations must stay identical).
+width in rows, where F stored costs it once); and, with loops="share", when it is loop state
+(a var's last write that the next iteration overwrites in place) or when its twins in other
+iterations cannot all be fused (identical iterations must stay identical). compile_program
+keeps the fused layout only when `prefer_fused` says it is not worse than the unfused one.
 
 A fused value keeps its Value (bound, definedness) with `absorbed_by` set: the layout records
 which ops absorbed it, the monitor computes it from its reads (raspicl.monitor) and verify
@@ -44,8 +45,18 @@ from raspicl.compiler.ir import Instr, Lowered, Value
 from raspicl.lang.reads import At, Here, Offset, Where
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
-__all__ = ["FusedValue", "Fusion", "compose", "copy_lowered", "prefer_fused", "critical_path_depth", "factor_places", "fuse",
-           "operands", "stored"]
+__all__ = [
+    "FusedValue",
+    "Fusion",
+    "compose",
+    "copy_lowered",
+    "critical_path_depth",
+    "factor_places",
+    "fuse",
+    "operands",
+    "prefer_fused",
+    "stored",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,9 @@ class Fusion:
     rejected: int = 0  # values the pass fused in a layout that prefer_fused turned down
 
 
-def prefer_fused(blocks: int, d_model: int, plain_blocks: int, plain_d_model: int,
-                 config: CompilerConfig) -> bool:
+def prefer_fused(
+    blocks: int, d_model: int, plain_blocks: int, plain_d_model: int, config: CompilerConfig
+) -> bool:
     """Whether the fused layout is kept: fewer blocks and d_model at most
     config.fusion_width_slack times the plain one's, or as many blocks and a narrower stream.
     (Fusing lengthens the lives of the fused values' operands, which can widen the stream; a
@@ -165,20 +177,27 @@ def _group(v: Value) -> int:
     return id(v.template if v.template is not None else v)
 
 
-def _run(low: Lowered, config: CompilerConfig, share_loops: bool, excluded: set[int],
-         record: Fusion) -> int | None:
+def _run(
+    low: Lowered, config: CompilerConfig, share_loops: bool, excluded: set[int], record: Fusion
+) -> int | None:
     """One pass in program order; returns a twin group whose members disagree, else None."""
     special = {low.output} | {ins.mask for ins in low.instrs if ins.mask is not None}
     replaced = {v.replaces for v in low.values if v.replaces is not None}
     decided: dict[int, bool] = {}
     for k, ins in enumerate(low.instrs):
         F = ins.dst
-        readers = [c for c in low.instrs[k + 1:]
-                   if c.divisor is F or any(v is F for v, _ in c.reads)]
-        ok = (ins.is_linear and F.kind == "op" and F not in special and bool(readers)
-              and len(readers) <= config.fusion_max_readers
-              and all(_absorbable(ins, c) for c in readers)
-              and sum(_needs_own_temp(ins, c) for c in readers) <= 1)
+        readers = [
+            c for c in low.instrs[k + 1 :] if c.divisor is F or any(v is F for v, _ in c.reads)
+        ]
+        ok = (
+            ins.is_linear
+            and F.kind == "op"
+            and F not in special
+            and bool(readers)
+            and len(readers) <= config.fusion_max_readers
+            and all(_absorbable(ins, c) for c in readers)
+            and sum(_needs_own_temp(ins, c) for c in readers) <= 1
+        )
         if share_loops:
             ok = ok and F.replaces is None and F not in replaced and _group(F) not in excluded
             g = _group(F)
@@ -207,9 +226,13 @@ def _needs_own_temp(f: Instr, c: Instr) -> bool:
     elsewhere, or f reading elsewhere): each such reader adds f's width in rows, so f is
     fused into at most one of them (else it is cheaper stored once)."""
     factors = {t[2] for t in c.products} | {t[4] for t in c.products}
-    return any(c.reads[i][0] is f.dst and (not isinstance(c.reads[i][1], Here)
-                                           or any(not isinstance(p, Here) for _, p in f.reads))
-               for i in factors)
+    return any(
+        c.reads[i][0] is f.dst
+        and (
+            not isinstance(c.reads[i][1], Here) or any(not isinstance(p, Here) for _, p in f.reads)
+        )
+        for i in factors
+    )
 
 
 def stored(v: Value, defs: dict[Value, Instr]) -> list[Value]:
@@ -267,8 +290,12 @@ def _combine(terms: list[tuple[int, float, int, int]]) -> list[tuple[int, float,
 
 
 def _drop_unused(c: Instr) -> None:
-    used = ({t[2] for t in c.linear} | {t[2] for t in c.gated} | {t[2] for t in c.products}
-            | {t[4] for t in c.products})
+    used = (
+        {t[2] for t in c.linear}
+        | {t[2] for t in c.gated}
+        | {t[2] for t in c.products}
+        | {t[4] for t in c.products}
+    )
     keep = [i for i in range(len(c.reads)) if i in used]
     if len(keep) == len(c.reads):
         return
@@ -280,14 +307,25 @@ def _drop_unused(c: Instr) -> None:
 
 
 def _snapshot(ins: Instr) -> tuple:
-    return (list(ins.reads), list(ins.linear), list(ins.products), np.array(ins.bias),
-            list(ins.gated), None if ins.gated_bias is None else np.array(ins.gated_bias))
+    return (
+        list(ins.reads),
+        list(ins.linear),
+        list(ins.products),
+        np.array(ins.bias),
+        list(ins.gated),
+        None if ins.gated_bias is None else np.array(ins.gated_bias),
+    )
 
 
 def _restore(ins: Instr, snap: tuple) -> None:
-    (ins.reads, ins.linear, ins.products, ins.bias, ins.gated, ins.gated_bias) = \
-        (list(snap[0]), list(snap[1]), list(snap[2]), np.array(snap[3]), list(snap[4]),
-         None if snap[5] is None else np.array(snap[5]))
+    (ins.reads, ins.linear, ins.products, ins.bias, ins.gated, ins.gated_bias) = (
+        list(snap[0]),
+        list(snap[1]),
+        list(snap[2]),
+        np.array(snap[3]),
+        list(snap[4]),
+        None if snap[5] is None else np.array(snap[5]),
+    )
 
 
 def place_fused(low: Lowered) -> None:
@@ -296,8 +334,7 @@ def place_fused(low: Lowered) -> None:
     by_op = {ins.op.index: ins for ins in low.instrs}
     for ins in reversed(low.instrs):  # a fused value's readers are placed or fused later
         if ins.fused:
-            first = min((by_op[i] for i in ins.dst.absorbed_by),
-                        key=lambda c: c.dst.write_slot)
+            first = min((by_op[i] for i in ins.dst.absorbed_by), key=lambda c: c.dst.write_slot)
             ins.block, ins.stage = first.block, "fused"
             ins.dst.write_slot = first.dst.write_slot
 

@@ -3,15 +3,15 @@ attention (the paper's RAW: attention read + MLP arithmetic in one block).
 
 Runs after placement. Sets `Instr.temps` (read index -> temporary Value) on every 'attn+mlp'
 instruction (a fused factor, fusion.py, gets one when some of its reads are at another token:
-the heads compute the factor into it) and returns the temporaries, each written at its run's attention slot and last
-read at its MLP slot. In a shared loop a later iteration's temporary gets `template` (its
-iteration-0 twin), so that layout gives both the same rows.
+the heads compute the factor into it) and returns the temporaries, each written at its run's
+attention slot and last read at its MLP slot. In a shared loop a later iteration's temporary
+gets `template` (its iteration-0 twin), so that layout gives both the same rows.
 """
 
 from __future__ import annotations
 
-from raspicl.compiler.lower import Lowered, Value
 from raspicl.compiler.fusion import needs_temp
+from raspicl.compiler.lower import Lowered, Value
 from raspicl.slots import attn_slot, mlp_slot
 
 
