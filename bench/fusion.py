@@ -41,11 +41,11 @@ def sizes(pf, params: dict, fusion: bool, loops: str) -> dict:
 def main() -> int:
     torch.set_num_threads(1)
     head = (
-        f"{'program':17s} {'params':18s} {'loops':6s} {'crit':>4s} | {'blocks':>6s} "
+        f"{'program':17s} {'params':20s} {'loops':6s} {'crit':>4s} | {'blocks':>6s} "
         f"{'d_model':>7s} {'params':>9s} | {'blocks':>6s} {'d_model':>7s} {'params':>9s} "
         f"{'fused':>5s}"
     )
-    print(f"{'':48s}| {'before (fusion=False)':24s} | after (default)")
+    print(f"{'':50s}| {'before (fusion=False)':24s} | after (default)")
     print(head)
     print("-" * len(head))
     for pf in bundled_programs():
@@ -56,7 +56,7 @@ def main() -> int:
                 a, b = sizes(pf, params, False, loops), sizes(pf, params, True, loops)
                 shown = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
                 print(
-                    f"{name:17s} {shown:18s} {loops:6s} {a['crit']:4d} | {a['run']:6d} "
+                    f"{name:17s} {shown:20s} {loops:6s} {a['crit']:4d} | {a['run']:6d} "
                     f"{a['d_model']:7d} {a['params']:9d} | {b['run']:6d} {b['d_model']:7d} "
                     f"{b['params']:9d} {b['fused']:5d}"
                 )
