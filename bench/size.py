@@ -3,7 +3,9 @@
     python bench/size.py            # prints the table and the order checks; exit 1 if one fails
 
 For each program and each swept parameter it compiles the program (float64, unrolled; sgd also
-looped) and prints blocks (stored), blocks run, heads, d_model, d_mlp and parameters. Then it
+looped) and prints blocks (stored), blocks run, heads, the critical-path depth (crit: the fewest
+blocks any schedule of the program's op kinds can run, compiler/fusion.critical_path_depth,
+beside `run`, the depth achieved), d_model, d_mlp and parameters. Then it
 fits the growth the theory predicts and checks it:
   - blocks O(n) for sgd and ridge: blocks(n) is affine in n (constant increments);
   - blocks O(T) for batch_gd and newton: affine in T;
@@ -48,7 +50,7 @@ def measure(name: str, params: dict, loops: str = "unroll") -> dict:
     with warnings.catch_warnings():  # sizes only: bench/contract.py measures the contract
         warnings.simplefilter("ignore", ContractWarning)
         cm = compile_program(find_program(name).build(**params), loops=loops)
-    return cm.summary()
+    return cm.summary() | {"critical": cm.layout["depth"]["critical_path"]}
 
 
 def affine(xs: list[int], ys: list[int]) -> bool:
@@ -87,12 +89,13 @@ def main() -> int:
                     shown = ", ".join(f"{r:.2f}" for r in ratios)
                     checks.append((f"{name}: d_model O(d^{p})", ok, f"d_model/d^{p} = {shown}"))
     head = f"{'program':9s} {'mode':7s} {'params':16s} {'blocks':>6s} {'run':>5s} {'heads':>5s} " \
-           f"{'d_head':>6s} {'d_model':>7s} {'d_mlp':>6s} {'params':>10s}"
+           f"{'crit':>5s} {'d_head':>6s} {'d_model':>7s} {'d_mlp':>6s} {'params':>10s}"
     print(head)
     print("-" * len(head))
     for name, loops, params, s in rows:
         print(f"{name:9s} {loops:7s} {params:16s} {s['blocks']:6d} {s['blocks_run']:5d} "
-              f"{s['heads']:5d} {s['d_head']:6d} {s['d_model']:7d} {s['d_mlp']:6d} "
+              f"{s['heads']:5d} {s['critical']:5d} {s['d_head']:6d} {s['d_model']:7d} "
+              f"{s['d_mlp']:6d} "
               f"{s['params']:10d}")
     print()
     failed = 0

@@ -33,7 +33,10 @@ from raspicl.registry import bundled_programs  # noqa: E402
 # Fields added by layout format 3 (typed records); an older layout has none of them.
 NEW_FIELDS = frozenset({"format_version", "label", "written_slot", "cleared_slot",
                         "overwritten_slot", "where", "actions", "divisor", "sublayers",
-                        "for_op", "operand"})
+                        "for_op", "operand",
+                        # the fusion pass (compiler/fusion.py): its config and depth record
+                        "fusion", "fusion_max_readers", "fusion_width_slack", "fusion_always",
+                        "depth", "absorbed_by"})
 
 
 def _strip(obj):

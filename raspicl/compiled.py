@@ -203,7 +203,28 @@ class CompiledModel:
         """A register version read from the residual right after the sublayer that wrote it:
         [B, T, width]."""
         v = self.version(register, version)
+        if v.get("absorbed_by"):  # fused away (compiler/fusion.py): no rows of its own
+            return self._decode_fused(residuals, v["label"])
         return residuals[v["written_after"]][:, :, v["rows"]]
+
+    def _decode_fused(self, residuals: list[np.ndarray], label: str) -> np.ndarray:
+        """A fused value, which its readers compute inside their own heads or units: its
+        linear definition (the monitor record's instruction) over the values it reads, each
+        decoded from its rows and read at its place (NaN where the place is undefined)."""
+        mon = self.layout["monitor"]
+        rec = next(r for r in mon["instructions"] if r["dst"] == label)
+        roles = self.layout["prompt"]["roles"]
+        reads = []
+        for r in rec["reads"]:
+            val = mon["values"][r["value"]]
+            reads.append(_at_place(residuals[val["written_after"]][:, :, val["rows"]],
+                                   r["place"], roles))
+        B, T = residuals[0].shape[:2]
+        out = np.broadcast_to(np.asarray(rec["bias"], dtype=np.float64),
+                              (B, T, len(rec["bias"]))).copy()
+        for o, c, ri, k in rec["linear"]:
+            out[:, :, o] += c * reads[ri][:, :, k]
+        return out
 
     def summary(self) -> dict:
         a = self.layout["architecture"]
@@ -241,3 +262,29 @@ def _report(findings: list[Finding], batch: int, check: str, stacklevel: int) ->
     if more:
         warnings.warn(f"... and {more} more findings ({refused} of {batch} prompts refused)",
                       DomainWarning, stacklevel=stacklevel)
+
+
+def _at_place(val: np.ndarray, place: dict, roles: list[str]) -> np.ndarray:
+    """val [B, T, w] as read at a monitor record's place (NaN where it is undefined)."""
+    kind = place["kind"]
+    if kind == "here":
+        return val
+    T = val.shape[1]
+    out = np.full(val.shape, np.nan)
+    if kind == "offset":
+        k = int(place["k"])
+        if k < T:
+            out[:, k:] = val[:, :T - k]
+    elif kind == "at":
+        i = int(place["index"])
+        if i < T:
+            out[:, i:] = val[:, i:i + 1]
+    elif kind == "mean":
+        sel = np.array([r == place["role"] for r in roles], dtype=np.float64)
+        count = np.cumsum(sel)
+        total = np.cumsum(val * sel[None, :, None], axis=1)
+        ok = count > 0
+        out[:, ok] = total[:, ok] / count[ok][None, :, None]
+    else:
+        raise ValueError(f"unknown place {place!r}")
+    return out

@@ -131,6 +131,8 @@ def occupants(layout: dict) -> list[Occupant]:
            for name, row in layout["fixed_rows"].items()]
     for reg in layout["registers"].values():
         for v in reg["versions"]:
+            if v.get("absorbed_by"):  # fused away: no rows (see `fused_values`)
+                continue
             occ.append(Occupant(v["label"], tuple(v["rows"]), slot_number(v["written_slot"]),
                                 slot_number(v["cleared_slot"]), reg["kind"], tuple(reg["shape"]),
                                 v["op"], v.get("bound"), v["version"]))
@@ -156,3 +158,21 @@ class MlpRecord:
     @classmethod
     def from_json(cls, d: dict) -> MlpRecord:
         return cls(d["divisor"], d["ln_eps"], d["units"], list(d["ops"]))
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A value the fusion pass (compiler/fusion.py) did not store: the op that defines it and
+    the ops that compute it inside their own heads or units."""
+
+    label: str
+    op: int
+    absorbed_by: tuple[int, ...]
+
+
+def fused_values(layout: dict) -> list[Fused]:
+    """Every fused register version (program order), from the registers' versions."""
+    out = [Fused(v["label"], int(v["op"]), tuple(int(i) for i in v["absorbed_by"]))
+           for reg in layout["registers"].values() for v in reg["versions"]
+           if v.get("absorbed_by")]
+    return sorted(out, key=lambda f: f.op)

@@ -493,7 +493,9 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
             if r.temp_rows:                # lands on whatever its rows held (see below)
                 v, e = ops_vals[k]
                 ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run, r.temp_cleared))
-        if ins.stage == "attn":
+        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
+            val, err = walk.linear_attn(ins, ops_vals)
+        elif ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
             mu, var = source.moments(2 * ins.run + 1)
@@ -514,11 +516,12 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
-        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
+        if ins.stage != "fused":
+            err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
-        walk.values[ins.dst] = (walk.value_of(ins.dst), err)
+        walk.values[ins.dst] = (val if ins.stage == "fused" else walk.value_of(ins.dst), err)
         # values no later instruction reads are dropped: the walk holds only live ones
         for r in ({r.value for r in ins.reads} | {ins.divisor, ins.mask}) - {None}:
             if last_use.get(r) == i:

@@ -454,7 +454,7 @@ VERSION = Obj({"version": Int(), "label": Str(), "rows": ROWS, "op": Nullable(In
                "written_after": Int(below="residuals"), "cleared": SLOT_NAME,
                "cleared_slot": Nullable(SLOT_RECORD)},
               {"overwritten": SLOT_NAME, "overwritten_slot": Nullable(SLOT_RECORD),
-               "bound": Nullable(Number(lo0=True, inf=True))})
+               "bound": Nullable(Number(lo0=True, inf=True)), "absorbed_by": Array(Int())})
 
 TEMPORARY = Obj({"label": Str(), "rows": ROWS, "written_slot": SLOT_RECORD,
                  "cleared_slot": Nullable(SLOT_RECORD), "for_op": Int(), "operand": Str()},
@@ -485,7 +485,7 @@ BLOCK_ENTRY = Obj({"block": BLOCK, "runs": Array(RUN), "heads": Array(HEAD),
                                "ops": STRINGS})})
 
 OP = Obj({"index": Int(), "kind": Str(), "dst": Str(), "source": Str(), "text": Str(),
-          "block": BLOCK, "run": RUN, "stage": Str()})
+          "block": BLOCK, "run": RUN, "stage": Str()}, {"absorbed_by": Array(Int())})
 
 # The runtime monitor's record (raspicl.monitor): indices inside terms are checked against the
 # instruction's own reads and widths by the rule _monitor_references.
@@ -499,7 +499,7 @@ PAIR = Obj({"a": Tuple((Int(), Int()), "read, component"),
             "outputs": Array(Tuple((Int(), Number()), "component, coef"))})
 INSTRUCTION = Obj(
     {"op": Int(), "kind": Str(), "dst": Str(), "source": Str(), "run": RUN,
-     "stage": Str(choices=("attn", "mlp", "attn+mlp")), "defined": Array(TOKEN),
+     "stage": Str(choices=("attn", "mlp", "attn+mlp", "fused")), "defined": Array(TOKEN),
      "reads": Array(Obj({"value": Str(), "place": PLACE}, {"temp_rows": ROWS})),
      "linear": Array(LINEAR_TERM), "bias": Array(Number(), min_len=1)},
     {"pairs": Array(PAIR), "products": Array(PRODUCT_TERM), "divisor": Nullable(Str()),
@@ -507,8 +507,10 @@ INSTRUCTION = Obj(
      "gate_bound": Array(Number(lo0=True))})
 MONITOR = Obj(
     {"tolerance": Number(positive=True),
-     "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op")), "rows": ROWS,
-                        "written_after": Int(below="residuals")}), key="value"),
+     "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op", "fused")),
+                        "rows": ROWS,
+                        "written_after": Int(below="residuals")}, {"width": Int(lo=1)}),
+                   key="value"),
      "instructions": Array(INSTRUCTION),
      "anchors": Array(Nullable(Number(positive=True)), length="n_layers"),
      "output": Str()},
@@ -544,7 +546,10 @@ LAYOUT = Obj(
                   key="mask"),
      "constants": Map(NumArray(), key="constant"),
      "loops": Array(Obj({"blocks": Array(BLOCK), "repeat": Int(lo=1),
-                         "first_runs": Array(RUN)}))})
+                         "first_runs": Array(RUN)})),
+     "depth": Obj({"critical_path": Nullable(Int(lo=1)), "blocks": Int(lo=1)},
+                  {"fused": Array(Obj({"value": Str(), "op": Int(),
+                                       "absorbed_by": Array(Int())}))})})
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -565,7 +570,7 @@ def _register_widths(layout: dict, ctx: Context) -> None:
     for name, reg in layout["registers"].items():
         width = math.prod(reg["shape"])
         for i, v in enumerate(reg["versions"]):
-            if len(v["rows"]) != width:
+            if len(v["rows"]) != width and not v.get("absorbed_by"):  # fused: no rows
                 raise fail(f"registers.{name}.versions[{i}].rows",
                            f"must have {width} entries (the product of shape {reg['shape']}), "
                            f"got {len(v['rows'])}")
@@ -627,7 +632,8 @@ def _monitor_references(layout: dict, ctx: Context) -> None:
     def width(label: str, path: str) -> int:
         if label not in values:
             raise fail(path, f"must name a value of monitor.values, got {show(label)}")
-        return len(values[label]["rows"])
+        v = values[label]
+        return int(v["width"]) if v["kind"] == "fused" else len(v["rows"])  # fused: no rows
 
     width(mon["output"], "monitor.output")
     for i, ins in enumerate(mon["instructions"]):

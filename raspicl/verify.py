@@ -202,6 +202,8 @@ def _writes(program, cm) -> dict[int, list[tuple[int, list[int]]]]:
     for op in program.ops:
         versions[op.dst.name] = versions.get(op.dst.name, 0) + 1
         v = cm.version(op.dst.name, versions[op.dst.name])
+        if not v["rows"]:  # fused away (compiler/fusion.py): no rows, nothing to compare
+            continue
         out.setdefault(int(v["written_after"]), []).append((op.index, list(v["rows"])))
     return out
 

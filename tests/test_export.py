@@ -24,7 +24,7 @@ from safetensors.torch import save as save_bytes
 import raspicl.export as export
 from raspicl import random_prompts
 from raspicl.compiled import CompiledModel
-from raspicl.compiler import compile_program
+from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.errors import LoadError, RaspiclError
 from raspicl.export import LAYOUT, WEIGHTS, ExportError, layout_digest, load, save
 from raspicl.model import ModelConfig, Transformer
@@ -36,13 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def gd() -> CompiledModel:
-    return compile_program(find_program("gd_step").build(d=2))
+    # unfused: the malformed-layout cases below name rows, blocks and slots of gd_step as written
+    return compile_program(find_program("gd_step").build(d=2), CompilerConfig(fusion=False))
 
 
 @pytest.fixture(scope="module")
 def other() -> CompiledModel:
     """Another compile with the same architecture (a different learning rate)."""
-    return compile_program(find_program("gd_step").build(d=2, lr=0.2))
+    return compile_program(find_program("gd_step").build(d=2, lr=0.2),
+                           CompilerConfig(fusion=False))
 
 
 @pytest.fixture(scope="module")

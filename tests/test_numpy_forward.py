@@ -207,13 +207,16 @@ def test_numpy_forward_matches_torch(saved, program, d, arch):
     n_versions = 0
     for name, reg in layout["registers"].items():
         for k, v in enumerate(reg["versions"]):
+            if v.get("absorbed_by"):  # fused (compiler/fusion.py): no rows, its readers compute it
+                continue
             ours = read_register(layout, residuals, name, k)
             theirs = torch_res[v["written_after"]][:, :, v["rows"]]
             e = rel_err(ours.reshape(theirs.shape), theirs)
             assert e <= tol, f"{program} d={d}: register {name} version {v['version']}: {e:.3e}"
             worst = max(worst, e)
             n_versions += 1
-    assert n_versions >= len(layout["registers"])
+    assert n_versions >= sum(any(not v.get("absorbed_by") for v in reg["versions"])
+                             for reg in layout["registers"].values())
     # every residual, not only the register rows (under gpt2, less the division anchor rows:
     # the clear after a division leaves N_div |s| |ratio - 1| there, a rounding-sized residue
     # of a 1e10-sized entry that no head or unit reads; docs/architecture.md §9)

@@ -1,5 +1,5 @@
-"""The compiler: Program -> validate -> lower -> schedule -> liveness -> lay out -> gadgets ->
-model.
+"""The compiler: Program -> validate -> lower -> fuse -> schedule -> liveness -> lay out ->
+gadgets -> model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
 layout, everything a reader needs to interpret the weights.
@@ -17,14 +17,41 @@ from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
 from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
-from raspicl.compiler.layout import lay_out
+from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
+from raspicl.compiler.layout import Layout, lay_out
 from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations
-from raspicl.compiler.lower import lower
-from raspicl.compiler.schedule import schedule
+from raspicl.compiler.lower import Lowered, lower
+from raspicl.compiler.schedule import Schedule, schedule
 from raspicl.lang.program import Program
 
 __all__ = ["CompilerConfig", "compile_program"]
+
+
+def _place_and_lay_out(low: Lowered, share: bool,
+                       arch: Architecture) -> tuple[Lowered, Schedule, Layout]:
+    sched = schedule(low, share_loops=share, arch=arch)
+    return low, sched, lay_out(low, sched, liveness(low, sched, share_loops=share))
+
+
+def fuse_and_lay_out(low: Lowered, config: CompilerConfig, share: bool,
+                     arch: Architecture) -> tuple[Lowered, Schedule, Layout]:
+    """Schedule and lay out the program fused (fusion.py) and as written, and keep the fused
+    one unless it is worse (fusion.prefer_fused: fewer blocks, or as many and no wider)."""
+    if not config.fusion:
+        fuse(low, config, share_loops=share)  # records the critical path only
+        return _place_and_lay_out(low, share, arch)
+    plain = _place_and_lay_out(copy_lowered(low), share, arch)
+    fuse(low, config, share_loops=share)
+    if not low.fusion.fused:
+        plain[0].fusion = low.fusion
+        return plain
+    fused = _place_and_lay_out(low, share, arch)
+    if prefer_fused(fused[1].n_blocks, fused[2].d_model, plain[1].n_blocks, plain[2].d_model,
+                    config):
+        return fused
+    plain[0].fusion = Fusion([], low.fusion.critical_path, rejected=len(low.fusion.fused))
+    return plain
 
 
 def compile_program(program: Program, config: CompilerConfig | None = None,
@@ -55,8 +82,7 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
-    sched = schedule(low, share_loops=share, arch=arch)
-    layout = lay_out(low, sched, liveness(low, sched, share_loops=share))
+    low, sched, layout = fuse_and_lay_out(low, config, share, arch)
     if arch.reads_through_layernorm:
         layout = with_ln_anchors(layout)
     tuning = Tuning()

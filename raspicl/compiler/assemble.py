@@ -9,6 +9,7 @@ import torch
 
 from raspicl.arch import anchor_levels
 from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.fusion import compose, definitions
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import (
     division_read,
@@ -23,6 +24,7 @@ from raspicl.compiler.gadgets.mlp import (
     UnitSpec,
     affine_units,
     gate_units,
+    product_form_units,
     product_params,
     product_units,
 )
@@ -92,14 +94,12 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
             blocks[b].divisor = mode
             if shared is None:
                 blocks[b].ln_eps = config.division_ln_eps
+    defs = definitions(low)
     for ins in sched.instrs:
-        _emit(ins, blocks[ins.block], layout, config)
+        _emit(ins, blocks[ins.block], layout, config, defs)
     fixed = layout.fixed
     for b, divisor in sched.anchors.items():
-        head = blocks[b].head(Here())
-        head.copy(divisor.rows[0], fixed["anchor_pos"], blocks[b].anchor)
-        head.copy(divisor.rows[0], fixed["anchor_neg"], -blocks[b].anchor)
-        head.note(f"anchors +-N {divisor.label} for the division")
+        _anchors(blocks[b], divisor, fixed, defs)
         after = [b + 1]
         for lp in sched.loops:  # in a shared loop, every iteration's first block clears them
             if len(lp.starts) > 1 and (b + 1) in lp.starts:  # (zeros, in the iterations that
@@ -118,6 +118,31 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
                     head.clear(r)
                 head.note(f"clear {v.label}")
     return blocks
+
+
+def _anchors(block: BlockSpec, divisor: Value, fixed: dict[str, int],
+             defs: dict[Value, Instr]) -> None:
+    """The division anchors +-N s: copied from the divisor's row by the self-head, or, for a
+    fused divisor (fusion.py), computed from its reads (heads at their places, N times its
+    bias in b_O)."""
+    N = block.anchor
+    if not divisor.fused:
+        head = block.head(Here())
+        head.copy(divisor.rows[0], fixed["anchor_pos"], N)
+        head.copy(divisor.rows[0], fixed["anchor_neg"], -N)
+        head.note(f"anchors +-N {divisor.label} for the division")
+        return
+    f = defs[divisor]
+    for _, c, r, k in f.linear:
+        src, place = f.reads[r]
+        head = block.head(place)
+        head.copy(src.rows[k], fixed["anchor_pos"], N * c)
+        head.copy(src.rows[k], fixed["anchor_neg"], -N * c)
+        head.note(f"anchors +-N {divisor.label} (fused) for the division")
+    b = float(f.bias[0])
+    if b != 0.0:
+        for name, sign in (("anchor_pos", 1.0), ("anchor_neg", -1.0)):
+            block.b_O[fixed[name]] = block.b_O.get(fixed[name], 0.0) + sign * N * b
 
 
 def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
@@ -159,21 +184,25 @@ def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
     return d_head
 
 
-def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig) -> None:
+def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig,
+          defs: dict[Value, Instr]) -> None:
     """One scheduled instruction's heads (attention) or MLP units, added to its block."""
     dst = ins.dst
     what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
+    if ins.fused:  # computed inside the ops that absorb it (fusion.py)
+        return
     if ins.stage == "attn":
         _emit_attention(ins, block, what)
         return
     facts = block.gadgets.setdefault(ins.op.index, Gadgets())
-    operand_rows = _operand_rows(ins, block)
+    operand_rows = _operand_rows(ins, block, defs)
+    forms = _factor_forms(ins, defs)
     bounds = [ins.temps[i].bound if i in ins.temps else v.bound
               for i, (v, _) in enumerate(ins.reads)]
     block.units += _affine_part(ins, operand_rows)
     if ins.mask is not None:
         block.units += _gated_part(ins, operand_rows, bounds, facts, config)
-    block.units += _product_part(ins, operand_rows, bounds, facts, config)
+    block.units += _product_part(ins, operand_rows, bounds, facts, config, forms)
     block.mlp_ops.append(what)
 
 
@@ -190,12 +219,25 @@ def _emit_attention(ins: Instr, block: BlockSpec, what: str) -> None:
             block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
 
 
-def _operand_rows(ins: Instr, block: BlockSpec) -> list[list[int]]:
+def _operand_rows(ins: Instr, block: BlockSpec, defs: dict[Value, Instr]) -> list[list[int]]:
     """Per read, the rows the MLP reads it from: its own, or the temporary a head of this
-    block moves a remote read into (the head is added here)."""
+    block moves a remote read into (the head is added here; a fused factor's temporary gets
+    the factor itself, from heads at its reads' composed places and its bias in b_O). A
+    fused factor read without a temporary has no rows ([]): _factor_forms gives its form."""
     operand_rows = []
     for i, (v, at) in enumerate(ins.reads):
-        if i in ins.temps:
+        if i in ins.temps and v.fused:
+            t, f = ins.temps[i], defs[v]
+            for o, c, r, k in f.linear:
+                src, place = f.reads[r]
+                head = block.head(compose(at, place))
+                head.copy(src.rows[k], t.rows[o], c)
+                head.note(f"compute {v.label} ({at.describe()}, fused) for {ins.dst.label}")
+            for o, b in enumerate(f.bias):
+                if b != 0.0:
+                    block.b_O[t.rows[o]] = block.b_O.get(t.rows[o], 0.0) + float(b)
+            operand_rows.append(t.rows)
+        elif i in ins.temps:
             t = ins.temps[i]
             head = block.head(at)
             for k in range(v.width):
@@ -205,6 +247,22 @@ def _operand_rows(ins: Instr, block: BlockSpec) -> list[list[int]]:
         else:
             operand_rows.append(v.rows)
     return operand_rows
+
+
+def _factor_forms(ins: Instr, defs: dict[Value, Instr]
+                  ) -> dict[int, list[tuple[dict[int, float], float]]]:
+    """read index -> per component, the affine form of rows ({row: coef}, bias) of a fused
+    factor that the MLP computes in its own pre-activation (its reads all at this token)."""
+    forms = {}
+    for i, (v, _) in enumerate(ins.reads):
+        if v.fused and i not in ins.temps:
+            f = defs[v]
+            comps: list[tuple[dict[int, float], float]] = [({}, float(b)) for b in f.bias]
+            for o, c, r, k in f.linear:
+                row = f.reads[r][0].rows[k]
+                comps[o][0][row] = comps[o][0].get(row, 0.0) + c
+            forms[i] = comps
+    return forms
 
 
 def _affine_part(ins: Instr, operand_rows: list[list[int]]) -> list[UnitSpec]:
@@ -253,14 +311,23 @@ def _gated_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
 
 
 def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
-                  facts: Gadgets, config: CompilerConfig) -> list[UnitSpec]:
-    """Product units, one gadget per pair of operand rows (its outputs summed), each pair's
-    constants recorded in `facts` for the monitor."""
-    pairs: dict[tuple[int, int], dict[int, float]] = {}
-    row_bound: dict[int, float] = {}
-    operand_of: dict[int, tuple[int, int]] = {}  # row -> (read, component)
+                  facts: Gadgets, config: CompilerConfig,
+                  forms: dict[int, list[tuple[dict[int, float], float]]]) -> list[UnitSpec]:
+    """Product units, one gadget per pair of operands (its outputs summed), each pair's
+    constants recorded in `facts` for the monitor. An operand is a row, (0, row), or a fused
+    factor's component computed in the pre-activation, (1, read, component)."""
+
+    def key(r: int, k: int) -> tuple:
+        return (1, r, k) if r in forms else (0, operand_rows[r][k])
+
+    def form(q: tuple) -> tuple[dict[int, float], float]:
+        return forms[q[1]][q[2]] if q[0] == 1 else ({q[1]: 1.0}, 0.0)
+
+    pairs: dict[tuple[tuple, tuple], dict[int, float]] = {}
+    row_bound: dict[tuple, float] = {}
+    operand_of: dict[tuple, tuple[int, int]] = {}  # operand -> (read, component)
     for o, c, ra, ca, rb, cb in ins.products:
-        a, b = operand_rows[ra][ca], operand_rows[rb][cb]
+        a, b = key(ra, ca), key(rb, cb)
         row_bound[a], row_bound[b] = bounds[ra], bounds[rb]
         operand_of.setdefault(a, (ra, ca))
         operand_of.setdefault(b, (rb, cb))
@@ -268,9 +335,13 @@ def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float]
         outs[o] = outs.get(o, 0.0) + c
     units = []
     for (a, b), outs in pairs.items():
-        units += product_units(a, b, row_bound[a], row_bound[b],
-                               {ins.dst.rows[o]: c for o, c in outs.items()},
-                               config.product_scale, config.richardson)
+        out_rows = {ins.dst.rows[o]: c for o, c in outs.items()}
+        if a[0] == b[0] == 0:
+            units += product_units(a[1], b[1], row_bound[a], row_bound[b], out_rows,
+                                   config.product_scale, config.richardson)
+        else:
+            units += product_form_units(form(a), form(b), a == b, row_bound[a], row_bound[b],
+                                        out_rows, config.product_scale, config.richardson)
         k, e = product_params(a == b, row_bound[a], row_bound[b], config.product_scale)
         facts.pairs.append(ProductPair(operand_of[a], operand_of[b], k, e, config.richardson,
                                        dict(outs)))

@@ -118,6 +118,20 @@ class CompilerConfig:
         precondition fails on more than 1 - min_acceptance of them the compile fails
         (CompileError, naming the op and quantity); if only the error bound exceeds the
         tolerance that often, the model is returned with a ContractWarning (feasibility.py).
+    fusion:
+        run the fusion pass (compiler/fusion.py): linear values whose readers can compute them
+        get no rows and no sublayer of their own. False compiles every op as written.
+    fusion_max_readers:
+        a linear value read by more ops than this is kept (materialised): each reader that
+        absorbs it repeats its terms (value columns of a head, entries of W_in), so past a
+        few readers the repeated terms outweigh the rows saved. Condition: >= 1.
+    fusion_width_slack:
+        the fused layout is kept when it has fewer blocks and a d_model at most this multiple
+        of the unfused one's (or as many blocks and a narrower stream); fusing lengthens the
+        lives of the fused values' operands, which can widen the stream. Condition: >= 1.
+    fusion_always:
+        keep the fused layout whatever its size (the fusion property tests use it, so that
+        every fusion the pass makes is compiled and checked).
     """
 
     attention_margin: float = 100.0
@@ -139,6 +153,10 @@ class CompilerConfig:
     rounding_factor: float = 2.0
     feasibility_passes: int = 4
     min_acceptance: float = 0.99
+    fusion: bool = True
+    fusion_max_readers: int = 4
+    fusion_width_slack: float = 1.25
+    fusion_always: bool = False
 
     @classmethod
     def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:

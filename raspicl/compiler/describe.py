@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from raspicl.compiler.assemble import BlockSpec
 from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.fusion import compose
 from raspicl.compiler.gadgets.attention import HeadSpec, place_key
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
@@ -77,7 +78,12 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "ops": [{"index": ins.op.index, "kind": ins.op.kind, "dst": ins.dst.label,
                  "source": str(ins.op.source), "text": ins.op.describe(),
                  "block": order[ins.block], "run": ins.block, "stage": ins.stage}
+                | ({"absorbed_by": list(ins.dst.absorbed_by)} if ins.fused else {})
                 for ins in low.instrs],
+        "depth": {"critical_path": low.fusion.critical_path if low.fusion else None,
+                  "blocks": len(order),
+                  "fused": [{"value": f.label, "op": f.op, "absorbed_by": list(f.absorbed_by)}
+                            for f in (low.fusion.fused if low.fusion else [])]},
         "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
                           by_run)
                    for i in range(cfg.n_layers)],
@@ -135,8 +141,10 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
     remote read the temporary components) whose rows are cleared where it writes them."""
     values = {}
     for v in low.values:
-        values[v.label] = {"kind": v.kind, "rows": v.rows, "written_after": v.write_slot + 1
-                           if v.kind == "op" else 0}
+        values[v.label] = {"kind": "fused" if v.fused else v.kind, "rows": v.rows,
+                           "written_after": v.write_slot + 1 if v.kind == "op" else 0}
+        if v.fused:  # no rows to count: its width
+            values[v.label]["width"] = v.width
     instructions = []
     for ins in low.instrs:
         facts = blocks[ins.block].gadgets.get(ins.op.index)
@@ -218,7 +226,7 @@ def _registers(low: Lowered, program, slot_name, layout: Layout, order: list[int
             "written_slot": slot_json(v.write_slot, order),
             "cleared_slot": slot_json(c, order),
             "overwritten_slot": slot_json(v.overwritten_at, order),
-        })
+        } | ({"absorbed_by": list(v.absorbed_by)} if v.fused else {}))
     return out
 
 
@@ -246,17 +254,19 @@ class _ByRun:
     instrs: dict[int, list[Instr]]
     cleared: dict[int, list[Value]]  # run -> values its self-head clears, in layout order
     anchors: dict[int, Value]
+    defs: dict[Value, Instr]  # value -> the instruction that defines it (fused factors)
 
     @classmethod
     def of(cls, sched: Schedule, layout: Layout) -> _ByRun:
         instrs: dict[int, list[Instr]] = {}
         for ins in sched.instrs:
-            instrs.setdefault(ins.block, []).append(ins)
+            if not ins.fused:
+                instrs.setdefault(ins.block, []).append(ins)
         cleared: dict[int, list[Value]] = {}
         for v in layout.values:
             for run in dict.fromkeys(layout.liveness.cleared_by(v)):
                 cleared.setdefault(run, []).append(v)
-        return cls(instrs, cleared, sched.anchors)
+        return cls(instrs, cleared, sched.anchors, {ins.dst: ins for ins in sched.instrs})
 
 
 def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig,
@@ -327,7 +337,8 @@ def _op_actions(key: tuple, run: int, by_run: _ByRun, mine) -> list[HeadWrite]:
         for i, t in ins.temps.items():
             v, at = ins.reads[i]
             rows = mine(t.rows)
-            if place_key(at) == key and rows:
+            places = ([compose(at, p) for _, p in by_run.defs[v].reads] if v.fused else [at])
+            if key in {place_key(p) for p in places} and rows:
                 out.append(HeadWrite(HeadWriteKind.TEMPORARY, run, t.label, rows, ins.op.index,
                                      src, (v.label,)))
     return out

@@ -4,7 +4,8 @@ lower.py builds these (fold.py, ssa.py and bounds.py each set some of the fields
 module docs say, from calibrate.py's statistics); schedule.py's passes set Instr.block, stage
 and temps and Value.write_slot, last_read and overwritten_at (placement.py and temporaries.py);
 liveness.py hands on the clear slots as a result of its own, not as fields; layout.py sets
-Value.rows; loops.py sets Value.template and replaces; feasibility.py raises Instr.gate_floor.
+Value.rows; loops.py sets Value.template and replaces; feasibility.py raises Instr.gate_floor;
+fusion.py sets Value.absorbed_by (a fused value: computed inside its readers, no rows).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from raspicl.lang.reads import Where
 
 if TYPE_CHECKING:
     from raspicl.compiler.calibrate import Calibration
+    from raspicl.compiler.fusion import Fusion
 
 
 @dataclass(eq=False)
@@ -44,6 +46,13 @@ class Value:
     template: Value | None = None
     replaces: Value | None = None  # a var's last write in an iteration takes over these rows
     overwritten_at: int | None = None  # the MLP slot that subtracts it as it writes its successor
+    # fusion.py: the op indices of the instructions that compute this (linear) value inside
+    # their own heads or units; a fused value has no rows
+    absorbed_by: list[int] = field(default_factory=list)
+
+    @property
+    def fused(self) -> bool:
+        return bool(self.absorbed_by)
 
     @property
     def label(self) -> str:
@@ -87,6 +96,11 @@ class Instr:
     def is_linear(self) -> bool:
         return not self.products and self.divisor is None and self.mask is None
 
+    @property
+    def fused(self) -> bool:
+        """Fused away (fusion.py): its readers compute it; it gets no sublayer of its own."""
+        return self.dst.fused
+
 
 @dataclass
 class Lowered:
@@ -101,3 +115,4 @@ class Lowered:
     values: list[Value]
     output: Value
     calibration: Calibration
+    fusion: Fusion | None = None  # what fusion.py fused (None: the pass did not run)

@@ -6,7 +6,8 @@ per role, and the two division anchors. Then values are placed in order of their
 reusing the rows of values already cleared, so the width follows the live set rather than the
 number of writes.
 
-Sets `Value.rows` on every value (inputs, constants, masks, op results, temporaries); reads the
+Sets `Value.rows` on every value (inputs, constants, masks, op results, temporaries; a fused
+value, fusion.py, has none); reads the
 clear slots liveness decided (a row is free from its value's clear slot on). The Layout it
 returns carries that Liveness on to assemble and describe.
 """
@@ -43,7 +44,7 @@ def lay_out(low: Lowered, sched: Schedule, live: Liveness) -> Layout:
     free_from: list[float] = []  # per dynamic row: first slot at which it may be written
     base = len(fixed_names)
     values = [v for v in low.values if v.kind in ("input", "const", "mask")] + \
-        sorted([v for v in low.values if v.kind == "op"] + sched.temps,
+        sorted([v for v in low.values if v.kind == "op" and not v.fused] + sched.temps,
                key=lambda v: v.write_slot)
     placed = []
     replaced = {v.replaces for v in values if v.replaces is not None}

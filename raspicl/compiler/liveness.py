@@ -48,7 +48,7 @@ class Liveness:
 
 def clear_slot_of(v: Value) -> int | None:
     """The rule of the module doc on v's own slots (write_slot, last_read, overwritten_at)."""
-    if v.overwritten_at is not None:
+    if v.overwritten_at is not None or v.fused:  # a fused value has no rows to clear
         return None
     if v.last_read >= NEVER:
         return None

@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from raspicl.compiler.fusion import definitions, operands, place_fused, stored
 from raspicl.compiler.liveness import NEVER, clear_slot_of
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.errors import CompileError
-from raspicl.lang.reads import Here
 from raspicl.slots import attn_slot, is_attn, is_mlp, mlp_slot, run_of
 
 
@@ -88,28 +88,36 @@ def place(low: Lowered, share_loops: bool = False) -> Placement:
     st = _State()
     loops: dict[int, Loop] = {}
     current_loop: tuple[int, int] | None = None
+    defs = definitions(low)
     for ins in low.instrs:
+        if ins.fused:  # computed inside its readers (fusion.py): no sublayer of its own
+            continue
         tag = ins.op.loop if share_loops else None
         if tag != current_loop:  # entering an iteration, or leaving a loop
             st.floor = st.last_block + 1
             if tag is not None:
                 loops.setdefault(tag[0], Loop(tag[0], [], 0)).starts.append(st.floor)
             current_loop = tag
-        ready = _ready(ins, st.floor)
-        run = _place_linear(ins, ready, st) if ins.is_linear else _place_mlp(ins, ready, st)
+        ready = _ready(ins, st.floor, defs)
+        run = _place_linear(ins, ready, st) if ins.is_linear else _place_mlp(ins, ready, st,
+                                                                               defs)
         st.last_block = max(st.last_block, run)
     for loop in loops.values():
-        ends = [max(i.block for i in low.instrs if i.op.loop == (loop.loop_id, k))
+        ends = [max(i.block for i in low.instrs if i.op.loop == (loop.loop_id, k)
+                    and not i.fused)
                 for k in range(len(loop.starts))]
         loop.length = ends[0] - loop.starts[0] + 1
     low.output.read_at(NEVER)
+    place_fused(low)
     n_blocks = max((run_of(ins.dst.write_slot) for ins in low.instrs), default=-1) + 1
     return Placement(max(n_blocks, 1), st.mode, list(loops.values()))
 
 
-def _ready(ins: Instr, floor: int) -> _Ready:
-    remote = [v for v, at in ins.reads if not isinstance(at, Here)]
-    here = [v for v, at in ins.reads if isinstance(at, Here)]
+def _ready(ins: Instr, floor: int, defs: dict[Value, Instr]) -> _Ready:
+    # a fused factor stands for its own reads (fusion.operands)
+    ops = operands(ins, defs)
+    remote = list(dict.fromkeys(v for v, moved in ops if moved))
+    here = list(dict.fromkeys(v for v, moved in ops if not moved))
     before = attn_slot(floor) - 1
     # In a shared loop a var's new version takes the rows of the version it replaces. An
     # attention write may land there once the old version is cleared (its readers so far
@@ -148,11 +156,14 @@ def _place_linear(ins: Instr, r: _Ready, st: _State) -> int:
     return run
 
 
-def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
+def _place_mlp(ins: Instr, r: _Ready, st: _State, defs: dict[Value, Instr]) -> int:
     """The first run whose attention can fetch its remote operands (and write the anchors of a
     division) and whose MLP has the mode it needs."""
     divisor = ins.divisor
     want: Mode = divisor if divisor is not None else MlpMode.NEUTRAL
+    # the anchors are written from the divisor's rows, or from a fused divisor's reads
+    anchor_from = stored(divisor, defs) if divisor is not None else []
+    divisor_at = max((v.write_slot for v in anchor_from), default=-1)
     if r.replaced is not None and divisor is not None and r.replaced in ins.registers_read:
         raise CompileError(f"{ins.op.where()}: in a shared loop a division cannot overwrite "
                            f"'{r.replaced.name}', which it reads; divide into another var")
@@ -160,7 +171,7 @@ def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
     def fits(run: int) -> bool:
         attn, mlp = attn_slot(run), mlp_slot(run)
         return (attn > r.remote_at and mlp > r.here_at
-                and (divisor is None or attn > divisor.write_slot)
+                and (divisor is None or attn > divisor_at)
                 and st.mlp_ok(run, want)
                 and (divisor is None or attn >= r.attn_floor)
                 and (divisor is not None or mlp >= r.mlp_floor))
@@ -180,8 +191,8 @@ def _place_mlp(ins: Instr, r: _Ready, st: _State) -> int:
         ins.mask.read_at(mlp)
     for v in r.remote:
         v.read_at(attn)
-    if divisor is not None:
-        divisor.read_at(attn)
+    for v in anchor_from:
+        v.read_at(attn)
     ins.dst.write_slot = mlp
     return run
 

@@ -2,15 +2,16 @@
 attention (the paper's RAW: attention read + MLP arithmetic in one block).
 
 Runs after placement. Sets `Instr.temps` (read index -> temporary Value) on every 'attn+mlp'
-instruction and returns the temporaries, each written at its run's attention slot and last
-read at its MLP slot. In a shared loop a later iteration's temporary gets `template` (its
-iteration-0 twin), so that layout gives both the same rows.
+instruction (a fused factor, fusion.py, gets one when some of its reads are at another token:
+the heads compute the factor into it) and returns the temporaries, each written at its run's
+attention slot and last read at its MLP slot. In a shared loop a later iteration's temporary
+gets `template` (its iteration-0 twin), so that layout gives both the same rows.
 """
 
 from __future__ import annotations
 
+from raspicl.compiler.fusion import needs_temp
 from raspicl.compiler.lower import Lowered, Value
-from raspicl.lang.reads import Here
 from raspicl.slots import attn_slot, mlp_slot
 
 
@@ -22,7 +23,7 @@ def make_temporaries(low: Lowered) -> list[Value]:
         if ins.stage != "attn+mlp":
             continue
         for i, (v, at) in enumerate(ins.reads):
-            if isinstance(at, Here):
+            if not needs_temp(v, at, by_dst):  # a fused factor: if it reads elsewhere
                 continue
             t = Value(f"{v.label}@{type(at).__name__}", 0, v.width, "temp", v.bound,
                       write_slot=attn_slot(ins.block), last_read=mlp_slot(ins.block))

@@ -38,7 +38,13 @@ from raspicl.inspect.text import (
     _vector,
 )
 from raspicl.inspect.timeline import Rows
-from raspicl.layout_records import ANCHOR_ROWS, HeadWriteKind, MlpRecord, head_writes
+from raspicl.layout_records import (
+    ANCHOR_ROWS,
+    HeadWriteKind,
+    MlpRecord,
+    fused_values,
+    head_writes,
+)
 from raspicl.slots import attn_slot, mlp_slot, run_of
 
 
@@ -55,6 +61,10 @@ def _summary(cm: CompiledModel) -> str:
     for lp in L.get("loops") or []:
         text += (f"; blocks {', '.join(map(str, lp['blocks']))} run {lp['repeat']} times "
                  f"(from runs {', '.join(map(str, lp['first_runs']))}), weights shared")
+    depth = L.get("depth") or {}
+    if depth.get("critical_path") is not None:
+        text += (f"\ndepth: {depth['blocks']} blocks run; critical path {depth['critical_path']} "
+                 f"(the fewest any schedule of its op kinds can use)")
     return text
 
 
@@ -113,6 +123,12 @@ def layout_table(cm: CompiledModel) -> str:
                      rows.slot_name(o.cleared), "-" if o.bound is None else f"{o.bound:.3g}"])
     lines += _table(["rows", "register", "version", "shape", "kind", "written", "cleared",
                      "|bound|"], body)
+    fused = fused_values(L)
+    if fused:
+        lines += ["", "Fused values (no rows: computed inside the ops that read them)"]
+        for f in fused:
+            lines.append(f"  {f.label} (op {f.op}): absorbed by op "
+                         f"{', '.join(map(str, f.absorbed_by))}")
     masks = L.get("masks") or {}
     if masks:
         lines += ["", "Masks (0/1 per token, written by W_pos; a select op reads one)"]

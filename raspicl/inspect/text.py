@@ -60,4 +60,6 @@ def _vector(values) -> str:
 
 
 def _op_line(o: dict) -> str:
-    return f"op {o['index']} {o['kind']} -> {o['dst']}: {o['text']}   [{o['source']}]"
+    fused = (f" (fused: computed by op {', '.join(map(str, o['absorbed_by']))})"
+             if o.get("absorbed_by") else "")
+    return f"op {o['index']} {o['kind']} -> {o['dst']}{fused}: {o['text']}   [{o['source']}]"

@@ -79,6 +79,36 @@ def product_units(row_a: int, row_b: int, bound_a: float, bound_b: float,
     return units
 
 
+def product_form_units(form_a: tuple[dict[int, float], float],
+                       form_b: tuple[dict[int, float], float], square: bool, bound_a: float,
+                       bound_b: float, outputs: dict[int, float], z: float,
+                       richardson: bool) -> list[UnitSpec]:
+    """product_units for operands that are affine forms of rows, ({row: coef}, bias) each (a
+    fused factor, compiler/fusion.py; a plain operand is ({row: 1.0}, 0.0)): the same gadget,
+    with the forms' bounds, the pre-activation k a + b / k summed row by row and its constant
+    in b_in. `square`: a and b are the same form."""
+    k, scale = product_params(square, bound_a, bound_b, z)
+    (wa, ba), (wb, bb) = form_a, form_b
+    if square:
+        combos = [(dict(wa), ba, 1.0)]
+    else:
+        combos = []
+        for sign, weight in ((1.0, 0.25), (-1.0, -0.25)):
+            d = {j: k * c for j, c in wa.items()}
+            for j, c in wb.items():
+                d[j] = d.get(j, 0.0) + sign * c / k
+            combos.append((d, k * ba + sign * bb / k, weight))
+    scales = [(scale, 4.0 / 3.0), (2.0 * scale, -1.0 / 3.0)] if richardson else [(scale, 1.0)]
+    units = []
+    for direction, bias, weight in combos:
+        for e, r in scales:
+            w = weight * r * SQRT_PI_2 / (e * e)
+            for sign in (1.0, -1.0):
+                units.append(UnitSpec({j: sign * e * c for j, c in direction.items()},
+                                      sign * e * bias, {o: w * c for o, c in outputs.items()}))
+    return units
+
+
 def gate_units(dst_row: int, w_in: dict[int, float], bias: float, mask_row: int,
                bound: float, sharpness: float) -> list[UnitSpec]:
     """Two units that add mask * (sum w_in[j] v_j + bias) to dst_row, for a 0/1 mask row and
