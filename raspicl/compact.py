@@ -138,6 +138,48 @@ def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b, x.reshape(B * T, r), W).view(B, T, -1)
 
 
+def _softmax_scores(p: AttnPlan, resid: torch.Tensor) -> torch.Tensor:
+    """The heads' causal attention weights [B, H, T, T] on `resid` [B, T, D]."""
+    B, T, _ = resid.shape
+    H = p.n_heads
+
+    def heads(rows, W, b):  # [B, H, T, width]
+        return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1).transpose(1, 2)
+
+    q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
+    if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
+        s = q[..., :, None, 0] * k[..., None, :, 0]
+        for c in range(1, q.shape[-1]):
+            s.addcmul_(q[..., :, None, c], k[..., None, :, c])
+    else:
+        s = q @ k.transpose(-1, -2)
+    future = torch.ones(T, T, dtype=torch.bool, device=resid.device).triu(1)
+    s.div_(p.scale).masked_fill_(future, float("-inf"))
+    # softmax written out, in place (torch's kernel is several times slower on a last dim
+    # this short); a weight below the dtype's smallest normal number is set to zero, where the
+    # dense pass has a subnormal: exp is slow there, and the difference is below finfo.tiny
+    # per weight
+    s.sub_(s.amax(dim=-1, keepdim=True))
+    s.masked_fill_(s < math.log(torch.finfo(s.dtype).tiny), float("-inf")).exp_()
+    return s.div_(s.sum(dim=-1, keepdim=True))
+
+
+def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
+                    mlps: list[MLPPlan]) -> list[bool]:
+    """Per block, whether its heads' queries and keys read only rows that hold the same
+    numbers for every prompt: rows no token feeds (a zero column of W_E) and no sublayer
+    writes, so that they hold W_pos exactly. Such a block's attention pattern depends on the
+    position alone (the compiler's moves address tokens by position), and is computed once."""
+    varying = (model.embed.W_E != 0).any(dim=0)
+    for plan in [*attns, *mlps]:
+        varying[plan.out_rows] = True
+    fixed = []
+    for a in attns:
+        rows = torch.cat([a.q_rows, a.k_rows])
+        fixed.append(bool(a.n_heads) and not bool(varying[rows].any()))
+    return fixed
+
+
 class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
@@ -146,6 +188,9 @@ class CompactPlan:
         self.order = model.cfg.order()
         self.attns = [_attn_plan(b.attn) for b in model.blocks]
         self.mlps = [_mlp_plan(b) for b in model.blocks]
+        self.fixed = _fixed_patterns(model, self.attns, self.mlps)
+        self._W_pos = model.pos_embed.W_pos
+        self._patterns: dict[tuple, torch.Tensor] = {}
         self._key = self.key(model)
 
     @staticmethod
@@ -158,37 +203,38 @@ class CompactPlan:
 
     def attn(self, run: int, resid: torch.Tensor) -> torch.Tensor:
         """resid + the attention of block run `run`, as the dense pass computes it."""
-        p = self.attns[self.order[run]]
+        layer = self.order[run]
+        p = self.attns[layer]
         if not len(p.out_rows):
             return resid
         B, T, _ = resid.shape
         H = p.n_heads
         if H:
-            def heads(rows, W, b):  # [B, H, T, width]
-                return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1) \
-                    .transpose(1, 2)
-
-            q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
-            if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
-                s = q[..., :, None, 0] * k[..., None, :, 0]
-                for c in range(1, q.shape[-1]):
-                    s.addcmul_(q[..., :, None, c], k[..., None, :, c])
+            v = _affine(resid.index_select(2, p.v_rows), p.W_v, p.b_v)  # [B, T, H * cv]
+            if self.fixed[layer]:
+                # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h as one
+                # 2-D product per head over all prompts' value columns side by side
+                cv = v.shape[-1] // H
+                pat = self._pattern(layer, T, resid.dtype, resid.device)  # [H, T, T]
+                vh = v.view(B, T, H, cv).permute(2, 1, 0, 3).reshape(H, T, B * cv)
+                z = torch.bmm(pat, vh).view(H, T, B, cv).permute(2, 1, 0, 3).reshape(B, T, -1)
             else:
-                s = q @ k.transpose(-1, -2)
-            future = torch.ones(T, T, dtype=torch.bool, device=resid.device).triu(1)
-            s.div_(p.scale).masked_fill_(future, float("-inf"))
-            # softmax written out, in place (torch's kernel is several times slower on a last
-            # dim this short); a weight below the dtype's smallest normal number is set to
-            # zero, where the dense pass has a subnormal: exp is slow there, and the
-            # difference is below finfo.tiny per weight
-            s.sub_(s.amax(dim=-1, keepdim=True))
-            s.masked_fill_(s < math.log(torch.finfo(s.dtype).tiny), float("-inf")).exp_()
-            s.div_(s.sum(dim=-1, keepdim=True))
-            z = s @ heads(p.v_rows, p.W_v, p.b_v)  # [B, H, T, cv]
-            out = _affine(z.transpose(1, 2).reshape(B, T, -1), p.W_o, p.b_o)
+                z = (_softmax_scores(p, resid) @ v.view(B, T, H, -1).transpose(1, 2)) \
+                    .transpose(1, 2).reshape(B, T, -1)  # [B, T, H * cv]
+            out = _affine(z, p.W_o, p.b_o)
         else:
             out = p.b_o.expand(B, T, -1)
         return resid.index_add(2, p.out_rows, out)
+
+    def _pattern(self, layer: int, T: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+        """Block `layer`'s attention pattern [H, T, T] on the positional rows alone (the same
+        for every prompt: see `fixed`), computed once per length, dtype and device."""
+        key = (layer, T, dtype, device)
+        if key not in self._patterns:
+            base = self._W_pos[:T].to(dtype=dtype, device=device)[None]
+            self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
+        return self._patterns[key]
 
     def mlp(self, run: int, resid: torch.Tensor) -> torch.Tensor:
         """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it."""
