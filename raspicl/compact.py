@@ -180,6 +180,12 @@ def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
     return fixed
 
 
+def _add_rows(resid: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
+              inplace: bool) -> torch.Tensor:
+    """resid with `out` added at `rows` of its last dim, in place or into a copy."""
+    return resid.index_add_(2, rows, out) if inplace else resid.index_add(2, rows, out)
+
+
 class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
@@ -201,8 +207,9 @@ class CompactPlan:
     def matches(self, model: Transformer) -> bool:
         return self._key == self.key(model)
 
-    def attn(self, run: int, resid: torch.Tensor) -> torch.Tensor:
-        """resid + the attention of block run `run`, as the dense pass computes it."""
+    def attn(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the attention of block run `run`, as the dense pass computes it (added
+        into `resid` itself if inplace, else into a copy)."""
         layer = self.order[run]
         p = self.attns[layer]
         if not len(p.out_rows):
@@ -224,7 +231,7 @@ class CompactPlan:
             out = _affine(z, p.W_o, p.b_o)
         else:
             out = p.b_o.expand(B, T, -1)
-        return resid.index_add(2, p.out_rows, out)
+        return _add_rows(resid, p.out_rows, out, inplace)
 
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
@@ -236,14 +243,23 @@ class CompactPlan:
             self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
         return self._patterns[key]
 
-    def mlp(self, run: int, resid: torch.Tensor) -> torch.Tensor:
-        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it."""
+    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
+        (added into `resid` itself if inplace, else into a copy)."""
         p = self.mlps[self.order[run]]
         if not len(p.out_rows):
             return resid
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
         h = F.gelu(_affine(x.index_select(2, p.in_rows), p.W_in, p.b_in))
-        return resid.index_add(2, p.out_rows, _affine(h, p.W_out, p.b_out))
+        return _add_rows(resid, p.out_rows, _affine(h, p.W_out, p.b_out), inplace)
+
+    def last(self, resid: torch.Tensor) -> torch.Tensor:
+        """The residual after the last sublayer, from the embedded one, every sublayer added in
+        place (for a caller who reads the final residual only: no copy per sublayer)."""
+        resid = resid.clone()
+        for run in range(len(self.order)):
+            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+        return resid
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every
