@@ -37,6 +37,14 @@ from raspicl.model import Transformer
 # Scores over at most this many query/key columns are summed as elementwise products, not a
 # batched matrix product (which costs far more per head and token at this width).
 SMALL_SCORE_WIDTH = 4
+# A head's value or output matrix, or an MLP matrix, with at least SPARSE_MIN_ENTRIES entries, at most SPARSE_TERMS nonzeros in any
+# column and at most SPARSE_DENSITY of its entries nonzero is applied column by column as
+# gathered sums (Gathered), not as a dense product: the product gadgets of a large program
+# (sherman_morrison d = 32: 8192 units, each reading 3 of ~2000 rows) are 0.1% nonzero even
+# after the plan drops unused rows, and the dense product costs a thousand times the work.
+SPARSE_MIN_ENTRIES = 2**16
+SPARSE_TERMS = 8
+SPARSE_DENSITY = 0.05
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -68,6 +76,47 @@ class AttnPlan:
     out_rows: torch.Tensor
     b_o: torch.Tensor
     scale: float  # sqrt(d_head) of the full head, as the dense pass divides by
+    sparse_v: Gathered | None = None  # W_v and W_o gathered (large move heads)
+    sparse_o: Gathered | None = None
+
+
+@dataclass
+class Gathered:
+    """A matrix W [r, c] mostly zero, kept by columns: column j is sum_i coef[i, j] *
+    x[:, idx[i, j]] (m = the most nonzeros of any column; shorter columns are padded with
+    coefficient 0 on row 0, which adds an exact zero)."""
+
+    idx: torch.Tensor  # [m, c] long
+    coef: torch.Tensor  # [m, c]
+
+    @staticmethod
+    def of(W: torch.Tensor) -> Gathered | None:
+        """W's gathered form (its nonzero entries, column by column in row order), or None where a dense product is the cheaper one (W small,
+        or some column with more than SPARSE_TERMS nonzeros, or denser than SPARSE_DENSITY)."""
+        r, c = W.shape
+        if r * c < SPARSE_MIN_ENTRIES:
+            return None
+        nz = W != 0
+        per_col = nz.sum(dim=0)
+        m = int(per_col.max()) if c else 0
+        if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
+            return None
+        m = max(m, 1)
+        cols, rows = torch.nonzero(W.t(), as_tuple=True)  # by column, then row
+        starts = torch.cumsum(per_col, 0) - per_col
+        pos = torch.arange(len(cols), device=W.device) - starts[cols]
+        idx = torch.zeros(m, c, dtype=torch.long, device=W.device)
+        coef = W.new_zeros(m, c)
+        idx[pos, cols] = rows
+        coef[pos, cols] = W[rows, cols]
+        return Gathered(idx, coef)
+
+    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
+        out = b.expand(x.shape[0], -1).clone()
+        for i in range(self.idx.shape[0]):
+            out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
+        return out
 
 
 @dataclass
@@ -81,6 +130,8 @@ class MLPPlan:
     W_out: torch.Tensor  # [units, len(out_rows)]
     out_rows: torch.Tensor
     b_out: torch.Tensor
+    sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
+    sparse_out: Gathered | None = None  # W_out gathered by written rows
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -119,7 +170,8 @@ def _attn_plan(attn) -> AttnPlan:
     for i, (h, _, vc) in enumerate(kept):
         W_o[i * cv:i * cv + len(vc)] = W_O[h][vc][:, out_rows]
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]))
+                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), Gathered.of(W_v),
+                    Gathered.of(W_o))
 
 
 def _mlp_plan(block) -> MLPPlan:
@@ -127,9 +179,19 @@ def _mlp_plan(block) -> MLPPlan:
     units = _idx(_nz(mlp.W_out, (1,)) & (_nz(mlp.W_in, (0,)) | (mlp.b_in != 0)))
     in_rows = _idx(_nz(mlp.W_in[:, units], (1,)))
     out_rows = _idx(_nz(mlp.W_out[units], (0,)) | (mlp.b_out != 0))
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, mlp.W_in[in_rows][:, units].clone(),
-                   mlp.b_in[units].clone(), mlp.W_out[units][:, out_rows].clone(), out_rows,
-                   mlp.b_out[out_rows].clone())
+    W_in = mlp.W_in[in_rows][:, units].clone()
+    W_out = mlp.W_out[units][:, out_rows].clone()
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, W_in, mlp.b_in[units].clone(), W_out, out_rows,
+                   mlp.b_out[out_rows].clone(), Gathered.of(W_in), Gathered.of(W_out))
+
+
+def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+             sparse: Gathered | None) -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
+    if sparse is None:
+        return _affine(x, W, b)
+    B, T, r = x.shape
+    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -217,7 +279,7 @@ class CompactPlan:
         B, T, _ = resid.shape
         H = p.n_heads
         if H:
-            v = _affine(resid.index_select(2, p.v_rows), p.W_v, p.b_v)  # [B, T, H * cv]
+            v = _product(resid.index_select(2, p.v_rows), p.W_v, p.b_v, p.sparse_v)
             if self.fixed[layer]:
                 # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h as one
                 # 2-D product per head over all prompts' value columns side by side
@@ -228,7 +290,7 @@ class CompactPlan:
             else:
                 z = (_softmax_scores(p, resid) @ v.view(B, T, H, -1).transpose(1, 2)) \
                     .transpose(1, 2).reshape(B, T, -1)  # [B, T, H * cv]
-            out = _affine(z, p.W_o, p.b_o)
+            out = _product(z, p.W_o, p.b_o, p.sparse_o)
         else:
             out = p.b_o.expand(B, T, -1)
         return _add_rows(resid, p.out_rows, out, inplace)
@@ -250,8 +312,9 @@ class CompactPlan:
         if not len(p.out_rows):
             return resid
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        h = F.gelu(_affine(x.index_select(2, p.in_rows), p.W_in, p.b_in))
-        return _add_rows(resid, p.out_rows, _affine(h, p.W_out, p.b_out), inplace)
+        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
+                         inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one, every sublayer added in
