@@ -176,11 +176,12 @@ def _attn_plan(attn) -> AttnPlan:
 
 def _mlp_plan(block) -> MLPPlan:
     mlp, ln = block.mlp, block.ln2
-    units = _idx(_nz(mlp.W_out, (1,)) & (_nz(mlp.W_in, (0,)) | (mlp.b_in != 0)))
-    in_rows = _idx(_nz(mlp.W_in[:, units], (1,)))
-    out_rows = _idx(_nz(mlp.W_out[units], (0,)) | (mlp.b_out != 0))
-    W_in = mlp.W_in[in_rows][:, units].clone()
-    W_out = mlp.W_out[units][:, out_rows].clone()
+    nz_in, nz_out = mlp.W_in != 0, mlp.W_out != 0  # each computed once: a large model's
+    units = _idx(nz_out.any(dim=1) & (nz_in.any(dim=0) | (mlp.b_in != 0)))  # MLP is big
+    in_rows = _idx(nz_in.index_select(1, units).any(dim=1))
+    out_rows = _idx(nz_out.index_select(0, units).any(dim=0) | (mlp.b_out != 0))
+    W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
+    W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
     return MLPPlan(ln.w, ln.b, ln.eps, in_rows, W_in, mlp.b_in[units].clone(), W_out, out_rows,
                    mlp.b_out[out_rows].clone(), Gathered.of(W_in), Gathered.of(W_out))
 
