@@ -70,7 +70,7 @@ class AttnPlan:
     W_k: torch.Tensor
     b_k: torch.Tensor
     v_rows: torch.Tensor
-    W_v: torch.Tensor  # [len(v_rows), n_heads * cv]
+    W_v: torch.Tensor  # [len(v_rows), n_heads * cv]; [0, ...] where sparse_v replaces it
     b_v: torch.Tensor
     W_o: torch.Tensor  # [n_heads * cv, len(out_rows)]
     out_rows: torch.Tensor
@@ -125,7 +125,7 @@ class MLPPlan:
     ln_b: torch.Tensor
     eps: float
     in_rows: torch.Tensor
-    W_in: torch.Tensor  # [len(in_rows), units]
+    W_in: torch.Tensor  # [len(in_rows), units]; [0, units] where sparse_in replaces it
     b_in: torch.Tensor
     W_out: torch.Tensor  # [units, len(out_rows)]
     out_rows: torch.Tensor
@@ -169,9 +169,10 @@ def _attn_plan(attn) -> AttnPlan:
     W_o = W_O.new_zeros(H * cv, len(out_rows))
     for i, (h, _, vc) in enumerate(kept):
         W_o[i * cv:i * cv + len(vc)] = W_O[h][vc][:, out_rows]
+    g_v, g_o = _gathered(W_v, W_o)
+    W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), Gathered.of(W_v),
-                    Gathered.of(W_o))
+                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:
@@ -182,8 +183,24 @@ def _mlp_plan(block) -> MLPPlan:
     out_rows = _idx(nz_out.index_select(0, units).any(dim=0) | (mlp.b_out != 0))
     W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
     W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, W_in, mlp.b_in[units].clone(), W_out, out_rows,
-                   mlp.b_out[out_rows].clone(), Gathered.of(W_in), Gathered.of(W_out))
+    g_in, g_out = _gathered(W_in, W_out)
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), mlp.b_in[units].clone(),
+                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
+
+
+def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
+    return [Gathered.of(W) for W in Ws]
+
+
+def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
+    """W itself, or, where its gathered form replaces it, an empty [0, columns] stand-in (the
+    dense copy of a large sparse matrix would be most of the plan's memory)."""
+    return W if g is None else W.new_zeros(0, W.shape[1])
+
+
+def _entries(W: torch.Tensor, g: Gathered | None) -> int:
+    """The weight entries one token multiplies by W (its gathered terms where it has them)."""
+    return W.numel() if g is None else g.idx.numel()
 
 
 def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
@@ -333,6 +350,7 @@ class CompactPlan:
         for layer in self.order:
             a, m = self.attns[layer], self.mlps[layer]
             dense += cfg.n_heads * cfg.d_head * cfg.d_model * 4 + 2 * cfg.d_model * cfg.d_mlp
-            compact += a.W_q.numel() + a.W_k.numel() + a.W_v.numel() + a.W_o.numel()
-            compact += m.W_in.numel() + m.W_out.numel()
+            compact += a.W_q.numel() + a.W_k.numel() + _entries(a.W_v, a.sparse_v) \
+                + _entries(a.W_o, a.sparse_o)
+            compact += _entries(m.W_in, m.sparse_in) + _entries(m.W_out, m.sparse_out)
         return {"dense": float(dense), "compact": float(compact)}
