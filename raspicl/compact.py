@@ -37,11 +37,12 @@ from raspicl.model import Transformer
 # Scores over at most this many query/key columns are summed as elementwise products, not a
 # batched matrix product (which costs far more per head and token at this width).
 SMALL_SCORE_WIDTH = 4
-# A head's value or output matrix, or an MLP matrix, with at least SPARSE_MIN_ENTRIES entries, at most SPARSE_TERMS nonzeros in any
-# column and at most SPARSE_DENSITY of its entries nonzero is applied column by column as
-# gathered sums (Gathered), not as a dense product: the product gadgets of a large program
-# (sherman_morrison d = 32: 8192 units, each reading 3 of ~2000 rows) are 0.1% nonzero even
-# after the plan drops unused rows, and the dense product costs a thousand times the work.
+# A head's value or output matrix, or an MLP matrix, with at least SPARSE_MIN_ENTRIES entries,
+# at most SPARSE_TERMS nonzeros in any column and at most SPARSE_DENSITY of its entries nonzero
+# is applied column by column as gathered sums (Gathered), not as a dense product: the product
+# gadgets of a large program (sherman_morrison d = 32: 8192 units, each reading 3 of ~2000 rows)
+# are 0.1% nonzero even after the plan drops unused rows, and the dense product costs a
+# thousand times the work.
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
@@ -91,8 +92,9 @@ class Gathered:
 
     @staticmethod
     def of(W: torch.Tensor) -> Gathered | None:
-        """W's gathered form (its nonzero entries, column by column in row order), or None where a dense product is the cheaper one (W small,
-        or some column with more than SPARSE_TERMS nonzeros, or denser than SPARSE_DENSITY)."""
+        """W's gathered form (its nonzero entries, column by column in row order), or None
+        where a dense product is the cheaper one (W small, some column with more than
+        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY)."""
         r, c = W.shape
         if r * c < SPARSE_MIN_ENTRIES:
             return None
