@@ -14,7 +14,6 @@ acceptance of each and the tuning passes, then the largest change over all cases
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -23,11 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from weights_digest import cases  # noqa: E402 (bench/weights_digest.py)
+
 import raspicl.compiler as compiler  # noqa: E402
 from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
 from raspicl.compiler.feasibility import measure  # noqa: E402
 from raspicl.errors import ContractWarning  # noqa: E402
-from raspicl.registry import bundled_programs  # noqa: E402
 
 
 def _compile(program, dtype: str, loops: str, domain, compact: bool):
@@ -60,26 +60,18 @@ def main() -> int:
     print(f"{'case':48s} {'rel. weight change':>18s} {'accepted dense':>14s} "
           f"{'accepted compact':>16s} {'passes':>7s}")
     overall = 0.0
-    for pf in bundled_programs():
-        for params in pf.grid:
-            program = pf.build(**params)
-            modes = ["unroll"] + (["share"] if any(op.loop is not None for op in program.ops)
-                                  else [])
-            for dtype in ("float64", "float32"):
-                for loops in modes:
-                    key = f"{pf.name} {json.dumps(params, sort_keys=True)} {dtype} {loops}"
-                    try:
-                        a = _compile(program, dtype, loops, pf.domain, compact=False)
-                        b = _compile(program, dtype, loops, pf.domain, compact=True)
-                    except Exception as exc:  # noqa: BLE001 - a refusal is a result too
-                        print(f"{key:48s} refused: {type(exc).__name__}")
-                        continue
-                    drift = _drift(a, b)
-                    overall = max(overall, drift)
-                    ca, cb = (m.layout["monitor"]["calibration"] for m in (a, b))
-                    print(f"{key:48s} {drift:18.2e} {ca['accepted']:14.4f} "
-                          f"{cb['accepted']:16.4f} {ca['tuning_passes']:>3d}/"
-                          f"{cb['tuning_passes']:<3d}", flush=True)
+    for key, pf, program, dtype, loops in cases():
+        try:
+            a = _compile(program, dtype, loops, pf.domain, compact=False)
+            b = _compile(program, dtype, loops, pf.domain, compact=True)
+        except Exception as exc:  # noqa: BLE001 - a refusal is a result too
+            print(f"{key:48s} refused: {type(exc).__name__}")
+            continue
+        drift = _drift(a, b)
+        overall = max(overall, drift)
+        ca, cb = (m.layout["monitor"]["calibration"] for m in (a, b))
+        print(f"{key:48s} {drift:18.2e} {ca['accepted']:14.4f} {cb['accepted']:16.4f} "
+              f"{ca['tuning_passes']:>3d}/{cb['tuning_passes']:<3d}", flush=True)
     print(f"largest relative weight change: {overall:.2e}")
     return 0
 
