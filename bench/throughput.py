@@ -2,6 +2,7 @@
 
     python bench/throughput.py              # the table in docs/compiler.md, best of 3 repeats
     python bench/throughput.py --repeats 5
+    python bench/throughput.py --batches 1024 --repeats 9 --root /path/to/old/checkout
 
 For gd_step d=4, sherman_morrison d=4 and ridge d=2 n=4 (each program's DOMAIN and contract
 tolerance, compiled in float64, run in float64 and float32) it times, at batch 1, 1024 and
@@ -27,7 +28,11 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --root CHECKOUT (read before the imports below) times another checkout's raspicl with this
+# script, for a before/after table measured the same way
+_ROOT = (sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv
+         else str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
 from timing import best_of  # noqa: E402 (bench/timing.py)
@@ -48,6 +53,10 @@ DTYPES = (torch.float64, torch.float32)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="repeats per timing (best is kept)")
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
+                    help=f"batch sizes (default {' '.join(map(str, BATCHES))})")
+    ap.add_argument("--root", metavar="CHECKOUT", default=_ROOT,
+                    help="import raspicl and the programs from this checkout (default: this one)")
     args = ap.parse_args()
     head = (f"{'program':16s} {'params':10s} {'dtype':7s} {'batch':>5s} {'interp ms':>10s} "
             f"{'solver ms':>10s} {'dense ms':>10s} {'compact ms':>10s} {'dense/int':>9s} "
@@ -63,7 +72,7 @@ def main() -> int:
             cm = cm64 if dtype == torch.float64 else cm64.to(dtype)
             dense = cm.to()
             dense.compact = False
-            for batch in BATCHES:
+            for batch in args.batches:
                 prompts = random_prompts(batch, program.d, program.n, seed=batch)
                 t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats)
                 t_sol = best_of(lambda p=prompts, f=pf, k=params: f.reference(p, **k),
