@@ -6,7 +6,9 @@
     python bench/compile.py --before /path/to/old/checkout   # each case old, then new
 
 Each case runs in a fresh subprocess, so that its peak resident memory is its own. For each
-case it prints the wall time of `compile_program`, the subprocess's peak RSS (getrusage
+case it prints the wall time of `compile_program` and its CPU time (time.process_time: the
+figure to compare on a loaded machine, where other processes stretch the wall time), the
+subprocess's peak RSS (getrusage
 ru_maxrss: the high-water mark of the whole process, torch and raspicl included), the RSS right
 before compiling (the baseline of importing raspicl and torch and building the program), the
 difference (what compiling added at its peak), and the number of torch and BLAS threads it
@@ -48,7 +50,28 @@ def _rss_kib() -> int:
     return 0
 
 
-def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) -> dict:
+def _floor(cm, program) -> dict:
+    """CPU seconds of what a compile cannot do without, on the finished model and its
+    calibration prompts (the default domain, as run_one compiles): one bare forward pass of
+    the compact plan (`forward_cpu_s`) and one feasibility pass, the forward pass and the
+    monitor's walk (`pass_cpu_s`)."""
+    import time
+
+    from raspicl.compiler.calibrate import calibration_prompts
+    from raspicl.compiler.config import CompilerConfig
+    from raspicl.compiler.feasibility import measure
+
+    prompts, _ = calibration_prompts(program, CompilerConfig(), None)
+    c0 = time.process_time()
+    cm.predict(prompts, check="ignore")
+    c1 = time.process_time()
+    measure(cm.model, cm.layout, prompts, "float64")
+    c2 = time.process_time()
+    return {"forward_cpu_s": c1 - c0, "pass_cpu_s": c2 - c1}
+
+
+def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT,
+            floor: bool = False) -> dict:
     """Compile one case in this process and return its figures (call in a fresh process)."""
     import resource
     import time
@@ -64,19 +87,22 @@ def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT
 
     program = find_program(name).build(**params)
     base = _rss_kib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ContractWarning)
         cm = compile_program(program, loops=loops)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    floor = _floor(cm, program) if floor else {}
     return {"program": name, "params": params, "loops": loops, "seconds": seconds,
+            "cpu_seconds": cpu, **floor,
             "peak_mb": peak / 1024, "base_mb": base / 1024, "added_mb": (peak - base) / 1024,
             "parameters": cm.summary()["params"], "torch_threads": torch.get_num_threads(),
             "env_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
-def spawn(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) -> dict:
+def spawn(name: str, params: dict, loops: str, threads: int, root: Path = ROOT,
+          floor: bool = False) -> dict:
     """run_one in a fresh interpreter (raspicl imported from `root`, programs read from
     root/programs), so that peak RSS is the case's own."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
@@ -84,7 +110,7 @@ def spawn(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) 
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     args = [sys.executable, str(Path(__file__).resolve()), "--child", name,
             *(f"{k}={v}" for k, v in params.items()), "--loops", loops, "--threads",
-            str(threads), "--root", str(root)]
+            str(threads), "--root", str(root), *(["--floor"] if floor else [])]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=False, cwd=root)
     if out.returncode != 0:
         raise RuntimeError(f"{name} {params} {loops}: {out.stderr.strip()[-2000:]}")
@@ -94,12 +120,16 @@ def spawn(name: str, params: dict, loops: str, threads: int, root: Path = ROOT) 
 def _row(r: dict, tag: str = "") -> str:
     size = " ".join(f"{k}={v}" for k, v in r["params"].items())
     return (f"{tag + r['program']:<24} {size:<10} {r['loops']:<6} {r['seconds']:>8.2f} "
+            f"{r.get('cpu_seconds', float('nan')):>7.2f} "
             f"{r['peak_mb']:>9.0f} {r['base_mb']:>8.0f} {r['added_mb']:>9.0f} "
-            f"{r['parameters']:>10} {r['torch_threads']:>3}")
+            f"{r['parameters']:>10} {r['torch_threads']:>3}"
+            + (f" {r['forward_cpu_s']:>8.2f} {r['pass_cpu_s']:>7.2f} "
+               f"{r['cpu_seconds'] / r['pass_cpu_s']:>9.1f}" if "pass_cpu_s" in r else ""))
 
 
-HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'peak_MB':>9} "
-          f"{'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3}")
+HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'cpu_s':>7} "
+          f"{'peak_MB':>9} {'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3}")
+FLOOR_HEADER = f" {'fwd_cpu_s':>8} {'pass_cpu':>7} {'cpu/pass':>9}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=Path, metavar="CHECKOUT",
                     help="also run each case, just before, with raspicl and programs/ from "
                          "this other checkout (rows tagged before:/after:)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time one bare forward pass and one feasibility pass (forward "
+                         "and monitor walk) of the finished model on its calibration prompts")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     params = {k: int(v) for k, v in (s.split("=", 1) for s in a.sets)}
     if a.child:
-        print(json.dumps(run_one(a.program, params, a.loops, a.threads, a.root)))
+        print(json.dumps(run_one(a.program, params, a.loops, a.threads, a.root, a.floor)))
         return 0
     if a.program:
         cases = [(a.program, params, a.loops)]
@@ -130,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads: torch {a.threads}, OMP/OPENBLAS/MKL {a.threads}; peak_MB is the "
           f"process's ru_maxrss, base_MB its RSS before compile_program, added_MB the "
           f"difference")
-    print(HEADER)
+    print(HEADER + (FLOOR_HEADER if a.floor else ""))
     for name, p, loops in cases:
         if a.before is not None:
-            print(_row(spawn(name, p, loops, a.threads, a.before.resolve()), "before:"),
+            print(_row(spawn(name, p, loops, a.threads, a.before.resolve(), a.floor), "before:"),
                   flush=True)
-            print(_row(spawn(name, p, loops, a.threads), "after:"), flush=True)
+            print(_row(spawn(name, p, loops, a.threads, floor=a.floor), "after:"), flush=True)
         else:
-            print(_row(spawn(name, p, loops, a.threads)), flush=True)
+            print(_row(spawn(name, p, loops, a.threads, floor=a.floor)), flush=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python bench/throughput.py              # the table in docs/compiler.md, best of 3 repeats
     python bench/throughput.py --repeats 5
+    python bench/throughput.py --batches 1024 --repeats 9 --root /path/to/old/checkout
 
 For gd_step d=4, sherman_morrison d=4 and ridge d=2 n=4 (each program's DOMAIN and contract
 tolerance, compiled in float64, run in float64 and float32) it times, at batch 1, 1024 and
@@ -12,7 +13,8 @@ tolerance, compiled in float64, run in float64 and float32) it times, at batch 1
 - dense: cm.predict(prompts, check="ignore") on the dense weights (CompiledModel.compact off);
 - compact: the same through the compact execution plan (raspicl.compact), the default;
 
-each the best of --repeats runs after one warm-up (time.perf_counter), and prints the ratios to
+each the best of --repeats runs after one warm-up (time.perf_counter, or with --clock cpu
+time.process_time), and prints the ratios to
 the interpreter, all measured in one run, and the torch thread count the forward passes ran
 under. Quote the ratios, not the times: those depend on the machine and its load.
 """
@@ -25,9 +27,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --root CHECKOUT (read before the imports below) times another checkout's raspicl with this
+# script, for a before/after table measured the same way
+_ROOT = (sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv
+         else str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
 from timing import best_of  # noqa: E402 (bench/timing.py)
@@ -48,7 +55,15 @@ DTYPES = (torch.float64, torch.float32)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="repeats per timing (best is kept)")
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
+                    help=f"batch sizes (default {' '.join(map(str, BATCHES))})")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time.perf_counter (wall) or time.process_time (this process's CPU "
+                         "time: steadier on a loaded machine)")
+    ap.add_argument("--root", metavar="CHECKOUT", default=_ROOT,
+                    help="import raspicl and the programs from this checkout (default: this one)")
     args = ap.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     head = (f"{'program':16s} {'params':10s} {'dtype':7s} {'batch':>5s} {'interp ms':>10s} "
             f"{'solver ms':>10s} {'dense ms':>10s} {'compact ms':>10s} {'dense/int':>9s} "
             f"{'compact/int':>11s} {'compact/solver':>14s}")
@@ -63,20 +78,21 @@ def main() -> int:
             cm = cm64 if dtype == torch.float64 else cm64.to(dtype)
             dense = cm.to()
             dense.compact = False
-            for batch in BATCHES:
+            for batch in args.batches:
                 prompts = random_prompts(batch, program.d, program.n, seed=batch)
-                t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats)
+                t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats, clock)
                 t_sol = best_of(lambda p=prompts, f=pf, k=params: f.reference(p, **k),
-                                args.repeats)
+                                args.repeats, clock)
                 t_dense = best_of(lambda p=prompts, m=dense: m.predict(p, check="ignore"),
-                                  args.repeats)
+                                  args.repeats, clock)
                 t_comp = best_of(lambda p=prompts, m=cm: m.predict(p, check="ignore"),
-                                 args.repeats)
+                                 args.repeats, clock)
                 print(f"{name:16s} {shown:10s} {str(dtype)[6:]:7s} {batch:5d} "
                       f"{1e3 * t_int:10.2f} {1e3 * t_sol:10.2f} {1e3 * t_dense:10.2f} "
                       f"{1e3 * t_comp:10.2f} {t_dense / t_int:9.1f} {t_comp / t_int:11.1f} "
                       f"{t_comp / t_sol:14.1f}", flush=True)
-    print(f"\nbest of {args.repeats} repeats; torch threads per forward pass {threads_for()} "
+    print(f"\nbest of {args.repeats} repeats ({args.clock} clock); torch threads per forward "
+          f"pass {threads_for()} "
           f"(raspicl.model.threads_for); numpy (interp, solver) at OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS')}; quote the ratios, not the times")
     return 0

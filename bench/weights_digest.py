@@ -56,8 +56,9 @@ def digest_model(cm) -> dict:
     return out
 
 
-def digests() -> dict:
-    result = {}
+def cases():
+    """(key, program file, program, dtype, loops) for every bundled program, GRID size,
+    dtype and loop mode (unroll; also share for a program with a loop)."""
     for pf in bundled_programs():
         for params in pf.grid:
             program = pf.build(**params)
@@ -66,16 +67,22 @@ def digests() -> dict:
             for dtype in ("float64", "float32"):
                 for loops in modes:
                     key = f"{pf.name} {json.dumps(params, sort_keys=True)} {dtype} {loops}"
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", ContractWarning)
-                        try:
-                            cm = compile_program(program, CompilerConfig.for_dtype(dtype),
-                                                 loops=loops, domain=pf.domain)
-                        except Exception as exc:  # noqa: BLE001 - a refusal is a result too
-                            result[key] = {"error": f"{type(exc).__name__}: {exc}"}
-                            continue
-                    result[key] = digest_model(cm)
-                    print(key, file=sys.stderr, flush=True)
+                    yield key, pf, program, dtype, loops
+
+
+def digests() -> dict:
+    result = {}
+    for key, pf, program, dtype, loops in cases():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContractWarning)
+            try:
+                cm = compile_program(program, CompilerConfig.for_dtype(dtype),
+                                     loops=loops, domain=pf.domain)
+            except Exception as exc:  # noqa: BLE001 - a refusal is a result too
+                result[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+        result[key] = digest_model(cm)
+        print(key, file=sys.stderr, flush=True)
     return result
 
 

@@ -37,6 +37,15 @@ from raspicl.model import Transformer
 # Scores over at most this many query/key columns are summed as elementwise products, not a
 # batched matrix product (which costs far more per head and token at this width).
 SMALL_SCORE_WIDTH = 4
+# A head's value or output matrix, or an MLP matrix, with at least SPARSE_MIN_ENTRIES entries,
+# at most SPARSE_TERMS nonzeros in any column and at most SPARSE_DENSITY of its entries nonzero
+# is applied column by column as gathered sums (Gathered), not as a dense product: the product
+# gadgets of a large program (sherman_morrison d = 32: 8192 units, each reading 3 of ~2000 rows)
+# are 0.1% nonzero even after the plan drops unused rows, and the dense product costs a
+# thousand times the work.
+SPARSE_MIN_ENTRIES = 2**16
+SPARSE_TERMS = 8
+SPARSE_DENSITY = 0.05
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -62,12 +71,54 @@ class AttnPlan:
     W_k: torch.Tensor
     b_k: torch.Tensor
     v_rows: torch.Tensor
-    W_v: torch.Tensor  # [len(v_rows), n_heads * cv]
+    W_v: torch.Tensor  # [len(v_rows), n_heads * cv]; [0, ...] where sparse_v replaces it
     b_v: torch.Tensor
     W_o: torch.Tensor  # [n_heads * cv, len(out_rows)]
     out_rows: torch.Tensor
     b_o: torch.Tensor
     scale: float  # sqrt(d_head) of the full head, as the dense pass divides by
+    sparse_v: Gathered | None = None  # W_v and W_o gathered (large move heads)
+    sparse_o: Gathered | None = None
+
+
+@dataclass
+class Gathered:
+    """A matrix W [r, c] mostly zero, kept by columns: column j is sum_i coef[i, j] *
+    x[:, idx[i, j]] (m = the most nonzeros of any column; shorter columns are padded with
+    coefficient 0 on row 0, which adds an exact zero)."""
+
+    idx: torch.Tensor  # [m, c] long
+    coef: torch.Tensor  # [m, c]
+
+    @staticmethod
+    def of(W: torch.Tensor) -> Gathered | None:
+        """W's gathered form (its nonzero entries, column by column in row order), or None
+        where a dense product is the cheaper one (W small, some column with more than
+        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY)."""
+        r, c = W.shape
+        if r * c < SPARSE_MIN_ENTRIES:
+            return None
+        nz = W != 0
+        per_col = nz.sum(dim=0)
+        m = int(per_col.max()) if c else 0
+        if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
+            return None
+        m = max(m, 1)
+        cols, rows = torch.nonzero(W.t(), as_tuple=True)  # by column, then row
+        starts = torch.cumsum(per_col, 0) - per_col
+        pos = torch.arange(len(cols), device=W.device) - starts[cols]
+        idx = torch.zeros(m, c, dtype=torch.long, device=W.device)
+        coef = W.new_zeros(m, c)
+        idx[pos, cols] = rows
+        coef[pos, cols] = W[rows, cols]
+        return Gathered(idx, coef)
+
+    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
+        out = b.expand(x.shape[0], -1).clone()
+        for i in range(self.idx.shape[0]):
+            out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
+        return out
 
 
 @dataclass
@@ -76,11 +127,13 @@ class MLPPlan:
     ln_b: torch.Tensor
     eps: float
     in_rows: torch.Tensor
-    W_in: torch.Tensor  # [len(in_rows), units]
+    W_in: torch.Tensor  # [len(in_rows), units]; [0, units] where sparse_in replaces it
     b_in: torch.Tensor
     W_out: torch.Tensor  # [units, len(out_rows)]
     out_rows: torch.Tensor
     b_out: torch.Tensor
+    sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
+    sparse_out: Gathered | None = None  # W_out gathered by written rows
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -118,24 +171,101 @@ def _attn_plan(attn) -> AttnPlan:
     W_o = W_O.new_zeros(H * cv, len(out_rows))
     for i, (h, _, vc) in enumerate(kept):
         W_o[i * cv:i * cv + len(vc)] = W_O[h][vc][:, out_rows]
+    g_v, g_o = _gathered(W_v, W_o)
+    W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]))
+                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:
     mlp, ln = block.mlp, block.ln2
-    units = _idx(_nz(mlp.W_out, (1,)) & (_nz(mlp.W_in, (0,)) | (mlp.b_in != 0)))
-    in_rows = _idx(_nz(mlp.W_in[:, units], (1,)))
-    out_rows = _idx(_nz(mlp.W_out[units], (0,)) | (mlp.b_out != 0))
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, mlp.W_in[in_rows][:, units].clone(),
-                   mlp.b_in[units].clone(), mlp.W_out[units][:, out_rows].clone(), out_rows,
-                   mlp.b_out[out_rows].clone())
+    nz_in, nz_out = mlp.W_in != 0, mlp.W_out != 0  # each computed once: a large model's
+    units = _idx(nz_out.any(dim=1) & (nz_in.any(dim=0) | (mlp.b_in != 0)))  # MLP is big
+    in_rows = _idx(nz_in.index_select(1, units).any(dim=1))
+    out_rows = _idx(nz_out.index_select(0, units).any(dim=0) | (mlp.b_out != 0))
+    W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
+    W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
+    g_in, g_out = _gathered(W_in, W_out)
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), mlp.b_in[units].clone(),
+                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
+
+
+def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
+    return [Gathered.of(W) for W in Ws]
+
+
+def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
+    """W itself, or, where its gathered form replaces it, an empty [0, columns] stand-in (the
+    dense copy of a large sparse matrix would be most of the plan's memory)."""
+    return W if g is None else W.new_zeros(0, W.shape[1])
+
+
+def _entries(W: torch.Tensor, g: Gathered | None) -> int:
+    """The weight entries one token multiplies by W (its gathered terms where it has them)."""
+    return W.numel() if g is None else g.idx.numel()
+
+
+def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+             sparse: Gathered | None) -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
+    if sparse is None:
+        return _affine(x, W, b)
+    B, T, r = x.shape
+    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """x @ W + b over the last dim of x [B, T, r], as one fused 2-D product."""
     B, T, r = x.shape
     return torch.addmm(b, x.reshape(B * T, r), W).view(B, T, -1)
+
+
+def _softmax_scores(p: AttnPlan, resid: torch.Tensor) -> torch.Tensor:
+    """The heads' causal attention weights [B, H, T, T] on `resid` [B, T, D]."""
+    B, T, _ = resid.shape
+    H = p.n_heads
+
+    def heads(rows, W, b):  # [B, H, T, width]
+        return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1).transpose(1, 2)
+
+    q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
+    if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
+        s = q[..., :, None, 0] * k[..., None, :, 0]
+        for c in range(1, q.shape[-1]):
+            s.addcmul_(q[..., :, None, c], k[..., None, :, c])
+    else:
+        s = q @ k.transpose(-1, -2)
+    future = torch.ones(T, T, dtype=torch.bool, device=resid.device).triu(1)
+    s.div_(p.scale).masked_fill_(future, float("-inf"))
+    # softmax written out, in place (torch's kernel is several times slower on a last dim
+    # this short); a weight below the dtype's smallest normal number is set to zero, where the
+    # dense pass has a subnormal: exp is slow there, and the difference is below finfo.tiny
+    # per weight
+    s.sub_(s.amax(dim=-1, keepdim=True))
+    s.masked_fill_(s < math.log(torch.finfo(s.dtype).tiny), float("-inf")).exp_()
+    return s.div_(s.sum(dim=-1, keepdim=True))
+
+
+def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
+                    mlps: list[MLPPlan]) -> list[bool]:
+    """Per block, whether its heads' queries and keys read only rows that hold the same
+    numbers for every prompt: rows no token feeds (a zero column of W_E) and no sublayer
+    writes, so that they hold W_pos exactly. Such a block's attention pattern depends on the
+    position alone (the compiler's moves address tokens by position), and is computed once."""
+    varying = (model.embed.W_E != 0).any(dim=0)
+    for plan in [*attns, *mlps]:
+        varying[plan.out_rows] = True
+    fixed = []
+    for a in attns:
+        rows = torch.cat([a.q_rows, a.k_rows])
+        fixed.append(bool(a.n_heads) and not bool(varying[rows].any()))
+    return fixed
+
+
+def _add_rows(resid: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
+              inplace: bool) -> torch.Tensor:
+    """resid with `out` added at `rows` of its last dim, in place or into a copy."""
+    return resid.index_add_(2, rows, out) if inplace else resid.index_add(2, rows, out)
 
 
 class CompactPlan:
@@ -149,6 +279,9 @@ class CompactPlan:
         self.order = model.cfg.order()
         self.attns = [_attn_plan(b.attn) for b in model.blocks]
         self.mlps = [_mlp_plan(b) for b in model.blocks]
+        self.fixed = _fixed_patterns(model, self.attns, self.mlps)
+        self._W_pos = model.pos_embed.W_pos
+        self._patterns: dict[tuple, torch.Tensor] = {}
         self._key = self.key(model)
 
     @staticmethod
@@ -159,48 +292,60 @@ class CompactPlan:
     def matches(self, model: Transformer) -> bool:
         return self._key == self.key(model)
 
-    def attn(self, run: int, resid: torch.Tensor) -> torch.Tensor:
-        """resid + the attention of block run `run`, as the dense pass computes it."""
-        p = self.attns[self.order[run]]
+    def attn(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the attention of block run `run`, as the dense pass computes it (added
+        into `resid` itself if inplace, else into a copy)."""
+        layer = self.order[run]
+        p = self.attns[layer]
         if not len(p.out_rows):
             return resid
         B, T, _ = resid.shape
         H = p.n_heads
         if H:
-            def heads(rows, W, b):  # [B, H, T, width]
-                return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1) \
-                    .transpose(1, 2)
-
-            q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
-            if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
-                s = q[..., :, None, 0] * k[..., None, :, 0]
-                for c in range(1, q.shape[-1]):
-                    s.addcmul_(q[..., :, None, c], k[..., None, :, c])
+            v = _product(resid.index_select(2, p.v_rows), p.W_v, p.b_v, p.sparse_v)
+            if self.fixed[layer]:
+                # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h as one
+                # 2-D product per head over all prompts' value columns side by side
+                cv = v.shape[-1] // H
+                pat = self._pattern(layer, T, resid.dtype, resid.device)  # [H, T, T]
+                vh = v.view(B, T, H, cv).permute(2, 1, 0, 3).reshape(H, T, B * cv)
+                z = torch.bmm(pat, vh).view(H, T, B, cv).permute(2, 1, 0, 3).reshape(B, T, -1)
             else:
-                s = q @ k.transpose(-1, -2)
-            future = torch.ones(T, T, dtype=torch.bool, device=resid.device).triu(1)
-            s.div_(p.scale).masked_fill_(future, float("-inf"))
-            # softmax written out, in place (torch's kernel is several times slower on a last
-            # dim this short); a weight below the dtype's smallest normal number is set to
-            # zero, where the dense pass has a subnormal: exp is slow there, and the
-            # difference is below finfo.tiny per weight
-            s.sub_(s.amax(dim=-1, keepdim=True))
-            s.masked_fill_(s < math.log(torch.finfo(s.dtype).tiny), float("-inf")).exp_()
-            s.div_(s.sum(dim=-1, keepdim=True))
-            z = s @ heads(p.v_rows, p.W_v, p.b_v)  # [B, H, T, cv]
-            out = _affine(z.transpose(1, 2).reshape(B, T, -1), p.W_o, p.b_o)
+                z = (_softmax_scores(p, resid) @ v.view(B, T, H, -1).transpose(1, 2)) \
+                    .transpose(1, 2).reshape(B, T, -1)  # [B, T, H * cv]
+            out = _product(z, p.W_o, p.b_o, p.sparse_o)
         else:
             out = p.b_o.expand(B, T, -1)
-        return resid.index_add(2, p.out_rows, out)
+        return _add_rows(resid, p.out_rows, out, inplace)
 
-    def mlp(self, run: int, resid: torch.Tensor) -> torch.Tensor:
-        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it."""
+    def _pattern(self, layer: int, T: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+        """Block `layer`'s attention pattern [H, T, T] on the positional rows alone (the same
+        for every prompt: see `fixed`), computed once per length, dtype and device."""
+        key = (layer, T, dtype, device)
+        if key not in self._patterns:
+            base = self._W_pos[:T].to(dtype=dtype, device=device)[None]
+            self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
+        return self._patterns[key]
+
+    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
+        (added into `resid` itself if inplace, else into a copy)."""
         p = self.mlps[self.order[run]]
         if not len(p.out_rows):
             return resid
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        h = F.gelu(_affine(x.index_select(2, p.in_rows), p.W_in, p.b_in))
-        return resid.index_add(2, p.out_rows, _affine(h, p.W_out, p.b_out))
+        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
+                         inplace)
+
+    def last(self, resid: torch.Tensor) -> torch.Tensor:
+        """The residual after the last sublayer, from the embedded one, every sublayer added in
+        place (for a caller who reads the final residual only: no copy per sublayer)."""
+        resid = resid.clone()
+        for run in range(len(self.order)):
+            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+        return resid
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every
@@ -210,6 +355,7 @@ class CompactPlan:
         for layer in self.order:
             a, m = self.attns[layer], self.mlps[layer]
             dense += cfg.n_heads * cfg.d_head * cfg.d_model * 4 + 2 * cfg.d_model * cfg.d_mlp
-            compact += a.W_q.numel() + a.W_k.numel() + a.W_v.numel() + a.W_o.numel()
-            compact += m.W_in.numel() + m.W_out.numel()
+            compact += a.W_q.numel() + a.W_k.numel() + _entries(a.W_v, a.sparse_v) \
+                + _entries(a.W_o, a.sparse_o)
+            compact += _entries(m.W_in, m.sparse_in) + _entries(m.W_out, m.sparse_out)
         return {"dense": float(dense), "compact": float(compact)}

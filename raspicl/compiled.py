@@ -24,7 +24,7 @@ import torch
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
-from raspicl.model import Transformer, check_dtype
+from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
 
@@ -115,6 +115,11 @@ class CompiledModel:
         """The residuals `residuals` returns, yielded one at a time as float64 numpy (no
         monitor, no checks beyond the prompt's shape). compact: None for the model's own
         setting; prompts with a non-finite token always run the dense pass."""
+        for r in self._torch_stream(prompts, threads, compact):
+            yield _as_numpy(r)
+
+    def _torch_stream(self, prompts, threads: int | None = None, compact: bool | None = None):
+        """`stream`'s residuals as the model's own tensors (its dtype and device)."""
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         tok = self.tokens(arr)
         use = (self.compact if compact is None else compact) \
@@ -122,8 +127,25 @@ class CompiledModel:
         plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
         n = threads if threads is not None else self.threads
         with torch.no_grad():
-            for r in self.model.stream(tok, plan=plan, threads=n):
-                yield r.detach().cpu().double().numpy()
+            yield from self.model.stream(tok, plan=plan, threads=n)
+
+    def _last_residual(self, arr: np.ndarray, threads: int | None) -> torch.Tensor:
+        """The residual after the last sublayer alone (no monitor reads the others): the
+        compact plan adds every sublayer in place, where `stream` copies each residual."""
+        if not (self.compact and bool(np.isfinite(arr).all())):
+            last = None
+            for last in self._torch_stream(arr, threads=threads):  # noqa: B007
+                pass
+            return last
+        tok = self.tokens(arr)
+        plan = self.plan()
+        n = threads if threads is not None else self.threads
+        with torch.no_grad():
+            embedded = next(self.model.stream(tok, threads=n))
+            if tok.device.type != "cpu":
+                return plan.last(embedded)
+            with torch_threads(threads_for(n)):
+                return plan.last(embedded)
 
     def plan(self) -> CompactPlan:
         """The compact execution plan of the current weights (built once, rebuilt if a
@@ -165,8 +187,11 @@ class CompiledModel:
         # the shape is checked even under 'ignore'; NaN and infinity are findings
         found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
         monitor = None if check == "ignore" else ContractStream(self.layout, self.dtype_name)
+        if monitor is None and not keep_all:
+            return [_as_numpy(self._last_residual(arr, threads))], None, []
         res: list[np.ndarray] = []
-        for r in self.stream(arr, threads=threads):
+        for r in self._torch_stream(arr, threads=threads):
+            r = _as_numpy(r)
             if monitor is not None:
                 monitor.feed(r)
             if keep_all or not res:
@@ -242,6 +267,11 @@ class CompiledModel:
 
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
         return CompiledModel(model, self.layout, self.threads, self.compact)
+
+
+def _as_numpy(r: torch.Tensor) -> np.ndarray:
+    """A residual as float64 numpy on the CPU (a view where it already is one)."""
+    return r.detach().cpu().double().numpy()
 
 
 def _report(findings: list[Finding], batch: int, check: str, stacklevel: int) -> None:

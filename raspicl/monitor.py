@@ -413,8 +413,7 @@ class _StreamResiduals:
         if r.shape[0] != self.B or r.shape[2] != self.d_model:
             raise ValueError(f"residual {i} has shape {tuple(r.shape)}; the first had batch "
                              f"{self.B} and the model's d_model is {self.d_model}")
-        self.biggest = np.maximum(self.biggest, np.nan_to_num(np.abs(r[..., self._rows]),
-                                                              nan=np.inf).max(axis=(1, 2)))
+        self.biggest = np.maximum(self.biggest, _largest(r[..., self._rows]))
         mon = self.layout["monitor"]["values"]
         for label in self._values_at.get(i, ()):
             self._values[label] = r[:, :, mon[label]["rows"]]
@@ -445,6 +444,15 @@ class _StreamResiduals:
 
     def release(self, label: str) -> None:
         self._values.pop(label, None)
+
+
+def _largest(a: np.ndarray) -> np.ndarray:
+    """Per prompt, max |a| over tokens and rows as np.nan_to_num(|a|, nan=inf).max would give
+    it (inf where a NaN is, the largest float where an infinity is), without the elementwise
+    copies: max propagates a NaN, and only the maxima are mapped."""
+    m = np.abs(a).max(axis=(1, 2), initial=0.0) if a.size else np.zeros(a.shape[0])
+    m = np.where(m == np.inf, np.finfo(np.float64).max, m)
+    return np.where(np.isnan(m), np.inf, m)
 
 
 def _last_use(layout: dict) -> dict[str, int]:
