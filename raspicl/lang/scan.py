@@ -1,0 +1,231 @@
+"""The scan construct: an online learner written as its update, one example at a time.
+
+    s = p.scan(init={"w": w0},
+               step=lambda s, x, y: {"w": s.w - 2 * lr * x * (x @ s.w - y)},
+               predict=lambda s, x: s.w @ x)
+    p.output(s.prediction, roles=("x", "query"))
+
+The state after example i is step(state after example i - 1, x_i, y_i), from `init`; the
+prediction at x token i uses the state after examples 1..i-1 (init at x_1), at the query the
+state after all n. What is generated (the plumbing every online learner repeated by hand):
+
+- x_i moved to y token i (`<name>_x`, from Offset(1)); y token i holds the state after
+  example i. The chain over the y tokens is a loop: y token i's step reads the state of y token
+  i - 1 at Offset(2), and after k iterations the state is exact at y tokens 1..k.
+- Iteration 1 is peeled: its state before is `init` at every token (a var's initial value), so
+  it needs no read. Iterations 2..n are a `p.loop(n - 1)` (the compiler may share their
+  blocks): the state before is select(tokens 0, 1 -> init, else the state of the y token before).
+- The new state is carried in *unfinished* form: its product terms are bound to registers, its
+  linear part is not, and the next iteration applies that linear part inside the attention read
+  that fetches it from the y token before (a linear map of what a head reads). This is the
+  hand-fused form of programs/sgd.py and ridge.py, generated.
+- The state before x token i is select(token 0 -> init, else the new state read at Offset(1)).
+
+The step and predict functions receive expressions (raspicl.lang.expr) and return expressions
+(a dict for a dict `init`, else one); their intermediates are vars reused by every iteration
+(`p.let("name", e)` inside the step names one; it is created once). Each op records the line
+of the step that made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raspicl.errors import ProgramError
+from raspicl.lang.expr import Expr, as_expr, bind_temp
+from raspicl.lang.reads import Here, Offset, Read
+from raspicl.lang.registers import Register, Shape, shape_name
+from raspicl.lang.source import SourceLocation
+
+
+class State(Mapping):
+    """The state of a scan: expressions by name, as s["w"] or s.w."""
+
+    def __init__(self, values: dict[str, Expr]):
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Expr:
+        return self._values[key]
+
+    def __getattr__(self, key: str) -> Expr:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"the scan's state has no entry {key!r}; it has "
+                                 f"{', '.join(self._values)}") from None
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@dataclass
+class TempScope:
+    """The registers a scan's step writes: one var per (phase, position), made on first use
+    and reused by every later iteration, so every iteration writes the same ops."""
+
+    name: str
+    phase: str = "step"
+    position: int = 0
+    vars: dict[tuple[str, int], Register] = field(default_factory=dict)
+    named: dict[str, Register] = field(default_factory=dict)
+
+    def start(self, phase: str) -> None:
+        self.phase, self.position = phase, 0
+
+    def next(self, prog, hint: str, shape: Shape) -> Register:
+        key = (self.phase, self.position)
+        self.position += 1
+        if key not in self.vars:
+            self.vars[key] = prog.var(_fresh(prog, f"{self.name}_{hint}{len(self.vars)}"),
+                                      shape)
+        return self._check(self.vars[key], shape)
+
+    def var(self, prog, name: str, shape: Shape) -> Register:
+        """The var behind p.let("name", e) inside the step."""
+        if name not in self.named:
+            self.named[name] = prog.var(_fresh(prog, name), shape)
+        return self._check(self.named[name], shape)
+
+    def _check(self, reg: Register, shape: Shape) -> Register:
+        if reg.shape != shape:
+            raise ProgramError(f"scan '{self.name}': its step wrote '{reg.name}' as "
+                               f"{shape_name(reg.shape)} and now as {shape_name(shape)}; every "
+                               f"example must run the same step")
+        return reg
+
+
+@dataclass
+class Scan:
+    """What p.scan() made: the state before each x token (expressions), the prediction
+    register (None without predict) and x_i at y token i."""
+
+    before: State
+    prediction: Register | None
+    x: Register
+    state: dict[str, Register]
+
+
+def _fresh(prog, name: str) -> str:
+    if name not in prog.registers:
+        return name
+    k = 1
+    while f"{name}_{k}" in prog.registers:
+        k += 1
+    return f"{name}_{k}"
+
+
+def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
+             source: SourceLocation, prediction: str = "pred") -> Scan:
+    """Lower a scan to ordinary ops (see the module docstring)."""
+    where = f"scan '{name}' at {source}"
+    if p._loop is not None or p.temp_scope is not None:
+        raise ProgramError(f"{where}: a scan cannot run inside a loop or another scan")
+    single = not isinstance(init, Mapping)
+    inits = {"state": init} if single else dict(init)
+    if not inits:
+        raise ProgramError(f"{where}: init has no state")
+    values = {}
+    for k, v in inits.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ProgramError(f"{where}: state name {k!r} is not a Python identifier")
+        arr = np.asarray(v)
+        if arr.dtype == np.dtype(object):
+            raise ProgramError(f"{where}: init '{k}' must be numbers (a scan's start value is "
+                               f"part of the weights)")
+        values[k] = arr.astype(np.float64)
+    x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
+    x_e, y_e = as_expr(x_prev, p), as_expr(p.y, p)
+    start = {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
+    state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
+    shapes = {k: v.shape for k, v in values.items()}
+    scope = TempScope(name)
+
+    def run_step() -> dict[str, Expr]:
+        scope.start("step")
+        p.temp_scope = scope
+        try:
+            s = {k: as_expr(r, p) for k, r in state.items()}
+            out = step(s["state"] if single else State(s), x_e, y_e)
+            new = _as_state(p, out, single, shapes, where)
+            scope.start("carry")
+            return {k: _carry(e) for k, e in new.items()}
+        finally:
+            p.temp_scope = None
+
+    carried = run_step() if p.n >= 1 else None
+    if p.n >= 2:
+        for _ in p.loop(p.n - 1):
+            scope.start("shift")
+            p.temp_scope = scope
+            try:
+                prev = {k: _bound(carried[k].at(Offset(2))) for k in state}
+            finally:
+                p.temp_scope = None
+            for k, reg in state.items():
+                p.select(reg, [0, 1], start[k], prev[k],
+                         note=f"{k} after the example before (start value before the prompt)")
+            carried = run_step()
+    before = {}
+    for k in state:
+        if carried is None:
+            before[k] = as_expr(start[k], p)
+            continue
+        shifted = carried[k].at(Offset(1))
+        read = shifted.single_read()
+        src = read if read is not None else bind_temp(shifted, f"{k}_read")
+        reg = p.select(_fresh(p, f"{name}_{k}_before"), [0], start[k], src,
+                       note=f"{k} before x token i (start value at x_1, final at the query)")
+        before[k] = as_expr(reg, p)
+    pred = None
+    if predict is not None:
+        s = before["state"] if single else State(before)
+        pred = p.let(_fresh(p, prediction), as_expr(predict(s, as_expr(p.x, p)), p),
+                     note="prediction at x token i and the query")
+    return Scan(State(before), pred, x_prev, state)
+
+
+def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dict[str, Expr]:
+    if single:
+        out = {"state": out}
+    if not isinstance(out, Mapping):
+        raise ProgramError(f"{where}: the step must return a dict of the state's entries "
+                           f"({', '.join(shapes)}), got {type(out).__name__}")
+    if set(out) != set(shapes):
+        raise ProgramError(f"{where}: the step returns {sorted(out)} but the state is "
+                           f"{sorted(shapes)}")
+    new = {}
+    for k, v in out.items():
+        e = as_expr(v, p)
+        if e is NotImplemented:
+            raise ProgramError(f"{where}: the step's '{k}' is {type(v).__name__}, not an "
+                               f"expression")
+        if e.shape != tuple(shapes[k]):
+            raise ProgramError(f"{where}: the step's '{k}' is {shape_name(e.shape)} but its "
+                               f"start value is {shape_name(tuple(shapes[k]))}")
+        new[k] = e
+    return new
+
+
+def _carry(e: Expr) -> Expr:
+    """e with its product terms bound to a register and its linear part kept, so the next
+    read can apply the linear part. Reads that cannot be shifted bind the whole of e."""
+    if any(not isinstance(r.at, Here | Offset) for r in e.lin):
+        return as_expr(bind_temp(e, "s"), e.program)
+    if not e.prod:
+        return e
+    prod = Expr(e.program, e.shape, {}, dict(e.prod), np.zeros(e.width), dict(e.versions),
+                e.source)
+    linear = Expr(e.program, e.shape, dict(e.lin), {}, e.bias, dict(e.versions), e.source)
+    return linear + as_expr(bind_temp(prod, "p"), e.program)
+
+
+def _bound(e: Expr) -> Read:
+    """A read of e: e itself when it is one register read, else a register bound to it."""
+    read = e.single_read()
+    return read if read is not None else Read(bind_temp(e, "prev"), Here())
