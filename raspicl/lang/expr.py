@@ -281,6 +281,13 @@ class Expr:
                            else 1.0 / float(other.bias[0]))
         return divide(self, other)
 
+    def __rtruediv__(self, other) -> Expr:
+        """c / s for numbers c (an array or a number) over a scalar expression s."""
+        other = as_expr(other, self.program, "/")
+        if other is NotImplemented:
+            return NotImplemented
+        return other / self
+
 
 # ---------------------------------------------------------------------- building blocks
 
@@ -507,8 +514,40 @@ def divide(a: Expr, s: Expr) -> Expr:
 def bind_temp(e: Expr, hint: str) -> Register:
     """Bind e to a fresh register (a var reused by position inside a scan) and return it."""
     prog = e.program
-    dst = prog.temp(hint, e.shape)
-    return emit(prog, dst, e, note="")
+    cached = e.__dict__.get("_bound")
+    if cached is not None and prog.writes(cached[0]) == cached[1]:
+        return cached[0]  # the same expression used twice: bound once
+    scope = prog.temp_scope
+    if scope is not None and scope.invariant(e):
+        dst = _hoist(prog, scope, e, hint)
+    else:
+        dst = emit(prog, prog.temp(hint, e.shape), e, note="")
+    e.__dict__["_bound"] = (dst, prog.writes(dst))
+    return dst
+
+
+def _key(e: Expr) -> tuple:
+    """What makes two expressions the same: shape, reads and coefficients."""
+    def arr(a: np.ndarray) -> tuple:
+        return (a.shape, tuple(a.reshape(-1).tolist()))
+
+    return (e.shape, arr(e.bias), tuple((r, arr(L)) for r, L in e.lin.items()),
+            tuple((k, arr(P)) for k, P in e.prod.items()))
+
+
+def _hoist(prog, scope, e: Expr, hint: str) -> Register:
+    """A loop-invariant intermediate of a scan's step, bound once before the scan's loop."""
+    key = _key(e)
+    if key not in scope.hoisted:
+        at = scope.hoist_at
+        mark = len(prog.ops)
+        dst = emit(prog, prog.temp_outside(hint, e.shape), e, note="loop-invariant")
+        op = prog.ops.pop(mark)
+        prog._writes[dst.name].pop()
+        prog._insert(op, at)
+        scope.hoist_at += 1
+        scope.hoisted[key] = dst
+    return scope.hoisted[key]
 
 
 def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:

@@ -57,6 +57,9 @@ class Arithmetic:
     def __truediv__(self, other):
         return self._expr() / other
 
+    def __rtruediv__(self, other):
+        return other / self._expr()
+
     def __neg__(self):
         return -self._expr()
 

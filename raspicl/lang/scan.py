@@ -12,9 +12,11 @@ state after all n. What is generated (the plumbing every online learner repeated
 - x_i moved to y token i (`<name>_x`, from Offset(1)); y token i holds the state after
   example i. The chain over the y tokens is a loop: y token i's step reads the state of y token
   i - 1 at Offset(2), and after k iterations the state is exact at y tokens 1..k.
-- Iteration 1 is peeled: its state before is `init` at every token (a var's initial value), so
-  it needs no read. Iterations 2..n are a `p.loop(n - 1)` (the compiler may share their
-  blocks): the state before is select(tokens 0, 1 -> init, else the state of the y token before).
+- The chain is a `p.loop(n)` (the compiler may share its blocks): each iteration reads the
+  state of the y token before (Offset(2)), puts the start value at tokens 0 and 1 (a select),
+  and runs the step. With `peel=True` the first step runs before the loop from the start
+  value at every token (a var's initial value) and the loop has n - 1 iterations: one read
+  and gate fewer when compiled unrolled, one step more to store when the loop is shared.
 - The new state is carried in *unfinished* form: its product terms are bound to registers, its
   linear part is not, and the next iteration applies that linear part inside the attention read
   that fetches it from the y token before (a linear map of what a head reads). This is the
@@ -23,8 +25,9 @@ state after all n. What is generated (the plumbing every online learner repeated
 
 The step and predict functions receive expressions (raspicl.lang.expr) and return expressions
 (a dict for a dict `init`, else one); their intermediates are vars reused by every iteration
-(`p.let("name", e)` inside the step names one; it is created once). Each op records the line
-of the step that made it.
+(`p.let("name", e)` inside the step names one; it is created once). A product of x_i and y_i
+alone (it reads nothing the scan writes) is computed once, before the loop. Each op records the
+line of the step that made it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ class TempScope:
     name: str
     phase: str = "step"
     position: int = 0
+    iteration: int = -1
+    # loop-invariant intermediates (a scan's x_i y_i): bound once, before the loop, at
+    # hoist_at; `written` are the registers the scan writes (state, intermediates)
+    hoist_at: int | None = None
+    written: set[str] = field(default_factory=set)
+    hoisted: dict[tuple, Register] = field(default_factory=dict)
+    zero_init: bool = False  # registers made now start at 0 (the dry run, see _dry_run)
     vars: dict[tuple[str, int], Register] = field(default_factory=dict)
     named: dict[str, Register] = field(default_factory=dict)
 
@@ -82,14 +92,22 @@ class TempScope:
         key = (self.phase, self.position)
         self.position += 1
         if key not in self.vars:
+            init = np.zeros(shape) if self.zero_init else None
             self.vars[key] = prog.var(_fresh(prog, f"{self.name}_{hint}{len(self.vars)}"),
-                                      shape)
+                                      shape, init=init)
+            self.written.add(self.vars[key].name)
         return self._check(self.vars[key], shape)
+
+    def invariant(self, e: Expr) -> bool:
+        """e reads nothing the scan writes (only x_i, y_i and what was there before)."""
+        return self.hoist_at is not None and not (e.registers() & self.written)
 
     def var(self, prog, name: str, shape: Shape) -> Register:
         """The var behind p.let("name", e) inside the step."""
         if name not in self.named:
-            self.named[name] = prog.var(_fresh(prog, name), shape)
+            init = np.zeros(shape) if self.zero_init else None
+            self.named[name] = prog.var(_fresh(prog, name), shape, init=init)
+            self.written.add(self.named[name].name)
         return self._check(self.named[name], shape)
 
     def _check(self, reg: Register, shape: Shape) -> Register:
@@ -121,7 +139,7 @@ def _fresh(prog, name: str) -> str:
 
 
 def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
-             source: SourceLocation, prediction: str = "pred") -> Scan:
+             source: SourceLocation, prediction: str = "pred", peel: bool = False) -> Scan:
     """Lower a scan to ordinary ops (see the module docstring)."""
     where = f"scan '{name}' at {source}"
     if p._loop is not None or p.temp_scope is not None:
@@ -144,7 +162,7 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
     start = {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
     state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
     shapes = {k: v.shape for k, v in values.items()}
-    scope = TempScope(name)
+    scope = TempScope(name, hoist_at=len(p.ops), written={r.name for r in state.values()})
 
     def run_step() -> dict[str, Expr]:
         scope.start("step")
@@ -158,9 +176,14 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
         finally:
             p.temp_scope = None
 
-    carried = run_step() if p.n >= 1 else None
-    if p.n >= 2:
-        for _ in p.loop(p.n - 1):
+    carried = None
+    if p.n >= 1 and peel:
+        carried = run_step()
+    elif p.n >= 1:
+        carried = _dry_run(p, scope, run_step)
+    loops = p.n - 1 if peel else p.n
+    if loops >= 1:
+        for _ in p.loop(loops):
             scope.start("shift")
             p.temp_scope = scope
             try:
@@ -188,6 +211,29 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
         pred = p.let(_fresh(p, prediction), as_expr(predict(s, as_expr(p.x, p)), p),
                      note="prediction at x token i and the query")
     return Scan(State(before), pred, x_prev, state)
+
+
+def _dry_run(p, scope: TempScope, run_step: Callable) -> dict[str, Expr]:
+    """Run the step once to learn the form of the carried state, then take back its ops
+    (not the loop-invariant ones it hoisted): the first loop iteration must read that form
+    at Offset(2) before its own step writes it. The step's registers stay, with initial
+    value 0, so that first read is defined (its value is replaced by the start value at
+    tokens 0 and 1, and is not used elsewhere before it is overwritten)."""
+    mark, hoisted = len(p.ops), len(scope.hoisted)
+    scope.zero_init = True
+    try:
+        carried = run_step()
+    finally:
+        scope.zero_init = False
+    keep = mark + len(scope.hoisted) - hoisted
+    for op in p.ops[keep:]:
+        p._writes[op.dst.name].remove(op)
+        if not p._writes[op.dst.name]:
+            del p._writes[op.dst.name]
+    del p.ops[keep:]
+    for e in carried.values():
+        e.versions = {name: p.writes(p.registers[name]) for name in e.versions}
+    return carried
 
 
 def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dict[str, Expr]:
