@@ -45,17 +45,26 @@ from raspicl.lang.source import SourceLocation
 
 
 class State(Mapping):
-    """The state of a scan: expressions by name, as s["w"] or s.w."""
+    """The state of a scan: expressions by name, as s["w"] or s.w.
 
-    def __init__(self, values: dict[str, Expr]):
+    `make`, if given, builds an entry on first use (the state before each x token: an entry
+    that nothing reads costs no op)."""
+
+    def __init__(self, values: dict[str, Expr | None], make: Callable | None = None):
         self._values = dict(values)
+        self._make = make
 
     def __getitem__(self, key: str) -> Expr:
-        return self._values[key]
+        value = self._values[key]
+        if value is None:
+            value = self._values[key] = self._make(key)
+        return value
 
     def __getattr__(self, key: str) -> Expr:
+        if key.startswith("_"):
+            raise AttributeError(key)
         try:
-            return self._values[key]
+            return self[key]
         except KeyError:
             raise AttributeError(f"the scan's state has no entry {key!r}; it has "
                                  f"{', '.join(self._values)}") from None
@@ -194,23 +203,23 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
                 p.select(reg, [0, 1], start[k], prev[k],
                          note=f"{k} after the example before (start value before the prompt)")
             carried = run_step()
-    before = {}
-    for k in state:
+    def make_before(k: str) -> Expr:
         if carried is None:
-            before[k] = as_expr(start[k], p)
-            continue
+            return as_expr(start[k], p)
         shifted = carried[k].at(Offset(1))
         read = shifted.single_read()
         src = read if read is not None else bind_temp(shifted, f"{k}_read")
         reg = p.select(_fresh(p, f"{name}_{k}_before"), [0], start[k], src,
                        note=f"{k} before x token i (start value at x_1, final at the query)")
-        before[k] = as_expr(reg, p)
+        return as_expr(reg, p)
+
+    before = State({k: None for k in state}, make_before)
     pred = None
     if predict is not None:
-        s = before["state"] if single else State(before)
+        s = before["state"] if single else before
         pred = p.let(_fresh(p, prediction), as_expr(predict(s, as_expr(p.x, p)), p),
                      note="prediction at x token i and the query")
-    return Scan(State(before), pred, x_prev, state)
+    return Scan(before, pred, x_prev, state)
 
 
 def _dry_run(p, scope: TempScope, run_step: Callable) -> dict[str, Expr]:
