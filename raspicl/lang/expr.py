@@ -33,7 +33,7 @@ import numpy as np
 
 from raspicl.errors import ProgramError
 from raspicl.lang.ops import Op, fail, is_symbolic_value, linear_terms, product_terms
-from raspicl.lang.reads import At, Here, Mean, Offset, Read
+from raspicl.lang.reads import Here, Offset, Read
 from raspicl.lang.registers import Register, Shape, shape_name
 from raspicl.lang.source import SourceLocation, caller_location
 
@@ -182,7 +182,7 @@ class Expr:
         if not isinstance(where, Offset) or not isinstance(where.k, int | np.integer) \
                 or where.k < 0:
             raise self._fail(f"an expression can be read at Here() or Offset(k >= 0), not "
-                             f"{where!r}; bind it to a register with p.let() first")
+                             f"{where!r}; bind it to a register with p.let() first", "at")
 
         def shift(read: Read) -> Read:
             if isinstance(read.at, Here):
@@ -190,7 +190,7 @@ class Expr:
             if isinstance(read.at, Offset):
                 return Read(read.register, Offset(int(read.at.k + where.k)))
             raise self._fail(f"it reads '{read.register.name}' at {read.at.describe()}, which "
-                             f"cannot be shifted by {where.k} tokens; bind it with p.let()")
+                             f"cannot be shifted by {where.k} tokens; bind it with p.let()", "at")
 
         lin: dict[Read, np.ndarray] = {}
         for r, L in self.lin.items():
@@ -201,8 +201,8 @@ class Expr:
         return Expr(self.program, self.shape, lin, prod, self.bias.copy(), dict(self.versions),
                     caller_location())
 
-    def _fail(self, message: str) -> ProgramError:
-        return ProgramError(f"expression at {caller_location()}: {message}")
+    def _fail(self, message: str, op: str = "[]") -> ProgramError:
+        return op_error(op, (self,), message)
 
     # ------------------------------------------------------------------ arithmetic
 
@@ -292,6 +292,22 @@ class Expr:
 # ---------------------------------------------------------------------- building blocks
 
 
+def _named(e: Expr) -> str:
+    """'x' (vector(2)) or 'an expression of x, w' (vector(2)), for error messages."""
+    read = e.single_read()
+    if read is not None:
+        return f"'{read.register.name}' ({shape_name(e.shape)})"
+    regs = sorted(e.registers())
+    what = f"an expression of {', '.join(regs)}" if regs else "a constant"
+    return f"{what} ({shape_name(e.shape)})"
+
+
+def op_error(op: str, operands: tuple[Expr, ...], message: str) -> ProgramError:
+    """A ProgramError naming the operator, its operands' registers and the source line."""
+    names = " and ".join(_named(e) for e in operands)
+    return ProgramError(f"op '{op}' on {names} at {caller_location()}: {message}")
+
+
 def _is_number(v) -> bool:
     if isinstance(v, bool):
         return False
@@ -370,23 +386,19 @@ def _broadcast(a: Expr, b: Expr, op: str) -> tuple[Expr, Expr]:
         return a._map(np.ones((b.width, 1)), b.shape), b
     if b.shape == ():
         return a, b._map(np.ones((a.width, 1)), a.shape)
-    raise ProgramError(f"expression at {caller_location()}: '{op}' combines "
-                       f"{shape_name(a.shape)} and {shape_name(b.shape)}; shapes must be equal "
-                       f"or one a scalar (use @ for a matrix product)")
+    raise op_error(op, (a, b), "shapes must be equal or one a scalar (use @ for a matrix "
+                               "product)")
 
 
 def matmul(a: Expr, b: Expr) -> Expr:
     """a @ b as numpy: vector @ vector (a scalar), matrix @ vector, vector @ matrix, matrix @
     matrix; a scalar operand is refused (use *)."""
     if a.shape == () or b.shape == ():
-        raise ProgramError(f"expression at {caller_location()}: '@' needs vectors or matrices, "
-                           f"got {shape_name(a.shape)} @ {shape_name(b.shape)}; use * for a "
-                           f"scalar")
+        raise op_error("@", (a, b), "'@' needs vectors or matrices; use * for a scalar")
     p, q = (1, a.shape[0]) if len(a.shape) == 1 else a.shape
     q2, r = (b.shape[0], 1) if len(b.shape) == 1 else b.shape
     if q != q2:
-        raise ProgramError(f"expression at {caller_location()}: '@' of {shape_name(a.shape)} "
-                           f"and {shape_name(b.shape)}: inner dimensions differ ({q} and {q2})")
+        raise op_error("@", (a, b), f"inner dimensions differ ({q} and {q2})")
     out = [] if len(a.shape) == 1 else [p]
     out += [] if len(b.shape) == 1 else [r]
     K = np.zeros((p * r, p * q, q * r))
@@ -402,8 +414,7 @@ def outer(a, b) -> Expr:
     prog = _program_of_operands(a, b)
     a, b = as_expr(a, prog), as_expr(b, prog)
     if len(a.shape) != 1 or len(b.shape) != 1:
-        raise ProgramError(f"expression at {caller_location()}: outer needs two vectors, got "
-                           f"{shape_name(a.shape)} and {shape_name(b.shape)}")
+        raise op_error("outer", (a, b), "outer needs two vectors")
     p, r = a.width, b.width
     K = np.zeros((p * r, p, r))
     for i in range(p):
@@ -499,30 +510,49 @@ def _expand(a: Expr, b: Expr, K: np.ndarray, shape: Shape) -> Expr:
 def divide(a: Expr, s: Expr) -> Expr:
     """a / |s| as a div op: a and s bound to registers at the current token."""
     if s.shape != ():
-        raise ProgramError(f"expression at {caller_location()}: '/' divides by a scalar, got "
-                           f"{shape_name(s.shape)}")
+        raise op_error("/", (a, s), "'/' divides by a scalar register or expression")
     prog = a.program
-    ra = a.single_read()
-    num = ra.register if ra is not None and isinstance(ra.at, Here) else bind_temp(a, "num")
-    rs = s.single_read()
-    den = rs.register if rs is not None and isinstance(rs.at, Here) else bind_temp(s, "den")
+    num, den = _here_register(a, "num"), _here_register(s, "den")
     dst = prog.temp("q", a.shape)
     prog.div(dst, num, den, note=f"{num.name} / |{den.name}|")
     return as_expr(dst, prog)
+
+
+def _here_register(e: Expr, hint: str) -> Register:
+    """The register e reads, if e is one register read here (as it was when e read it), else
+    a register bound to e."""
+    read = e.single_read()
+    if read is not None and isinstance(read.at, Here):
+        reg = read.register
+        if e.program.writes(reg) == e.versions.get(reg.name, e.program.writes(reg)):
+            return reg
+    return bind_temp(e, hint)
+
+
+def formula(e: Expr) -> str:
+    """A short description of what e combines ('sgd_x*sgd_w + y'), for op notes."""
+    def name(r: Read) -> str:
+        at = "" if isinstance(r.at, Here) else f"@{r.at.describe()}"
+        return r.register.name + at
+
+    terms = [name(r) for r in e.lin] + [f"{name(a)}*{name(b)}" for a, b in e.prod]
+    if np.any(e.bias != 0):
+        terms.append("const")
+    return " + ".join(terms) or "const"
 
 
 def bind_temp(e: Expr, hint: str) -> Register:
     """Bind e to a fresh register (a var reused by position inside a scan) and return it."""
     prog = e.program
     cached = e.__dict__.get("_bound")
-    if cached is not None and prog.writes(cached[0]) == cached[1]:
-        return cached[0]  # the same expression used twice: bound once
+    if cached is not None and prog.writes(cached[0]) == cached[1] and cached[2] == prog._loop:
+        return cached[0]  # the same expression used twice (in one loop iteration): bound once
     scope = prog.temp_scope
     if scope is not None and scope.invariant(e):
         dst = _hoist(prog, scope, e, hint)
     else:
-        dst = emit(prog, prog.temp(hint, e.shape), e, note="")
-    e.__dict__["_bound"] = (dst, prog.writes(dst))
+        dst = emit(prog, prog.temp(hint, e.shape), e, note=formula(e))
+    e.__dict__["_bound"] = (dst, prog.writes(dst), prog._loop)
     return dst
 
 
@@ -541,7 +571,8 @@ def _hoist(prog, scope, e: Expr, hint: str) -> Register:
     if key not in scope.hoisted:
         at = scope.hoist_at
         mark = len(prog.ops)
-        dst = emit(prog, prog.temp_outside(hint, e.shape), e, note="loop-invariant")
+        dst = emit(prog, prog.temp_outside(hint, e.shape), e,
+                   note=f"{formula(e)} (loop-invariant, before the loop)")
         op = prog.ops.pop(mark)
         prog._writes[dst.name].pop()
         prog._insert(op, at)
@@ -590,9 +621,9 @@ def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:
     bias = e.bias if e.bias.dtype == np.dtype(object) else e.bias.astype(np.float64)
     kind = "mul" if prod else "aff" if all(isinstance(r.at, Here) for r in reads) else "raw"
     op = Op(kind, target, tuple(reads), linear_terms(lin), product_terms(prod), bias.copy(),
-            None, source, note or "let")
+            None, source, note or formula(e))
     return prog._add(op)
 
 
 __all__ = ["DISTRIBUTE_RATIO", "Expr", "as_expr", "constant", "eye", "matmul", "outer",
-           "transpose", "At", "Mean"]
+           "transpose"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raspicl.errors import ProgramError
+from raspicl.lang.expr import PROGRAMS, Expr, as_expr, emit
 from raspicl.lang.ops import (
     Op,
     all_finite,
@@ -31,7 +32,6 @@ from raspicl.lang.ops import (
     matmul_shapes,
     product_terms,
 )
-from raspicl.lang.expr import PROGRAMS, Expr, as_expr, emit
 from raspicl.lang.reads import ROLES, At, Here, Mean, Offset, Read, Where
 from raspicl.lang.registers import Register, Shape, shape_name
 from raspicl.lang.source import SourceLocation, caller_location

@@ -2,7 +2,8 @@
 
 The textbook form of programs/ridge.py:
 
-    u_i = A_{i-1}^-1 x_i,   A_i^-1 = A_{i-1}^-1 - u_i u_i^T / (1 + x_i^T u_i),   b_i = b_{i-1} + x_i y_i,
+    u_i = A_{i-1}^-1 x_i,   A_i^-1 = A_{i-1}^-1 - u_i u_i^T / (1 + x_i^T u_i),
+    b_i = b_{i-1} + x_i y_i,
 
 from A_0^-1 = I / lam, b_0 = 0, predicting (A^-1 b)^T x. Compiled unrolled it needs as many
 blocks as programs/ridge.py (19 at d = 2, n = 4) but more parameters at d = 2 (146718 against
