@@ -134,7 +134,7 @@ class Scan:
 
     before: State
     prediction: Register | None
-    x: Register
+    x: Register | None
     state: dict[str, Register]
 
 
@@ -166,8 +166,9 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
             raise ProgramError(f"{where}: init '{k}' must be numbers (a scan's start value is "
                                f"part of the weights)")
         values[k] = arr.astype(np.float64)
-    x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
-    x_e, y_e = as_expr(x_prev, p), as_expr(p.y, p)
+    x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i") \
+        if p.n >= 1 else None  # no example: nothing to move (and no token before the query)
+    x_e, y_e = as_expr(x_prev, p) if x_prev is not None else None, as_expr(p.y, p)
     start = {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
     state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
     shapes = {k: v.shape for k, v in values.items()}
@@ -274,10 +275,17 @@ def _carry(e: Expr) -> Expr:
         return as_expr(bind_temp(e, "s"), e.program)
     if not e.prod:
         return e
-    prod = Expr(e.program, e.shape, {}, dict(e.prod), np.zeros(e.width), dict(e.versions),
-                e.source)
-    linear = Expr(e.program, e.shape, dict(e.lin), {}, e.bias, dict(e.versions), e.source)
-    return linear + as_expr(bind_temp(prod, "p"), e.program)
+    scope = e.program.temp_scope
+    out = Expr(e.program, e.shape, dict(e.lin), {}, e.bias, dict(e.versions), e.source)
+    # product terms of the example alone (x_i y_i) are computed once, before the loop
+    invariant = {k: P for k, P in e.prod.items()
+                 if not ({k[0].register.name, k[1].register.name} & scope.written)}
+    for part in (invariant, {k: P for k, P in e.prod.items() if k not in invariant}):
+        if part:
+            prod = Expr(e.program, e.shape, {}, part, np.zeros(e.width), dict(e.versions),
+                        e.source)
+            out = out + as_expr(bind_temp(prod, "p"), e.program)
+    return out
 
 
 def _bound(e: Expr) -> Read:
