@@ -9,8 +9,8 @@ Prompt [x~_1, y~_1, x~_q] (n = 1). Ridge regression on one example, exactly:
 The division is by |1 + x^T A0^-1 x|, which equals 1 + x^T x / lam > 0 for lam > 0.
 lam may be a sympy expression (raspicl.symbolic); such a program cannot be compiled.
 
-Written as the formula with the language's operators (docs/language.md, "Expressions"): u has a
-register because it is used three times; A1^-1 is never stored: its correction
+Written as the formula with the language's operators (docs/language.md, "Expressions"): u and
+the divisor have registers of their own (u is used three times); A1^-1 is never stored: its correction
 u u^T / (1 + x^T u) is one div, and A1^-1 (x y) one product op whose terms read the division and
 the products directly. This compiles to 5 blocks where the op-per-line form
 (tests/hand_fused/sherman_morrison.py) needs 6.
@@ -42,7 +42,8 @@ def program(d: int = 2, lam: float = 1.0) -> Program:
     a0_inv = np.eye(d, dtype=np.int64) / lam
     x = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
     u = p.let("u", a0_inv @ x, note="A0^-1 x")
-    a1_inv = a0_inv - outer(u, u) / (1 + x @ u)
+    denom = p.let("denom", 1 + x @ u, note="1 + x^T A0^-1 x")
+    a1_inv = a0_inv - outer(u, u) / denom
     w_next = p.let("w_next", a1_inv @ (x * p.y), note="w' = A1^-1 x y")
     pred = p.let("pred", Read(w_next, Offset(1)) @ p.x, note="w'^T x_q")
     p.output(pred, roles=("query",))
