@@ -10,9 +10,9 @@ The division is by |1 + x^T A0^-1 x|, which equals 1 + x^T x / lam > 0 for lam >
 lam may be a sympy expression (raspicl.symbolic); such a program cannot be compiled.
 
 Written as the formula with the language's operators (docs/language.md, "Expressions"): u and
-the divisor have registers of their own (u is used three times); A1^-1 is never stored: its correction
-u u^T / (1 + x^T u) is one div, and A1^-1 (x y) one product op whose terms read the division and
-the products directly. This compiles to 5 blocks where the op-per-line form
+the divisor have registers of their own (u is used three times); A1^-1 is never stored: its
+correction u u^T / (1 + x^T u) is one div, and A1^-1 (x y) one product op whose terms read the
+division and the products directly. This compiles to 5 blocks where the op-per-line form
 (tests/hand_fused/sherman_morrison.py) needs 6.
 """
 

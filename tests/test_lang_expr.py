@@ -30,7 +30,6 @@ def _tokens(prompts):
     """x and y at every token, from the prompt itself: [B, T, d], [B, T]."""
     tok = prompts.tokens()
     return tok[..., 1:], tok[..., 0]
-    return X, Y
 
 
 def _trace(p: Program, prompts):
