@@ -530,15 +530,15 @@ def _here_register(e: Expr, hint: str) -> Register:
 
 
 def formula(e: Expr) -> str:
-    """A short description of what e combines ('sgd_x*sgd_w + y'), for op notes."""
+    """What e combines ('combines y, sgd_x*sgd_w', '1' for a constant part), for op notes."""
     def name(r: Read) -> str:
         at = "" if isinstance(r.at, Here) else f"@{r.at.describe()}"
         return r.register.name + at
 
     terms = [name(r) for r in e.lin] + [f"{name(a)}*{name(b)}" for a, b in e.prod]
     if np.any(e.bias != 0):
-        terms.append("const")
-    return " + ".join(terms) or "const"
+        terms.append("1")
+    return f"combines {', '.join(terms)}" if terms else "a constant"
 
 
 def bind_temp(e: Expr, hint: str) -> Register:
@@ -571,8 +571,11 @@ def _hoist(prog, scope, e: Expr, hint: str) -> Register:
     if key not in scope.hoisted:
         at = scope.hoist_at
         mark = len(prog.ops)
-        dst = emit(prog, prog.temp_outside(hint, e.shape), e,
-                   note=f"{formula(e)} (loop-invariant, before the loop)")
+        name, k = f"{scope.name}_{hint}", 1
+        while name in prog.registers:
+            name, k = f"{scope.name}_{hint}{k}", k + 1
+        dst = emit(prog, prog._new_register(name, tuple(e.shape), "value", caller_location()),
+                   e, note=f"{formula(e)} (loop-invariant, before the loop)")
         op = prog.ops.pop(mark)
         prog._writes[dst.name].pop()
         prog._insert(op, at)
