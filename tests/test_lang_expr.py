@@ -318,3 +318,25 @@ def test_compiled_expression_program_matches_the_interpreter():
         cm = compile_program(p)
         got = cm.predict(pr, check="ignore")
     assert rel_err(got, interpret(p, pr).output()) <= 1e-8
+
+
+def test_language_reference_examples_run():
+    """The ```python blocks of docs/language.md run (in order, one namespace), so they cannot
+    rot; the error message it quotes for a shape mismatch is the one raised."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "language.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) >= 3
+    namespace: dict = {"__name__": "__language_md__"}
+    for code in blocks:
+        exec(compile(code, "docs/language.md", "exec"), namespace)  # the reference's own code
+    import re
+
+    p = Program("shapes", d=2, n=1)
+    with pytest.raises(ProgramError) as exc:
+        p.x + outer(p.x, p.x)
+    start = text.index("    op '+' on ")
+    quoted = " ".join(text[start:text.index("\n\n", start)].split())
+    raised = re.sub(r" at \S+:\d+: ", " at model.py:7: ", str(exc.value))
+    assert quoted == raised
