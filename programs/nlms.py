@@ -41,8 +41,7 @@ def program(d: int = 2, n: int = 2, mu: float = 0.5, eps: float = 1.0, w0=None) 
     if not eps > 0:
         raise ValueError(f"nlms needs eps > 0 (the divisor eps + |x|^2), got {eps}")
     w0 = _w0(d, w0)
-    p = Program("nlms", d=d, n=n,
-                params={"d": d, "n": n, "mu": mu, "eps": eps, "w0": w0.tolist()})
+    p = Program("nlms", d=d, n=n, params={"d": d, "n": n, "mu": mu, "eps": eps, "w0": w0.tolist()})
 
     def step(s, x, y):
         return {"w": s.w + mu * x * (y - x @ s.w) / (eps + x @ x)}
@@ -52,8 +51,9 @@ def program(d: int = 2, n: int = 2, mu: float = 0.5, eps: float = 1.0, w0=None) 
     return p
 
 
-def reference(prompts: Prompts, d: int = 2, n: int = 2, mu: float = 0.5, eps: float = 1.0,
-              w0=None) -> np.ndarray:
+def reference(
+    prompts: Prompts, d: int = 2, n: int = 2, mu: float = 0.5, eps: float = 1.0, w0=None
+) -> np.ndarray:
     """The NLMS recursion in numpy, each iterate dotted with the next x (x_q last): [B, n+1]."""
     w = np.broadcast_to(_w0(d, w0), (prompts.batch, d)).copy()
     queries = prompts.prefix_queries()  # x_1..x_n, x_q

@@ -36,22 +36,26 @@ def program(d: int = 2, n: int = 2, beta: float = 0.9, delta: float = 1.0) -> Pr
         raise ValueError(f"rls_forget needs a forgetting factor 0 < beta <= 1, got {beta}")
     if not delta > 0:
         raise ValueError(f"rls_forget needs delta > 0 (P_0 = delta I), got {delta}")
-    p = Program("rls_forget", d=d, n=n,
-                params={"d": d, "n": n, "beta": beta, "delta": delta})
+    p = Program("rls_forget", d=d, n=n, params={"d": d, "n": n, "beta": beta, "delta": delta})
 
     def step(s, x, y):
         u = s.P @ x
         g = u / (beta + x @ u)
         return {"P": (s.P - outer(g, u)) / beta, "w": s.w + g * (y - x @ s.w)}
 
-    scan = p.scan(init={"P": delta * np.eye(d), "w": np.zeros(d)}, step=step,
-                  predict=lambda s, x: s.w @ x, name="rls")
+    scan = p.scan(
+        init={"P": delta * np.eye(d), "w": np.zeros(d)},
+        step=step,
+        predict=lambda s, x: s.w @ x,
+        name="rls",
+    )
     p.output(scan.prediction, roles=("x", "query"))
     return p
 
 
-def reference(prompts: Prompts, d: int = 2, n: int = 2, beta: float = 0.9,
-              delta: float = 1.0) -> np.ndarray:
+def reference(
+    prompts: Prompts, d: int = 2, n: int = 2, beta: float = 0.9, delta: float = 1.0
+) -> np.ndarray:
     """The weighted ridge problem solved directly on each prefix: at x token i,
     w = (beta^m I / delta + sum_j beta^(m-j) x_j x_j^T)^-1 sum_j beta^(m-j) x_j y_j over the
     m = i - 1 examples before it, dotted with x_i: [B, n + 1]."""
@@ -60,7 +64,7 @@ def reference(prompts: Prompts, d: int = 2, n: int = 2, beta: float = 0.9,
     for m in range(n + 1):
         X, y = prompts.X[:, :m], prompts.y[:, :m]
         weights = beta ** np.arange(m - 1, -1, -1.0)  # beta^(m - j), j = 1..m
-        A = beta ** m / delta * np.eye(d) + np.einsum("j,bji,bjk->bik", weights, X, X)
+        A = beta**m / delta * np.eye(d) + np.einsum("j,bji,bjk->bik", weights, X, X)
         b = np.einsum("j,bji,bj->bi", weights, X, y)
         w = np.linalg.solve(A, b[..., None])[..., 0]
         preds.append(np.sum(w * queries[:, m], axis=1))

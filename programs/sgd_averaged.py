@@ -43,22 +43,21 @@ def _w0(d: int, w0) -> np.ndarray:
 
 def program(d: int = 2, n: int = 2, lr: float = 0.1, w0=None) -> Program:
     w0 = _w0(d, w0)
-    p = Program("sgd_averaged", d=d, n=n,
-                params={"d": d, "n": n, "lr": lr, "w0": w0.tolist()})
+    p = Program("sgd_averaged", d=d, n=n, params={"d": d, "n": n, "lr": lr, "w0": w0.tolist()})
 
     def step(s, x, y):
         w = p.let("w_new", s.w - 2 * lr * x * (x @ s.w - y), note="the SGD step")
         k = s.k + 1
         return {"w": w, "k": k, "avg": s.avg + (w - s.avg) / k}
 
-    scan = p.scan(init={"w": w0, "k": 1.0, "avg": w0}, step=step,
-                  predict=lambda s, x: s.avg @ x, name="asgd")
+    scan = p.scan(
+        init={"w": w0, "k": 1.0, "avg": w0}, step=step, predict=lambda s, x: s.avg @ x, name="asgd"
+    )
     p.output(scan.prediction, roles=("x", "query"))
     return p
 
 
-def reference(prompts: Prompts, d: int = 2, n: int = 2, lr: float = 0.1,
-              w0=None) -> np.ndarray:
+def reference(prompts: Prompts, d: int = 2, n: int = 2, lr: float = 0.1, w0=None) -> np.ndarray:
     """raspicl.solvers.sgd's iterates w_0..w_n, their running means, each dotted with the
     next x (x_q last): [B, n + 1]."""
     w = solvers.sgd(prompts.X, prompts.y, _w0(d, w0), lr, 0.0)  # [B, n+1, d]

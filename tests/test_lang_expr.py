@@ -95,8 +95,7 @@ def test_slices_with_steps_and_matrix_blocks():
     pr = _prompts(4, 1, seed=3)
     X, _ = _tokens(pr)
     Sv = np.einsum("bti,btj->btij", X, X)
-    np.testing.assert_allclose(_value(p, r, pr), Sv[:, :, 1:3, ::2],
-                               atol=1e-12)
+    np.testing.assert_allclose(_value(p, r, pr), Sv[:, :, 1:3, ::2], atol=1e-12)
 
 
 def test_broadcast_scalar_against_vector_and_matrix():
@@ -112,19 +111,19 @@ def test_broadcast_scalar_against_vector_and_matrix():
     sv = np.sum(X * X, axis=-1)
     np.testing.assert_allclose(_value(p, v, pr), sv[..., None] * X + 1.0, atol=1e-12)
     Av = np.einsum("bti,btj->btij", X, X)
-    np.testing.assert_allclose(_value(p, m, pr),
-                               Av * sv[..., None, None] - sv[..., None, None],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        _value(p, m, pr), Av * sv[..., None, None] - sv[..., None, None], atol=1e-12
+    )
 
 
 def test_matmul_forms_transpose_outer_and_eye():
     d = 3
     p = Program("mm", d=d, n=1)
-    A = p.let("A", outer(p.x, np.arange(1.0, d + 1)))       # x c^T
-    Bm = p.let("Bm", A.T @ A + 2.0 * eye(d))                 # matrix @ matrix
-    v = p.let("v", A @ p.x)                                  # matrix @ vector
-    w = p.let("w", p.x @ A)                                  # vector @ matrix
-    s = p.let("s", p.x @ transpose(A) @ p.x)                 # vector @ matrix @ vector
+    A = p.let("A", outer(p.x, np.arange(1.0, d + 1)))  # x c^T
+    Bm = p.let("Bm", A.T @ A + 2.0 * eye(d))  # matrix @ matrix
+    v = p.let("v", A @ p.x)  # matrix @ vector
+    w = p.let("w", p.x @ A)  # vector @ matrix
+    s = p.let("s", p.x @ transpose(A) @ p.x)  # vector @ matrix @ vector
     pr = _prompts(d, 1, seed=5)
     X, _ = _tokens(pr)
     c = np.arange(1.0, d + 1)
@@ -133,8 +132,9 @@ def test_matmul_forms_transpose_outer_and_eye():
     np.testing.assert_allclose(_value(p, Bm, pr), want_B, atol=1e-10)
     np.testing.assert_allclose(_value(p, v, pr), np.einsum("btij,btj->bti", Av, X), atol=1e-10)
     np.testing.assert_allclose(_value(p, w, pr), np.einsum("bti,btij->btj", X, Av), atol=1e-10)
-    np.testing.assert_allclose(_value(p, s, pr), np.einsum("bti,btji,btj->bt", X, Av, X),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        _value(p, s, pr), np.einsum("bti,btji,btj->bt", X, Av, X), atol=1e-10
+    )
 
 
 def test_division_by_a_scalar_expression_is_div_and_by_a_number_is_a_scale():
@@ -146,8 +146,9 @@ def test_division_by_a_scalar_expression_is_div_and_by_a_number_is_a_scale():
     assert kinds.count("div") == 1
     pr = _prompts(d, 1, seed=6)
     X, _ = _tokens(pr)
-    np.testing.assert_allclose(_value(p, q, pr), X / (1.0 + np.sum(X * X, -1))[..., None],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        _value(p, q, pr), X / (1.0 + np.sum(X * X, -1))[..., None], atol=1e-12
+    )
     np.testing.assert_allclose(_value(p, h, pr), X / 4, atol=1e-15)
 
 
@@ -243,20 +244,35 @@ def test_loop_body_with_products_reuses_its_intermediates():
     np.testing.assert_allclose(_trace(p, pr).register("M"), Mv, atol=1e-12)
 
 
-@pytest.mark.parametrize("build, expect", [
-    (lambda p: p.x + outer(p.x, p.x), ("op '+'", "'x' (vector(2))", "shapes must be equal")),
-    (lambda p: p.x @ p.y, ("op '@'", "'x'", "'y'", "scalar")),
-    (lambda p: outer(p.x, p.x) @ np.ones(3), ("op '@'", "inner dimensions differ")),
-    (lambda p: outer(p.x, p.y), ("op 'outer'", "two vectors")),
-    (lambda p: p.x / p.x, ("op '/'", "divides by a scalar")),
-    (lambda p: p.x[2], ("op '[]'", "'x'", "out of range")),
-    (lambda p: p.x[0, 1], ("op '[]'", "has 2 entries")),
-    (lambda p: p.x["a"], ("op '[]'", "int or a slice")),
-    (lambda p: (Read(p.x, Mean("x")) + 0).at(Offset(1)), ("op 'at'", "cannot be shifted")),
-    (lambda p: p.let("r", "text"), ("op 'let' writing 'r'", "expression")),
-    (lambda p: p.let(p.var("v", 3), p.x), ("op 'mov' writing 'v'", "vector(2)")),
-], ids=["add-shapes", "matmul-scalar", "matmul-inner", "outer-scalar", "div-vector",
-        "index-range", "index-arity", "index-type", "shift-mean", "let-text", "let-shape"])
+@pytest.mark.parametrize(
+    "build, expect",
+    [
+        (lambda p: p.x + outer(p.x, p.x), ("op '+'", "'x' (vector(2))", "shapes must be equal")),
+        (lambda p: p.x @ p.y, ("op '@'", "'x'", "'y'", "scalar")),
+        (lambda p: outer(p.x, p.x) @ np.ones(3), ("op '@'", "inner dimensions differ")),
+        (lambda p: outer(p.x, p.y), ("op 'outer'", "two vectors")),
+        (lambda p: p.x / p.x, ("op '/'", "divides by a scalar")),
+        (lambda p: p.x[2], ("op '[]'", "'x'", "out of range")),
+        (lambda p: p.x[0, 1], ("op '[]'", "has 2 entries")),
+        (lambda p: p.x["a"], ("op '[]'", "int or a slice")),
+        (lambda p: (Read(p.x, Mean("x")) + 0).at(Offset(1)), ("op 'at'", "cannot be shifted")),
+        (lambda p: p.let("r", "text"), ("op 'let' writing 'r'", "expression")),
+        (lambda p: p.let(p.var("v", 3), p.x), ("op 'mov' writing 'v'", "vector(2)")),
+    ],
+    ids=[
+        "add-shapes",
+        "matmul-scalar",
+        "matmul-inner",
+        "outer-scalar",
+        "div-vector",
+        "index-range",
+        "index-arity",
+        "index-type",
+        "shift-mean",
+        "let-text",
+        "let-shape",
+    ],
+)
 def test_errors_name_operator_registers_and_line(build, expect):
     p = Program("bad", d=2, n=1)
     with pytest.raises(ProgramError) as exc:
@@ -337,6 +353,6 @@ def test_language_reference_examples_run():
     with pytest.raises(ProgramError) as exc:
         p.x + outer(p.x, p.x)
     start = text.index("    op '+' on ")
-    quoted = " ".join(text[start:text.index("\n\n", start)].split())
+    quoted = " ".join(text[start : text.index("\n\n", start)].split())
     raised = re.sub(r" at \S+:\d+: ", " at model.py:7: ", str(exc.value))
     assert quoted == raised

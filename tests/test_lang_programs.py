@@ -34,23 +34,49 @@ NATURAL = ROOT / "tests" / "natural"
 PAIRS = [
     (HAND / "gd_step.py", "gd_step", [{"d": 1}, {"d": 2}, {"d": 5}], {"d": 2}),
     (NATURAL / "gd_step.py", "gd_step", [{"d": 1}, {"d": 3}, {"d": 8}], {"d": 2}),
-    (HAND / "sherman_morrison.py", "sherman_morrison", [{"d": 1}, {"d": 3}, {"d": 6}],
-     {"d": 2}),
-    (HAND / "sgd.py", "sgd", [{"d": 1, "n": 1}, {"d": 2, "n": 4}, {"d": 4, "n": 3},
-                               {"d": 3, "n": 5, "lam": 0.2, "lr": 0.05}], {"d": 2, "n": 3}),
-    (HAND / "batch_gd.py", "batch_gd", [{"d": 1, "n": 2, "T": 1}, {"d": 2, "n": 3, "T": 4},
-                                         {"d": 3, "n": 2, "T": 2, "lam": 0.3}],
-     {"d": 2, "n": 2, "T": 2}),
-    (NATURAL / "ridge.py", "ridge", [{"d": 1, "n": 1}, {"d": 2, "n": 4}, {"d": 4, "n": 3},
-                                      {"d": 2, "n": 3, "peel": True}], {"d": 2, "n": 2}),
-    (NATURAL / "newton.py", "newton", [{"d": 1, "n": 2, "T": 1}, {"d": 2, "n": 3, "T": 4}],
-     {"d": 2, "n": 2, "T": 2}),
-    (HAND / "nlms.py", "nlms", [{"d": 1, "n": 2}, {"d": 3, "n": 4, "mu": 1.2}],
-     {"d": 2, "n": 2}),
-    (HAND / "rls_forget.py", "rls_forget", [{"d": 1, "n": 2}, {"d": 3, "n": 4, "beta": 0.7}],
-     {"d": 2, "n": 2}),
-    (HAND / "sgd_averaged.py", "sgd_averaged", [{"d": 1, "n": 2}, {"d": 3, "n": 4}],
-     {"d": 2, "n": 2}),
+    (HAND / "sherman_morrison.py", "sherman_morrison", [{"d": 1}, {"d": 3}, {"d": 6}], {"d": 2}),
+    (
+        HAND / "sgd.py",
+        "sgd",
+        [
+            {"d": 1, "n": 1},
+            {"d": 2, "n": 4},
+            {"d": 4, "n": 3},
+            {"d": 3, "n": 5, "lam": 0.2, "lr": 0.05},
+        ],
+        {"d": 2, "n": 3},
+    ),
+    (
+        HAND / "batch_gd.py",
+        "batch_gd",
+        [{"d": 1, "n": 2, "T": 1}, {"d": 2, "n": 3, "T": 4}, {"d": 3, "n": 2, "T": 2, "lam": 0.3}],
+        {"d": 2, "n": 2, "T": 2},
+    ),
+    (
+        NATURAL / "ridge.py",
+        "ridge",
+        [{"d": 1, "n": 1}, {"d": 2, "n": 4}, {"d": 4, "n": 3}, {"d": 2, "n": 3, "peel": True}],
+        {"d": 2, "n": 2},
+    ),
+    (
+        NATURAL / "newton.py",
+        "newton",
+        [{"d": 1, "n": 2, "T": 1}, {"d": 2, "n": 3, "T": 4}],
+        {"d": 2, "n": 2, "T": 2},
+    ),
+    (HAND / "nlms.py", "nlms", [{"d": 1, "n": 2}, {"d": 3, "n": 4, "mu": 1.2}], {"d": 2, "n": 2}),
+    (
+        HAND / "rls_forget.py",
+        "rls_forget",
+        [{"d": 1, "n": 2}, {"d": 3, "n": 4, "beta": 0.7}],
+        {"d": 2, "n": 2},
+    ),
+    (
+        HAND / "sgd_averaged.py",
+        "sgd_averaged",
+        [{"d": 1, "n": 2}, {"d": 3, "n": 4}],
+        {"d": 2, "n": 2},
+    ),
 ]
 
 
@@ -68,8 +94,9 @@ def test_forms_predict_the_same_in_the_interpreter(pair):
     for k, params in enumerate(sizes):
         d, n = params["d"], params.get("n", 1)
         prompts = random_prompts(64, d, n, seed=1000 + 17 * k + d)
-        want = interpret(find_program(name).build(**_bundled_params(name, params)),
-                         prompts).output()
+        want = interpret(
+            find_program(name).build(**_bundled_params(name, params)), prompts
+        ).output()
         got = interpret(find_program(other).build(**params), prompts).output()
         assert got.shape == want.shape
         assert rel_err(got, want) <= 1e-12, (name, params)
@@ -104,8 +131,11 @@ REWRITTEN = {
     "sgd": [{"d": 2, "n": 4}],
     "batch_gd": [{"d": 2, "n": 2, "T": 3}],
 }
-LEARNERS = {"nlms": {"d": 2, "n": 3}, "rls_forget": {"d": 2, "n": 3},
-            "sgd_averaged": {"d": 2, "n": 3}}
+LEARNERS = {
+    "nlms": {"d": 2, "n": 3},
+    "rls_forget": {"d": 2, "n": 3},
+    "sgd_averaged": {"d": 2, "n": 3},
+}
 
 
 @pytest.mark.parametrize("name", sorted(REWRITTEN))
@@ -119,7 +149,8 @@ def test_rewritten_programs_are_no_larger_than_the_hand_fused_forms(name):
             b_old, w_old, p_old = _size(old, mode)
             assert b_new <= b_old and w_new <= w_old and p_new <= p_old, (
                 f"{name} {params} {mode}: blocks {b_new} vs {b_old}, d_model {w_new} vs "
-                f"{w_old}, params {p_new} vs {p_old}")
+                f"{w_old}, params {p_new} vs {p_old}"
+            )
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))

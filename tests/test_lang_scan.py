@@ -29,8 +29,9 @@ def _ema_program(d: int, n: int, peel: bool = False, c: float = 0.25) -> Program
     def step(s, x, y):
         return {"m": s.m + c * (x * y - s.m) + c * s.v * x, "v": (1 - c) * s.v + c * y * y}
 
-    scan = p.scan(init={"m": np.zeros(d), "v": 1.0}, step=step,
-                  predict=lambda s, x: s.m @ x + s.v, peel=peel)
+    scan = p.scan(
+        init={"m": np.zeros(d), "v": 1.0}, step=step, predict=lambda s, x: s.m @ x + s.v, peel=peel
+    )
     p.output(scan.prediction, roles=("x", "query"))
     return p
 
@@ -69,8 +70,7 @@ def test_generated_plumbing():
     p = _ema_program(d, n)
     looped = [op for op in p.ops if op.loop is not None]
     assert sorted({op.loop[1] for op in looped}) == list(range(n))
-    per_iteration = [[(op.kind, op.dst.name) for op in looped if op.loop[1] == k]
-                     for k in range(n)]
+    per_iteration = [[(op.kind, op.dst.name) for op in looped if op.loop[1] == k] for k in range(n)]
     assert all(it == per_iteration[0] for it in per_iteration)
     body = [op for op in looped if op.loop[1] == 0]
     # the start value by a select over tokens 0 and 1, and the state of the y token before
@@ -88,9 +88,11 @@ def test_generated_plumbing():
 def test_state_nothing_reads_costs_no_op():
     """The prediction reads m only: no select makes v's state before the x tokens."""
     p = Program("unused", d=2, n=2)
-    scan = p.scan(init={"m": np.zeros(2), "v": 0.0},
-                  step=lambda s, x, y: {"m": s.m + x * y, "v": s.v + y},
-                  predict=lambda s, x: s.m @ x)
+    scan = p.scan(
+        init={"m": np.zeros(2), "v": 0.0},
+        step=lambda s, x, y: {"m": s.m + x * y, "v": s.v + y},
+        predict=lambda s, x: s.m @ x,
+    )
     p.output(scan.prediction, roles=("x", "query"))
     names = {op.dst.name for op in p.ops}
     assert "scan_m_before" in names and "scan_v_before" not in names
@@ -109,8 +111,10 @@ def test_named_intermediate_inside_the_step_is_one_var():
         e = p.let("err", x @ s.w - y)
         return {"w": s.w - 0.1 * x * e}
 
-    p.output(p.scan(init={"w": np.zeros(2)}, step=step, predict=lambda s, x: s.w @ x)
-             .prediction, roles=("x", "query"))
+    p.output(
+        p.scan(init={"w": np.zeros(2)}, step=step, predict=lambda s, x: s.w @ x).prediction,
+        roles=("x", "query"),
+    )
     assert p.registers["err"].kind == "var"
     assert sum(op.dst.name == "err" for op in p.ops) == 3  # once per example, same register
     prompts = random_prompts(8, 2, 3, seed=4)
@@ -120,16 +124,18 @@ def test_named_intermediate_inside_the_step_is_one_var():
         e = np.sum(prompts.X[:, i] * w, 1) - prompts.y[:, i]
         w = w - 0.1 * prompts.X[:, i] * e[:, None]
     preds.append(np.sum(w * prompts.xq, 1))
-    np.testing.assert_allclose(interpret(p, prompts).output()[..., 0], np.stack(preds, 1),
-                               atol=1e-14)
+    np.testing.assert_allclose(
+        interpret(p, prompts).output()[..., 0], np.stack(preds, 1), atol=1e-14
+    )
 
 
 def test_single_state_and_matrix_state():
     """init may be one array (the step takes and returns one expression); a matrix state."""
     d, n = 2, 3
     p = Program("gram", d=d, n=n)
-    scan = p.scan(init=np.eye(d), step=lambda G, x, y: 0.5 * G + outer(x, x),
-                  predict=lambda G, x: x @ G @ x)
+    scan = p.scan(
+        init=np.eye(d), step=lambda G, x, y: 0.5 * G + outer(x, x), predict=lambda G, x: x @ G @ x
+    )
     p.output(scan.prediction, roles=("x", "query"))
     prompts = random_prompts(8, d, n, seed=5)
     G = np.broadcast_to(np.eye(d), (8, d, d))
@@ -139,23 +145,38 @@ def test_single_state_and_matrix_state():
         preds.append(np.einsum("bi,bij,bj->b", queries[:, i], G, queries[:, i]))
         G = 0.5 * G + np.einsum("bi,bj->bij", prompts.X[:, i], prompts.X[:, i])
     preds.append(np.einsum("bi,bij,bj->b", queries[:, n], G, queries[:, n]))
-    np.testing.assert_allclose(interpret(p, prompts).output()[..., 0], np.stack(preds, 1),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        interpret(p, prompts).output()[..., 0], np.stack(preds, 1), rtol=1e-12
+    )
 
 
-@pytest.mark.parametrize("make, expect", [
-    (lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"v": s.w}),
-     ("scan 'scan'", "returns ['v']", "state is ['w']")),
-    (lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.w @ x}),
-     ("the step's 'w' is scalar", "vector(2)")),
-    (lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: [s.w]),
-     ("must return a dict",)),
-    (lambda p: p.scan(init={"1w": np.zeros(2)}, step=lambda s, x, y: s),
-     ("not a Python identifier",)),
-    (lambda p: p.scan(init={}, step=lambda s, x, y: s), ("init has no state",)),
-    (lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.u}),
-     ("no entry 'u'",)),
-], ids=["keys", "shape", "not-dict", "name", "empty", "attribute"])
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"v": s.w}),
+            ("scan 'scan'", "returns ['v']", "state is ['w']"),
+        ),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.w @ x}),
+            ("the step's 'w' is scalar", "vector(2)"),
+        ),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: [s.w]),
+            ("must return a dict",),
+        ),
+        (
+            lambda p: p.scan(init={"1w": np.zeros(2)}, step=lambda s, x, y: s),
+            ("not a Python identifier",),
+        ),
+        (lambda p: p.scan(init={}, step=lambda s, x, y: s), ("init has no state",)),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.u}),
+            ("no entry 'u'",),
+        ),
+    ],
+    ids=["keys", "shape", "not-dict", "name", "empty", "attribute"],
+)
 def test_scan_errors(make, expect):
     p = Program("bad", d=2, n=2)
     with pytest.raises((ProgramError, AttributeError)) as exc:

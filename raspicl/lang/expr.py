@@ -51,8 +51,11 @@ def _width(shape: Shape) -> int:
 
 def _zeros(*shape: int, like=None) -> np.ndarray:
     obj = like is not None and any(a.dtype == np.dtype(object) for a in like)
-    return np.zeros(shape, dtype=object if obj else np.float64) if not obj else \
-        np.zeros(shape, dtype=np.int64).astype(object)
+    return (
+        np.zeros(shape, dtype=object if obj else np.float64)
+        if not obj
+        else np.zeros(shape, dtype=np.int64).astype(object)
+    )
 
 
 @dataclass(eq=False)
@@ -101,7 +104,7 @@ class Expr:
         """The read, if this expression is exactly one register read (identity, no bias)."""
         if self.prod or len(self.lin) != 1 or np.any(self.bias != 0):
             return None
-        (read, M), = self.lin.items()
+        ((read, M),) = self.lin.items()
         if read.register.shape != self.shape or M.shape != (self.width, self.width):
             return None
         return read if np.array_equal(M, np.eye(self.width)) else None
@@ -114,8 +117,9 @@ class Expr:
         return bool(np.all(np.sum(M != 0, axis=1) <= 1))
 
     def describe(self) -> str:
-        terms = [r.describe() for r in self.lin] + [f"{a.describe()}*{b.describe()}"
-                                                    for a, b in self.prod]
+        terms = [r.describe() for r in self.lin] + [
+            f"{a.describe()}*{b.describe()}" for a, b in self.prod
+        ]
         return f"expr({shape_name(self.shape)}: {' + '.join(terms) or 'constant'})"
 
     def __repr__(self) -> str:
@@ -126,10 +130,15 @@ class Expr:
     def _map(self, M: np.ndarray, shape: Shape) -> Expr:
         """The expression M e (M: new width x width), of the given shape."""
         M = np.asarray(M)
-        return Expr(self.program, shape,
-                    {r: _dot(M, L) for r, L in self.lin.items()},
-                    {k: np.tensordot(M, P, axes=1) for k, P in self.prod.items()},
-                    _dot(M, self.bias), dict(self.versions), caller_location())
+        return Expr(
+            self.program,
+            shape,
+            {r: _dot(M, L) for r, L in self.lin.items()},
+            {k: np.tensordot(M, P, axes=1) for k, P in self.prod.items()},
+            _dot(M, self.bias),
+            dict(self.versions),
+            caller_location(),
+        )
 
     def _reshape(self, shape: Shape) -> Expr:
         return self._map(np.eye(self.width), shape)
@@ -151,8 +160,10 @@ class Expr:
         if not isinstance(index, tuple):
             index = (index,)
         if len(index) != len(self.shape):
-            raise self._fail(f"index {index!r} has {len(index)} entries but the expression is "
-                             f"{shape_name(self.shape)}")
+            raise self._fail(
+                f"index {index!r} has {len(index)} entries but the expression is "
+                f"{shape_name(self.shape)}"
+            )
         axes, kept = [], []
         for k, (ix, size) in enumerate(zip(index, self.shape, strict=True)):
             if isinstance(ix, slice):
@@ -166,9 +177,11 @@ class Expr:
                 raise self._fail(f"index {ix!r} must be an int or a slice")
         if any(len(a) == 0 for a in axes):
             raise self._fail(f"index {index!r} selects no entry")
-        strides = [int(np.prod(self.shape[k + 1:])) for k in range(len(self.shape))]
-        flat = [sum(i * s for i, s in zip(combo, strides, strict=True))
-                for combo in itertools.product(*axes)]
+        strides = [int(np.prod(self.shape[k + 1 :])) for k in range(len(self.shape))]
+        flat = [
+            sum(i * s for i, s in zip(combo, strides, strict=True))
+            for combo in itertools.product(*axes)
+        ]
         shape = tuple(len(axes[k]) for k in kept)
         M = np.zeros((len(flat), self.width))
         M[np.arange(len(flat)), flat] = 1.0
@@ -179,18 +192,27 @@ class Expr:
         shifts by k tokens (Here -> Offset(k), Offset(j) -> Offset(j + k))."""
         if isinstance(where, Here):
             return self
-        if not isinstance(where, Offset) or not isinstance(where.k, int | np.integer) \
-                or where.k < 0:
-            raise self._fail(f"an expression can be read at Here() or Offset(k >= 0), not "
-                             f"{where!r}; bind it to a register with p.let() first", "at")
+        if (
+            not isinstance(where, Offset)
+            or not isinstance(where.k, int | np.integer)
+            or where.k < 0
+        ):
+            raise self._fail(
+                f"an expression can be read at Here() or Offset(k >= 0), not "
+                f"{where!r}; bind it to a register with p.let() first",
+                "at",
+            )
 
         def shift(read: Read) -> Read:
             if isinstance(read.at, Here):
                 return Read(read.register, Offset(int(where.k)))
             if isinstance(read.at, Offset):
                 return Read(read.register, Offset(int(read.at.k + where.k)))
-            raise self._fail(f"it reads '{read.register.name}' at {read.at.describe()}, which "
-                             f"cannot be shifted by {where.k} tokens; bind it with p.let()", "at")
+            raise self._fail(
+                f"it reads '{read.register.name}' at {read.at.describe()}, which "
+                f"cannot be shifted by {where.k} tokens; bind it with p.let()",
+                "at",
+            )
 
         lin: dict[Read, np.ndarray] = {}
         for r, L in self.lin.items():
@@ -198,8 +220,15 @@ class Expr:
         prod: dict[tuple[Read, Read], np.ndarray] = {}
         for (a, b), P in self.prod.items():
             _acc(prod, (shift(a), shift(b)), P)
-        return Expr(self.program, self.shape, lin, prod, self.bias.copy(), dict(self.versions),
-                    caller_location())
+        return Expr(
+            self.program,
+            self.shape,
+            lin,
+            prod,
+            self.bias.copy(),
+            dict(self.versions),
+            caller_location(),
+        )
 
     def _fail(self, message: str, op: str = "[]") -> ProgramError:
         return op_error(op, (self,), message)
@@ -223,8 +252,15 @@ class Expr:
         prod = {k: P.copy() for k, P in a.prod.items()}
         for k, P in b.prod.items():
             _acc(prod, k, P)
-        return Expr(self.program, a.shape, lin, prod, a.bias + b.bias,
-                    _merge_versions(a, b), caller_location())
+        return Expr(
+            self.program,
+            a.shape,
+            lin,
+            prod,
+            a.bias + b.bias,
+            _merge_versions(a, b),
+            caller_location(),
+        )
 
     __radd__ = __add__
 
@@ -243,9 +279,12 @@ class Expr:
     def __mul__(self, other) -> Expr:
         """Elementwise, with a scalar broadcast against a vector or matrix (c * A, s * v)."""
         if _is_number(other):
-            return self._map(np.eye(self.width) * other if not is_symbolic_value(other)
-                             else np.eye(self.width, dtype=np.int64).astype(object) * other,
-                             self.shape)
+            return self._map(
+                np.eye(self.width) * other
+                if not is_symbolic_value(other)
+                else np.eye(self.width, dtype=np.int64).astype(object) * other,
+                self.shape,
+            )
         other = as_expr(other, self.program, "*")
         if other is NotImplemented:
             return NotImplemented
@@ -277,8 +316,11 @@ class Expr:
         if other is NotImplemented:
             return NotImplemented
         if other.is_constant() and other.shape == ():
-            return self * (1 / other.bias[0] if is_symbolic_value(other.bias[0])
-                           else 1.0 / float(other.bias[0]))
+            return self * (
+                1 / other.bias[0]
+                if is_symbolic_value(other.bias[0])
+                else 1.0 / float(other.bias[0])
+            )
         return divide(self, other)
 
     def __rtruediv__(self, other) -> Expr:
@@ -312,7 +354,8 @@ def _is_number(v) -> bool:
     if isinstance(v, bool):
         return False
     return isinstance(v, int | float | np.integer | np.floating) or (
-        is_symbolic_value(v) and not hasattr(v, "shape"))
+        is_symbolic_value(v) and not hasattr(v, "shape")
+    )
 
 
 def _dot(M: np.ndarray, A: np.ndarray) -> np.ndarray:
@@ -352,13 +395,22 @@ def as_expr(value, program=None, what: str = "operand") -> Expr:
         reg = value.register
         prog = program_of(reg) if program is None else program
         if reg.program_id != prog.id or prog.registers.get(reg.name) is not reg:
-            raise ProgramError(f"expression at {caller_location()}: register '{reg.name}' "
-                               f"belongs to another program")
+            raise ProgramError(
+                f"expression at {caller_location()}: register '{reg.name}' "
+                f"belongs to another program"
+            )
         if reg.kind == "const" and reg.name in prog.constants:
             return constant(prog, prog.constants[reg.name].reshape(reg.shape))
         w = reg.width
-        return Expr(prog, reg.shape, {value: np.eye(w)}, {}, np.zeros(w),
-                    {reg.name: prog.writes(reg)}, caller_location())
+        return Expr(
+            prog,
+            reg.shape,
+            {value: np.eye(w)},
+            {},
+            np.zeros(w),
+            {reg.name: prog.writes(reg)},
+            caller_location(),
+        )
     if program is None:
         return NotImplemented
     if _is_number(value) or isinstance(value, np.ndarray | list | tuple):
@@ -372,10 +424,11 @@ def constant(program, value) -> Expr:
     if arr.dtype != np.dtype(object):
         arr = arr.astype(np.float64)
     if arr.ndim > 2:
-        raise ProgramError(f"expression at {caller_location()}: a constant has at most two "
-                           f"axes, got shape {arr.shape}")
-    return Expr(program, tuple(arr.shape), {}, {}, arr.reshape(-1).copy(), {},
-                caller_location())
+        raise ProgramError(
+            f"expression at {caller_location()}: a constant has at most two "
+            f"axes, got shape {arr.shape}"
+        )
+    return Expr(program, tuple(arr.shape), {}, {}, arr.reshape(-1).copy(), {}, caller_location())
 
 
 def _broadcast(a: Expr, b: Expr, op: str) -> tuple[Expr, Expr]:
@@ -386,8 +439,7 @@ def _broadcast(a: Expr, b: Expr, op: str) -> tuple[Expr, Expr]:
         return a._map(np.ones((b.width, 1)), b.shape), b
     if b.shape == ():
         return a, b._map(np.ones((a.width, 1)), a.shape)
-    raise op_error(op, (a, b), "shapes must be equal or one a scalar (use @ for a matrix "
-                               "product)")
+    raise op_error(op, (a, b), "shapes must be equal or one a scalar (use @ for a matrix product)")
 
 
 def matmul(a: Expr, b: Expr) -> Expr:
@@ -442,8 +494,9 @@ def _program_of_operands(*values):
             return program_of(v)
         if isinstance(v, Read):
             return program_of(v.register)
-    raise ProgramError(f"expression at {caller_location()}: no operand is a register or an "
-                       f"expression of a program")
+    raise ProgramError(
+        f"expression at {caller_location()}: no operand is a register or an expression of a program"
+    )
 
 
 def _term_count(e: Expr) -> int:
@@ -477,8 +530,7 @@ def product(a: Expr, b: Expr, K: np.ndarray, shape: Shape) -> Expr:
 def _ident_like(e: Expr) -> Expr:
     """A stand-in for e bound to a register (for counting product terms only)."""
     fake = Read(Register("_count", e.shape), Here())
-    return Expr(e.program, e.shape, {fake: np.eye(e.width)}, {}, np.zeros(e.width), {},
-                e.source)
+    return Expr(e.program, e.shape, {fake: np.eye(e.width)}, {}, np.zeros(e.width), {}, e.source)
 
 
 def _expand(a: Expr, b: Expr, K: np.ndarray, shape: Shape) -> Expr:
@@ -531,6 +583,7 @@ def _here_register(e: Expr, hint: str) -> Register:
 
 def formula(e: Expr) -> str:
     """What e combines ('combines y, sgd_x*sgd_w', '1' for a constant part), for op notes."""
+
     def name(r: Read) -> str:
         at = "" if isinstance(r.at, Here) else f"@{r.at.describe()}"
         return r.register.name + at
@@ -558,11 +611,16 @@ def bind_temp(e: Expr, hint: str) -> Register:
 
 def _key(e: Expr) -> tuple:
     """What makes two expressions the same: shape, reads and coefficients."""
+
     def arr(a: np.ndarray) -> tuple:
         return (a.shape, tuple(a.reshape(-1).tolist()))
 
-    return (e.shape, arr(e.bias), tuple((r, arr(L)) for r, L in e.lin.items()),
-            tuple((k, arr(P)) for k, P in e.prod.items()))
+    return (
+        e.shape,
+        arr(e.bias),
+        tuple((r, arr(L)) for r, L in e.lin.items()),
+        tuple((k, arr(P)) for k, P in e.prod.items()),
+    )
 
 
 def _hoist(prog, scope, e: Expr, hint: str) -> Register:
@@ -574,8 +632,12 @@ def _hoist(prog, scope, e: Expr, hint: str) -> Register:
         name, k = f"{scope.name}_{hint}", 1
         while name in prog.registers:
             name, k = f"{scope.name}_{hint}{k}", k + 1
-        dst = emit(prog, prog._new_register(name, tuple(e.shape), "value", caller_location()),
-                   e, note=f"{formula(e)} (loop-invariant, before the loop)")
+        dst = emit(
+            prog,
+            prog._new_register(name, tuple(e.shape), "value", caller_location()),
+            e,
+            note=f"{formula(e)} (loop-invariant, before the loop)",
+        )
         op = prog.ops.pop(mark)
         prog._writes[dst.name].pop()
         prog._insert(op, at)
@@ -591,10 +653,14 @@ def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:
     for reg_name, version in e.versions.items():
         reg = prog.registers[reg_name]
         if prog.writes(reg) != version:
-            raise fail("let", name, source,
-                       f"the expression reads '{reg_name}' as it was before its write at "
-                       f"{prog.last_write(reg).source}; bind the expression with p.let() "
-                       f"before writing '{reg_name}' again")
+            raise fail(
+                "let",
+                name,
+                source,
+                f"the expression reads '{reg_name}' as it was before its write at "
+                f"{prog.last_write(reg).source}; bind the expression with p.let() "
+                f"before writing '{reg_name}' again",
+            )
     single = e.single_read()
     if single is not None:
         return prog.mov(dst, single, note=note)
@@ -623,10 +689,18 @@ def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:
         prog._read(r, "let", name, source, "read")
     bias = e.bias if e.bias.dtype == np.dtype(object) else e.bias.astype(np.float64)
     kind = "mul" if prod else "aff" if all(isinstance(r.at, Here) for r in reads) else "raw"
-    op = Op(kind, target, tuple(reads), linear_terms(lin), product_terms(prod), bias.copy(),
-            None, source, note or formula(e))
+    op = Op(
+        kind,
+        target,
+        tuple(reads),
+        linear_terms(lin),
+        product_terms(prod),
+        bias.copy(),
+        None,
+        source,
+        note or formula(e),
+    )
     return prog._add(op)
 
 
-__all__ = ["DISTRIBUTE_RATIO", "Expr", "as_expr", "constant", "eye", "matmul", "outer",
-           "transpose"]
+__all__ = ["DISTRIBUTE_RATIO", "Expr", "as_expr", "constant", "eye", "matmul", "outer", "transpose"]

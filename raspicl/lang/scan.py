@@ -66,8 +66,9 @@ class State(Mapping):
         try:
             return self[key]
         except KeyError:
-            raise AttributeError(f"the scan's state has no entry {key!r}; it has "
-                                 f"{', '.join(self._values)}") from None
+            raise AttributeError(
+                f"the scan's state has no entry {key!r}; it has {', '.join(self._values)}"
+            ) from None
 
     def __iter__(self):
         return iter(self._values)
@@ -102,8 +103,9 @@ class TempScope:
         self.position += 1
         if key not in self.vars:
             init = np.zeros(shape) if self.zero_init else None
-            self.vars[key] = prog.var(_fresh(prog, f"{self.name}_{hint}{len(self.vars)}"),
-                                      shape, init=init)
+            self.vars[key] = prog.var(
+                _fresh(prog, f"{self.name}_{hint}{len(self.vars)}"), shape, init=init
+            )
             self.written.add(self.vars[key].name)
         return self._check(self.vars[key], shape)
 
@@ -121,9 +123,11 @@ class TempScope:
 
     def _check(self, reg: Register, shape: Shape) -> Register:
         if reg.shape != shape:
-            raise ProgramError(f"scan '{self.name}': its step wrote '{reg.name}' as "
-                               f"{shape_name(reg.shape)} and now as {shape_name(shape)}; every "
-                               f"example must run the same step")
+            raise ProgramError(
+                f"scan '{self.name}': its step wrote '{reg.name}' as "
+                f"{shape_name(reg.shape)} and now as {shape_name(shape)}; every "
+                f"example must run the same step"
+            )
         return reg
 
 
@@ -147,8 +151,16 @@ def _fresh(prog, name: str) -> str:
     return f"{name}_{k}"
 
 
-def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
-             source: SourceLocation, prediction: str = "pred", peel: bool = False) -> Scan:
+def run_scan(
+    p,
+    init,
+    step: Callable,
+    predict: Callable | None,
+    name: str,
+    source: SourceLocation,
+    prediction: str = "pred",
+    peel: bool = False,
+) -> Scan:
     """Lower a scan to ordinary ops (see the module docstring)."""
     where = f"scan '{name}' at {source}"
     if p._loop is not None or p.temp_scope is not None:
@@ -163,11 +175,15 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
             raise ProgramError(f"{where}: state name {k!r} is not a Python identifier")
         arr = np.asarray(v)
         if arr.dtype == np.dtype(object):
-            raise ProgramError(f"{where}: init '{k}' must be numbers (a scan's start value is "
-                               f"part of the weights)")
+            raise ProgramError(
+                f"{where}: init '{k}' must be numbers (a scan's start value is part of the weights)"
+            )
         values[k] = arr.astype(np.float64)
-    x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i") \
-        if p.n >= 1 else None  # no example: nothing to move (and no token before the query)
+    x_prev = (
+        p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
+        if p.n >= 1
+        else None
+    )  # no example: nothing to move (and no token before the query)
     x_e, y_e = as_expr(x_prev, p) if x_prev is not None else None, as_expr(p.y, p)
     start = {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
     state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
@@ -201,25 +217,39 @@ def run_scan(p, init, step: Callable, predict: Callable | None, name: str,
             finally:
                 p.temp_scope = None
             for k, reg in state.items():
-                p.select(reg, [0, 1], start[k], prev[k],
-                         note=f"{k} after the example before (start value before the prompt)")
+                p.select(
+                    reg,
+                    [0, 1],
+                    start[k],
+                    prev[k],
+                    note=f"{k} after the example before (start value before the prompt)",
+                )
             carried = run_step()
+
     def make_before(k: str) -> Expr:
         if carried is None:
             return as_expr(start[k], p)
         shifted = carried[k].at(Offset(1))
         read = shifted.single_read()
         src = read if read is not None else bind_temp(shifted, f"{k}_read")
-        reg = p.select(_fresh(p, f"{name}_{k}_before"), [0], start[k], src,
-                       note=f"{k} before x token i (start value at x_1, final at the query)")
+        reg = p.select(
+            _fresh(p, f"{name}_{k}_before"),
+            [0],
+            start[k],
+            src,
+            note=f"{k} before x token i (start value at x_1, final at the query)",
+        )
         return as_expr(reg, p)
 
     before = State({k: None for k in state}, make_before)
     pred = None
     if predict is not None:
         s = before["state"] if single else before
-        pred = p.let(_fresh(p, prediction), as_expr(predict(s, as_expr(p.x, p)), p),
-                     note="prediction at x token i and the query")
+        pred = p.let(
+            _fresh(p, prediction),
+            as_expr(predict(s, as_expr(p.x, p)), p),
+            note="prediction at x token i and the query",
+        )
     return Scan(before, pred, x_prev, state)
 
 
@@ -250,20 +280,26 @@ def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dic
     if single:
         out = {"state": out}
     if not isinstance(out, Mapping):
-        raise ProgramError(f"{where}: the step must return a dict of the state's entries "
-                           f"({', '.join(shapes)}), got {type(out).__name__}")
+        raise ProgramError(
+            f"{where}: the step must return a dict of the state's entries "
+            f"({', '.join(shapes)}), got {type(out).__name__}"
+        )
     if set(out) != set(shapes):
-        raise ProgramError(f"{where}: the step returns {sorted(out)} but the state is "
-                           f"{sorted(shapes)}")
+        raise ProgramError(
+            f"{where}: the step returns {sorted(out)} but the state is {sorted(shapes)}"
+        )
     new = {}
     for k, v in out.items():
         e = as_expr(v, p)
         if e is NotImplemented:
-            raise ProgramError(f"{where}: the step's '{k}' is {type(v).__name__}, not an "
-                               f"expression")
+            raise ProgramError(
+                f"{where}: the step's '{k}' is {type(v).__name__}, not an expression"
+            )
         if e.shape != tuple(shapes[k]):
-            raise ProgramError(f"{where}: the step's '{k}' is {shape_name(e.shape)} but its "
-                               f"start value is {shape_name(tuple(shapes[k]))}")
+            raise ProgramError(
+                f"{where}: the step's '{k}' is {shape_name(e.shape)} but its "
+                f"start value is {shape_name(tuple(shapes[k]))}"
+            )
         new[k] = e
     return new
 
@@ -278,12 +314,14 @@ def _carry(e: Expr) -> Expr:
     scope = e.program.temp_scope
     out = Expr(e.program, e.shape, dict(e.lin), {}, e.bias, dict(e.versions), e.source)
     # product terms of the example alone (x_i y_i) are computed once, before the loop
-    invariant = {k: P for k, P in e.prod.items()
-                 if not ({k[0].register.name, k[1].register.name} & scope.written)}
+    invariant = {
+        k: P
+        for k, P in e.prod.items()
+        if not ({k[0].register.name, k[1].register.name} & scope.written)
+    }
     for part in (invariant, {k: P for k, P in e.prod.items() if k not in invariant}):
         if part:
-            prod = Expr(e.program, e.shape, {}, part, np.zeros(e.width), dict(e.versions),
-                        e.source)
+            prod = Expr(e.program, e.shape, {}, part, np.zeros(e.width), dict(e.versions), e.source)
             out = out + as_expr(bind_temp(prod, "p"), e.program)
     return out
 

@@ -40,8 +40,9 @@ def program(d: int = 2, n: int = 2, lr: float = 0.1, w0=None) -> Program:
     wb, ab, kb = p.var("wb", d), p.var("ab", d), p.var("kb", ())
     s, num, k = p.var("s", ()), p.var("num", d), p.var("k", ())
     for _ in p.loop(n):
-        p.raw(wb, [Read(wp, Offset(2)), Read(gs, Offset(2)), Read(xy, Offset(2))], W=W_w,
-              shape=(d,))
+        p.raw(
+            wb, [Read(wp, Offset(2)), Read(gs, Offset(2)), Read(xy, Offset(2))], W=W_w, shape=(d,)
+        )
         p.raw(ab, [Read(ap, Offset(2)), Read(q, Offset(2))], W=W_a, shape=(d,))
         p.raw(kb, Read(kp, Offset(2)), bias=1.0)
         p.select(wp, [0, 1], w_init, wb)

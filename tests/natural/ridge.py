@@ -27,7 +27,12 @@ def program(d: int = 2, n: int = 2, lam: float = 1.0, peel: bool = False) -> Pro
         u = s.A @ x
         return {"A": s.A - outer(u, u) / (1 + x @ u), "b": s.b + x * y}
 
-    scan = p.scan(init={"A": np.eye(d) / lam, "b": np.zeros(d)}, step=step,
-                  predict=lambda s, x: (s.A @ s.b) @ x, name="rls", peel=peel)
+    scan = p.scan(
+        init={"A": np.eye(d) / lam, "b": np.zeros(d)},
+        step=step,
+        predict=lambda s, x: (s.A @ s.b) @ x,
+        name="rls",
+        peel=peel,
+    )
     p.output(scan.prediction, roles=("x", "query"))
     return p
