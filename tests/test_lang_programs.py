@@ -53,9 +53,9 @@ PAIRS = [
         {"d": 2, "n": 2, "T": 2},
     ),
     (
-        NATURAL / "ridge.py",
+        HAND / "ridge.py",
         "ridge",
-        [{"d": 1, "n": 1}, {"d": 2, "n": 4}, {"d": 4, "n": 3}, {"d": 2, "n": 3, "peel": True}],
+        [{"d": 1, "n": 1}, {"d": 2, "n": 4}, {"d": 4, "n": 3}, {"d": 2, "n": 3, "lam": 0.25}],
         {"d": 2, "n": 2},
     ),
     (
@@ -80,10 +80,6 @@ PAIRS = [
 ]
 
 
-def _bundled_params(name: str, params: dict) -> dict:
-    return {k: v for k, v in params.items() if k != "peel"}
-
-
 def _id(pair) -> str:
     return f"{pair[0].parent.name}-{pair[1]}"
 
@@ -94,9 +90,7 @@ def test_forms_predict_the_same_in_the_interpreter(pair):
     for k, params in enumerate(sizes):
         d, n = params["d"], params.get("n", 1)
         prompts = random_prompts(64, d, n, seed=1000 + 17 * k + d)
-        want = interpret(
-            find_program(name).build(**_bundled_params(name, params)), prompts
-        ).output()
+        want = interpret(find_program(name).build(**params), prompts).output()
         got = interpret(find_program(other).build(**params), prompts).output()
         assert got.shape == want.shape
         assert rel_err(got, want) <= 1e-12, (name, params)
@@ -130,6 +124,7 @@ REWRITTEN = {
     "sherman_morrison": [{"d": 2}],
     "sgd": [{"d": 2, "n": 4}],
     "batch_gd": [{"d": 2, "n": 2, "T": 3}],
+    "ridge": [{"d": 2, "n": 3}],
 }
 LEARNERS = {
     "nlms": {"d": 2, "n": 3},

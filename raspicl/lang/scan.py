@@ -273,6 +273,11 @@ def _dry_run(p, scope: TempScope, run_step: Callable) -> dict[str, Expr]:
     del p.ops[keep:]
     for e in carried.values():
         e.versions = {name: p.writes(p.registers[name]) for name in e.versions}
+    # only what the first iteration reads at Offset(2) needs its initial 0
+    needed = set().union(*(e.registers() for e in carried.values()))
+    for reg in list(scope.vars.values()) + list(scope.named.values()):
+        if reg.name not in needed:
+            p.constants.pop(reg.name, None)
     return carried
 
 
