@@ -13,19 +13,17 @@ them over the y tokens at or before it. At token 0 (x_1) there is no example and
 undefined; a select sets S = 0 and b = 0 there, so the prediction at x_1 is gradient descent
 with no data, w_T = (1 - 2 lr lam)^T w_0 (w_0 itself when lam = 0).
 
-The T steps are a loop of T identical iterations (`p.loop`), one block each: the affine
-part of the step in the attention (a head that reads the current token), then the product
-S w for the next step in the MLP. The loop body starts with the attention op so that a looped
-compile (shared weights, every iteration on a fresh block) also runs one block per step; the
-product after the last step is not used.
+The T steps are a loop of T identical iterations (`p.loop`), each the textbook step written
+with the language's operators (docs/language.md, "Expressions"): one op per step, whose terms
+are the products S w and the linear part (1 - 2 lr lam) w + 2 lr b, so one MLP per step. The
+hand-written form (tests/hand_fused/batch_gd.py) formed S w and the affine step in separate
+ops; this one compiles to the same blocks and width with fewer parameters.
 
-    xx = x_prev x_prev^T,  xy = x_prev y      block 0: x_prev from Offset(1), MLP products
-    S = select(token 0 -> 0, else mean of xx over y tokens)       block 1: attention + gate
+    xx = x_prev x_prev^T,  xy = x_prev y      x_prev from Offset(1), MLP products
+    S = select(token 0 -> 0, else mean of xx over y tokens)       attention + gate
     b = select(token 0 -> 0, else mean of xy over y tokens)
-    Sw = S w_0                                                    block 2: MLP
-    loop T:  w  = (1 - 2 lr lam) w - 2 lr Sw + 2 lr b             attention
-             Sw = S w                                             MLP
-    pred = w^T x                                                  MLP (of the last block)
+    loop T:  w = w - 2 lr (S w - b + lam w)                       MLP
+    pred = w^T x                                                  MLP
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from raspicl import Mean, Offset, Program, Read, solvers
+from raspicl.lang.expr import outer
 from raspicl.prompts import PromptDistribution, Prompts
 
 # `raspicl verify`'s default checks (1000 problems, float64 and float32 each), chosen so
@@ -71,23 +70,17 @@ def program(d: int = 2, n: int = 2, T: int = 4, lr: float = 0.1, lam: float = 0.
     w0 = _w0(d, w0)
     p = Program("batch_gd", d=d, n=n,
                 params={"d": d, "n": n, "T": T, "lr": lr, "lam": lam, "w0": w0.tolist()})
-    eye = np.eye(d)
-    W_step = np.hstack([(1.0 - 2.0 * lr * lam) * eye, -2.0 * lr * eye, 2.0 * lr * eye])
     zero_S = p.const("zero_S", np.zeros((d, d)))
     zero_b = p.const("zero_b", np.zeros(d))
     x_prev = p.mov("x_prev", Read(p.x, Offset(1)), note="x_j, at y token j")
-    xx = p.mul("xx", x_prev, x_prev, a_shape=(d, 1), b_shape=(1, d), shape=(d, d),
-                note="x_j x_j^T")
-    xy = p.mul("xy", x_prev, p.y, shape=(d,), note="x_j y_j")
+    xx = p.let("xx", outer(x_prev, x_prev), note="x_j x_j^T")
+    xy = p.let("xy", x_prev * p.y, note="x_j y_j")
     S = p.select("S", [0], zero_S, Read(xx, Mean("y")), note="mean x x^T over the examples")
     b = p.select("b", [0], zero_b, Read(xy, Mean("y")), note="mean x y over the examples")
     w = p.var("w", d, init=w0)
-    Sw = p.var("Sw", d)
-    p.mul(Sw, S, w, shape=(d,), note="S w_0")
     for _ in p.loop(T):
-        p.raw(w, [w, Sw, b], W=W_step, shape=(d,), note="w - 2 lr (S w - b + lam w)")
-        p.mul(Sw, S, w, shape=(d,), note="S w, for the next step")
-    pred = p.dot("pred", w, p.x, note="w_T^T x")
+        p.let(w, w - 2 * lr * (S @ w - b + lam * w), note="w - 2 lr (S w - b + lam w)")
+    pred = p.let("pred", w @ p.x, note="w_T^T x")
     p.output(pred, roles=("x", "query"))
     return p
 

@@ -9,6 +9,12 @@ the formula is the one implemented).
 The update is computed at every token; at the y token it reads x_1 from the token before, and
 the query reads w' from the y token. lr, lam and w0 may be sympy expressions (raspicl.symbolic);
 such a program runs in the interpreter but cannot be compiled.
+
+Written with the language's operators (docs/language.md, "Expressions"), one named register per
+line of the derivation; each `p.let` is one op, as the hand-written ops were
+(tests/hand_fused/gd_step.py). The whole update as one expression,
+`w0 - 2 lr (x (x^T w0 - y) + lam w0)` read at the query (tests/natural/gd_step.py), compiles to
+3 blocks instead of 4 but to a wider stream, so it waits for the fusion pass.
 """
 
 from __future__ import annotations
@@ -34,13 +40,12 @@ def program(d: int = 2, lr: float = 0.1, lam: float = 0.0, w0=None) -> Program:
     p = Program("gd_step", d=d, n=1, params={"d": d, "lr": lr, "lam": lam, "w0": w0.tolist()})
     w = p.const("w0", w0)
     x_prev = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
-    pred0 = p.dot("pred0", x_prev, w, note="x^T w0")
-    err = p.aff("err", pred0, p.y, W1=1.0, W2=-1.0, note="x^T w0 - y")
-    g = p.mul("g", x_prev, err, note="x (x^T w0 - y)")
-    w_next = p.aff("w_next", w, g, W1=1 - 2 * lr * lam, W2=-2 * lr,
-                   note="w0 - 2 lr (g + lam w0)")
-    w_query = p.mov("w_query", Read(w_next, Offset(1)), note="w', at the query token")
-    pred = p.dot("pred", w_query, p.x, note="w'^T x_q")
+    pred0 = p.let("pred0", x_prev @ w, note="x^T w0")
+    err = p.let("err", pred0 - p.y, note="x^T w0 - y")
+    g = p.let("g", x_prev * err, note="x (x^T w0 - y)")
+    w_next = p.let("w_next", w - 2 * lr * (g + lam * w), note="w0 - 2 lr (g + lam w0)")
+    w_query = p.let("w_query", Read(w_next, Offset(1)), note="w', at the query token")
+    pred = p.let("pred", w_query @ p.x, note="w'^T x_q")
     p.output(pred, roles=("query",))
     return p
 

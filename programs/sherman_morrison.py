@@ -8,6 +8,12 @@ Prompt [x~_1, y~_1, x~_q] (n = 1). Ridge regression on one example, exactly:
 
 The division is by |1 + x^T A0^-1 x|, which equals 1 + x^T x / lam > 0 for lam > 0.
 lam may be a sympy expression (raspicl.symbolic); such a program cannot be compiled.
+
+Written as the formula with the language's operators (docs/language.md, "Expressions"): u and
+the divisor have registers of their own (u is used three times); A1^-1 is never stored: its
+correction u u^T / (1 + x^T u) is one div, and A1^-1 (x y) one product op whose terms read the
+division and the products directly. This compiles to 5 blocks where the op-per-line form
+(tests/hand_fused/sherman_morrison.py) needs 6.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from raspicl import Offset, Program, Read, solvers
+from raspicl.lang.expr import outer
 from raspicl.lang.ops import is_symbolic_value
 from raspicl.prompts import Prompts
 
@@ -32,18 +39,13 @@ def program(d: int = 2, lam: float = 1.0) -> Program:
     if (lam.is_positive is False) if symbolic else not lam > 0:
         raise ValueError(f"sherman_morrison needs lam > 0 (A0 = lam I), got {lam}")
     p = Program("sherman_morrison", d=d, n=1, params={"d": d, "lam": lam})
-    a0_inv = p.const("A0_inv", np.eye(d, dtype=np.int64) / lam)
-    x_prev = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
-    u = p.mul("u", a0_inv, x_prev, note="A0^-1 x")
-    xu = p.dot("xu", x_prev, u, note="x^T A0^-1 x")
-    denom = p.aff("denom", xu, bias=1.0, note="1 + x^T A0^-1 x")
-    uu = p.mul("uu", u, u, a_shape=(d, 1), b_shape=(1, d), note="u u^T")
-    correction = p.div("correction", uu, denom, note="u u^T / (1 + x^T A0^-1 x)")
-    a1_inv = p.aff("A1_inv", a0_inv, correction, W1=1.0, W2=-1.0, note="A1^-1")
-    xy = p.mul("xy", x_prev, p.y, note="x y")
-    w_next = p.mul("w_next", a1_inv, xy, note="w' = A1^-1 x y")
-    w_query = p.mov("w_query", Read(w_next, Offset(1)), note="w', at the query token")
-    pred = p.dot("pred", w_query, p.x, note="w'^T x_q")
+    a0_inv = np.eye(d, dtype=np.int64) / lam
+    x = p.mov("x_prev", Read(p.x, Offset(1)), note="x_1, at the y token")
+    u = p.let("u", a0_inv @ x, note="A0^-1 x")
+    denom = p.let("denom", 1 + x @ u, note="1 + x^T A0^-1 x")
+    a1_inv = a0_inv - outer(u, u) / denom
+    w_next = p.let("w_next", a1_inv @ (x * p.y), note="w' = A1^-1 x y")
+    pred = p.let("pred", Read(w_next, Offset(1)) @ p.x, note="w'^T x_q")
     p.output(pred, roles=("query",))
     return p
 

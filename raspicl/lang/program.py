@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raspicl.errors import ProgramError
+from raspicl.lang.expr import PROGRAMS, Expr, as_expr, emit
 from raspicl.lang.ops import (
     Op,
     all_finite,
@@ -98,6 +99,11 @@ class Program:
         self.output_spec: Output | None = None
         self._loop: tuple[int, int] | None = None
         self._loops = 0
+        self._writes: dict[str, list[Op]] = {}
+        self._temps = itertools.count()
+        self._loop_scopes: dict = {}
+        self.temp_scope = None  # a scan's TempScope while it records its step (scan.py)
+        PROGRAMS[self.id] = self
         here = caller_location()
         self.x = self._new_register("x", (int(d),), "input", here)
         self.y = self._new_register("y", (), "input", here)
@@ -212,7 +218,92 @@ class Program:
         object.__setattr__(op, "index", len(self.ops))
         object.__setattr__(op, "loop", self._loop)
         self.ops.append(op)
+        self._writes.setdefault(op.dst.name, []).append(op)
         return op.dst
+
+    def _insert(self, op: Op, position: int) -> Register:
+        """Put op at `position` of the program (a scan hoists a loop-invariant intermediate
+        before its loop) and renumber the ops after it."""
+        object.__setattr__(op, "loop", None)
+        self.ops.insert(position, op)
+        for k in range(position, len(self.ops)):
+            object.__setattr__(self.ops[k], "index", k)
+        self._writes.setdefault(op.dst.name, []).append(op)
+        return op.dst
+
+    def writes(self, reg: Register) -> int:
+        """How many ops have written `reg` so far (an expression notes it for each read)."""
+        return len(self._writes.get(reg.name, ()))
+
+    def last_write(self, reg: Register) -> Op:
+        return self._writes[reg.name][-1]
+
+    def temp(self, hint: str, shape: Shape) -> Register:
+        """A fresh register for an intermediate of an expression: '_<hint><k>', or inside a
+        scan the var its step uses at this position in every iteration."""
+        scope = self._scope()
+        if scope is not None:
+            return scope.next(self, hint, tuple(shape))
+        return self.temp_outside(hint, shape)
+
+    def _scope(self):
+        """Where an expression's intermediates live: the scan's scope while a scan records
+        its step, a loop's scope inside `p.loop` (reset at each iteration, so every iteration
+        writes the same vars), else None (fresh registers)."""
+        if self.temp_scope is not None:
+            return self.temp_scope
+        if self._loop is None:
+            return None
+        from raspicl.lang.scan import TempScope
+
+        loop_id, k = self._loop
+        scope = self._loop_scopes.setdefault(loop_id, TempScope(f"loop{loop_id}"))
+        if scope.iteration != k:
+            scope.iteration = k
+            scope.start("step")
+        return scope
+
+    def temp_outside(self, hint: str, shape: Shape) -> Register:
+        """A fresh value register '_<hint><k>', whatever scope is open."""
+        while True:
+            name = f"_{hint}{next(self._temps)}"
+            if name not in self.registers:
+                return self._new_register(name, tuple(shape), "value", caller_location())
+
+    # ------------------------------------------------------------------ expressions
+
+    def let(self, dst: str | Register, expr, note: str = "") -> Register:
+        """Bind an expression (raspicl.lang.expr: a + b, c * a, a @ b, a / s, S[j, :], ...)
+        to a register: a new one for a name, or a var given as a Register. One op: mov for
+        a single read, else one RAW op holding every linear and product term."""
+        e = as_expr(expr, self)
+        if e is NotImplemented:
+            source = caller_location()
+            raise fail("let", _dst_name(dst), source,
+                       f"the value must be an expression, a register, a read or numbers; got "
+                       f"{type(expr).__name__}")
+        scope = self._scope()
+        if scope is not None and isinstance(dst, str):
+            dst = scope.var(self, dst, e.shape)  # inside a scan's step or a loop: a var
+        return emit(self, dst, e, note=note)
+
+    def expr(self, value) -> Expr:
+        """value (a register, a read, numbers) as an expression of this program."""
+        e = as_expr(value, self)
+        if e is NotImplemented:
+            raise ProgramError(f"at {caller_location()}: {value!r} is not a register, a read or "
+                               f"numbers")
+        return e
+
+    def scan(self, init: dict | object, step, predict=None, name: str = "scan",
+             prediction: str = "pred", peel: bool = False):
+        """An online learner over the examples (see raspicl/lang/scan.py): the state after
+        example i is step(state after i - 1, x_i, y_i), from `init`; predict(state, x), if
+        given, is written at every token (the state before x token i, the final one at the
+        query). Returns a Scan with .before (the state, as expressions) and .prediction."""
+        from raspicl.lang.scan import run_scan
+
+        return run_scan(self, init, step, predict, name, caller_location(), prediction, peel)
 
     # ------------------------------------------------------------------ the ops
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raspicl.lang.registers import Register
+from raspicl.lang.registers import Arithmetic, Register
 
 ROLES = ("x", "y", "query")
 
@@ -58,7 +58,7 @@ Where = Here | Offset | At | Mean
 
 
 @dataclass(frozen=True)
-class Read:
+class Read(Arithmetic):
     """A register read at a place."""
 
     register: Register

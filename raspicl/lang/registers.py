@@ -19,8 +19,60 @@ def shape_name(shape: Shape) -> str:
     return f"matrix({shape[0]}x{shape[1]})"
 
 
+class Arithmetic:
+    """Operators on registers and reads: each builds a lazy expression (raspicl.lang.expr),
+    written to the program only when bound with p.let() (or where an op must exist)."""
+
+    __array_ufunc__ = None  # numpy defers to the reflected operators (2.0 * r, M @ r)
+
+    def _expr(self):
+        from raspicl.lang.expr import as_expr
+
+        return as_expr(self)
+
+    def __add__(self, other):
+        return self._expr() + other
+
+    def __radd__(self, other):
+        return other + self._expr()
+
+    def __sub__(self, other):
+        return self._expr() - other
+
+    def __rsub__(self, other):
+        return other - self._expr()
+
+    def __mul__(self, other):
+        return self._expr() * other
+
+    def __rmul__(self, other):
+        return other * self._expr()
+
+    def __matmul__(self, other):
+        return self._expr() @ other
+
+    def __rmatmul__(self, other):
+        return other @ self._expr()
+
+    def __truediv__(self, other):
+        return self._expr() / other
+
+    def __rtruediv__(self, other):
+        return other / self._expr()
+
+    def __neg__(self):
+        return -self._expr()
+
+    def __getitem__(self, index):
+        return self._expr()[index]
+
+    @property
+    def T(self):  # noqa: N802 (numpy's name)
+        return self._expr().T
+
+
 @dataclass(frozen=True, eq=False)
-class Register:
+class Register(Arithmetic):
     """A named register of a program.
 
     kind is 'input' (the token's own x or y part), 'const' (the same value at every token,

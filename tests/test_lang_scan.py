@@ -1,0 +1,213 @@
+"""The scan construct (raspicl/lang/scan.py): an online learner written as its update.
+
+Values are checked in the float64 interpreter against the recursion run in numpy here, at
+every x token (the state before it) and at the query (the final state); the generated plumbing
+(one loop of identical iterations, start values by select, the loop-invariant x_i y_i hoisted
+before the loop, no op for a state entry nothing reads) by the ops it writes; errors by their
+messages; one scan compiled, unrolled and with shared loops, against the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from raspicl import Program, ProgramError, interpret, random_prompts
+from raspicl.lang.expr import outer
+
+THIS_FILE = os.path.basename(__file__)
+
+
+def _ema_program(d: int, n: int, peel: bool = False, c: float = 0.25) -> Program:
+    """A state (m, v) with a product in its step: m_i = m + c (x y - m), v_i = v + c (y^2 - v)
+    ... and a cross term m_i += c v x, so both entries feed each other."""
+    p = Program("ema", d=d, n=n)
+
+    def step(s, x, y):
+        return {"m": s.m + c * (x * y - s.m) + c * s.v * x, "v": (1 - c) * s.v + c * y * y}
+
+    scan = p.scan(
+        init={"m": np.zeros(d), "v": 1.0}, step=step, predict=lambda s, x: s.m @ x + s.v, peel=peel
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    return p
+
+
+def _ema_numpy(prompts, c: float = 0.25) -> np.ndarray:
+    B, n, d = prompts.X.shape
+    m, v = np.zeros((B, d)), np.ones(B)
+    queries = prompts.prefix_queries()
+    preds = []
+    for i in range(n):
+        preds.append(np.sum(m * queries[:, i], 1) + v)
+        x, y = prompts.X[:, i], prompts.y[:, i]
+        m, v = m + c * (x * y[:, None] - m) + c * v[:, None] * x, (1 - c) * v + c * y * y
+    preds.append(np.sum(m * queries[:, n], 1) + v)
+    return np.stack(preds, 1)
+
+
+@pytest.mark.parametrize("peel", [False, True])
+@pytest.mark.parametrize("d, n", [(1, 1), (2, 3), (3, 5)])
+def test_scan_matches_the_recursion_at_every_x_token(d, n, peel):
+    p = _ema_program(d, n, peel)
+    prompts = random_prompts(16, d, n, seed=10 * d + n)
+    got = interpret(p, prompts).output()[..., 0]
+    np.testing.assert_allclose(got, _ema_numpy(prompts), rtol=1e-12, atol=1e-12)
+
+
+def test_no_examples_predicts_from_the_start_value():
+    p = _ema_program(2, 0)
+    prompts = random_prompts(4, 2, 0, seed=1)
+    np.testing.assert_allclose(interpret(p, prompts).output()[..., 0], np.ones((4, 1)))
+    assert not any(op.loop for op in p.ops)
+
+
+def test_generated_plumbing():
+    d, n = 2, 4
+    p = _ema_program(d, n)
+    looped = [op for op in p.ops if op.loop is not None]
+    assert sorted({op.loop[1] for op in looped}) == list(range(n))
+    per_iteration = [[(op.kind, op.dst.name) for op in looped if op.loop[1] == k] for k in range(n)]
+    assert all(it == per_iteration[0] for it in per_iteration)
+    body = [op for op in looped if op.loop[1] == 0]
+    # the start value by a select over tokens 0 and 1, and the state of the y token before
+    selects = [op for op in body if op.kind == "select"]
+    assert {op.dst.name for op in selects} == {"scan_m", "scan_v"}
+    assert all(list(np.nonzero(op.mask)[0]) == [0, 1] for op in selects)
+    # x_i y_i and y_i^2 read only the example: computed before the loop, once
+    hoisted = [op for op in p.ops if op.loop is None and "loop-invariant" in op.note]
+    assert len(hoisted) == 2 and all(op.index < body[0].index for op in hoisted)
+    # with peel the first step runs before the loop and the loop has n - 1 iterations
+    q = _ema_program(d, n, peel=True)
+    assert sorted({op.loop[1] for op in q.ops if op.loop is not None}) == list(range(n - 1))
+
+
+def test_state_nothing_reads_costs_no_op():
+    """The prediction reads m only: no select makes v's state before the x tokens."""
+    p = Program("unused", d=2, n=2)
+    scan = p.scan(
+        init={"m": np.zeros(2), "v": 0.0},
+        step=lambda s, x, y: {"m": s.m + x * y, "v": s.v + y},
+        predict=lambda s, x: s.m @ x,
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    names = {op.dst.name for op in p.ops}
+    assert "scan_m_before" in names and "scan_v_before" not in names
+    # reading it later makes it, in order
+    p.output(p.let("v_seen", scan.before.v), roles=("x", "query"))
+    prompts = random_prompts(8, 2, 2, seed=3)
+    Y = prompts.y
+    want = np.stack([np.zeros(8), Y[:, 0], Y[:, 0] + Y[:, 1]], 1)
+    np.testing.assert_allclose(interpret(p, prompts).output()[..., 0], want, atol=1e-14)
+
+
+def test_named_intermediate_inside_the_step_is_one_var():
+    p = Program("named", d=2, n=3)
+
+    def step(s, x, y):
+        e = p.let("err", x @ s.w - y)
+        return {"w": s.w - 0.1 * x * e}
+
+    p.output(
+        p.scan(init={"w": np.zeros(2)}, step=step, predict=lambda s, x: s.w @ x).prediction,
+        roles=("x", "query"),
+    )
+    assert p.registers["err"].kind == "var"
+    assert sum(op.dst.name == "err" for op in p.ops) == 3  # once per example, same register
+    prompts = random_prompts(8, 2, 3, seed=4)
+    w, preds = np.zeros((8, 2)), []
+    for i in range(3):
+        preds.append(np.sum(w * prompts.X[:, i], 1))
+        e = np.sum(prompts.X[:, i] * w, 1) - prompts.y[:, i]
+        w = w - 0.1 * prompts.X[:, i] * e[:, None]
+    preds.append(np.sum(w * prompts.xq, 1))
+    np.testing.assert_allclose(
+        interpret(p, prompts).output()[..., 0], np.stack(preds, 1), atol=1e-14
+    )
+
+
+def test_single_state_and_matrix_state():
+    """init may be one array (the step takes and returns one expression); a matrix state."""
+    d, n = 2, 3
+    p = Program("gram", d=d, n=n)
+    scan = p.scan(
+        init=np.eye(d), step=lambda G, x, y: 0.5 * G + outer(x, x), predict=lambda G, x: x @ G @ x
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    prompts = random_prompts(8, d, n, seed=5)
+    G = np.broadcast_to(np.eye(d), (8, d, d))
+    queries = prompts.prefix_queries()
+    preds = []
+    for i in range(n):
+        preds.append(np.einsum("bi,bij,bj->b", queries[:, i], G, queries[:, i]))
+        G = 0.5 * G + np.einsum("bi,bj->bij", prompts.X[:, i], prompts.X[:, i])
+    preds.append(np.einsum("bi,bij,bj->b", queries[:, n], G, queries[:, n]))
+    np.testing.assert_allclose(
+        interpret(p, prompts).output()[..., 0], np.stack(preds, 1), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"v": s.w}),
+            ("scan 'scan'", "returns ['v']", "state is ['w']"),
+        ),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.w @ x}),
+            ("the step's 'w' is scalar", "vector(2)"),
+        ),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: [s.w]),
+            ("must return a dict",),
+        ),
+        (
+            lambda p: p.scan(init={"1w": np.zeros(2)}, step=lambda s, x, y: s),
+            ("not a Python identifier",),
+        ),
+        (lambda p: p.scan(init={}, step=lambda s, x, y: s), ("init has no state",)),
+        (
+            lambda p: p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"w": s.u}),
+            ("no entry 'u'",),
+        ),
+    ],
+    ids=["keys", "shape", "not-dict", "name", "empty", "attribute"],
+)
+def test_scan_errors(make, expect):
+    p = Program("bad", d=2, n=2)
+    with pytest.raises((ProgramError, AttributeError)) as exc:
+        make(p)
+    for part in expect:
+        assert part in str(exc.value), str(exc.value)
+
+
+def test_scan_errors_name_the_line():
+    p = Program("bad", d=2, n=2)
+    with pytest.raises(ProgramError) as exc:
+        p.scan(init={"w": np.zeros(2)}, step=lambda s, x, y: {"v": s.w})
+    assert THIS_FILE in str(exc.value)
+
+
+def test_scan_inside_a_loop_is_refused():
+    p = Program("nested", d=2, n=2)
+    with pytest.raises(ProgramError, match="inside a loop"):
+        for _ in p.loop(2):
+            p.scan(init=np.zeros(2), step=lambda w, x, y: w)
+
+
+@pytest.mark.parametrize("loops", ["unroll", "share"])
+def test_compiled_scan_matches_the_interpreter(loops):
+    from raspicl.compiler import compile_program
+    from raspicl.verify import rel_err
+
+    p = _ema_program(2, 3)
+    prompts = random_prompts(32, 2, 3, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, loops=loops)
+        got = cm.predict(prompts, check="ignore")
+    assert rel_err(got, interpret(p, prompts).output()) <= 1e-8
