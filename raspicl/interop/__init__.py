@@ -1,0 +1,1 @@
+"""Interop with HuggingFace and TransformerLens (filled in below)."""
