@@ -143,6 +143,9 @@ class CompactPlan:
     those weights are unchanged (`matches`)."""
 
     def __init__(self, model: Transformer):
+        if model.cfg.arch.name != "paper":
+            raise ValueError(f"the compact plan runs paper models only; this model's "
+                             f"architecture is {model.cfg.arch.name} (run it dense)")
         self.order = model.cfg.order()
         self.attns = [_attn_plan(b.attn) for b in model.blocks]
         self.mlps = [_mlp_plan(b) for b in model.blocks]

@@ -117,7 +117,8 @@ class CompiledModel:
         setting; prompts with a non-finite token always run the dense pass."""
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         tok = self.tokens(arr)
-        use = self.compact if compact is None else compact
+        use = (self.compact if compact is None else compact) \
+            and not self.model.cfg.arch.ln_before_attention  # the plan is paper-only
         plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
         n = threads if threads is not None else self.threads
         with torch.no_grad():
@@ -133,8 +134,14 @@ class CompiledModel:
 
     def readout(self, final: np.ndarray) -> np.ndarray:
         """The prediction at the output positions from the last residual [B, T, d_model]
-        (W_U only selects rows, so float64 reads it exactly whatever the model's dtype)."""
+        (W_U only selects rows, so float64 reads it exactly whatever the model's dtype; a gpt2
+        model reads through its ln_final, in the model's dtype)."""
         pos = self.layout["output"]["positions"]
+        if self.model.cfg.arch.ln_final:
+            w = self.model.ln_final.w
+            x = torch.from_numpy(np.ascontiguousarray(final[:, pos])).to(w.dtype).to(w.device)
+            with torch.no_grad():
+                return self.model.readout(x).detach().cpu().double().numpy()
         W_U = self.model.unembed.W_U.detach().cpu().double().numpy()
         b_U = self.model.unembed.b_U.detach().cpu().double().numpy()
         return final[:, pos] @ W_U + b_U

@@ -40,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from raspicl.arch import arch_of_layout
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError
@@ -356,7 +357,7 @@ def model_config(layout: dict) -> ModelConfig:
                            d_head=a["d_head"], d_mlp=a["d_mlp"], n_ctx=a["n_ctx"],
                            d_token=a["d_token"], d_out=a["d_out"],
                            ln_eps=tuple(a["layernorm"]["eps"]),
-                           block_order=tuple(a["block_order"]))
+                           block_order=tuple(a["block_order"]), arch=arch_of_layout(a))
     except (KeyError, TypeError) as exc:
         raise LoadError(f"layout.json's architecture is incomplete: missing {exc}") from exc
 

@@ -1,5 +1,6 @@
-"""The transformer that compiled programs run on: the `paper` architecture
-(the block of Akyürek et al., ICLR 2023; docs/architecture.md).
+"""The transformer that compiled programs run on: the `paper` architecture (the block of
+Akyürek et al., ICLR 2023) or `gpt2` (HuggingFace's GPT2Model), as `ModelConfig.arch` says
+(raspicl.arch; docs/architecture.md).
 
     resid = tokens @ W_E + W_pos[:T]
     for each block l (in `block_order`):
@@ -8,7 +9,12 @@
     out = resid @ W_U + b_U
 
 Q_h = resid W_Q[h] + b_Q[h], likewise K and V; GeLU is the exact (erf) form; each block's
-LayerNorm has its own eps. Weight names and shapes follow TransformerLens. `block_order` lists
+LayerNorm has its own eps. gpt2 instead reads attention through ln1 and the readout through
+ln_final, with one eps for every LayerNorm and GeLU "gelu" or "gelu_new":
+
+    for each block l:  A = resid + attn(ln1_l(resid));  resid = A + mlp(ln2_l(A))
+    out = ln_final(resid) @ W_U + b_U
+ Weight names and shapes follow TransformerLens. `block_order` lists
 the blocks the forward pass runs, in order: range(n_layers) for an ordinary model, a block index
 repeated for a looped one whose weights are shared.
 
@@ -33,13 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raspicl.arch import PAPER, Architecture
+
 # The dtypes the gadgets are built and measured for. float16 and bfloat16 cannot hold the
 # anchors, LayerNorm eps and product scales (bfloat16 errs by 3e-3 on a plain matrix product).
 GADGET_DTYPES = (torch.float64, torch.float32)
 
-# The MLP's activation as layouts name it: F.gelu, the exact (erf) form. The one place it is
-# spelled; describe and the schema should read it from here.
-ACT_FN = "gelu_erf"
+# The paper MLP's activation as layouts name it: F.gelu, the exact (erf) form (raspicl.arch).
+ACT_FN = PAPER.act_fn
 
 # The torch thread count of a CPU forward pass unless the caller or RASPICL_THREADS says
 # otherwise. Compiled models do many small matrix products (a few hundred rows): extra threads
@@ -93,7 +100,8 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of a compiled model. ln_eps[l] is block l's LayerNorm eps."""
+    """Sizes of a compiled model. ln_eps[l] is block l's LayerNorm eps (under gpt2 every
+    LayerNorm's, ln1, ln2 and ln_final, is the architecture's one eps); arch: the target."""
 
     d_model: int
     n_layers: int
@@ -105,6 +113,7 @@ class ModelConfig:
     d_out: int
     ln_eps: tuple[float, ...]
     block_order: tuple[int, ...] = field(default=())
+    arch: Architecture = PAPER
 
     def order(self) -> tuple[int, ...]:
         return self.block_order or tuple(range(self.n_layers))
@@ -152,24 +161,32 @@ class LayerNorm(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.approximate = cfg.arch.approximate
         self.W_in = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp, dtype=torch.float64))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=torch.float64))
         self.W_out = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model, dtype=torch.float64))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
+        return F.gelu(x @ self.W_in + self.b_in, approximate=self.approximate) @ self.W_out \
+            + self.b_out
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        if cfg.arch.ln_before_attention:
+            self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps[layer])
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps[layer])
         self.mlp = MLP(cfg)
 
+    def attn_in(self, resid: torch.Tensor) -> torch.Tensor:
+        """What the attention reads: ln1(resid) under gpt2, resid itself under paper."""
+        return self.ln1(resid) if hasattr(self, "ln1") else resid
+
     def forward(self, resid: torch.Tensor) -> torch.Tensor:
-        resid = resid + self.attn(resid)
+        resid = resid + self.attn(self.attn_in(resid))
         return resid + self.mlp(self.ln2(resid))
 
 
@@ -201,6 +218,9 @@ class Transformer(nn.Module):
         self.embed = Embed(cfg)
         self.pos_embed = PosEmbed(cfg)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        if cfg.arch.ln_final:
+            self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps[0] if cfg.ln_eps
+                                      else cfg.arch.shared_eps)
         self.unembed = Unembed(cfg)
         self.requires_grad_(False)
 
@@ -211,7 +231,8 @@ class Transformer(nn.Module):
         [B, T, d_model] and a new tensor (none is modified after it is yielded).
 
         plan: a raspicl.compact.CompactPlan of this model's weights, which runs the same
-        sublayers on their nonzero rows, units and heads only; None runs the dense weights.
+        sublayers on their nonzero rows, units and heads only (paper models); None runs the
+        dense weights.
         On the CPU each sublayer runs under threads_for(threads) torch threads."""
         T = tokens.shape[1]
         if T > self.cfg.n_ctx:
@@ -230,7 +251,7 @@ class Transformer(nn.Module):
         for run, layer in enumerate(self.cfg.order()):
             block = self.blocks[layer]
             if plan is None:
-                resid = step(lambda r, b=block: r + b.attn(r), resid)
+                resid = step(lambda r, b=block: r + b.attn(b.attn_in(r)), resid)
                 yield resid
                 resid = step(lambda r, b=block: r + b.mlp(b.ln2(r)), resid)
             else:
@@ -252,7 +273,10 @@ class Transformer(nn.Module):
         return self.readout(final)
 
     def readout(self, resid: torch.Tensor) -> torch.Tensor:
-        """W_U applied to a final residual stream: [B, T, d_out]."""
+        """W_U applied to a final residual stream (through ln_final under gpt2):
+        [B, T, d_out]."""
+        if self.cfg.arch.ln_final:
+            resid = self.ln_final(resid)
         return resid @ self.unembed.W_U + self.unembed.b_U
 
     @property

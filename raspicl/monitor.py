@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raspicl.arch import LN_ANCHOR_ROWS
 from raspicl.guards import token_name
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
@@ -76,6 +77,8 @@ class Read:
     value: str
     place: dict  # {"kind": "here" | "offset" | "at" | "mean", "k" | "index" | "role": ...}
     temp_rows: tuple[int, ...] = ()
+    # gpt2: the temporary's components whose rows the same attention clears (None: paper)
+    temp_cleared: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class Instruction:
     gated: list[tuple[int, float, int, int]] = field(default_factory=list)
     gated_bias: list[float] = field(default_factory=list)
     gate_bound: list[float] = field(default_factory=list)
+    # gpt2: the dst components whose rows the writing sublayer clears or overwrites (the
+    # others hold what an earlier clear left); None: paper, where a clear leaves zero
+    landing_cleared: list[int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Instruction:
@@ -119,7 +125,9 @@ class Instruction:
             op=int(d["op"]), kind=str(d["kind"]), dst=str(d["dst"]), source=str(d["source"]),
             run=int(d["run"]), stage=str(d["stage"]), defined=[int(t) for t in d["defined"]],
             reads=[Read(str(r["value"]), dict(r["place"]),
-                        tuple(int(x) for x in r.get("temp_rows", []))) for r in d["reads"]],
+                        tuple(int(x) for x in r.get("temp_rows", [])),
+                        None if r.get("temp_cleared") is None
+                        else tuple(int(x) for x in r["temp_cleared"])) for r in d["reads"]],
             linear=[(int(o), float(c), int(r), int(k)) for o, c, r, k in d["linear"]],
             bias=[float(b) for b in d["bias"]],
             pairs=[ProductPair((int(p["a"][0]), int(p["a"][1])), (int(p["b"][0]), int(p["b"][1])),
@@ -132,26 +140,35 @@ class Instruction:
             gated=[(int(o), float(c), int(r), int(k)) for o, c, r, k in d.get("gated", [])],
             gated_bias=[float(b) for b in d.get("gated_bias", [])],
             gate_bound=[float(b) for b in d.get("gate_bound", [])],
+            landing_cleared=None if d.get("landing_cleared") is None
+            else [int(k) for k in d["landing_cleared"]],
         )
 
     def where(self) -> str:
         return f"op {self.op} ({self.kind} writing '{self.dst}', {self.source})"
 
 
+def _read_record(r: Read) -> dict:
+    out = {"value": r.value, "place": r.place, "temp_rows": list(r.temp_rows)}
+    if r.temp_cleared is not None:
+        out["temp_cleared"] = list(r.temp_cleared)
+    return out
+
+
 def instruction_record(ins: Instruction) -> dict:
     """The JSON form of an Instruction (what layout['monitor']['instructions'] holds)."""
+    extra = {} if ins.landing_cleared is None else {"landing_cleared": ins.landing_cleared}
     return {
         "op": ins.op, "kind": ins.kind, "dst": ins.dst, "source": ins.source, "run": ins.run,
         "stage": ins.stage, "defined": ins.defined,
-        "reads": [{"value": r.value, "place": r.place, "temp_rows": list(r.temp_rows)}
-                  for r in ins.reads],
+        "reads": [_read_record(r) for r in ins.reads],
         "linear": [list(t) for t in ins.linear], "bias": ins.bias,
         "pairs": [{"a": list(p.a), "b": list(p.b), "k": p.k, "e": p.e,
                    "richardson": p.richardson, "outputs": [[o, c] for o, c in p.outputs.items()]}
                   for p in ins.pairs],
         "products": [list(t) for t in ins.products],
         "divisor": ins.divisor, "mask": ins.mask, "gated": [list(t) for t in ins.gated],
-        "gated_bias": ins.gated_bias, "gate_bound": ins.gate_bound,
+        "gated_bias": ins.gated_bias, "gate_bound": ins.gate_bound, **extra,
     }
 
 
@@ -231,7 +248,7 @@ def _walk(layout: dict, source, dtype: str) -> ContractReport:
 
 def _leak_rows(layout: dict) -> list[int]:
     """The rows whose size bounds what a head's leak can carry (every row but the anchors)."""
-    skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg")}
+    skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg") + LN_ANCHOR_ROWS}
     return [r for r in range(layout["architecture"]["d_model"]) if r not in skip]
 
 
@@ -264,7 +281,47 @@ def _needs(layout: dict) -> tuple[dict[int, list], dict[int, set], set[int], set
             moments.add(2 * run + 1)
             if rec.get("divisor") is not None:
                 divisions.add(2 * run + 1)
+    if _through_layernorm(layout):  # every sublayer's input and the readout's
+        moments.update(range(1 + 2 * len(layout["architecture"]["block_order"])))
     return values, landings, moments, divisions
+
+
+def _through_layernorm(layout: dict) -> bool:
+    """Every read goes through a LayerNorm kept at scale by constant anchors (gpt2)."""
+    return bool(layout["architecture"]["layernorm"]["before_attention"])
+
+
+class _LayerNormReads:
+    """gpt2's reads through a LayerNorm of weight c = N sqrt(2 / D) with the anchors +-N
+    (raspicl.arch): row j reads as A_j * ratio, ratio = c / sqrt(var + eps) at each token of
+    the LayerNorm's input residual, so a read of v is off by |v| |ratio - 1|, plus rounding:
+    relative kappa u (2 + log2 D) (the LayerNorm's own sums and sigma) and absolute
+    2 kappa u (|mean| + u N) (the mean the zero row cancels, itself rounded at about u N)."""
+
+    def __init__(self, layout: dict, source, u: float, kappa: float):
+        a = layout["architecture"]
+        self.source = source
+        self.D = int(a["d_model"])
+        self.N = float(a["ln_anchor"])
+        self.eps = float(a["ln_eps"])
+        self.c = self.N * math.sqrt(2.0 / self.D)
+        self.rel = kappa * u * (2.0 + math.log2(self.D))
+        self.ku, self.u = kappa * u, u
+        self._dev: dict[int, np.ndarray] = {}
+
+    def dev(self, residual: int) -> np.ndarray:
+        """|ratio - 1| at every token of residuals[residual]: [B, T]."""
+        if residual not in self._dev:
+            _, var = self.source.moments(residual)
+            self._dev[residual] = np.abs(self.c / np.sqrt(var + self.eps) - 1.0)
+        return self._dev[residual]
+
+    def term(self, residual: int, v: np.ndarray) -> np.ndarray:
+        """The error a read of v ([B, T, w]) through the LayerNorm of residuals[residual]
+        adds."""
+        mu, _ = self.source.moments(residual)
+        return (np.abs(v) * (self.dev(residual) + self.rel)[:, :, None]
+                + 2 * self.ku * (mu + self.u * self.N)[:, :, None])
 
 
 class _ListResiduals:
@@ -379,7 +436,8 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
     u = float(np.finfo(dtype).eps)
     kappa = float(comp["rounding_factor"])
     roles = layout["prompt"]["roles"]
-    walk = _Walk(layout, source, u, kappa, B, T)
+    ln = _LayerNormReads(layout, source, u, kappa) if _through_layernorm(layout) else None
+    walk = _Walk(layout, source, u, kappa, B, T, ln)
     order = arch["block_order"]
     eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
     anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
@@ -394,20 +452,24 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         defined = np.zeros(T, dtype=bool)
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
-        ops_vals = [walk.read(r, roles) for r in ins.reads]
+        # under gpt2 an attention reads each value through ln1 at the value's own token
+        ops_vals = [walk.read(r, roles, 2 * ins.run if ln is not None and (
+            ins.stage == "attn" or r.temp_rows) else None) for r in ins.reads]
         for k, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
             if r.temp_rows:                # lands on whatever its rows held (see below)
                 v, e = ops_vals[k]
-                ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run))
+                ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run, r.temp_cleared))
         if ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
             mu, var = source.moments(2 * ins.run + 1)
-            if ins.divisor is None:
+            if ins.divisor is None and ln is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
+            if ln is not None:  # gpt2: through ln2 (whose weight c makes the read scale 1)
+                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]
             val, err = walk.mlp(ins, reads, defined, mu)
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,
@@ -416,7 +478,7 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
-        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in)
+        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
@@ -431,6 +493,8 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
             source.release(ins.dst)
     pos = layout["output"]["positions"]
     got, err = walk.values[label]
+    if ln is not None:  # gpt2: the readout reads the output through ln_final
+        err = err + ln.term(2 * len(order), got)
     got, err = got[:, pos], err[:, pos]
     bound = np.where(np.isfinite(err), err, np.inf)
     rel = bound / np.maximum(np.abs(got), 1.0)
@@ -452,8 +516,10 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
 class _Walk:
     """The state of one walk: every live value's compiled content and error bound so far."""
 
-    def __init__(self, layout: dict, source, u: float, kappa: float, B: int, T: int):
+    def __init__(self, layout: dict, source, u: float, kappa: float, B: int, T: int,
+                 ln: _LayerNormReads | None = None):
         self.layout = layout
+        self.ln = ln
         self.source = source
         self.u, self.kappa, self.B, self.T = u, kappa, B, T
         self.mon = layout["monitor"]
@@ -471,21 +537,32 @@ class _Walk:
         comp = layout["compiler"]
         margin = float(comp["attention_margin"])
         margin -= 4 * kappa * u * margin * T * T  # the scores' rounding (|score| <= 2 M T^2)
-        self.leak = (T - 1) * math.exp(-min(margin, 700.0)) * 2 * source.biggest  # [B]
+        margin = np.full(B, margin)
+        if ln is not None:  # gpt2: q and k each scaled by a ratio within dev of 1
+            dev = np.zeros(B)
+            for r in range(len(layout["architecture"]["block_order"])):
+                dev = np.maximum(dev, np.nan_to_num(ln.dev(2 * r), nan=np.inf).max(axis=1))
+            margin = margin - 2 * float(comp["attention_margin"]) * T * T * (2 * dev + dev * dev)
+        self.leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 * source.biggest  # [B]
 
     # -- values and reads
 
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
 
-    def read(self, r: Read, roles: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The operand's compiled value and error bound as read at each token: [B, T, w].
+    def read(self, r: Read, roles: list[str],
+             through: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The operand's compiled value and error bound as read at each token: [B, T, w];
+        through: the residual whose LayerNorm the value is read through at its own token
+        (gpt2's ln1 of the reading attention), None for a plain read.
 
         Where the place is undefined (before the prompt or the role starts) the error is NaN,
         and the value is replaced by the largest |value| at any token so far: whatever a head
         reads there is an average of those, and the monitor needs its size (a gate's closed
         operand, the rounding it causes)."""
         val, err = self.values[r.value]
+        if through is not None:
+            err = err + self.ln.term(through, val)
         kind = r.place["kind"]
         if kind == "here":
             return val, err
@@ -521,11 +598,20 @@ class _Walk:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
 
-    def landing(self, rows, residual: int) -> np.ndarray:
+    def landing(self, rows, residual: int, cleared=None) -> np.ndarray:
         """The rounding of writing into `rows` over what they hold in residuals[residual]:
-        2 kappa u |old| ([B, T, len(rows)]; zero for rows that were zero)."""
-        old = np.abs(self.source.old(rows, residual))
-        return 2 * self.kappa * self.u * np.nan_to_num(old, nan=np.inf)
+        2 kappa u |old| ([B, T, len(rows)]; zero for rows that were zero). Under gpt2
+        (`cleared`: the components the same sublayer clears or overwrites, reading the old
+        value through its LayerNorm) those rows keep |old| |ratio - 1| besides, and every
+        other row's content (what an earlier clear left) counts in full."""
+        raw = self.source.old(rows, residual)
+        old = np.nan_to_num(np.abs(raw), nan=np.inf)
+        out = 2 * self.kappa * self.u * old
+        if self.ln is not None and cleared is not None:
+            now = np.zeros(len(rows), dtype=bool)
+            now[list(cleared)] = True
+            out = np.where(now[None, None, :], out + self.ln.term(residual, old), old)
+        return out
 
     # -- findings
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from raspicl.arch import ACT_FNS, ARCHITECTURES, GPT2_ACT_FNS
 from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import LoadError
 from raspicl.lang.reads import ROLES
@@ -63,6 +64,19 @@ TENSORS: dict[str, tuple[str, ...]] = {
     "unembed.W_U": ("d_model", "d_out"),
     "unembed.b_U": ("d_out",),
 }
+
+# The tensors a target adds to TENSORS (raspicl.arch): gpt2's LayerNorm before attention and
+# its final LayerNorm.
+ARCH_TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
+    "paper": {},
+    "gpt2": {"blocks.{l}.ln1.w": ("d_model",), "blocks.{l}.ln1.b": ("d_model",),
+             "ln_final.w": ("d_model",), "ln_final.b": ("d_model",)},
+}
+
+
+def tensors_of(arch: str = "paper") -> dict[str, tuple[str, ...]]:
+    """TENSORS with the tensors architecture `arch` adds."""
+    return {**TENSORS, **ARCH_TENSORS[arch]}
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHT_DTYPES = tuple(str(d).removeprefix("torch.") for d in GADGET_DTYPES)
@@ -412,14 +426,16 @@ SHAPE = Array(Int())
 STRINGS = Array(Str())
 SHA256 = Str(pattern=HEX64, label="of 64 lowercase hex digits")
 
+ARCH_NAME = Str(choices=tuple(ARCHITECTURES))
 ARCHITECTURE = Obj(
-    {"name": Const("paper"),
+    {"name": ARCH_NAME,
      **{name: Int(lo=1, define=name) for name in SIZES},
      "layernorm": Obj({"eps": Array(Number(positive=True), length="n_layers")},
-                      {"before_attention": Const(False), "before_mlp": Const(True),
-                       "final": Const(False)}),
+                      {"before_attention": Bool(), "before_mlp": Const(True),
+                       "final": Bool()}),
      "block_order": Array(BLOCK, min_len=1, define="runs")},
-    {"act_fn": Const("gelu_erf"), "attention_score_divisor": Const("sqrt(d_head)")})
+    {"act_fn": Str(choices=tuple(ACT_FNS)), "attention_score_divisor": Const("sqrt(d_head)"),
+     "ln_eps": Number(positive=True), "ln_anchor": Number(positive=True)})
 
 PROMPT = Obj({"format": Str(), "d": Int(lo=1), "n_examples": Int(lo=0),
               "n_tokens": Int(equals="n_ctx", define="n_tokens"),
@@ -708,19 +724,55 @@ def _head_actions(layout: dict, ctx: Context) -> None:
                                               f"{show(act['value'])}")
 
 
+def _architecture_facts(layout: dict, ctx: Context) -> None:
+    """The architecture record states its target's facts (raspicl.arch): paper has no
+    LayerNorm before attention, no final one and the erf GeLU; gpt2 has both, one eps
+    (ln_eps) for every LayerNorm, the constant anchors' ln_anchor, GeLU gelu or gelu_new,
+    n_heads * d_head == d_model and no shared blocks."""
+    a = layout["architecture"]
+    ln = a["layernorm"]
+    name = a["name"]
+    gpt2 = name == "gpt2"
+    for key in ("before_attention", "final"):
+        if ln.get(key, False) != gpt2:
+            raise fail(f"architecture.layernorm.{key}", f"must be {str(gpt2).lower()} for the "
+                                                        f"{name} architecture, got "
+                                                        f"{show(ln.get(key))}")
+    acts = GPT2_ACT_FNS if gpt2 else ("gelu_erf",)
+    if a.get("act_fn", "gelu_erf") not in acts:
+        raise fail("architecture.act_fn", f"must be one of {', '.join(acts)} for the {name} "
+                                          f"architecture, got {show(a.get('act_fn'))}")
+    if not gpt2:
+        return
+    for key in ("ln_eps", "ln_anchor"):
+        if key not in a:
+            raise fail(f"architecture.{key}", "is missing (the gpt2 architecture needs it)")
+    for i, e in enumerate(ln["eps"]):
+        if e != a["ln_eps"]:
+            raise fail(f"architecture.layernorm.eps[{i}]", f"must equal architecture.ln_eps = "
+                                                          f"{show(a['ln_eps'])} (gpt2 has one "
+                                                          f"eps), got {show(e)}")
+    if a["n_heads"] * a["d_head"] != a["d_model"]:
+        raise fail("architecture.n_heads", f"times d_head must equal d_model under gpt2: "
+                                           f"{a['n_heads']} * {a['d_head']} != {a['d_model']}")
+    if list(a["block_order"]) != list(range(a["n_layers"])):
+        raise fail("architecture.block_order", f"must be 0 .. n_layers - 1 under gpt2 (no "
+                                               f"shared blocks), got {show(a['block_order'])}")
+
+
 RULES: tuple[Callable[[dict, Context], None], ...] = (
-    _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references,
+    _architecture_facts, _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references,
     _slot_records, _head_actions)
 
 
 # ---------------------------------------------------------------------------------- tensors
 
 
-def expected_shapes(sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def expected_shapes(sizes: dict[str, int], arch: str = "paper") -> dict[str, tuple[int, ...]]:
     """Every tensor's name and shape for architecture sizes `sizes` (bounded: call it only
     with an n_layers that the file's own tensors confirm)."""
     out = {}
-    for pattern, dims in TENSORS.items():
+    for pattern, dims in tensors_of(arch).items():
         shape = tuple(sizes[d] for d in dims)
         blocks = range(sizes["n_layers"]) if "{l}" in pattern else [None]
         for layer in blocks:
@@ -728,7 +780,8 @@ def expected_shapes(sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_tensor_shapes(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]]) -> None:
+def check_tensor_shapes(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]],
+                        arch: str = "paper") -> None:
     """The architecture's sizes against the weights file's actual tensors: each size agrees
     with the first tensor axis it sizes (so the error names the layout field), then the whole
     set of names and shapes agrees."""
@@ -743,7 +796,7 @@ def check_tensor_shapes(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]
         name = pattern.format(l=0)
         if name not in shapes:
             raise LoadError(f"{WEIGHTS_FILE} has no tensor {name}, which every model of the "
-                            f"paper architecture has")
+                            f"{arch} architecture has")
         shape = tuple(shapes[name])
         if len(shape) != len(dims):
             raise LoadError(f"{WEIGHTS_FILE}: tensor {name} has shape {list(shape)}; it must "
@@ -755,10 +808,10 @@ def check_tensor_shapes(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]
                     raise fail(f"architecture.{dim}",
                                f"is {sizes[dim]} but {WEIGHTS_FILE}'s tensor {name} has shape "
                                f"{list(shape)}, whose axis {axis} is {dim}")
-    want = expected_shapes(sizes)
+    want = expected_shapes(sizes, arch)
     extra = sorted(set(shapes) - set(want))
     if extra:
-        raise LoadError(f"{WEIGHTS_FILE} holds tensors the paper architecture does not have: "
+        raise LoadError(f"{WEIGHTS_FILE} holds tensors the {arch} architecture does not have: "
                         f"{', '.join(extra[:5])}")
     for name, shape in want.items():
         if name not in shapes:
@@ -800,8 +853,9 @@ def validate_layout(layout: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> 
                                 "again")
     ctx = Context()
     arch = layout.get("architecture")
-    Obj({name: Int(lo=1, define=name) for name in SIZES})(arch, "architecture", ctx)
-    check_tensor_shapes(dict(ctx), tensor_shapes)
+    Obj({"name": ARCH_NAME, **{name: Int(lo=1, define=name) for name in SIZES}})(
+        arch, "architecture", ctx)
+    check_tensor_shapes(dict(ctx), tensor_shapes, arch["name"])
     # The whole architecture next, for block_order's length `runs`: `residuals` (the length of
     # the residual list, §5 of docs/architecture.md) is derived from it before LAYOUT's fields
     # that index that list are reached. LAYOUT then checks the architecture again, harmlessly.

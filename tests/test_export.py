@@ -254,7 +254,7 @@ MALFORMED = [
     ("block_order negative", _arch("block_order", [0, -1]), r"block_order\[1\]"),
     ("block_order empty", _arch("block_order", []), r"block_order must have at least 1"),
     ("block_order null", _arch("block_order", None), r"block_order must be a list"),
-    ("architecture name", _arch("name", "gpt2"), r'architecture\.name must be "paper"'),
+    ("architecture name", _arch("name", "gpt3"), r'architecture\.name must be one of "paper", "gpt2"'),
     ("output.positions", lambda L: L["output"].__setitem__("positions", [3]),
      r"output\.positions\[0\] must be an integer in range\(n_ctx\) = 0\.\.2, got 3"),
     ("output.rows", lambda L: L["output"].__setitem__("rows", [14]),

@@ -7,7 +7,9 @@ layout, everything a reader needs to interpret the weights.
 
 from __future__ import annotations
 
+from raspicl.arch import Architecture, get_arch
 from raspicl.compiled import CompiledModel
+from raspicl.compiler.anchors import with_ln_anchors
 from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
@@ -24,7 +26,8 @@ __all__ = ["CompilerConfig", "compile_program"]
 
 
 def compile_program(program: Program, config: CompilerConfig | None = None,
-                    loops: str = "unroll", domain: Domain | None = None) -> CompiledModel:
+                    loops: str = "unroll", domain: Domain | None = None,
+                    arch: str | Architecture = "paper") -> CompiledModel:
     """Compile a program into a float64 transformer and its layout.
 
     loops: 'unroll' gives every iteration of a `p.loop` its own blocks; 'share' compiles the
@@ -37,15 +40,21 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     (feasibility.py): a gadget whose precondition still fails on more than
     1 - config.min_acceptance of them is a CompileError naming it; a model whose error bound
     exceeds the tolerance that often is returned with a ContractWarning.
+    arch: the target, 'paper' (default) or 'gpt2' (HuggingFace's GPT2Model: raspicl.arch), or
+    an Architecture such as raspicl.arch.get_arch('gpt2', ln_eps=1e-6, act_fn='gelu'). gpt2
+    compiles loops unrolled only and has no division yet (CompileError naming the op).
     """
+    arch = get_arch(arch)
     if loops not in ("unroll", "share"):
         raise ValueError(f"loops must be 'unroll' or 'share', got {loops!r}")
     config = config or CompilerConfig()
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
-    sched = schedule(low, share_loops=share)
+    sched = schedule(low, share_loops=share, arch=arch)
     layout = lay_out(low, sched, liveness(low, sched, share_loops=share))
+    if arch.reads_through_layernorm:
+        layout = with_ln_anchors(layout)
     tuning = Tuning()
     for passes in range(1, config.feasibility_passes + 2):
         blocks = build_blocks(low, sched, layout, config, tuning)

@@ -9,7 +9,13 @@ import torch
 
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
-from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
+from raspicl.compiler.gadgets.layernorm import (
+    division_read,
+    ln_anchor_embedding,
+    ln_read_scale,
+    neutral_read,
+    through_layernorm,
+)
 from raspicl.compiler.gadgets.mlp import (
     UnitSpec,
     affine_units,
@@ -74,7 +80,9 @@ class BlockSpec:
 def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: CompilerConfig,
                  tuning: Tuning | None = None) -> list[BlockSpec]:
     tuning = tuning or Tuning()
-    blocks = [BlockSpec(ln_eps=tuning.eps_of(b, config), anchor=tuning.anchor_of(b, config))
+    shared = sched.arch.shared_eps  # one eps for every LayerNorm (gpt2), else per block
+    blocks = [BlockSpec(ln_eps=shared if shared is not None else tuning.eps_of(b, config),
+                        anchor=tuning.anchor_of(b, config))
               for b in range(sched.n_blocks)]
     for b, mode in sched.mlp_mode.items():
         if isinstance(mode, Value):
@@ -277,8 +285,13 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     d_head = split_heads(blocks)
     n_heads = max([len(b.heads) for b in blocks] + [1])
     d_mlp = max([len(b.units) for b in blocks] + [1])
+    arch = sched.arch
+    if arch.heads_span_model:  # n_heads * d_head == d_model: pad with zero heads and rows
+        n_heads = max(n_heads, -(-D // d_head))
+        D = n_heads * d_head
     rows = layout.fixed
-    runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config)
+    runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config,
+                           arch.reads_through_layernorm)
             for b in blocks]
     stored, order = _share(runs, sched)
     for run, index in enumerate(order):  # feasibility gives a shared block's runs one eps
@@ -289,7 +302,7 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     cfg = ModelConfig(d_model=D, n_layers=len(stored), n_heads=n_heads, d_head=d_head,
                       d_mlp=d_mlp, n_ctx=fmt.n_tokens, d_token=fmt.d_token,
                       d_out=low.output.width, ln_eps=eps,
-                      block_order=tuple(order) if len(stored) < len(runs) else ())
+                      block_order=tuple(order) if len(stored) < len(runs) else (), arch=arch)
     W_E = np.zeros((fmt.d_token, D))
     W_E[0, low.inputs["y"].rows[0]] = 1.0
     for j, r in enumerate(low.inputs["x"].rows):
@@ -310,6 +323,13 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     sd = {"embed.W_E": W_E, "pos_embed.W_pos": W_pos, "unembed.W_U": W_U}
     for layer, b in enumerate(stored):
         sd |= {f"blocks.{layer}.{name}": arr for name, arr in runs[b].items()}
+    if arch.reads_through_layernorm:  # gpt2: every read through a LayerNorm of weight c
+        ln_anchor_embedding(W_pos, rows, config.ln_anchor)
+        sd["unembed.W_U"] = through_layernorm(W_U, rows["zero"])
+        c = ln_read_scale(config.ln_anchor, D)
+        for layer in range(len(stored)):
+            sd |= {f"blocks.{layer}.ln1.w": np.full(D, c), f"blocks.{layer}.ln2.w": np.full(D, c)}
+        sd["ln_final.w"] = np.full(D, c)
     model = model_from_arrays(cfg, sd)
     return model, order
 
@@ -342,9 +362,11 @@ def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transf
 
 
 def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
-                   d_mlp: int, n_ctx: int, config: CompilerConfig) -> dict[str, np.ndarray]:
+                   d_mlp: int, n_ctx: int, config: CompilerConfig,
+                   through_ln: bool = False) -> dict[str, np.ndarray]:
     """One block's weights. Heads are ordered by place and a head's value columns by source
-    row, so that the same work always gives the same matrices (shared loops rely on it)."""
+    row, so that the same work always gives the same matrices (shared loops rely on it).
+    through_ln: attention and MLP read through LayerNorms of weight c (gpt2, layernorm.py)."""
     WQ = np.zeros((n_heads, D, d_head))
     WK = np.zeros_like(WQ)
     WV = np.zeros_like(WQ)
@@ -364,8 +386,11 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
         bO[r] += b
     if block.divisor is not None:  # allocated at d_mlp units: the padding is zeros
         W_in, b_in = division_read(block.units, rows, D, block.anchor, d_mlp)
-    else:
-        W_in, b_in = neutral_read(block.units, rows, D, block.ln_eps, d_mlp)
+    else:  # gpt2's ln2 (weight c) passes values at scale 1: the read of eps = 1
+        W_in, b_in = neutral_read(block.units, rows, D, 1.0 if through_ln else block.ln_eps,
+                                  d_mlp)
+    if through_ln:
+        WQ, WK, WV = (through_layernorm(W, rows["zero"]) for W in (WQ, WK, WV))
     W_out = np.zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():

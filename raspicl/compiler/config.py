@@ -52,6 +52,15 @@ class CompilerConfig:
         computed mean carries a rounding error of about N |s| * machine epsilon that the zero
         row cancels only to first order. Condition: Q / (4 N^2 s_min^2) << tolerance and
         N |s_max| * machine epsilon << tolerance * |quotient|.
+    ln_anchor:
+        N of the constant anchors +N / -N (rows ln_pos, ln_neg) that a target reading through
+        LayerNorm at every sublayer (gpt2) keeps at every token, so that each LayerNorm passes
+        the rows through times ratio = 1 - Q / (4 N^2) + ..., Q the squared deviation of the
+        other rows at the token (raspicl.arch). Conditions: Q_max / (4 N^2) << tolerance;
+        N * machine epsilon (the rounding of the LayerNorm's mean, which the zero row cancels)
+        << the smallest value read; 2 N^2 / d_model far inside the dtype's range and far above
+        the LayerNorm eps. 1e9 (float64) and 1e6 (float32, whose tolerance is 1e-3) give
+        Q / (4 N^2) = 2.5e-13 and 2.5e-7 for Q = 1e6.
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
         t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2
@@ -98,6 +107,7 @@ class CompilerConfig:
     neutral_ln_eps: float = 2.0**80
     division_ln_eps: float = 1e-12
     division_anchor: float = 1e9
+    ln_anchor: float = 1e9
     product_scale: float = 1e-3
     richardson: bool = True
     select_sharpness: float = 40.0
@@ -117,7 +127,8 @@ class CompilerConfig:
         if dtype == "float64":
             base = cls()
         elif dtype == "float32":
-            base = cls(division_anchor=1e6, product_scale=0.2, target_dtype="float32")
+            base = cls(division_anchor=1e6, ln_anchor=1e6, product_scale=0.2,
+                       target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         return replace(base, **overrides)

@@ -18,7 +18,7 @@ from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
-from raspicl.model import ACT_FN, ModelConfig
+from raspicl.model import ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
 from raspicl.slots import run_of
 from raspicl.slots import slot_name as name_of
@@ -40,20 +40,15 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
 
     live = layout.liveness
     by_run = _ByRun.of(sched, layout)
+    arch = cfg.arch
+    compiler = config.to_dict()
+    if not arch.reads_through_layernorm:  # paper layouts stay as they were
+        compiler.pop("ln_anchor", None)
+    row_names = list(layout.row_names) + ["pad"] * (cfg.d_model - len(layout.row_names))
     return {
         "format_version": FORMAT_VERSION,
         "program": {"name": program.name, "params": _jsonable(program.params)},
-        "architecture": {
-            "name": "paper",
-            "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-            "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx,
-            "d_token": cfg.d_token, "d_out": cfg.d_out, "act_fn": ACT_FN,
-            "layernorm": {"before_attention": False, "before_mlp": True, "final": False,
-                          "eps": list(cfg.ln_eps)},
-            "attention_score_divisor": "sqrt(d_head)",
-            "positional_embedding": "learned absolute (W_pos)",
-            "block_order": list(cfg.order()),
-        },
+        "architecture": _architecture(cfg, config),
         "prompt": {
             "format": fmt.name, "d": fmt.d, "n_examples": fmt.n, "n_tokens": fmt.n_tokens,
             "d_token": fmt.d_token,
@@ -62,7 +57,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
             "roles": fmt.roles(),
         },
         "fixed_rows": dict(layout.fixed),
-        "row_names": layout.row_names,
+        "row_names": row_names,
         "registers": _registers(low, program, slot_name, layout, order),
         "temporaries": [_temporary(ins, i, t, order, slot_name, live) for ins in low.instrs
                         for i, t in ins.temps.items()],
@@ -87,15 +82,54 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "loops": [{"blocks": order[lp.starts[0]:lp.starts[0] + lp.length],
                    "repeat": len(lp.starts), "first_runs": lp.starts}
                   for lp in sched.loops if len(order) > cfg.n_layers],
-        "compiler": config.to_dict(),
-        "monitor": _monitor(low, blocks, order, config),
+        "compiler": compiler,
+        "monitor": _monitor(low, blocks, order, config,
+                            _cleared_rows(layout) if arch.reads_through_layernorm else None),
     }
 
 
+def _architecture(cfg: ModelConfig, config: CompilerConfig) -> dict:
+    """The layout's architecture record: the target's facts (raspicl.arch) and the sizes."""
+    arch = cfg.arch
+    record = {
+        "name": arch.name,
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+        "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx,
+        "d_token": cfg.d_token, "d_out": cfg.d_out, "act_fn": arch.act_fn,
+        "layernorm": {"before_attention": arch.ln_before_attention,
+                      "before_mlp": arch.ln_before_mlp, "final": arch.ln_final,
+                      "eps": list(cfg.ln_eps)},
+        "attention_score_divisor": arch.score_divisor,
+        "positional_embedding": arch.positional_embedding,
+        "block_order": list(cfg.order()),
+    }
+    if arch.reads_through_layernorm:
+        record["ln_eps"] = arch.shared_eps
+        record["ln_anchor"] = config.ln_anchor
+    return record
+
+
+def _cleared_rows(layout: Layout) -> dict[int, set[int]]:
+    """slot -> the rows a value is cleared from (attention) or overwritten in (MLP) there:
+    a write into such a row lands on the old value it removes; a write into any other row
+    lands on whatever a past clear left (under gpt2 a clear reads through ln1 and leaves
+    |old| |ratio - 1|, which the monitor charges in full)."""
+    out: dict[int, set[int]] = {}
+    live = layout.liveness
+    for v in layout.values:
+        for run in live.cleared_by(v):
+            out.setdefault(2 * run, set()).update(v.rows)
+        if v.overwritten_at is not None:
+            out.setdefault(v.overwritten_at, set()).update(v.rows)
+    return out
+
+
 def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
-             config: CompilerConfig) -> dict:
+             config: CompilerConfig, cleared: dict[int, set[int]] | None = None) -> dict:
     """The record raspicl.monitor walks: every value's rows, every instruction with its
-    gadgets' constants, each stored block's division anchor, and the tolerance vouched for."""
+    gadgets' constants, each stored block's division anchor, and the tolerance vouched for.
+    cleared (gpt2, `_cleared_rows`): each instruction also lists the dst components (and each
+    remote read the temporary components) whose rows are cleared where it writes them."""
     values = {}
     for v in low.values:
         values[v.label] = {"kind": v.kind, "rows": v.rows, "written_after": v.write_slot + 1
@@ -105,13 +139,21 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
         facts = blocks[ins.block].gadgets.get(ins.op.index)
         T = low.program.format.n_tokens
         defined = ins.dst.defined if ins.dst.defined is not None else [True] * T
+
+        def landing(rows, slot):
+            if cleared is None:
+                return None
+            return [k for k, r in enumerate(rows) if r in cleared.get(slot, ())]
+
         instructions.append(instruction_record(Instruction(
             op=ins.op.index, kind=ins.op.kind, dst=ins.dst.label, source=str(ins.op.source),
             run=ins.block, stage=ins.stage,
             defined=[int(t) for t in range(T) if defined[t]],
             reads=[Read(v.label, _place(at),
-                        tuple(ins.temps[i].rows) if i in ins.temps else ())
+                        tuple(ins.temps[i].rows) if i in ins.temps else (),
+                        landing(ins.temps[i].rows, 2 * ins.block) if i in ins.temps else None)
                    for i, (v, at) in enumerate(ins.reads)],
+            landing_cleared=landing(ins.dst.rows, ins.dst.write_slot),
             linear=list(ins.linear), bias=[float(b) for b in ins.bias],
             pairs=list(facts.pairs) if facts else [],
             products=list(ins.products),

@@ -14,6 +14,14 @@ var = (2 N^2 s^2 + Q) / d_model with Q the squared deviation of everything else,
 sigma = N |s| sqrt(2 / d_model) (1 + Q / (4 N^2 s^2) + ...). Then
 N sqrt(2 / d_model) (l_a - l_zero) = a / |s| (1 - Q / (4 N^2 s^2) + ...): the relative error is
 Q / (4 N^2 s^2), and 1 / |s| (for a bias) is read the same way from the `one` row.
+
+Reads through a LayerNorm at every sublayer (gpt2, raspicl.arch): the rows `ln_pos` and
+`ln_neg` hold +N and -N at every token (N = config.ln_anchor, through W_pos), so every
+LayerNorm's sigma is c (1 + Q / (4 N^2) + ...) with c = N sqrt(2 / d_model) and Q the squared
+deviation of the other rows. Every LayerNorm weight is c and its bias 0, so LN_j - LN_zero =
+A_j * ratio with ratio = c / sigma = 1 - Q / (4 N^2) + ...: a read matrix W (rows indexed by
+residual row, never the zero row) becomes `through_layernorm(W)`, which subtracts W's column
+sums at the zero row. The runtime monitor charges |A_j| |ratio - 1|, measured per token.
 """
 
 from __future__ import annotations
@@ -52,6 +60,29 @@ def division_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
         W[rows["one"], u] += unit.b_in * c
         W[rows["zero"], u] -= unit.b_in * c
     return W, b
+
+
+def ln_read_scale(anchor: float, d_model: int) -> float:
+    """c = N sqrt(2 / d_model): the LayerNorm weight under which a LayerNorm with anchors +-N
+    passes every row through at about its own size (module doc)."""
+    return anchor * math.sqrt(2.0 / d_model)
+
+
+def through_layernorm(W: np.ndarray, zero_row: int) -> np.ndarray:
+    """W [..., d_model, k], a read of raw residual rows, as a read of the LayerNorm's output
+    (weight c, bias 0, module doc): the same matrix less its column sums at the zero row, so
+    that LN @ W' = ratio * (A @ W) whatever the mean. W must not read the zero row itself."""
+    if np.any(W[..., zero_row, :] != 0.0):
+        raise AssertionError("a read through LayerNorm must not read the zero row itself")
+    out = W.copy()
+    out[..., zero_row, :] = -W.sum(axis=-2)
+    return out
+
+
+def ln_anchor_embedding(W_pos: np.ndarray, rows: dict[str, int], anchor: float) -> None:
+    """Write the constant anchors +N / -N into every token's ln_pos / ln_neg rows of W_pos."""
+    W_pos[:, rows["ln_pos"]] = anchor
+    W_pos[:, rows["ln_neg"]] = -anchor
 
 
 def _allocate(units: list[UnitSpec], d_model: int,
