@@ -19,9 +19,9 @@ Its forward pass is HuggingFace GPT2Model's, followed by the readout:
     out = ln_final(resid) @ W_U + b_U
 
 with one LayerNorm eps `ln_eps` for every LayerNorm and `act_fn` "gelu" (erf) or "gelu_new"
-(GPT-2's tanh form). Compiled models of the `gpt2` target and trained models
-(raspicl.icl.trained.ICLTransformer, through `from_trained`) both become one; raspicl.interop.hf
-and raspicl.interop.tlens take it from there.
+(GPT-2's tanh form). Compiled models of the `gpt2` target (`from_compiled`) and trained models
+(raspicl.icl.trained.ICLTransformer, `from_trained`) both become one; raspicl.interop.hf and
+raspicl.interop.tlens take it from there.
 """
 
 from __future__ import annotations
@@ -174,3 +174,30 @@ def from_trained(model, dtype: torch.dtype = torch.float64) -> GPT2Form:
     state.update({"ln_final.w": sd["ln_f.weight"], "ln_final.b": sd["ln_f.bias"],
                   "unembed.W_U": sd["readout.weight"].T, "unembed.b_U": sd["readout.bias"]})
     return GPT2Form(config, {k: v.contiguous() for k, v in state.items()})
+
+
+def from_compiled(compiled, dtype: torch.dtype | None = None) -> GPT2Form:
+    """A compiled model of the `gpt2` target (raspicl.compiled.CompiledModel, from
+    compile_program(..., arch="gpt2") or raspicl.export.load) as a gpt2-form model: its
+    tensors already have these names and shapes; the config comes from layout.json's
+    architecture. `dtype`: the model's own unless given.
+
+    A `paper` model has no ln1 / ln_final and per-block eps up to 2^80, which GPT2Model cannot
+    express; a looped model (a block_order that repeats) cannot be a GPT2Model's list of
+    blocks. Both are refused, naming the field."""
+    a = compiled.layout["architecture"]
+    if a.get("name") != "gpt2":
+        raise RaspiclError(f"architecture.name is {a.get('name')!r}: only models compiled with "
+                           f"arch='gpt2' load in GPT2Model (compile with --arch gpt2)")
+    order = list(a["block_order"])
+    if order != list(range(a["n_layers"])):
+        raise RaspiclError(f"architecture.block_order {order}: GPT2Model runs each of its "
+                           f"n_layers blocks once, in order")
+    eps = {float(e) for e in a["layernorm"]["eps"]}
+    if len(eps) != 1:
+        raise RaspiclError(f"architecture.layernorm.eps {sorted(eps)}: GPT2Model has one "
+                           f"layer_norm_epsilon")
+    config = GPT2FormConfig.from_dict({**a, "ln_eps": eps.pop()})
+    state = {k: v.detach().to("cpu") for k, v in compiled.model.state_dict().items()}
+    form = GPT2Form(config, {k: v.contiguous() for k, v in state.items()})
+    return form if dtype is None else form.to(dtype)

@@ -1,0 +1,87 @@
+"""Compiled `gpt2` models in HuggingFace and TransformerLens, for every bundled program at its
+smallest size: the export loads in `transformers.GPT2Model`, whose prediction equals raspicl's
+to 1e-10 relative (float64) and the program's numpy solver within the program's tolerance;
+TransformerLens's cached residual stream equals raspicl's; and every register version read from
+that cache with RegisterNames equals the interpreter's value. A program the gpt2 target cannot
+compile yet (division) is skipped with the compiler's message."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from raspicl import interpret
+from raspicl.compiler import compile_program
+from raspicl.errors import CompileError, RaspiclError
+from raspicl.interop import tlens
+from raspicl.interop.gpt2form import from_compiled
+from raspicl.interop.hf import export_hf, hf_predict, load_hf, load_readout
+from raspicl.interop.registers import RegisterNames
+from raspicl.prompts import PromptDistribution
+from raspicl.registry import bundled_programs, find_program
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+pytest.importorskip("transformer_lens")
+
+REL = 1e-10
+PROGRAMS = sorted(pf.name for pf in bundled_programs())
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max(|b|, 1) over the entries where b is defined (not NaN)."""
+    ok = ~np.isnan(b)
+    return float((np.abs(a - b)[ok] / np.maximum(np.abs(b[ok]), 1.0)).max())
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_compiled_gpt2_in_hf_and_tlens(name, tmp_path):
+    pf = find_program(name)
+    params = pf.grid[0]
+    program = pf.build(**params)
+    try:
+        compiled = compile_program(program, domain=pf.domain, arch="gpt2")
+    except CompileError as exc:
+        if "cannot divide" in str(exc):
+            pytest.skip(f"{name}: {exc}")
+        raise
+    d, n = compiled.layout["prompt"]["d"], compiled.layout["prompt"]["n_examples"]
+    prompts = (pf.domain or PromptDistribution()).sample(16, d, n, seed=11)
+    tokens = torch.from_numpy(prompts.tokens())
+    positions = compiled.layout["output"]["positions"]
+
+    out = export_hf(from_compiled(compiled), tmp_path)
+    model, readout = load_hf(out), load_readout(out)
+    got = hf_predict(model, readout, tokens)[:, positions].numpy()
+    assert rel(got, compiled.predict(prompts)) < REL
+    tol = pf.module.TOLERANCE["float64"]
+    assert rel(got, np.asarray(pf.reference(prompts, **params)).reshape(got.shape)) < tol
+
+    bridge = tlens.boot(out)
+    pred, resid, _ = tlens.run_with_cache(bridge, readout, tokens)
+    want = compiled.residuals(prompts)
+    assert len(resid) == len(want)
+    for i, (a, b) in enumerate(zip(resid, want, strict=True)):
+        assert rel(a.numpy(), b) < REL, f"{name}: residual {i} ({tlens.residual_hook(i)})"
+    assert rel(pred[:, positions].numpy(), got) < REL
+
+    trace = interpret(program, prompts)
+    names = RegisterNames(compiled.layout)
+    checked = 0
+    for reg in compiled.layout["registers"].values():
+        for v in reg["versions"]:
+            if v["op"] is None or np.isnan(trace.after[v["op"]]).all():
+                continue  # an input, or a value defined at no token of these prompts
+            value = names.read(resid, v["label"]).numpy().reshape(trace.after[v["op"]].shape)
+            assert rel(value, trace.after[v["op"]]) < tol, f"{name}: {v['label']}"
+            checked += 1
+    assert checked >= 3
+
+
+def test_paper_models_are_refused():
+    paper = compile_program(find_program("gd_step").build(d=1))
+    with pytest.raises(RaspiclError, match="architecture.name is 'paper'.*--arch gpt2"):
+        from_compiled(paper)
