@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_tutorial import _check_output, _env, _raspicl_shim, parse_blocks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the page loads local directories only
@@ -52,8 +51,9 @@ def test_page_runs(tmp_path, monkeypatch):
             try:
                 _check_output(block, block.code, last[1], last[0])
             except AssertionError as exc:  # test_tutorial names its own page
-                raise AssertionError(str(exc).replace("docs/tutorial.md",
-                                                      "docs/interop.md")) from None
+                raise AssertionError(
+                    str(exc).replace("docs/tutorial.md", "docs/interop.md")
+                ) from None
             continue
         if block.lang == "python":
             out = io.StringIO()
@@ -61,9 +61,16 @@ def test_page_runs(tmp_path, monkeypatch):
                 exec(compile(block.code, where, "exec"), namespace)  # the page's own code
             last = (block, out.getvalue())
         elif block.lang == "bash":
-            proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code], cwd=work,
-                                  env=env, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", block.code],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert proc.returncode == 0, (
                 f"{where} exited with {proc.returncode}:\n{textwrap.indent(block.code, '  ')}"
-                f"\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+                f"\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+            )
             last = (block, proc.stdout)

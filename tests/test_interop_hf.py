@@ -34,14 +34,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp(min=1.0)).max())
 
 
-def perturbed_trained(seed: int, d: int = 3, n: int = 5, layers: int = 2, d_model: int = 16,
-                      heads: int = 4) -> ICLTransformer:
+def perturbed_trained(
+    seed: int, d: int = 3, n: int = 5, layers: int = 2, d_model: int = 16, heads: int = 4
+) -> ICLTransformer:
     """An ICLTransformer in float64 whose every tensor (biases, LayerNorm weights and
     biases, positions) is moved off its initial value, so that no part of the conversion can
     be wrong unnoticed."""
     torch.manual_seed(seed)
-    m = ICLTransformer(ModelConfig(d=d, n_positions=n, layers=layers, d_model=d_model,
-                                   heads=heads)).double()
+    m = ICLTransformer(
+        ModelConfig(d=d, n_positions=n, layers=layers, d_model=d_model, heads=heads)
+    ).double()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -60,7 +62,10 @@ def exported(trained, tmp_path_factory):
 
 def test_files_and_config(exported):
     assert sorted(p.name for p in exported.iterdir()) == [
-        "config.json", "model.safetensors", "raspicl_io.safetensors"]
+        "config.json",
+        "model.safetensors",
+        "raspicl_io.safetensors",
+    ]
     cfg = json.loads((exported / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["architectures"] == ["GPT2Model"]
     assert cfg["activation_function"] == "gelu_new"  # ICLTransformer's tanh GeLU
@@ -89,8 +94,9 @@ def test_hf_forward_equals_trained(trained, exported):
         assert rel_err(out.hidden_states[layer], want_hidden[layer]) < REL
     # and a shorter prompt uses the first rows of the position table, as raspicl does
     with torch.no_grad():
-        assert rel_err(hf_predict(model, readout, tokens[:, :5])[..., 0],
-                       trained(tokens[:, :5])) < REL
+        assert (
+            rel_err(hf_predict(model, readout, tokens[:, :5])[..., 0], trained(tokens[:, :5])) < REL
+        )
 
 
 def test_round_trip_is_exact(trained, exported):
@@ -110,7 +116,7 @@ def _numpy_forward(form: GPT2Form, tokens: np.ndarray) -> np.ndarray:
     def act(x):
         if c.act_fn == "gelu":
             return x * (1.0 + erf(x / math.sqrt(2.0))) / 2.0
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
     def ln(x, w, b):
         mu = x.mean(-1, keepdims=True)
@@ -133,17 +139,32 @@ def _numpy_forward(form: GPT2Form, tokens: np.ndarray) -> np.ndarray:
             a = a + (e / e.sum(-1, keepdims=True)) @ v @ W[p + "attn.W_O"][i]
         r = r + a
         h = ln(r, W[p + "ln2.w"], W[p + "ln2.b"])
-        r = r + act(h @ W[p + "mlp.W_in"] + W[p + "mlp.b_in"]) @ W[p + "mlp.W_out"] \
+        r = (
+            r
+            + act(h @ W[p + "mlp.W_in"] + W[p + "mlp.b_in"]) @ W[p + "mlp.W_out"]
             + W[p + "mlp.b_out"]
+        )
     return ln(r, W["ln_final.w"], W["ln_final.b"]) @ W["unembed.W_U"] + W["unembed.b_U"]
 
 
 def _random_form(act_fn: str, ln_eps: float, seed: int = 2) -> GPT2Form:
-    cfg = GPT2FormConfig(d_model=12, n_layers=2, n_heads=3, d_head=4, d_mlp=20, n_ctx=7,
-                         d_token=3, d_out=2, ln_eps=ln_eps, act_fn=act_fn)
+    cfg = GPT2FormConfig(
+        d_model=12,
+        n_layers=2,
+        n_heads=3,
+        d_head=4,
+        d_mlp=20,
+        n_ctx=7,
+        d_token=3,
+        d_out=2,
+        ln_eps=ln_eps,
+        act_fn=act_fn,
+    )
     g = torch.Generator().manual_seed(seed)
-    state = {k: 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
-             for k, shape in cfg.shapes().items()}
+    state = {
+        k: 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
+        for k, shape in cfg.shapes().items()
+    }
     return GPT2Form(cfg, state)
 
 
@@ -157,8 +178,15 @@ def test_hf_forward_equals_numpy(tmp_path, act_fn, ln_eps):
     got = hf_predict(model, readout, torch.from_numpy(tokens))
     assert rel_err(got, torch.from_numpy(want)) < REL
     # the erf and tanh forms differ by far more than that: the act_fn reached GPT2Model
-    other = _numpy_forward(GPT2Form(GPT2FormConfig(**{**form.config.to_dict(), "act_fn": (
-        "gelu_new" if act_fn == "gelu" else "gelu")}), form.state), tokens)
+    other = _numpy_forward(
+        GPT2Form(
+            GPT2FormConfig(
+                **{**form.config.to_dict(), "act_fn": ("gelu_new" if act_fn == "gelu" else "gelu")}
+            ),
+            form.state,
+        ),
+        tokens,
+    )
     assert np.abs(other - want).max() > 1e-4
 
 
@@ -175,11 +203,21 @@ def test_float32_export(tmp_path, trained):
 
 def test_bad_forms_are_refused():
     with pytest.raises(RaspiclError, match="n_heads \\* d_head"):
-        GPT2FormConfig(d_model=12, n_layers=1, n_heads=5, d_head=2, d_mlp=4, n_ctx=3,
-                       d_token=2, d_out=1)
+        GPT2FormConfig(
+            d_model=12, n_layers=1, n_heads=5, d_head=2, d_mlp=4, n_ctx=3, d_token=2, d_out=1
+        )
     with pytest.raises(RaspiclError, match="act_fn"):
-        GPT2FormConfig(d_model=4, n_layers=1, n_heads=1, d_head=4, d_mlp=4, n_ctx=3,
-                       d_token=2, d_out=1, act_fn="relu")
+        GPT2FormConfig(
+            d_model=4,
+            n_layers=1,
+            n_heads=1,
+            d_head=4,
+            d_mlp=4,
+            n_ctx=3,
+            d_token=2,
+            d_out=1,
+            act_fn="relu",
+        )
     form = _random_form("gelu", 1e-5)
     bad = dict(form.state)
     bad["blocks.1.attn.W_O"] = bad["blocks.1.attn.W_O"][:, :, :5]

@@ -34,8 +34,9 @@ def test_registers_read_as_the_solver_says(gd):
     got = names.read(residuals, "w_next")
     assert got.shape == (6, 3, 2)
     np.testing.assert_allclose(got[:, 1], w1, rtol=1e-8, atol=1e-8)
-    np.testing.assert_allclose(names.read(residuals, "pred")[:, 2],
-                               solvers.predict(w1, prompts.xq), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(
+        names.read(residuals, "pred")[:, 2], solvers.predict(w1, prompts.xq), rtol=1e-8, atol=1e-8
+    )
 
 
 def test_every_residual_row_is_named(gd):

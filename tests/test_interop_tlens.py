@@ -57,8 +57,12 @@ def _trained_residuals(model, tokens) -> list[torch.Tensor]:
 
 def test_hook_names():
     assert [tlens.residual_hook(i) for i in range(5)] == [
-        "blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
-        "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"]
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.hook_resid_post",
+    ]
     assert tlens.residual_index("blocks.1.hook_resid_pre") == 2
     assert all(tlens.residual_index(tlens.residual_hook(i)) == i for i in range(1, 9))
     with pytest.raises(RaspiclError, match="hook_resid"):
@@ -97,8 +101,10 @@ def test_patching_moves_the_prediction_as_the_model_says(trained, booted, tokens
         return value
 
     with torch.no_grad():
-        bridge.run_with_hooks(readout.embed(tokens[:1]), fwd_hooks=[
-            (tlens.residual_hook(3), hook), (tlens.FINAL, _keep)])
+        bridge.run_with_hooks(
+            readout.embed(tokens[:1]),
+            fwd_hooks=[(tlens.residual_hook(3), hook), (tlens.FINAL, _keep)],
+        )
         got = readout.unembed(_kept.pop())
         # by hand: block 0, block 1's attention, the patch, the rest
         m = trained

@@ -61,14 +61,20 @@ class GPT2FormConfig:
         if self.n_heads * self.d_head != self.d_model:
             raise RaspiclError(
                 f"GPT2FormConfig: n_heads * d_head ({self.n_heads} * {self.d_head}) must equal "
-                f"d_model ({self.d_model}), as GPT2Model splits d_model into its heads")
+                f"d_model ({self.d_model}), as GPT2Model splits d_model into its heads"
+            )
         eps = self.ln_eps
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) \
-                or eps <= 0:
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not math.isfinite(eps)
+            or eps <= 0
+        ):
             raise RaspiclError(f"GPT2FormConfig.ln_eps must be a finite number > 0, got {eps!r}")
         if self.act_fn not in ACT_FNS:
-            raise RaspiclError(f"GPT2FormConfig.act_fn must be one of {ACT_FNS}, "
-                               f"got {self.act_fn!r}")
+            raise RaspiclError(
+                f"GPT2FormConfig.act_fn must be one of {ACT_FNS}, got {self.act_fn!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,20 +92,36 @@ class GPT2FormConfig:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the state dict with its shape, in a fixed order."""
         d, nh, dh = self.d_model, self.n_heads, self.d_head
-        out: dict[str, tuple[int, ...]] = {"embed.W_E": (self.d_token, d),
-                                           "pos_embed.W_pos": (self.n_ctx, d)}
+        out: dict[str, tuple[int, ...]] = {
+            "embed.W_E": (self.d_token, d),
+            "pos_embed.W_pos": (self.n_ctx, d),
+        }
         for layer in range(self.n_layers):
             p = f"blocks.{layer}."
             out.update({p + "ln1.w": (d,), p + "ln1.b": (d,)})
             for m in "QKV":
                 out[p + f"attn.W_{m}"] = (nh, d, dh)
                 out[p + f"attn.b_{m}"] = (nh, dh)
-            out.update({p + "attn.W_O": (nh, dh, d), p + "attn.b_O": (d,),
-                        p + "ln2.w": (d,), p + "ln2.b": (d,),
-                        p + "mlp.W_in": (d, self.d_mlp), p + "mlp.b_in": (self.d_mlp,),
-                        p + "mlp.W_out": (self.d_mlp, d), p + "mlp.b_out": (d,)})
-        out.update({"ln_final.w": (d,), "ln_final.b": (d,),
-                    "unembed.W_U": (d, self.d_out), "unembed.b_U": (self.d_out,)})
+            out.update(
+                {
+                    p + "attn.W_O": (nh, dh, d),
+                    p + "attn.b_O": (d,),
+                    p + "ln2.w": (d,),
+                    p + "ln2.b": (d,),
+                    p + "mlp.W_in": (d, self.d_mlp),
+                    p + "mlp.b_in": (self.d_mlp,),
+                    p + "mlp.W_out": (self.d_mlp, d),
+                    p + "mlp.b_out": (d,),
+                }
+            )
+        out.update(
+            {
+                "ln_final.w": (d,),
+                "ln_final.b": (d,),
+                "unembed.W_U": (d, self.d_out),
+                "unembed.b_U": (self.d_out,),
+            }
+        )
         return out
 
 
@@ -115,17 +137,21 @@ class GPT2Form:
         missing = [k for k in want if k not in self.state]
         extra = sorted(set(self.state) - set(want))
         if missing or extra:
-            raise RaspiclError(f"GPT2Form: tensors do not match the config: missing "
-                               f"{missing[:5]}, unexpected {extra[:5]}")
+            raise RaspiclError(
+                f"GPT2Form: tensors do not match the config: missing "
+                f"{missing[:5]}, unexpected {extra[:5]}"
+            )
         dtypes = {v.dtype for v in self.state.values()}
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-            raise RaspiclError(f"GPT2Form: tensors must share one float dtype, got "
-                               f"{sorted(map(str, dtypes))}")
+            raise RaspiclError(
+                f"GPT2Form: tensors must share one float dtype, got {sorted(map(str, dtypes))}"
+            )
         for k, shape in want.items():
             t = self.state[k]
             if tuple(t.shape) != shape:
-                raise RaspiclError(f"GPT2Form: tensor {k} has shape {tuple(t.shape)}, the "
-                                   f"config needs {shape}")
+                raise RaspiclError(
+                    f"GPT2Form: tensor {k} has shape {tuple(t.shape)}, the config needs {shape}"
+                )
             if not torch.isfinite(t).all():
                 raise RaspiclError(f"GPT2Form: tensor {k} holds NaN or infinite entries")
 
@@ -150,11 +176,19 @@ def from_trained(model, dtype: torch.dtype = torch.float64) -> GPT2Form:
     H, nh = cfg.d_model, cfg.heads
     dh = H // nh
     sd = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
-    config = GPT2FormConfig(d_model=H, n_layers=cfg.layers, n_heads=nh, d_head=dh,
-                            d_mlp=cfg.mlp_ratio * H, n_ctx=cfg.n_tokens, d_token=cfg.d + 1,
-                            d_out=1, ln_eps=float(cfg.ln_eps), act_fn="gelu_new")
-    state = {"embed.W_E": sd["embed.weight"].T,
-             "pos_embed.W_pos": sd["pos"] + sd["embed.bias"]}
+    config = GPT2FormConfig(
+        d_model=H,
+        n_layers=cfg.layers,
+        n_heads=nh,
+        d_head=dh,
+        d_mlp=cfg.mlp_ratio * H,
+        n_ctx=cfg.n_tokens,
+        d_token=cfg.d + 1,
+        d_out=1,
+        ln_eps=float(cfg.ln_eps),
+        act_fn="gelu_new",
+    )
+    state = {"embed.W_E": sd["embed.weight"].T, "pos_embed.W_pos": sd["pos"] + sd["embed.bias"]}
     for layer in range(cfg.layers):
         src, dst = f"blocks.{layer}.", f"blocks.{layer}."
         state[dst + "ln1.w"] = sd[src + "ln1.weight"]
@@ -171,8 +205,14 @@ def from_trained(model, dtype: torch.dtype = torch.float64) -> GPT2Form:
         state[dst + "mlp.b_in"] = sd[src + "mlp.W_in.bias"]
         state[dst + "mlp.W_out"] = sd[src + "mlp.W_out.weight"].T
         state[dst + "mlp.b_out"] = sd[src + "mlp.W_out.bias"]
-    state.update({"ln_final.w": sd["ln_f.weight"], "ln_final.b": sd["ln_f.bias"],
-                  "unembed.W_U": sd["readout.weight"].T, "unembed.b_U": sd["readout.bias"]})
+    state.update(
+        {
+            "ln_final.w": sd["ln_f.weight"],
+            "ln_final.b": sd["ln_f.bias"],
+            "unembed.W_U": sd["readout.weight"].T,
+            "unembed.b_U": sd["readout.bias"],
+        }
+    )
     return GPT2Form(config, {k: v.contiguous() for k, v in state.items()})
 
 
@@ -187,16 +227,21 @@ def from_compiled(compiled, dtype: torch.dtype | None = None) -> GPT2Form:
     blocks. Both are refused, naming the field."""
     a = compiled.layout["architecture"]
     if a.get("name") != "gpt2":
-        raise RaspiclError(f"architecture.name is {a.get('name')!r}: only models compiled with "
-                           f"arch='gpt2' load in GPT2Model (compile with --arch gpt2)")
+        raise RaspiclError(
+            f"architecture.name is {a.get('name')!r}: only models compiled with "
+            f"arch='gpt2' load in GPT2Model (compile with --arch gpt2)"
+        )
     order = list(a["block_order"])
     if order != list(range(a["n_layers"])):
-        raise RaspiclError(f"architecture.block_order {order}: GPT2Model runs each of its "
-                           f"n_layers blocks once, in order")
+        raise RaspiclError(
+            f"architecture.block_order {order}: GPT2Model runs each of its "
+            f"n_layers blocks once, in order"
+        )
     eps = {float(e) for e in a["layernorm"]["eps"]}
     if len(eps) != 1:
-        raise RaspiclError(f"architecture.layernorm.eps {sorted(eps)}: GPT2Model has one "
-                           f"layer_norm_epsilon")
+        raise RaspiclError(
+            f"architecture.layernorm.eps {sorted(eps)}: GPT2Model has one layer_norm_epsilon"
+        )
     config = GPT2FormConfig.from_dict({**a, "ln_eps": eps.pop()})
     state = {k: v.detach().to("cpu") for k, v in compiled.model.state_dict().items()}
     form = GPT2Form(config, {k: v.contiguous() for k, v in state.items()})

@@ -95,10 +95,10 @@ def hf_state(form: GPT2Form) -> dict[str, torch.Tensor]:
         p, h = f"blocks.{layer}.", f"h.{layer}."
         out[h + "ln_1.weight"] = s[p + "ln1.w"]
         out[h + "ln_1.bias"] = s[p + "ln1.b"]
-        out[h + "attn.c_attn.weight"] = torch.cat([heads_in(s[p + f"attn.W_{m}"])
-                                                   for m in "QKV"], dim=1)
-        out[h + "attn.c_attn.bias"] = torch.cat([s[p + f"attn.b_{m}"].reshape(d)
-                                                 for m in "QKV"])
+        out[h + "attn.c_attn.weight"] = torch.cat(
+            [heads_in(s[p + f"attn.W_{m}"]) for m in "QKV"], dim=1
+        )
+        out[h + "attn.c_attn.bias"] = torch.cat([s[p + f"attn.b_{m}"].reshape(d) for m in "QKV"])
         out[h + "attn.c_proj.weight"] = s[p + "attn.W_O"].reshape(d, d)
         out[h + "attn.c_proj.bias"] = s[p + "attn.b_O"]
         out[h + "ln_2.weight"] = s[p + "ln2.w"]
@@ -181,9 +181,13 @@ def load_hf(directory: str | Path, dtype: torch.dtype = torch.float64):
     kernel), safetensors only, local files only, in eval mode."""
     from transformers import GPT2Model
 
-    return GPT2Model.from_pretrained(str(hf_dir(directory)), attn_implementation="eager",
-                                     dtype=dtype, use_safetensors=True,
-                                     local_files_only=True).eval()
+    return GPT2Model.from_pretrained(
+        str(hf_dir(directory)),
+        attn_implementation="eager",
+        dtype=dtype,
+        use_safetensors=True,
+        local_files_only=True,
+    ).eval()
 
 
 @torch.no_grad()
@@ -213,9 +217,14 @@ def read_hf(directory: str | Path) -> GPT2Form:
     def heads_out(m: torch.Tensor) -> torch.Tensor:  # [d, nh * dh] -> [nh, d, dh]
         return m.reshape(dm, nh, dh).permute(1, 0, 2)
 
-    s = {"embed.W_E": io["embed.W_E"], "pos_embed.W_pos": w["wpe.weight"],
-         "unembed.W_U": io["unembed.W_U"], "unembed.b_U": io["unembed.b_U"],
-         "ln_final.w": w["ln_f.weight"], "ln_final.b": w["ln_f.bias"]}
+    s = {
+        "embed.W_E": io["embed.W_E"],
+        "pos_embed.W_pos": w["wpe.weight"],
+        "unembed.W_U": io["unembed.W_U"],
+        "unembed.b_U": io["unembed.b_U"],
+        "ln_final.w": w["ln_f.weight"],
+        "ln_final.b": w["ln_f.bias"],
+    }
     for layer in range(c.n_layers):
         p, h = f"blocks.{layer}.", f"h.{layer}."
         qkv_w = w[h + "attn.c_attn.weight"].split(dm, dim=1)
@@ -223,11 +232,18 @@ def read_hf(directory: str | Path) -> GPT2Form:
         for m, mw, mb in zip("QKV", qkv_w, qkv_b, strict=True):
             s[p + f"attn.W_{m}"] = heads_out(mw)
             s[p + f"attn.b_{m}"] = mb.reshape(nh, dh)
-        s.update({p + "ln1.w": w[h + "ln_1.weight"], p + "ln1.b": w[h + "ln_1.bias"],
-                  p + "attn.W_O": w[h + "attn.c_proj.weight"].reshape(nh, dh, dm),
-                  p + "attn.b_O": w[h + "attn.c_proj.bias"],
-                  p + "ln2.w": w[h + "ln_2.weight"], p + "ln2.b": w[h + "ln_2.bias"],
-                  p + "mlp.W_in": w[h + "mlp.c_fc.weight"], p + "mlp.b_in": w[h + "mlp.c_fc.bias"],
-                  p + "mlp.W_out": w[h + "mlp.c_proj.weight"],
-                  p + "mlp.b_out": w[h + "mlp.c_proj.bias"]})
+        s.update(
+            {
+                p + "ln1.w": w[h + "ln_1.weight"],
+                p + "ln1.b": w[h + "ln_1.bias"],
+                p + "attn.W_O": w[h + "attn.c_proj.weight"].reshape(nh, dh, dm),
+                p + "attn.b_O": w[h + "attn.c_proj.bias"],
+                p + "ln2.w": w[h + "ln_2.weight"],
+                p + "ln2.b": w[h + "ln_2.bias"],
+                p + "mlp.W_in": w[h + "mlp.c_fc.weight"],
+                p + "mlp.b_in": w[h + "mlp.c_fc.bias"],
+                p + "mlp.W_out": w[h + "mlp.c_proj.weight"],
+                p + "mlp.b_out": w[h + "mlp.c_proj.bias"],
+            }
+        )
     return GPT2Form(form_cfg, {k: v.contiguous() for k, v in s.items()})

@@ -28,8 +28,9 @@ class RegisterNames:
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.n_residuals:
-            raise RaspiclError(f"residual index {index}: the model has residuals 0 .. "
-                               f"{self.n_residuals - 1}")
+            raise RaspiclError(
+                f"residual index {index}: the model has residuals 0 .. {self.n_residuals - 1}"
+            )
 
     def labels(self, index: int) -> list[str]:
         """One name per row of residual `index`: 'w@2[1]' (entry 1 of version 2 of w), 'one'
@@ -46,8 +47,9 @@ class RegisterNames:
     def named(self, resid, index: int) -> dict[str, object]:
         """Residual `index` ([..., d_model]) as {row name: [...]} for the rows that hold a
         value."""
-        return {name: resid[..., row] for row, name in enumerate(self.labels(index))
-                if name != EMPTY}
+        return {
+            name: resid[..., row] for row, name in enumerate(self.labels(index)) if name != EMPTY
+        }
 
     def version(self, label: str) -> tuple[dict, dict]:
         """The layout entries (register, version) of the register version called `label`
@@ -60,8 +62,9 @@ class RegisterNames:
         if label in regs:
             return regs[label], regs[label]["versions"][-1]
         known = [v["label"] for r in regs.values() for v in r["versions"]]
-        raise RaspiclError(f"no register version '{label}' in the layout; versions are "
-                           f"{', '.join(known)}")
+        raise RaspiclError(
+            f"no register version '{label}' in the layout; versions are {', '.join(known)}"
+        )
 
     def read(self, residuals, label: str):
         """A register version from a residual list (raspicl's order), read right after the

@@ -63,10 +63,11 @@ def boot(directory: str | Path, dtype: torch.dtype = torch.float64, device: str 
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise RaspiclError("raspicl.interop.tlens needs transformer-lens >= 4 "
-                           "(pip install 'raspicl[dev]' or transformer-lens)") from exc
-    return TransformerBridge.boot_transformers(str(hf_dir(directory)), device=device,
-                                               dtype=dtype)
+        raise RaspiclError(
+            "raspicl.interop.tlens needs transformer-lens >= 4 "
+            "(pip install 'raspicl[dev]' or transformer-lens)"
+        ) from exc
+    return TransformerBridge.boot_transformers(str(hf_dir(directory)), device=device, dtype=dtype)
 
 
 def residuals(cache, n_layers: int) -> list[torch.Tensor]:
