@@ -85,3 +85,29 @@ def test_paper_models_are_refused():
     paper = compile_program(find_program("gd_step").build(d=1))
     with pytest.raises(RaspiclError, match="architecture.name is 'paper'.*--arch gpt2"):
         from_compiled(paper)
+
+
+def test_save_writes_hf_for_gpt2(tmp_path):
+    """raspicl.export.save (and so `raspicl compile --out DIR`) writes DIR/hf/ for a gpt2 model,
+    replaces it on a second save, and loads back as before; a paper model gets none."""
+    from raspicl.export import load, save
+
+    pf = find_program("gd_step")
+    compiled = compile_program(pf.build(d=2), arch="gpt2")
+    out = save(compiled, tmp_path / "gd")
+    assert sorted(p.name for p in (out / "hf").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "raspicl_io.safetensors",
+    ]
+    save(compiled, out)  # a directory holding a previous model and its hf/ is replaced
+    (out / "hf" / "notes.txt").write_text("mine")
+    with pytest.raises(RaspiclError, match="holds other files \\(hf\\)"):
+        save(compiled, out)  # but not one holding anything else
+    (out / "hf" / "notes.txt").unlink()
+    prompts = PromptDistribution().sample(8, 2, 1, seed=2)
+    got = hf_predict(load_hf(out), load_readout(out), torch.from_numpy(prompts.tokens()))
+    positions = compiled.layout["output"]["positions"]
+    assert rel(got[:, positions].numpy(), load(out).predict(prompts)) < REL
+    paper = save(compile_program(pf.build(d=2)), tmp_path / "paper")
+    assert not (paper / "hf").exists()

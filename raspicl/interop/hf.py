@@ -44,6 +44,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 IO = "raspicl_io.safetensors"
 IO_FORMAT = "raspicl.interop.io/1"
+HF_FILES = (CONFIG, WEIGHTS, IO)  # everything DIR/hf holds
 IO_TENSORS = ("embed.W_E", "unembed.W_U", "unembed.b_U")
 DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32"}
 
@@ -112,24 +113,30 @@ def hf_state(form: GPT2Form) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
+def hf_files(form: GPT2Form) -> dict[str, bytes]:
+    """The three files of DIR/hf as bytes, by name (raspicl.export.save writes them into a
+    gpt2 model's directory with its own two)."""
+    from safetensors.torch import save
+
+    io = {k: form.state[k].contiguous().clone() for k in IO_TENSORS}
+    # "format": "pt" is what transformers expects of a torch safetensors file
+    return {
+        WEIGHTS: save(hf_state(form), metadata={"format": "pt"}),
+        IO: save(io, metadata={"format": "pt", "raspicl": IO_FORMAT}),
+        CONFIG: (json.dumps(hf_config(form), indent=1) + "\n").encode("ascii"),
+    }
+
+
 def export_hf(form: GPT2Form, directory: str | Path) -> Path:
     """Write DIR/hf/ (config.json, model.safetensors, raspicl_io.safetensors); returns it.
     Each file is written beside its place and renamed over it (config.json last)."""
-    from safetensors.torch import save_file
-
     out = Path(directory) / HF_DIR
     if out.exists() and not out.is_dir():
         raise RaspiclError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    config = hf_config(form)
-    io = {k: form.state[k].contiguous().clone() for k in IO_TENSORS}
-    # "format": "pt" is what transformers expects of a torch safetensors file
-    save_file(hf_state(form), str(out / (WEIGHTS + ".tmp")), metadata={"format": "pt"})
-    os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
-    save_file(io, str(out / (IO + ".tmp")), metadata={"format": "pt", "raspicl": IO_FORMAT})
-    os.replace(out / (IO + ".tmp"), out / IO)
-    (out / (CONFIG + ".tmp")).write_text(json.dumps(config, indent=1) + "\n")
-    os.replace(out / (CONFIG + ".tmp"), out / CONFIG)
+    for name, data in hf_files(form).items():  # config.json last
+        (out / (name + ".tmp")).write_bytes(data)
+        os.replace(out / (name + ".tmp"), out / name)
     return out
 
 
