@@ -18,7 +18,7 @@ from raspicl.compiler import compile_program
 from raspicl.errors import CompileError, RaspiclError
 from raspicl.interop import tlens
 from raspicl.interop.gpt2form import from_compiled
-from raspicl.interop.hf import export_hf, hf_predict, load_hf, load_readout
+from raspicl.interop.hf import export_hf, hf_predict, load_hf, load_readout, read_hf
 from raspicl.interop.registers import RegisterNames
 from raspicl.prompts import PromptDistribution
 from raspicl.registry import bundled_programs, find_program
@@ -109,5 +109,9 @@ def test_save_writes_hf_for_gpt2(tmp_path):
     got = hf_predict(load_hf(out), load_readout(out), torch.from_numpy(prompts.tokens()))
     positions = compiled.layout["output"]["positions"]
     assert rel(got[:, positions].numpy(), load(out).predict(prompts)) < REL
+    # hf/ holds exactly the model's tensors: read back without transformers, bit for bit
+    back, form = read_hf(out), from_compiled(load(out))
+    assert back.config == form.config
+    assert all(torch.equal(back.state[k], v) for k, v in form.state.items())
     paper = save(compile_program(pf.build(d=2)), tmp_path / "paper")
     assert not (paper / "hf").exists()
