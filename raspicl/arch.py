@@ -114,7 +114,7 @@ PAPER = Architecture(name="paper", ln_before_attention=False, ln_final=False,
 
 GPT2 = Architecture(name="gpt2", ln_before_attention=True, ln_final=True, act_fn="gelu_new",
                     shared_eps=1e-5, heads_span_model=True, shared_blocks=False,
-                    divides=False)
+                    divides=True)
 
 # The fixed rows holding the constant anchors +N and -N under a target that reads through
 # LayerNorm (gpt2); never read, never cleared.

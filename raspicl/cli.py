@@ -165,6 +165,13 @@ def cmd_run(args) -> int:
     if pf.has_reference:
         ref = np.asarray(pf.reference(prompts, **params)).reshape(out.shape[0], -1)
         print(f"reference solver: {ref.ravel()}")
+    if args.arch is not None:  # the compiled model's prediction on the same prompt
+        from raspicl.verify import compile_checked
+
+        cm = compile_checked(pf, program, arch=arch_from_args(args))
+        pred = cm.predict(prompts, check="warn")[0]
+        print(f"compiled to {args.arch} ({cm.model.cfg.n_layers} blocks, d_model "
+              f"{cm.model.cfg.d_model}): {pred.ravel()}")
     print(f"\nregisters at the query token (t={q}):")
     for name, reg in program.registers.items():
         if name in trace.final:
@@ -198,7 +205,8 @@ def cmd_compile(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ContractWarning)
         cm = compile_program(program, config,
-                             domain=domain if domain is not None else pf.domain)
+                             domain=domain if domain is not None else pf.domain,
+                             arch=arch_from_args(args))
     for w in caught:
         if issubclass(w.category, ContractWarning):
             print(f"raspicl: warning: {w.message}", file=sys.stderr)
@@ -233,6 +241,7 @@ def cmd_verify(args) -> int:
         raise RaspiclError("no programs to verify (no programs/ folder found)")
     dtypes = tuple(args.dtype) if args.dtype else ("float64", "float32")
     domain = domain_from_args(args)
+    arch = arch_from_args(args)
     if args.set:
         checks = [(pf, parse_sets(args.set), dt) for pf in programs for dt in dtypes]
     else:
@@ -250,7 +259,8 @@ def cmd_verify(args) -> int:
     for pf, params, dt in bar:
         bar.set_postfix_str(f"{pf.name} {_call(params)} {dt}")
         r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
-                           symbolic=not args.no_symbolic, domain=domain, progress=True)
+                           symbolic=not args.no_symbolic, domain=domain, progress=True,
+                           arch=arch)
         results.append(r)
         bar.write(table.row(r), file=sys.stdout)
         sys.stdout.flush()
@@ -282,6 +292,34 @@ def cmd_inspect(args) -> int:
             raise RaspiclError(f"--plot {args.plot}: cannot write the plots: {exc}") from exc
         print(f"\nwrote {len(paths)} plots to {args.plot}")
     return 0
+
+
+def add_arch_args(p: argparse.ArgumentParser) -> None:
+    """--arch and gpt2's options (raspicl.arch)."""
+    from raspicl.arch import ARCHITECTURES, GPT2_ACT_FNS
+
+    g = p.add_argument_group("target architecture (docs/architecture.md)")
+    g.add_argument("--arch", choices=list(ARCHITECTURES), default=None,
+                   help="the block compiled to: paper (default; the block of Akyurek et al.) "
+                        "or gpt2 (HuggingFace's GPT2Model: LayerNorms before attention, "
+                        "before the MLP and at the end, one eps)")
+    g.add_argument("--ln-eps", type=scale_arg, metavar="FLOAT",
+                   help="gpt2: the eps of every LayerNorm (default 1e-5)")
+    g.add_argument("--act-fn", choices=list(GPT2_ACT_FNS),
+                   help="gpt2: the MLP's GeLU, gelu (erf) or gelu_new (tanh; the default, as "
+                        "GPT-2)")
+
+
+def arch_from_args(args):
+    """The Architecture the arguments name (paper unless --arch says otherwise)."""
+    from raspicl.arch import get_arch
+
+    if args.arch != "gpt2" and (args.ln_eps is not None or args.act_fn is not None):
+        raise RaspiclError("--ln-eps and --act-fn apply to --arch gpt2")
+    try:
+        return get_arch(args.arch, ln_eps=args.ln_eps, act_fn=args.act_fn)
+    except ValueError as exc:
+        raise RaspiclError(f"--arch: {exc}") from exc
 
 
 def add_domain_args(p: argparse.ArgumentParser) -> None:
@@ -335,12 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "y = w^T x) and print the program's listing, the true w, the "
                                    "prediction at each output token, the prediction of the "
                                    "file's reference() if it has one, and every register at "
-                                   "the query token.")
+                                   "the query token. With --arch, also compile it to that "
+                                   "architecture and print the compiled model's prediction.")
     p.add_argument("program", metavar="PROGRAM", help=program_help)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help=set_help)
     p.add_argument("--seed", type=seed_arg,
                    help="seed of the random prompt, an integer >= 0 (default: a fresh one, "
                         "printed so that the run can be repeated)")
+    add_arch_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a program to model.safetensors + layout.json",
@@ -356,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision the compiler's constants are tuned for and the weights are "
                         "stored in (default float64)")
     add_domain_args(p)
+    add_arch_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("verify", help="compile programs and check them (exit 1 on failure)",
@@ -386,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print, to stderr, each check's worst register, its time and any "
                         "problems outside the model's calibrated domain")
     add_domain_args(p)
+    add_arch_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("inspect", help="show what every head and MLP of a compiled model does",

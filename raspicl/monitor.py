@@ -316,12 +316,17 @@ class _LayerNormReads:
             self._dev[residual] = np.abs(self.c / np.sqrt(var + self.eps) - 1.0)
         return self._dev[residual]
 
+    def mean_bound(self, mu: np.ndarray) -> np.ndarray:
+        """|mean| as the LayerNorm may compute it: a sum holding one anchor (size N) rounds
+        at u N per addition, so over d_model terms the mean is off by at most u N."""
+        return mu + self.u * self.N
+
     def term(self, residual: int, v: np.ndarray) -> np.ndarray:
         """The error a read of v ([B, T, w]) through the LayerNorm of residuals[residual]
         adds."""
         mu, _ = self.source.moments(residual)
         return (np.abs(v) * (self.dev(residual) + self.rel)[:, :, None]
-                + 2 * self.ku * (mu + self.u * self.N)[:, :, None])
+                + 2 * self.ku * self.mean_bound(mu)[:, :, None])
 
 
 class _ListResiduals:
@@ -463,13 +468,15 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
             val, err = walk.linear_attn(ins, ops_vals)
         else:
             mu, var = source.moments(2 * ins.run + 1)
+            if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
+                mu = ln.mean_bound(mu)                   # the anchors +-N
             if ins.divisor is None and ln is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
             reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
-            if ln is not None:  # gpt2: through ln2 (whose weight c makes the read scale 1)
-                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]
+            if ln is not None and ins.divisor is None:  # gpt2: through ln2 (weight c: the
+                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]  # scale is 1)
             val, err = walk.mlp(ins, reads, defined, mu)
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,

@@ -111,31 +111,33 @@ def contract_tolerance_for(pf: ProgramFile, dtype: str) -> float:
 
 def compile_checked(pf: ProgramFile, program, dtype: str = "float64",
                     config: CompilerConfig | None = None, loops: str = "unroll",
-                    domain: Domain | None = None) -> CompiledModel:
+                    domain: Domain | None = None, arch="paper") -> CompiledModel:
     """`program` (built from `pf`) compiled as verify checks it: the file's contract tolerance
     for `dtype` unless `config` is given, the file's DOMAIN unless `domain` is, then converted
     to `dtype`. ContractWarning is silenced: verify reports acceptance as a column, and the
-    other callers count refusals at run time."""
+    other callers count refusals at run time. arch: the target (raspicl.arch)."""
     config = config or CompilerConfig.for_dtype(dtype,
                                                 tolerance=contract_tolerance_for(pf, dtype))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ContractWarning)
         cm = compile_program(program, config, loops=loops,
-                             domain=domain if domain is not None else pf.domain)
+                             domain=domain if domain is not None else pf.domain, arch=arch)
     return cm.to(torch.float32) if dtype == "float32" else cm
 
 
 def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
                    problems: int = 1000, seed: int = 0, symbolic: bool = True,
                    config: CompilerConfig | None = None,
-                   domain: Domain | None = None, progress: bool = False) -> CheckResult:
+                   domain: Domain | None = None, progress: bool = False,
+                   arch="paper") -> CheckResult:
     """Compile one instance of a program and run all four checks on it. progress: a progress
-    bar over the chunks of problems (stderr, shown on a terminal only)."""
+    bar over the chunks of problems (stderr, shown on a terminal only). arch: the target
+    (raspicl.arch)."""
     start = time.perf_counter()
     program = pf.build(**params)
     config = config or CompilerConfig.for_dtype(dtype,
                                                 tolerance=contract_tolerance_for(pf, dtype))
-    cm = compile_checked(pf, program, dtype, config, domain=domain)
+    cm = compile_checked(pf, program, dtype, config, domain=domain, arch=arch)
     prompts = random_prompts(problems, program.d, program.n, seed)
     # Verification measures the error on every prompt drawn (check='ignore'), notes those
     # beyond what calibration saw, and holds the contract separately below.

@@ -5,8 +5,11 @@ and runs the `paper` architecture exactly as docs/architecture.md states it; `en
 token vectors as the page's "Prompt encoding" section says. Neither uses torch or raspicl.model.
 The tests hold its predictions and every register version it reads out of its own residual
 stream against the torch model (CompiledModel.predict / .residuals), to 1e-10 relative
-(|a - b| <= 1e-10 * max(1, |b|)), for gd_step and sherman_morrison at d = 1, 2, 4; and a model
+(|a - b| <= 1e-10 * max(1, |b|); batch_gd 1e-8, AGREEMENT), for gd_step and sherman_morrison
+at d = 1, 2, 4; and a model
 whose block_order repeats blocks (a looped model sharing weights), built from random weights.
+The same pass runs the `gpt2` architecture as §9 states it (ln1 before attention, ln_final
+before the readout, GeLU gelu or gelu_new), checked on every bundled program.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GeLU: x * (1 + erf(x / sqrt 2)) / 2 (not the tanh approximation)."""
     return x * (1.0 + _erf(x / math.sqrt(2.0)).astype(x.dtype)) / 2.0
+
+
+def gelu_new(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh GeLU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -75,6 +83,8 @@ def numpy_forward(layout: dict, W: dict[str, np.ndarray],
     dtype = W["embed.W_E"].dtype
     d_head = arch["d_head"]
     eps = arch["layernorm"]["eps"]
+    gpt2 = arch["name"] == "gpt2"
+    act = gelu_new if arch.get("act_fn") == "gelu_new" else gelu
     tokens = np.asarray(tokens, dtype=dtype)
     T = tokens.shape[1]
     assert T <= arch["n_ctx"]
@@ -83,20 +93,24 @@ def numpy_forward(layout: dict, W: dict[str, np.ndarray],
     for layer in arch["block_order"]:
         p = f"blocks.{layer}."
         attn_out = np.zeros_like(resid)
+        h_in = layer_norm(resid, W[p + "ln1.w"], W[p + "ln1.b"], arch["ln_eps"]) if gpt2 \
+            else resid
         for h in range(arch["n_heads"]):
-            q = resid @ W[p + "attn.W_Q"][h] + W[p + "attn.b_Q"][h]
-            k = resid @ W[p + "attn.W_K"][h] + W[p + "attn.b_K"][h]
-            v = resid @ W[p + "attn.W_V"][h] + W[p + "attn.b_V"][h]
+            q = h_in @ W[p + "attn.W_Q"][h] + W[p + "attn.b_Q"][h]
+            k = h_in @ W[p + "attn.W_K"][h] + W[p + "attn.b_K"][h]
+            v = h_in @ W[p + "attn.W_V"][h] + W[p + "attn.b_V"][h]
             scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(d_head)
             z = softmax_causal(scores) @ v
             attn_out = attn_out + z @ W[p + "attn.W_O"][h]
         resid = resid + attn_out + W[p + "attn.b_O"]
         residuals.append(resid)
         ln = layer_norm(resid, W[p + "ln2.w"], W[p + "ln2.b"], eps[layer])
-        hidden = gelu(ln @ W[p + "mlp.W_in"] + W[p + "mlp.b_in"])
+        hidden = act(ln @ W[p + "mlp.W_in"] + W[p + "mlp.b_in"])
         resid = resid + hidden @ W[p + "mlp.W_out"] + W[p + "mlp.b_out"]
         residuals.append(resid)
-    out = resid @ W["unembed.W_U"] + W["unembed.b_U"]
+    final = layer_norm(resid, W["ln_final.w"], W["ln_final.b"], arch["ln_eps"]) if gpt2 \
+        else resid
+    out = final @ W["unembed.W_U"] + W["unembed.b_U"]
     return residuals, out
 
 
@@ -131,11 +145,11 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("numpy_forward")
     cache: dict[tuple[str, int], Path] = {}
 
-    def get(program: str, d: int) -> Path:
-        if (program, d) not in cache:
-            compiled = compile_program(find_program(program).build(d=d))
-            cache[(program, d)] = save(compiled, root / f"{program}_d{d}")
-        return cache[(program, d)]
+    def get(program: str, d: int, arch: str = "paper") -> Path:
+        if (program, d, arch) not in cache:
+            compiled = compile_program(find_program(program).build(d=d), arch=arch)
+            cache[(program, d, arch)] = save(compiled, root / f"{program}_d{d}_{arch}")
+        return cache[(program, d, arch)]
 
     return get
 
@@ -143,17 +157,28 @@ def saved(tmp_path_factory):
 # ------------------------------------------------------------------ the tests
 
 
-@pytest.mark.parametrize("d", [1, 2, 4])
-@pytest.mark.parametrize("program", ["gd_step", "sherman_morrison"])
-def test_numpy_forward_matches_torch(saved, program, d):
+# batch_gd sums many products of operands far from their bounds' scale, each amplified by the
+# product gadget's 1/z (§6): two correct implementations then differ by up to 1.5e-9 in paper
+# (measured, numpy against torch, d = 1) and 7e-10 in gpt2, so its agreement is held to 1e-8
+AGREEMENT = {"batch_gd": 1e-8}
+GPT2_CASES = [(p, 1, "gpt2") for p in ("gd_step", "batch_gd", "sgd", "newton", "ridge",
+                                         "sherman_morrison")] + [("gd_step", 2, "gpt2")]
+
+
+@pytest.mark.parametrize(("program", "d", "arch"),
+                         [(p, d, "paper") for p in ("gd_step", "sherman_morrison")
+                          for d in (1, 2, 4)] + GPT2_CASES)
+def test_numpy_forward_matches_torch(saved, program, d, arch):
     from raspicl.export import load
     from raspicl.prompts import random_prompts
 
-    directory = saved(program, d)
+    tol = AGREEMENT.get(program, TOL)
+    directory = saved(program, d, arch)
+    assert json.loads((directory / "layout.json").read_text())["architecture"]["name"] == arch
     layout, W = read_model(directory)
     assert W["embed.W_E"].dtype == np.float64
     assert layout["weights"]["dtype"] == "float64"
-    prompts = random_prompts(32, d, 1, seed=100 + 10 * d + len(program))
+    prompts = random_prompts(32, d, layout["prompt"]["n_examples"], seed=100 + 10 * d + len(program))
 
     tokens = encode(prompts.X, prompts.y, prompts.xq)
     p = layout["prompt"]
@@ -175,7 +200,7 @@ def test_numpy_forward_matches_torch(saved, program, d):
     # the prediction is also the output register read from the last residual
     out_rows = layout["output"]["rows"]
     err = rel_err(residuals[-1][:, layout["output"]["positions"]][..., out_rows], torch_pred)
-    assert err <= TOL
+    assert err <= tol
 
     worst = 0.0
     n_versions = 0
@@ -184,14 +209,19 @@ def test_numpy_forward_matches_torch(saved, program, d):
             ours = read_register(layout, residuals, name, k)
             theirs = torch_res[v["written_after"]][:, :, v["rows"]]
             e = rel_err(ours.reshape(theirs.shape), theirs)
-            assert e <= TOL, f"{program} d={d}: register {name} version {v['version']}: {e:.3e}"
+            assert e <= tol, f"{program} d={d}: register {name} version {v['version']}: {e:.3e}"
             worst = max(worst, e)
             n_versions += 1
     assert n_versions >= len(layout["registers"])
-    # every residual, not only the register rows
+    # every residual, not only the register rows (under gpt2, less the division anchor rows:
+    # the clear after a division leaves N_div |s| |ratio - 1| there, a rounding-sized residue
+    # of a 1e10-sized entry that no head or unit reads; docs/architecture.md §9)
+    rows = [r for r in range(layout["architecture"]["d_model"])
+            if arch == "paper" or r not in (layout["fixed_rows"].get("anchor_pos"),
+                                            layout["fixed_rows"].get("anchor_neg"))]
     for i, (a, b) in enumerate(zip(residuals, torch_res, strict=True)):
-        e = rel_err(a, b)
-        assert e <= TOL, f"{program} d={d}: residual {i} differs by {e:.3e}"
+        e = rel_err(a[..., rows], b[..., rows])
+        assert e <= tol, f"{program} d={d}: residual {i} differs by {e:.3e}"
 
 
 def test_listing_in_the_page_matches_torch(saved):

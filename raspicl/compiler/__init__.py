@@ -7,6 +7,8 @@ layout, everything a reader needs to interpret the weights.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from raspicl.arch import Architecture, get_arch
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.anchors import with_ln_anchors
@@ -42,12 +44,14 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     exceeds the tolerance that often is returned with a ContractWarning.
     arch: the target, 'paper' (default) or 'gpt2' (HuggingFace's GPT2Model: raspicl.arch), or
     an Architecture such as raspicl.arch.get_arch('gpt2', ln_eps=1e-6, act_fn='gelu'). gpt2
-    compiles loops unrolled only and has no division yet (CompileError naming the op).
+    compiles loops unrolled only (loops='share' is a CompileError).
     """
     arch = get_arch(arch)
     if loops not in ("unroll", "share"):
         raise ValueError(f"loops must be 'unroll' or 'share', got {loops!r}")
     config = config or CompilerConfig()
+    if arch.reads_through_layernorm and config.ln_division_anchor is not None:
+        config = replace(config, division_anchor=config.ln_division_anchor)
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)

@@ -14,6 +14,7 @@ from raspicl.compiler.gadgets.layernorm import (
     ln_anchor_embedding,
     ln_read_scale,
     neutral_read,
+    suspend_ln_anchors,
     through_layernorm,
 )
 from raspicl.compiler.gadgets.mlp import (
@@ -87,7 +88,8 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
     for b, mode in sched.mlp_mode.items():
         if isinstance(mode, Value):
             blocks[b].divisor = mode
-            blocks[b].ln_eps = config.division_ln_eps
+            if shared is None:
+                blocks[b].ln_eps = config.division_ln_eps
     for ins in sched.instrs:
         _emit(ins, blocks[ins.block], layout, config)
     fixed = layout.fixed
@@ -327,8 +329,9 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         ln_anchor_embedding(W_pos, rows, config.ln_anchor)
         sd["unembed.W_U"] = through_layernorm(W_U, rows["zero"])
         c = ln_read_scale(config.ln_anchor, D)
-        for layer in range(len(stored)):
-            sd |= {f"blocks.{layer}.ln1.w": np.full(D, c), f"blocks.{layer}.ln2.w": np.full(D, c)}
+        for layer, b in enumerate(stored):  # a dividing ln2 reads as paper's (weight 1)
+            sd |= {f"blocks.{layer}.ln1.w": np.full(D, c),
+                   f"blocks.{layer}.ln2.w": np.full(D, c if blocks[b].divisor is None else 1.0)}
         sd["ln_final.w"] = np.full(D, c)
     model = model_from_arrays(cfg, sd)
     return model, order
@@ -389,15 +392,18 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     else:  # gpt2's ln2 (weight c) passes values at scale 1: the read of eps = 1
         W_in, b_in = neutral_read(block.units, rows, D, 1.0 if through_ln else block.ln_eps,
                                   d_mlp)
+    out: dict[str, np.ndarray] = {}
     if through_ln:
         WQ, WK, WV = (through_layernorm(W, rows["zero"]) for W in (WQ, WK, WV))
+        if block.divisor is not None:  # the division anchors alone in ln2 (layernorm.py)
+            out["mlp.b_out"] = suspend_ln_anchors(bO, rows, config.ln_anchor)
     W_out = np.zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():
             W_out[u, r] += w
     return {
         "attn.W_Q": WQ, "attn.W_K": WK, "attn.W_V": WV, "attn.W_O": WO, "attn.b_O": bO,
-        "mlp.W_in": W_in, "mlp.b_in": b_in, "mlp.W_out": W_out,
+        "mlp.W_in": W_in, "mlp.b_in": b_in, "mlp.W_out": W_out, **out,
     }
 
 

@@ -59,8 +59,17 @@ class CompilerConfig:
         other rows at the token (raspicl.arch). Conditions: Q_max / (4 N^2) << tolerance;
         N * machine epsilon (the rounding of the LayerNorm's mean, which the zero row cancels)
         << the smallest value read; 2 N^2 / d_model far inside the dtype's range and far above
-        the LayerNorm eps. 1e9 (float64) and 1e6 (float32, whose tolerance is 1e-3) give
-        Q / (4 N^2) = 2.5e-13 and 2.5e-7 for Q = 1e6.
+        the LayerNorm eps; and, where the program divides, N >> N_div |s_max| (the attention
+        after a division reads through ln1 with the division anchors still there, times
+        1 / sqrt(1 + (N_div s / N)^2): compiler/gadgets/layernorm.py). The monitor charges
+        every read 2 kappa u (|mean| + u N) for the LayerNorm mean's rounding. 1e18 (float64:
+        u^2 N = 1.2e-14, (N_div s / N)^2 = 1e-18 s^2 for N_div = 1e9); 1e8 (float32, whose
+        tolerance is 1e-3: u^2 N = 3.6e-7, (N_div s / N)^2 = 1e-8 s^2 for N_div = 1e4).
+    ln_division_anchor:
+        N_div under a target that reads through LayerNorm (gpt2), in place of
+        division_anchor; None: division_anchor. Lower than division_anchor in float32 to keep
+        N_div |s| << ln_anchor; compile-time feasibility raises it where a division needs
+        more (as it does division_anchor).
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
         t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2
@@ -107,7 +116,8 @@ class CompilerConfig:
     neutral_ln_eps: float = 2.0**80
     division_ln_eps: float = 1e-12
     division_anchor: float = 1e9
-    ln_anchor: float = 1e9
+    ln_anchor: float = 1e18
+    ln_division_anchor: float | None = None
     product_scale: float = 1e-3
     richardson: bool = True
     select_sharpness: float = 40.0
@@ -127,7 +137,8 @@ class CompilerConfig:
         if dtype == "float64":
             base = cls()
         elif dtype == "float32":
-            base = cls(division_anchor=1e6, ln_anchor=1e6, product_scale=0.2,
+            base = cls(division_anchor=1e6, ln_anchor=1e8, ln_division_anchor=1e4,
+                       product_scale=0.2,
                        target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")

@@ -44,6 +44,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     compiler = config.to_dict()
     if not arch.reads_through_layernorm:  # paper layouts stay as they were
         compiler.pop("ln_anchor", None)
+        compiler.pop("ln_division_anchor", None)
     row_names = list(layout.row_names) + ["pad"] * (cfg.d_model - len(layout.row_names))
     return {
         "format_version": FORMAT_VERSION,

@@ -22,6 +22,14 @@ deviation of the other rows. Every LayerNorm weight is c and its bias 0, so LN_j
 A_j * ratio with ratio = c / sigma = 1 - Q / (4 N^2) + ...: a read matrix W (rows indexed by
 residual row, never the zero row) becomes `through_layernorm(W)`, which subtracts W's column
 sums at the zero row. The runtime monitor charges |A_j| |ratio - 1|, measured per token.
+
+Division under gpt2 (`suspend_ln_anchors`): the dividing block's attention reads s through ln1
+as usual, writes the division anchors +-N_div s and, through b_O, cancels the constant anchors
+exactly (-N, +N); its ln2 (weight 1) then sees the division anchors alone and divides as in
+the paper block; its MLP's b_out restores +-N exactly. The next attention clears the division
+anchors while the constant ones dominate: its ln1 reads every row (the anchors too) times
+ratio = 1 / sqrt(1 + (N_div s / N)^2 + ...), so N >> N_div |s| (config.ln_anchor) keeps that
+read, and the clear's residue N_div |s| |ratio - 1|, small; the monitor measures the ratio.
 """
 
 from __future__ import annotations
@@ -83,6 +91,16 @@ def ln_anchor_embedding(W_pos: np.ndarray, rows: dict[str, int], anchor: float) 
     """Write the constant anchors +N / -N into every token's ln_pos / ln_neg rows of W_pos."""
     W_pos[:, rows["ln_pos"]] = anchor
     W_pos[:, rows["ln_neg"]] = -anchor
+
+
+def suspend_ln_anchors(b_O: np.ndarray, rows: dict[str, int], anchor: float) -> np.ndarray:
+    """A dividing gpt2 block: subtract the constant anchors in its attention bias b_O (in
+    place) and return the MLP bias b_out [d_model] that restores them (module doc)."""
+    b_out = np.zeros_like(b_O)
+    for name, sign in (("ln_pos", 1.0), ("ln_neg", -1.0)):
+        b_O[rows[name]] -= sign * anchor
+        b_out[rows[name]] += sign * anchor
+    return b_out
 
 
 def _allocate(units: list[UnitSpec], d_model: int,
