@@ -3,7 +3,7 @@ smallest size: the export loads in `transformers.GPT2Model`, whose prediction eq
 to 1e-10 relative (float64) and the program's numpy solver within the program's tolerance;
 TransformerLens's cached residual stream equals raspicl's; and every register version read from
 that cache with RegisterNames equals the interpreter's value. A program the gpt2 target cannot
-compile yet (division) is skipped with the compiler's message."""
+compile (a CompileError that it cannot divide) is skipped with the compiler's message."""
 
 from __future__ import annotations
 
@@ -64,8 +64,21 @@ def test_compiled_gpt2_in_hf_and_tlens(name, tmp_path):
     pred, resid, _ = tlens.run_with_cache(bridge, readout, tokens)
     want = compiled.residuals(prompts)
     assert len(resid) == len(want)
+    # A division's anchor rows hold +-N_div s (about 1e10) until the next attention clears
+    # them; the clear leaves a rounding-sized residue there that depends on the order of the
+    # sums (HF adds the heads in one product, raspicl head by head) and that nothing reads
+    # (tests/test_numpy_forward.py leaves them out likewise). They are held to 1e-10 of the
+    # largest value they hold in the run; every other row to 1e-10 of itself.
+    fixed = compiled.layout["fixed_rows"]
+    anchors = [fixed[k] for k in ("anchor_pos", "anchor_neg") if k in fixed]
+    rows = [r for r in range(want[0].shape[-1]) if r not in anchors]
     for i, (a, b) in enumerate(zip(resid, want, strict=True)):
-        assert rel(a.numpy(), b) < REL, f"{name}: residual {i} ({tlens.residual_hook(i)})"
+        a = a.numpy()
+        where = f"{name}: residual {i} ({tlens.residual_hook(i)})"
+        assert rel(a[..., rows], b[..., rows]) < REL, where
+        for r in anchors:
+            scale = max(1.0, max(float(np.abs(w[..., r]).max()) for w in want))
+            assert np.abs(a[..., r] - b[..., r]).max() < REL * scale, f"{where}, anchor row {r}"
     assert rel(pred[:, positions].numpy(), got) < REL
 
     trace = interpret(program, prompts)
