@@ -91,7 +91,10 @@ class Architecture:
 
     def with_options(self, ln_eps: float | None = None, act_fn: str | None = None
                      ) -> Architecture:
-        """This target with another shared eps or GeLU form (gpt2's settable options)."""
+        """This target with another shared eps or GeLU form (gpt2's settable options);
+        itself when neither is given."""
+        if ln_eps is None and act_fn is None:
+            return self
         if ln_eps is not None and self.shared_eps is None:
             raise ValueError(f"architecture {self.name} sets its LayerNorm eps per block; "
                              f"ln_eps applies to gpt2")

@@ -22,12 +22,20 @@ with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - the product gadget sq_e(t) = t^2 (1 - (et)^2/6 + (et)^4/40 - ...); with Richardson
   (4 sq_e - sq_2e) / 3 = t^2 (1 - (et)^4/10 + 0.06 (et)^6 - ...), so its truncation is
   |w| t^2 (0.1 x^4 + 0.06 x^6 + 0.03 x^8) per square term (x = e t; an alternating series, so
-  its leading terms bound it), and its rounding kappa u sqrt(pi/2) |w| r (|t| + dt) / e per
+  its leading terms bound it; the tanh GeLU of gpt2's gelu_new has its own coefficients,
+  raspicl.arch.PRODUCT_TRUNCATION), and its rounding kappa u sqrt(pi/2) |w| r (|t| + dt) / e per
   scale e (Richardson weight r): the two GeLU outputs, of size e |t| / 2, are multiplied by
   1 / e^2, and the pre-activation's own rounding dt = kappa u (|t| + 2 |mean| (k + 1/k)) (its
   weights, and the LayerNorm mean read off the zero row) adds |w| r dt^2 at second order;
 - a division's LayerNorm divides by sigma = sqrt(var + eps), so the quotient is exact times
   ratio = N |s| sqrt(2 / d_model) / sigma, read off the residual at every token;
+- gpt2 (every read through a LayerNorm kept at scale by the constant anchors +-N, raspicl.arch):
+  a read of v is off by |v| |ratio - 1| with ratio = N sqrt(2 / d_model) / sqrt(var + eps)
+  measured at the value's own token of the reading sublayer's input, plus rounding
+  kappa u ((2 + log2 d_model) |v| + 2 (|mean| + u N)); the scores' perturbation by the ratio
+  narrows the leak's margin; the readout reads through ln_final the same way; a clear reads
+  through ln1 too and leaves |old| |ratio - 1|, so a write into rows not cleared in its own
+  sublayer is charged what they hold in full;
 - every write lands on what its rows held at the sublayer's input: zero, or a value cleared or
   overwritten in the same sublayer, which computes old + (new - old) and rounds at
   2 kappa u |old| (likewise the temporaries an MLP's remote operands are moved into).
@@ -48,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raspicl.arch import LN_ANCHOR_ROWS
+from raspicl.arch import ACT_FNS, LN_ANCHOR_ROWS, PRODUCT_TRUNCATION
 from raspicl.guards import token_name
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
@@ -527,6 +535,10 @@ class _Walk:
                  ln: _LayerNormReads | None = None):
         self.layout = layout
         self.ln = ln
+        # the product gadget's truncation series for the layout's GeLU (raspicl.arch)
+        approximate = ACT_FNS[layout["architecture"].get("act_fn", "gelu_erf")]
+        self.truncation = {r: PRODUCT_TRUNCATION[approximate]["richardson" if r else "plain"]
+                           for r in (True, False)}
         self.source = source
         self.u, self.kappa, self.B, self.T = u, kappa, B, T
         self.mon = layout["monitor"]
@@ -732,10 +744,11 @@ class _Walk:
         for t, w in combos:
             x = np.abs(pair.e * t)
             worst = np.maximum(worst, x)
+            c = self.truncation[pair.richardson]
             if pair.richardson:
-                trunc = 0.1 * x**4 + 0.06 * x**6 + 0.03 * x**8
+                trunc = c[0] * x**4 + c[1] * x**6 + c[2] * x**8
             else:
-                trunc = x**2 / 6 + x**4 / 40
+                trunc = c[0] * x**2 + c[1] * x**4
             err += w * t * t * trunc
             # dt: the pre-activation's own rounding (weights and the LayerNorm mean, in units
             # of t). It enters the square at second order (first order is in the operands'
