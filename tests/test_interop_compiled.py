@@ -31,16 +31,27 @@ REL = 1e-10
 PROGRAMS = sorted(pf.name for pf in bundled_programs())
 
 
+def _cases() -> list[tuple[str, dict]]:
+    """Each bundled program at its grid's first size, and at its first size with d >= 2."""
+    cases = []
+    for name in PROGRAMS:
+        grid = find_program(name).grid
+        cases.append((name, grid[0]))
+        wider = [g for g in grid if g.get("d", 1) >= 2]
+        if wider and wider[0] != grid[0]:
+            cases.append((name, wider[0]))
+    return cases
+
+
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| / max(|b|, 1) over the entries where b is defined (not NaN)."""
     ok = ~np.isnan(b)
     return float((np.abs(a - b)[ok] / np.maximum(np.abs(b[ok]), 1.0)).max())
 
 
-@pytest.mark.parametrize("name", PROGRAMS)
-def test_compiled_gpt2_in_hf_and_tlens(name, tmp_path):
+@pytest.mark.parametrize(("name", "params"), _cases(), ids=lambda c: str(c))
+def test_compiled_gpt2_in_hf_and_tlens(name, params, tmp_path):
     pf = find_program(name)
-    params = pf.grid[0]
     program = pf.build(**params)
     try:
         compiled = compile_program(program, domain=pf.domain, arch="gpt2")
