@@ -1,5 +1,5 @@
 """Compiled `gpt2` models in HuggingFace and TransformerLens, for every bundled program at its
-smallest size: the export loads in `transformers.GPT2Model`, whose prediction equals raspicl's
+smallest size and its smallest with d >= 2: the export loads in `transformers.GPT2Model`, whose prediction equals raspicl's
 to 1e-10 relative (float64) and the program's numpy solver within the program's tolerance;
 TransformerLens's cached residual stream equals raspicl's; and every register version read from
 that cache with RegisterNames equals the interpreter's value. A program the gpt2 target cannot
