@@ -1,9 +1,10 @@
 """Compiled `gpt2` models in HuggingFace and TransformerLens, for every bundled program at its
-smallest size and its smallest with d >= 2: the export loads in `transformers.GPT2Model`, whose prediction equals raspicl's
-to 1e-10 relative (float64) and the program's numpy solver within the program's tolerance;
-TransformerLens's cached residual stream equals raspicl's; and every register version read from
-that cache with RegisterNames equals the interpreter's value. A program the gpt2 target cannot
-compile (a CompileError that it cannot divide) is skipped with the compiler's message."""
+smallest size and its smallest with d >= 2: the export loads in `transformers.GPT2Model`, whose
+prediction equals raspicl's to 1e-10 relative (float64) and the program's numpy solver within
+the program's tolerance; TransformerLens's cached residual stream equals raspicl's; and every
+register version read from that cache with RegisterNames equals the interpreter's value. A
+program the gpt2 target cannot compile (a CompileError that it cannot divide) is skipped with
+the compiler's message. A float32 compile exports and runs in float32 within tolerance."""
 
 from __future__ import annotations
 
@@ -139,3 +140,27 @@ def test_save_writes_hf_for_gpt2(tmp_path):
     assert all(torch.equal(back.state[k], v) for k, v in form.state.items())
     paper = save(compile_program(pf.build(d=2)), tmp_path / "paper")
     assert not (paper / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["gd_step", "ridge"])
+def test_float32_export(name, tmp_path):
+    """A float32 compile exports float32 tensors; GPT2Model in float32 predicts within the
+    program's float32 tolerance of its solver (measured: 1e-5 and 6e-5 at d = 1)."""
+    from raspicl.compiler import CompilerConfig
+    from raspicl.verify import contract_tolerance_for
+
+    pf = find_program(name)
+    params = pf.grid[0]
+    config = CompilerConfig.for_dtype("float32", tolerance=contract_tolerance_for(pf, "float32"))
+    compiled = compile_program(pf.build(**params), config, domain=pf.domain, arch="gpt2")
+    compiled = compiled.to(torch.float32)
+    out = export_hf(from_compiled(compiled), tmp_path)
+    model = load_hf(out, torch.float32)
+    assert model.dtype == torch.float32
+    d, n = compiled.layout["prompt"]["d"], compiled.layout["prompt"]["n_examples"]
+    prompts = (pf.domain or PromptDistribution()).sample(64, d, n, seed=5)
+    tokens = torch.from_numpy(prompts.tokens()).float()
+    got = hf_predict(model, load_readout(out), tokens)[:, compiled.layout["output"]["positions"]]
+    got = got.double().numpy()
+    want = np.asarray(pf.reference(prompts, **params)).reshape(got.shape)
+    assert rel(got, want) < pf.module.TOLERANCE["float32"]
