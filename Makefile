@@ -1,7 +1,8 @@
 # Set-up and the two everyday commands. `make verify` and `make test` each create .venv on
 # first use: on a machine without an NVIDIA GPU they install the CPU build of torch first
 # (TORCH_CPU; on raspicl's own machines that wheel lies on disk), then raspicl with its dev
-# extra. The package itself only asks for torch>=2.1, so users elsewhere pick their own build.
+# extra (which brings transformers and transformer-lens for raspicl.interop; both keep the
+# torch installed first, so no CUDA build is pulled in). The package itself only asks for torch>=2.1, so users elsewhere pick their own build.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_CPU ?= torch==2.13.0
@@ -25,9 +26,11 @@ verify: setup
 	$(BIN)/raspicl verify
 
 # One thread each for torch (tests/conftest.py) and BLAS: small models on a shared machine run
-# many times slower with more (oversubscription).
+# many times slower with more (oversubscription). HF_HUB_OFFLINE: the interop tests load local
+# directories only, and must never reach for the HuggingFace hub.
 test: setup
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
+	    $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check raspicl programs tests bench

@@ -221,7 +221,8 @@ def cmd_compile(args) -> int:
     except OSError as exc:
         raise RaspiclError(f"--out {args.out}: cannot write the model: {exc}") from exc
     s = cm.summary()
-    print(f"compiled {pf.name} {params or ''} -> {out}/model.safetensors, {out}/layout.json")
+    hf = f", {out}/hf/ (HuggingFace, docs/interop.md)" if (out / "hf").is_dir() else ""
+    print(f"compiled {pf.name} {params or ''} -> {out}/model.safetensors, {out}/layout.json{hf}")
     print("  " + "  ".join(f"{k}={v}" for k, v in s.items()))
     cal = cm.layout["monitor"]["calibration"]
     print(f"  contract: error bound <= {cm.layout['monitor']['tolerance']:g} x max(|y|, 1); "

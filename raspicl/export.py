@@ -17,7 +17,9 @@ malformed layout is a LoadError naming the field rather than a crash or a huge a
 
 Saving. `save` writes both files into a fresh directory beside the target and renames it into
 place, so a crash or a kill during the write never leaves a half-written model and never
-destroys the previous one. It never writes through a symbolic link. See `save`.
+destroys the previous one. It never writes through a symbolic link. See `save`. A model of
+the gpt2 target also gets DIR/hf/, the HuggingFace export (raspicl.interop.hf), in the same
+directory rename.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from safetensors.torch import save as save_bytes
 from raspicl.arch import arch_of_layout
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.describe import FORMAT_VERSION
-from raspicl.errors import ExportError, LoadError
+from raspicl.errors import ExportError, LoadError, RaspiclError
+from raspicl.interop.hf import HF_DIR, HF_FILES
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
 
@@ -145,8 +148,28 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
         raise ExportError(f"refusing to write {out}, which this raspicl could not load back: "
                           f"{exc}") from exc
     text = json.dumps(layout, indent=1, allow_nan=True) + "\n"
-    _write_directory(out, {WEIGHTS: weights, LAYOUT: text.encode("ascii")})
+    files = {WEIGHTS: weights, LAYOUT: text.encode("ascii")}
+    files.update(_hf_files(compiled, out))
+    _write_directory(out, files)
     return out
+
+
+def _hf_files(compiled: CompiledModel, out: Path) -> dict[str, bytes]:
+    """DIR/hf/ for a gpt2 model (raspicl.interop.hf: a directory transformers.GPT2Model loads
+    unmodified), nothing for other targets. A gpt2 model GPT2Model cannot express (more than
+    one LayerNorm eps) is saved without it, with a warning naming the field."""
+    if compiled.layout["architecture"].get("name") != "gpt2":
+        return {}
+    from raspicl.interop.gpt2form import from_compiled
+    from raspicl.interop.hf import hf_files
+
+    try:
+        form = from_compiled(compiled)
+    except RaspiclError as exc:
+        warnings.warn(f"saved {out} without {HF_DIR}/ (the HuggingFace export): {exc}",
+                      stacklevel=3)
+        return {}
+    return {f"{HF_DIR}/{name}": data for name, data in hf_files(form).items()}
 
 
 def _exported_layout(layout: dict, weights: bytes, dtype: str, out: Path) -> dict:
@@ -191,6 +214,10 @@ def _check_target(out: Path) -> None:
             if os.path.lexists(p) and not p.is_file():
                 raise ExportError(f"cannot save to {out}: {p} exists and is not a file")
         others = sorted(set(os.listdir(out)) - {WEIGHTS, LAYOUT})
+        hf = out / HF_DIR  # a previous gpt2 model's HuggingFace export, and nothing else
+        if HF_DIR in others and hf.is_dir() and not hf.is_symlink() \
+                and set(os.listdir(hf)) <= set(HF_FILES):
+            others.remove(HF_DIR)
     except OSError as exc:
         raise ExportError(f"cannot save to {out}: {exc}") from exc
     if others:
@@ -211,6 +238,7 @@ def _write_directory(out: Path, files: dict[str, bytes]) -> None:
     placed = False  # whether tmp has become `out` (or, after an exchange, holds the old one)
     try:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(exist_ok=True)  # hf/ of a gpt2 model
             _write_file(tmp / name, data)
         _fsync(tmp)
         if not os.path.lexists(out):
