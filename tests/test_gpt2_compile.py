@@ -1,8 +1,9 @@
 """The gpt2 target: every bundled program compiles to it and is right within its tolerance and
 its monitor's bound; the model is the forward pass the interop contract names (TransformerLens
 names, ln1 / ln2 / ln_final, one eps, n_heads * d_head == d_model); the layout records it and
-loads back; what gpt2 cannot express is refused with a clear error; and a model whose
-LayerNorm reads are too coarse is refused or right, never silently wrong.
+loads back; what gpt2 cannot express is refused with a clear error; a model whose LayerNorm
+reads are too coarse is refused or right, never silently wrong; and test_contract's
+reproductions of silent wrong answers hold on gpt2 too.
 
 Predictions are held against the float64 interpreter (raspicl.interpret) and the program
 file's numpy solver (reference()), never against the compiled model itself.
