@@ -104,12 +104,6 @@ class Architecture:
         return replace(self, shared_eps=self.shared_eps if ln_eps is None else float(ln_eps),
                        act_fn=self.act_fn if act_fn is None else act_fn)
 
-    def record(self) -> dict:
-        """The architecture facts layout.json records beside the sizes."""
-        return {"name": self.name, "act_fn": self.act_fn,
-                "attention_score_divisor": self.score_divisor,
-                "positional_embedding": self.positional_embedding}
-
 
 PAPER = Architecture(name="paper", ln_before_attention=False, ln_final=False,
                      act_fn="gelu_erf", shared_eps=None, heads_span_model=False,

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raspicl.arch import ACT_FNS, LN_ANCHOR_ROWS, PRODUCT_TRUNCATION, anchor_levels
+from raspicl.arch import LN_ANCHOR_ROWS, anchor_levels, arch_of_layout
 from raspicl.guards import token_name
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
@@ -568,9 +568,8 @@ class _Walk:
         self.layout = layout
         self.ln = ln
         # the product gadget's truncation series for the layout's GeLU (raspicl.arch)
-        approximate = ACT_FNS[layout["architecture"].get("act_fn", "gelu_erf")]
-        self.truncation = {r: PRODUCT_TRUNCATION[approximate]["richardson" if r else "plain"]
-                           for r in (True, False)}
+        arch = arch_of_layout(layout["architecture"])
+        self.truncation = {r: arch.truncation(r) for r in (True, False)}
         self.source = source
         self.u, self.kappa, self.B, self.T = u, kappa, B, T
         self.mon = layout["monitor"]

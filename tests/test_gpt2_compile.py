@@ -1,8 +1,9 @@
 """The gpt2 target: every bundled program compiles to it and is right within its tolerance and
 its monitor's bound; the model is the forward pass the interop contract names (TransformerLens
 names, ln1 / ln2 / ln_final, one eps, n_heads * d_head == d_model); the layout records it and
-loads back; what gpt2 cannot express is refused with a clear error; and a model whose
-LayerNorm reads are too coarse is refused or right, never silently wrong.
+loads back; what gpt2 cannot express is refused with a clear error; a model whose LayerNorm
+reads are too coarse is refused or right, never silently wrong; and test_contract's
+reproductions of silent wrong answers hold on gpt2 too.
 
 Predictions are held against the float64 interpreter (raspicl.interpret) and the program
 file's numpy solver (reference()), never against the compiled model itself.
@@ -226,3 +227,82 @@ def test_constant_anchor_levels_are_exact_in_float32(compiled):
     for i, (r, level) in enumerate(zip(residuals, want, strict=True)):
         assert (r[:, :, fixed["ln_pos"]] == level).all(), i
         assert (r[:, :, fixed["ln_neg"]] == -level).all(), i
+
+
+def _live(c: float, divide: bool):
+    """c x (or c x^2) stays live beside an unrelated product (or division): test_contract's
+    large-value cases, where a huge value sits beside the gadgets' operands."""
+    from raspicl import Program
+
+    p = Program("live_div" if divide else "live", d=1, n=1)
+    if divide:
+        x2 = p.mul("x2", p.x, p.x)
+        big = p.aff("big", x2, W1=c)
+        other = p.div("q", p.x, p.aff("s", x2, bias=1.0))
+    else:
+        big = p.aff("big", p.x, W1=c)
+        other = p.mul("sq", p.x, p.x)
+    p.output(p.aff("out", other, big, W1=1.0, W2=1.0 / c))
+    return p
+
+
+def _sign():
+    """y / |y|, undefined at the x tokens where y is 0 (test_contract's zero divisor)."""
+    from raspicl import Program
+
+    p = Program("sign", d=1, n=1)
+    p.output(p.div("q", p.y, p.y), roles=("y",))
+    return p
+
+
+@pytest.mark.parametrize(("case", "build", "prompts", "domain"), [
+    ("noisy prompts", lambda: _residual(), lambda: random_prompts(64, 1, 2, seed=3, noise=1.0),
+     None),
+    ("noisy prompts, noiseless calibration", lambda: _residual(),
+     lambda: random_prompts(64, 1, 2, seed=3, noise=1.0), "noiseless"),
+    ("1e4 beside a product", lambda: _live(1e4, False), lambda: random_prompts(200, 1, 1, 1),
+     None),
+    ("1e12 beside a product", lambda: _live(1e12, False), lambda: random_prompts(200, 1, 1, 1),
+     None),
+    ("1e9 beside a division", lambda: _live(1e9, True), lambda: random_prompts(200, 1, 1, 2),
+     None),
+    ("a divisor near zero", _sign, lambda: _tiny_y(), None),
+    ("x scaled by 4", lambda: find_program("sherman_morrison").build(d=2),
+     lambda: _far_prompts(), None),
+])
+def test_contract_cases_hold_on_gpt2(case, build, prompts, domain):
+    """test_contract's reproductions of silent wrong answers, compiled to gpt2: whatever the
+    monitor accepts is right within its bound and the tolerance (held)."""
+    from raspicl.prompts import PromptDistribution
+
+    program = build()
+    dom = PromptDistribution(x_scale=1.0, noise=0.0) if domain == "noiseless" else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContractWarning)
+            cm = compile_program(program, domain=dom, arch="gpt2")
+    except CompileError as exc:  # a refusal to compile names the op and what to do
+        assert "op" in str(exc) and "Remedies" in str(exc), case
+        return
+    held(cm, program, prompts())
+
+
+def _residual():
+    from test_contract import residual_program
+
+    return residual_program()
+
+
+def _tiny_y():
+    from raspicl.prompts import Prompts
+
+    prompts = random_prompts(6, 1, 1, seed=0)
+    y = prompts.y.copy()
+    y[0, 0], y[1, 0], y[2, 0] = 1e-10, 2.1e-9, -3e-8
+    return Prompts(prompts.X, y, prompts.xq, prompts.w)
+
+
+def _far_prompts():
+    from raspicl.prompts import PromptDistribution
+
+    return PromptDistribution(x_scale=4.0, noise=1.0).sample(200, 2, 1, seed=5)
