@@ -1,8 +1,10 @@
 """Compile-time feasibility: the finished model must keep its own contract on its domain.
 
-After assembly the compiled model runs on the calibration prompts and the runtime monitor
-(raspicl.monitor) walks the pass. What it measures re-tunes the constants that depend on what
-the model actually holds, including garbage at tokens where a value is undefined:
+After assembly the compiled model runs on the calibration prompts (its compact plan,
+raspicl.compact, the pass CompiledModel runs by default) and the runtime monitor
+(raspicl.monitor, streamed: no residual list is held) walks the pass. What it measures
+re-tunes the constants that depend on what the model actually holds, including garbage at
+tokens where a value is undefined:
 - a neutral LayerNorm's eps, per block, to at least 2^(p+2) var bound_margin^2 (a power of 4,
   so that sqrt(eps) stays exact), up to MAX_NEUTRAL_EPS of the dtype;
 - a division's anchor N, per block, so that the rest of the stream perturbs the quotient by
