@@ -87,8 +87,9 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     if model.dtype != tdtype:
         model = _converted(model, tdtype)
-    plan = CompactPlan(model) if compact else None
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
+    # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
+    plan = CompactPlan(model) if compact and bool(torch.isfinite(tokens).all()) else None
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
     parts = []
     for start in range(0, len(tokens), chunk):
