@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass, replace
 # pays numpy's per-call overhead once per op. Condition: >= 1; 64 keeps ridge d = 8, n = 16
 # (width-64 registers, 33 tokens) at about 1 MB per live register.
 CALIBRATION_CHUNK = 64
-# Compile-time feasibility (compiler/feasibility.py) runs the compiled model on the calibration
-# prompts and walks the monitor over every sublayer's residual stream, a chunk of prompts at a
-# time: at most MEASURE_CHUNK prompts, and fewer where one chunk's residual streams
-# ((2 blocks run + 1) x chunk x tokens x d_model float64) would exceed MEASURE_MEMORY bytes.
-# The report does not depend on the chunk; memory grows with it (the monitor's walk holds
-# about as much again), and a small chunk pays per-sublayer overhead once per chunk.
+# Compile-time feasibility (compiler/feasibility.py) runs the compiled model's compact plan on
+# the calibration prompts and feeds each residual to the streamed monitor, a chunk of prompts at
+# a time: at most MEASURE_CHUNK prompts, and fewer where what the monitor keeps for a chunk
+# (per prompt and token: the rows of every value and landing, twice over for the walk's error
+# bounds, plus four residuals of d_model rows, float64; feasibility.measure_chunk) would exceed
+# MEASURE_MEMORY bytes. The report does not depend on the chunk; memory grows with it (24 MiB
+# keeps ridge d = 2 n = 32 at about 50 MB above the imports, 64 MiB took 250 MB), and a small
+# chunk pays the monitor's per-instruction overhead once per chunk.
 # Condition: MEASURE_CHUNK >= 1, MEASURE_MEMORY > 0.
 MEASURE_CHUNK = 128
 MEASURE_MEMORY = 24 * 2**20

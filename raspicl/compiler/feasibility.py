@@ -1,8 +1,10 @@
 """Compile-time feasibility: the finished model must keep its own contract on its domain.
 
-After assembly the compiled model runs on the calibration prompts and the runtime monitor
-(raspicl.monitor) walks the pass. What it measures re-tunes the constants that depend on what
-the model actually holds, including garbage at tokens where a value is undefined:
+After assembly the compiled model runs on the calibration prompts (its compact plan,
+raspicl.compact, the pass CompiledModel runs by default) and the runtime monitor
+(raspicl.monitor, streamed: no residual list is held) walks the pass. What it measures
+re-tunes the constants that depend on what the model actually holds, including garbage at
+tokens where a value is undefined:
 - a neutral LayerNorm's eps, per block, to at least 2^(p+2) var bound_margin^2 (a power of 4,
   so that sqrt(eps) stays exact), up to MAX_NEUTRAL_EPS of the dtype;
 - a division's anchor N, per block, so that the rest of the stream perturbs the quotient by
@@ -85,8 +87,9 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     if model.dtype != tdtype:
         model = _converted(model, tdtype)
-    plan = CompactPlan(model) if compact else None
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
+    # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
+    plan = CompactPlan(model) if compact and bool(torch.isfinite(tokens).all()) else None
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
     parts = []
     for start in range(0, len(tokens), chunk):
