@@ -272,8 +272,14 @@ class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
 
+    @staticmethod
+    def supports(model: Transformer) -> bool:
+        """Whether the plan can run this model: paper models only (a gpt2 block's LayerNorm
+        before attention reads every row, which the plan's row gathers do not follow)."""
+        return model.cfg.arch.name == "paper"
+
     def __init__(self, model: Transformer):
-        if model.cfg.arch.name != "paper":
+        if not self.supports(model):
             raise ValueError(f"the compact plan runs paper models only; this model's "
                              f"architecture is {model.cfg.arch.name} (run it dense)")
         self.order = model.cfg.order()

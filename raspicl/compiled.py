@@ -122,8 +122,7 @@ class CompiledModel:
         """`stream`'s residuals as the model's own tensors (its dtype and device)."""
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         tok = self.tokens(arr)
-        use = (self.compact if compact is None else compact) \
-            and not self.model.cfg.arch.ln_before_attention  # the plan is paper-only
+        use = (self.compact if compact is None else compact) and CompactPlan.supports(self.model)
         plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
         n = threads if threads is not None else self.threads
         with torch.no_grad():
@@ -132,7 +131,8 @@ class CompiledModel:
     def _last_residual(self, arr: np.ndarray, threads: int | None) -> torch.Tensor:
         """The residual after the last sublayer alone (no monitor reads the others): the
         compact plan adds every sublayer in place, where `stream` copies each residual."""
-        if not (self.compact and bool(np.isfinite(arr).all())):
+        if not (self.compact and CompactPlan.supports(self.model)
+                and bool(np.isfinite(arr).all())):
             last = None
             for last in self._torch_stream(arr, threads=threads):  # noqa: B007
                 pass

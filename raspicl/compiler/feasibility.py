@@ -89,7 +89,8 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
         model = _converted(model, tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
     # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
-    plan = CompactPlan(model) if compact and bool(torch.isfinite(tokens).all()) else None
+    plan = CompactPlan(model) if compact and CompactPlan.supports(model) \
+        and bool(torch.isfinite(tokens).all()) else None
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
     parts = []
     for start in range(0, len(tokens), chunk):
