@@ -123,6 +123,19 @@ GPT2 = Architecture(name="gpt2", ln_before_attention=True, ln_final=True, act_fn
 # LayerNorm (gpt2); never read, never cleared.
 LN_ANCHOR_ROWS = ("ln_pos", "ln_neg")
 
+def anchor_levels(divides: list[bool], anchor: float, restore: float) -> list[float]:
+    """N, the constant anchors' size (ln_pos = +N, ln_neg = -N), in every residual of a
+    gpt2 forward pass, indexed as the residual list (embedding, then each run's attention and
+    MLP; `divides[r]`: run r divides): `anchor` from the embedding on; 0 after a dividing
+    attention; `restore` after a dividing MLP, until the next attention sets `anchor` again
+    (or 0). So only the attention after a division reads beside the larger `restore`, which
+    must dwarf the division anchors still there (compiler/gadgets/layernorm.py)."""
+    levels = [anchor]
+    for d in divides:
+        levels += [0.0, restore] if d else [anchor, anchor]
+    return levels
+
+
 ARCHITECTURES = {a.name: a for a in (PAPER, GPT2)}
 GPT2_ACT_FNS = ("gelu", "gelu_new")
 

@@ -32,8 +32,9 @@ with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - gpt2 (every read through a LayerNorm kept at scale by the constant anchors +-N, raspicl.arch):
   a read of v is off by |v| |ratio - 1| with ratio = N sqrt(2 / d_model) / sqrt(var + eps)
   measured at the value's own token of the reading sublayer's input, plus rounding
-  kappa u ((2 + log2 d_model) |v| + 2 (|mean| + u N)); the scores' perturbation by the ratio
-  narrows the leak's margin; the readout reads through ln_final the same way; a clear reads
+  kappa u ((2 + log2 d_model) |v| + 2 (|mean| + u sum_j |A_j|)); the scores' perturbation
+  by the ratio narrows the leak's margin; the readout reads through ln_final the same way; a
+  clear reads
   through ln1 too and leaves |old| |ratio - 1|, so a write into rows not cleared in its own
   sublayer is charged what they hold in full;
 - every write lands on what its rows held at the sublayer's input: zero, or a value cleared or
@@ -56,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raspicl.arch import ACT_FNS, LN_ANCHOR_ROWS, PRODUCT_TRUNCATION
+from raspicl.arch import ACT_FNS, LN_ANCHOR_ROWS, PRODUCT_TRUNCATION, anchor_levels
 from raspicl.guards import token_name
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
@@ -304,7 +305,9 @@ class _LayerNormReads:
     (raspicl.arch): row j reads as A_j * ratio, ratio = c / sqrt(var + eps) at each token of
     the LayerNorm's input residual, so a read of v is off by |v| |ratio - 1|, plus rounding:
     relative kappa u (2 + log2 D) (the LayerNorm's own sums and sigma) and absolute
-    2 kappa u (|mean| + u N) (the mean the zero row cancels, itself rounded at about u N)."""
+    2 kappa u (|mean| + u sum_j |A_j|) (the mean the zero row cancels, itself rounded: each
+    of the d_model - 1 additions of its sum rounds at most u times a partial sum, itself at
+    most sum_j |A_j|, about 2 N beside the anchors)."""
 
     def __init__(self, layout: dict, source, u: float, kappa: float):
         a = layout["architecture"]
@@ -312,7 +315,12 @@ class _LayerNormReads:
         self.D = int(a["d_model"])
         self.N = float(a["ln_anchor"])
         self.eps = float(a["ln_eps"])
-        self.c = self.N * math.sqrt(2.0 / self.D)
+        anchors = layout["monitor"]["anchors"]
+        divides = [anchors[b] is not None for b in a["block_order"]]
+        # the constant anchors' size in every residual (raspicl.arch.anchor_levels): each
+        # LayerNorm's weight is that size times sqrt(2 / D)
+        self.levels = anchor_levels(divides, self.N,
+                                    float(a.get("ln_restore_anchor", self.N)))
         self.rel = kappa * u * (2.0 + math.log2(self.D))
         self.ku, self.u = kappa * u, u
         self._dev: dict[int, np.ndarray] = {}
@@ -321,20 +329,22 @@ class _LayerNormReads:
         """|ratio - 1| at every token of residuals[residual]: [B, T]."""
         if residual not in self._dev:
             _, var = self.source.moments(residual)
-            self._dev[residual] = np.abs(self.c / np.sqrt(var + self.eps) - 1.0)
+            c = self.levels[residual] * math.sqrt(2.0 / self.D)
+            self._dev[residual] = np.abs(c / np.sqrt(var + self.eps) - 1.0)
         return self._dev[residual]
 
-    def mean_bound(self, mu: np.ndarray) -> np.ndarray:
-        """|mean| as the LayerNorm may compute it: a sum holding one anchor (size N) rounds
-        at u N per addition, so over d_model terms the mean is off by at most u N."""
-        return mu + self.u * self.N
+    def mean_bound(self, residual: int) -> np.ndarray:
+        """|mean| as the LayerNorm may compute it, at every token of residuals[residual]:
+        the sum of d_model terms, in any order, is off by at most d_model u sum_j |A_j|, so
+        the mean by u sum_j |A_j| (class doc)."""
+        mu, _ = self.source.moments(residual)
+        return mu + self.u * self.source.abs_sum(residual)
 
     def term(self, residual: int, v: np.ndarray) -> np.ndarray:
         """The error a read of v ([B, T, w]) through the LayerNorm of residuals[residual]
         adds."""
-        mu, _ = self.source.moments(residual)
         return (np.abs(v) * (self.dev(residual) + self.rel)[:, :, None]
-                + 2 * self.ku * self.mean_bound(mu)[:, :, None])
+                + 2 * self.ku * self.mean_bound(residual)[:, :, None])
 
 
 class _ListResiduals:
@@ -366,6 +376,10 @@ class _ListResiduals:
             self._moments[residual] = (np.abs(r.mean(axis=2)), r.var(axis=2))
         return self._moments[residual]
 
+    def abs_sum(self, residual: int) -> np.ndarray:
+        """sum_j |row j| at every token of residuals[residual]: [B, T]."""
+        return np.abs(self.res[residual]).sum(axis=2)
+
     def division_rest(self, residual: int) -> np.ndarray:
         return _division_rest(self.layout, self.res[residual])
 
@@ -388,6 +402,8 @@ class _StreamResiduals:
         self._old: dict[tuple[int, tuple], np.ndarray] = {}
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._div: dict[int, np.ndarray] = {}
+        self._through = _through_layernorm(layout)
+        self._abs_sum: dict[int, np.ndarray] = {}
 
     def feed(self, r: np.ndarray) -> None:
         i = self.fed
@@ -406,6 +422,8 @@ class _StreamResiduals:
             self._old[(i, rows)] = r[:, :, list(rows)]
         if i in self._moments_at:
             self._moments[i] = (np.abs(r.mean(axis=2)), r.var(axis=2))
+            if self._through:
+                self._abs_sum[i] = np.abs(r).sum(axis=2)
         if i in self._div_at:
             self._div[i] = _division_rest(self.layout, r)
         self.fed += 1
@@ -418,6 +436,9 @@ class _StreamResiduals:
 
     def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
         return self._moments[residual]
+
+    def abs_sum(self, residual: int) -> np.ndarray:
+        return self._abs_sum[residual]
 
     def division_rest(self, residual: int) -> np.ndarray:
         return self._div[residual]
@@ -477,7 +498,7 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         else:
             mu, var = source.moments(2 * ins.run + 1)
             if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
-                mu = ln.mean_bound(mu)                   # the anchors +-N
+                mu = ln.mean_bound(2 * ins.run + 1)      # the anchors +-N
             if ins.divisor is None and ln is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "

@@ -435,7 +435,8 @@ ARCHITECTURE = Obj(
                        "final": Bool()}),
      "block_order": Array(BLOCK, min_len=1, define="runs")},
     {"act_fn": Str(choices=tuple(ACT_FNS)), "attention_score_divisor": Const("sqrt(d_head)"),
-     "ln_eps": Number(positive=True), "ln_anchor": Number(positive=True)})
+     "ln_eps": Number(positive=True), "ln_anchor": Number(positive=True),
+     "ln_restore_anchor": Number(positive=True)})
 
 PROMPT = Obj({"format": Str(), "d": Int(lo=1), "n_examples": Int(lo=0),
               "n_tokens": Int(equals="n_ctx", define="n_tokens"),
@@ -761,8 +762,8 @@ def _architecture_facts(layout: dict, ctx: Context) -> None:
 
 
 RULES: tuple[Callable[[dict, Context], None], ...] = (
-    _architecture_facts, _prompt_sizes, _register_widths, _references, _block_entries, _monitor_references,
-    _slot_records, _head_actions)
+    _architecture_facts, _prompt_sizes, _register_widths, _references, _block_entries,
+    _monitor_references, _slot_records, _head_actions)
 
 
 # ---------------------------------------------------------------------------------- tensors

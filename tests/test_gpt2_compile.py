@@ -195,3 +195,34 @@ def test_cli_compile_and_verify_arch_gpt2(tmp_path, capsys):
                  "--problems", "50", "--no-symbolic"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(["compile", "gd_step", "--ln-eps", "1e-6", "--out", str(tmp_path / "p")]) == 2
+
+
+def test_inspect_reads_a_gpt2_model(compiled):
+    """raspicl inspect's checks of the weights against the layout hold for gpt2's reads
+    through ln1 (W_V less its column sums at the zero row): no warning."""
+    from raspicl.inspect.report import block_report
+
+    text = block_report(compiled("sherman_morrison"))
+    assert "gpt2: every LayerNorm" in text and "divide by |denom|" in text
+    assert "WARNING" not in text
+
+
+def test_constant_anchor_levels_are_exact_in_float32(compiled):
+    """float32 sherman_morrison: ln_pos / ln_neg hold exactly +-2^20 in every residual but the
+    dividing block's: 0 after its attention, +-2^30 after its MLP, 2^20 again after the next
+    attention (docs/architecture.md §9.3), at every token of every prompt."""
+    from raspicl.arch import anchor_levels
+
+    cm = compiled("sherman_morrison", "float32")
+    fixed = cm.layout["fixed_rows"]
+    divides = [a is not None for a in cm.layout["monitor"]["anchors"]]
+    (run,) = [r for r, d in enumerate(divides) if d]
+    N, Nr = 2.0**20, 2.0**30
+    want = [N] * (2 * run + 1) + [0.0, Nr] + [N] * (2 * (len(divides) - run) - 2)
+    assert anchor_levels(divides, N, Nr) == want
+    prompts = random_prompts(16, cm.layout["prompt"]["d"], 1, seed=6)
+    residuals = cm.residuals(prompts, check="ignore")
+    assert len(residuals) == len(want)
+    for i, (r, level) in enumerate(zip(residuals, want, strict=True)):
+        assert (r[:, :, fixed["ln_pos"]] == level).all(), i
+        assert (r[:, :, fixed["ln_neg"]] == -level).all(), i

@@ -178,7 +178,8 @@ def test_numpy_forward_matches_torch(saved, program, d, arch):
     layout, W = read_model(directory)
     assert W["embed.W_E"].dtype == np.float64
     assert layout["weights"]["dtype"] == "float64"
-    prompts = random_prompts(32, d, layout["prompt"]["n_examples"], seed=100 + 10 * d + len(program))
+    prompts = random_prompts(32, d, layout["prompt"]["n_examples"],
+                             seed=100 + 10 * d + len(program))
 
     tokens = encode(prompts.X, prompts.y, prompts.xq)
     p = layout["prompt"]

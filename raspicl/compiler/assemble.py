@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from raspicl.arch import anchor_levels
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
 from raspicl.compiler.gadgets.layernorm import (
     division_read,
+    ln_anchor_biases,
     ln_anchor_embedding,
     ln_read_scale,
     neutral_read,
-    suspend_ln_anchors,
+    restore_ln_anchors,
     through_layernorm,
 )
 from raspicl.compiler.gadgets.mlp import (
@@ -118,10 +120,12 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
     return blocks
 
 
-def split_heads(blocks: list[BlockSpec]) -> int:
+def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
     """Split wide heads into heads of at most d_head value columns, d_head chosen to make
     n_heads * d_head (the padded attention size of every block) within 25% of its smallest,
     and as large as that allows (fewer heads read more easily). Returns d_head.
+    span: a target whose n_heads * d_head must equal d_model (gpt2), d_model at least span:
+    d_head then makes that padded width smallest (the largest d_head among the ties).
 
     Every head is padded to the model's d_head, so one head that clears a d x d matrix (d^2
     columns) would otherwise set d_head for all heads of all blocks.
@@ -132,9 +136,14 @@ def split_heads(blocks: list[BlockSpec]) -> int:
     def heads_needed(dh: int) -> int:
         return max([1] + [sum(-(-w // dh) for w in ws) for ws in widths])
 
-    size = {dh: heads_needed(dh) * dh for dh in range(2, widest + 1)}
-    # the widest heads within 25% of the smallest size: fewer, more readable heads
-    d_head = max(dh for dh, n in size.items() if n <= 1.25 * min(size.values()))
+    if span is not None:
+        width = {dh: max(heads_needed(dh), -(-span // dh)) * dh
+                 for dh in range(2, max(widest, span) + 1)}
+        d_head = min(width, key=lambda dh: (width[dh], -dh))
+    else:
+        size = {dh: heads_needed(dh) * dh for dh in range(2, widest + 1)}
+        # the widest heads within 25% of the smallest size: fewer, more readable heads
+        d_head = max(dh for dh, n in size.items() if n <= 1.25 * min(size.values()))
     for block in blocks:
         split: dict[tuple, HeadSpec] = {}
         for key, head in block.heads.items():
@@ -284,17 +293,20 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     """
     fmt = low.program.format
     D = layout.d_model
-    d_head = split_heads(blocks)
+    arch = sched.arch
+    d_head = split_heads(blocks, D if arch.heads_span_model else None)
     n_heads = max([len(b.heads) for b in blocks] + [1])
     d_mlp = max([len(b.units) for b in blocks] + [1])
-    arch = sched.arch
     if arch.heads_span_model:  # n_heads * d_head == d_model: pad with zero heads and rows
         n_heads = max(n_heads, -(-D // d_head))
         D = n_heads * d_head
     rows = layout.fixed
+    levels = anchor_levels([b.divisor is not None for b in blocks], config.ln_anchor,
+                           config.ln_restore_anchor or config.ln_anchor) \
+        if arch.reads_through_layernorm else None
     runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config,
-                           arch.reads_through_layernorm)
-            for b in blocks]
+                           levels[2 * r:2 * r + 3] if levels else None)
+            for r, b in enumerate(blocks)]
     stored, order = _share(runs, sched)
     for run, index in enumerate(order):  # feasibility gives a shared block's runs one eps
         if blocks[run].ln_eps != blocks[stored[index]].ln_eps:
@@ -328,11 +340,11 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     if arch.reads_through_layernorm:  # gpt2: every read through a LayerNorm of weight c
         ln_anchor_embedding(W_pos, rows, config.ln_anchor)
         sd["unembed.W_U"] = through_layernorm(W_U, rows["zero"])
-        c = ln_read_scale(config.ln_anchor, D)
         for layer, b in enumerate(stored):  # a dividing ln2 reads as paper's (weight 1)
-            sd |= {f"blocks.{layer}.ln1.w": np.full(D, c),
-                   f"blocks.{layer}.ln2.w": np.full(D, c if blocks[b].divisor is None else 1.0)}
-        sd["ln_final.w"] = np.full(D, c)
+            ln2 = ln_read_scale(levels[2 * b + 1], D) if blocks[b].divisor is None else 1.0
+            sd |= {f"blocks.{layer}.ln1.w": np.full(D, ln_read_scale(levels[2 * b], D)),
+                   f"blocks.{layer}.ln2.w": np.full(D, ln2)}
+        sd["ln_final.w"] = np.full(D, ln_read_scale(levels[-1], D))
     model = model_from_arrays(cfg, sd)
     return model, order
 
@@ -366,10 +378,12 @@ def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transf
 
 def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
                    d_mlp: int, n_ctx: int, config: CompilerConfig,
-                   through_ln: bool = False) -> dict[str, np.ndarray]:
+                   levels: list[float] | None = None) -> dict[str, np.ndarray]:
     """One block's weights. Heads are ordered by place and a head's value columns by source
     row, so that the same work always gives the same matrices (shared loops rely on it).
-    through_ln: attention and MLP read through LayerNorms of weight c (gpt2, layernorm.py)."""
+    levels (gpt2: attention and MLP read through LayerNorms, layernorm.py): the constant
+    anchors' size entering the block, after its attention and after its MLP."""
+    through_ln = levels is not None
     WQ = np.zeros((n_heads, D, d_head))
     WK = np.zeros_like(WQ)
     WV = np.zeros_like(WQ)
@@ -395,8 +409,9 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     out: dict[str, np.ndarray] = {}
     if through_ln:
         WQ, WK, WV = (through_layernorm(W, rows["zero"]) for W in (WQ, WK, WV))
+        ln_anchor_biases(bO, rows, levels[0], levels[1])
         if block.divisor is not None:  # the division anchors alone in ln2 (layernorm.py)
-            out["mlp.b_out"] = suspend_ln_anchors(bO, rows, config.ln_anchor)
+            out["mlp.b_out"] = restore_ln_anchors(D, rows, levels[2])
     W_out = np.zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():

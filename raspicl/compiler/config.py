@@ -59,16 +59,24 @@ class CompilerConfig:
         other rows at the token (raspicl.arch). Conditions: Q_max / (4 N^2) << tolerance;
         N * machine epsilon (the rounding of the LayerNorm's mean, which the zero row cancels)
         << the smallest value read; 2 N^2 / d_model far inside the dtype's range and far above
-        the LayerNorm eps; and, where the program divides, N >> N_div |s_max| (the attention
-        after a division reads through ln1 with the division anchors still there, times
-        1 / sqrt(1 + (N_div s / N)^2): compiler/gadgets/layernorm.py). The monitor charges
-        every read 2 kappa u (|mean| + u N) for the LayerNorm mean's rounding. 1e18 (float64:
-        u^2 N = 1.2e-14, (N_div s / N)^2 = 1e-18 s^2 for N_div = 1e9); 1e8 (float32, whose
-        tolerance is 1e-3: u^2 N = 3.6e-7, (N_div s / N)^2 = 1e-8 s^2 for N_div = 1e4).
+        the LayerNorm eps; and, where the program divides and ln_restore_anchor is None,
+        N >> N_div |s_max| (the attention after a division reads through ln1 with the division
+        anchors still there, times 1 / sqrt(1 + (N_div s / N)^2): compiler/gadgets/
+        layernorm.py). The monitor charges every read 2 kappa u (|mean| + u sum_j |A_j|),
+        about 4 kappa u^2 N beside the anchors, for the LayerNorm mean's rounding. 1e18
+        (float64: u^2 N = 1.2e-14, (N_div s / N)^2 = 1e-18 s^2 for N_div = 1e9); 2^20
+        (float32, whose tolerance is 1e-3: u^2 N = 3.7e-9; divisions restore at 2^30).
+    ln_restore_anchor:
+        N_r, the size a dividing block's MLP restores the constant anchors at (the next
+        attention takes them back to ln_anchor): only that attention reads beside the division
+        anchors, so only it needs N_r >> N_div |s_max|, and only it pays the mean's rounding
+        at u N_r. None: ln_anchor. Condition: N_r - ln_anchor exact in the dtype (powers of
+        two). float32: 2^30 (u^2 N_r = 3.8e-6, (N_div s / N_r)^2 = 1e-10 s^2 for N_div = 1e4),
+        with ln_anchor 2^20 everywhere else.
     ln_division_anchor:
         N_div under a target that reads through LayerNorm (gpt2), in place of
         division_anchor; None: division_anchor. Lower than division_anchor in float32 to keep
-        N_div |s| << ln_anchor; compile-time feasibility raises it where a division needs
+        N_div |s| << ln_restore_anchor; compile-time feasibility raises it where a division needs
         more (as it does division_anchor).
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
@@ -117,6 +125,7 @@ class CompilerConfig:
     division_ln_eps: float = 1e-12
     division_anchor: float = 1e9
     ln_anchor: float = 1e18
+    ln_restore_anchor: float | None = None
     ln_division_anchor: float | None = None
     product_scale: float = 1e-3
     richardson: bool = True
@@ -137,7 +146,8 @@ class CompilerConfig:
         if dtype == "float64":
             base = cls()
         elif dtype == "float32":
-            base = cls(division_anchor=1e6, ln_anchor=1e8, ln_division_anchor=1e4,
+            base = cls(division_anchor=1e6, ln_anchor=2.0**20, ln_restore_anchor=2.0**30,
+                       ln_division_anchor=1e4,
                        product_scale=0.2,
                        target_dtype="float32")
         else:

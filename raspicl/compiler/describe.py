@@ -45,6 +45,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     if not arch.reads_through_layernorm:  # paper layouts stay as they were
         compiler.pop("ln_anchor", None)
         compiler.pop("ln_division_anchor", None)
+        compiler.pop("ln_restore_anchor", None)
     row_names = list(layout.row_names) + ["pad"] * (cfg.d_model - len(layout.row_names))
     return {
         "format_version": FORMAT_VERSION,
@@ -107,6 +108,7 @@ def _architecture(cfg: ModelConfig, config: CompilerConfig) -> dict:
     if arch.reads_through_layernorm:
         record["ln_eps"] = arch.shared_eps
         record["ln_anchor"] = config.ln_anchor
+        record["ln_restore_anchor"] = config.ln_restore_anchor or config.ln_anchor
     return record
 
 

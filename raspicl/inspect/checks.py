@@ -51,6 +51,10 @@ def expected_ov(head: dict, d_model: int) -> np.ndarray:
 def ov_warning(cm: CompiledModel, b: int, h: int, expected: np.ndarray) -> str | None:
     """A warning if head h of block b's W_V·W_O differs from `expected` beyond rounding."""
     attn = cm.model.blocks[b].attn
+    if cm.model.cfg.arch.reads_through_layernorm:  # gpt2: W_V reads through ln1, less the mean
+        from raspicl.compiler.gadgets.layernorm import through_layernorm
+
+        expected = through_layernorm(expected, cm.layout["fixed_rows"]["zero"])
     ov = _arr(attn.W_V[h]) @ _arr(attn.W_O[h])
     err = float(np.abs(ov - expected).max(initial=0.0))
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))

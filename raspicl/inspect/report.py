@@ -321,7 +321,13 @@ def block_report(cm: CompiledModel) -> str:
     rows = Rows(L)
     lines = [_summary(cm)]
     eps = {blk["mlp"]["ln_eps"] for blk in L["blocks"] if blk["mlp"]["divisor"] is None}
-    if eps:
+    if L["architecture"]["name"] == "gpt2":
+        lines.append(f"gpt2: every LayerNorm (ln1, ln2, ln_final; eps "
+                     f"{L['architecture']['ln_eps']:.3g}) sees the constant anchors "
+                     f"+-{L['architecture']['ln_anchor']:.3g} (rows ln_pos, ln_neg) and has weight "
+                     f"N sqrt(2/d_model), so it passes every row through at scale 1; the read "
+                     f"weights take the mean off row zero (docs/architecture.md §9).")
+    elif eps:
         lines.append(f"A neutral MLP's LayerNorm eps ({', '.join(f'{e:.3g}' for e in sorted(eps))})"
                      f" dwarfs the residual's variance, so LayerNorm only scales by 1/sqrt(eps);"
                      f" W_in undoes that and reads the mean off row zero.")

@@ -23,13 +23,15 @@ A_j * ratio with ratio = c / sigma = 1 - Q / (4 N^2) + ...: a read matrix W (row
 residual row, never the zero row) becomes `through_layernorm(W)`, which subtracts W's column
 sums at the zero row. The runtime monitor charges |A_j| |ratio - 1|, measured per token.
 
-Division under gpt2 (`suspend_ln_anchors`): the dividing block's attention reads s through ln1
-as usual, writes the division anchors +-N_div s and, through b_O, cancels the constant anchors
-exactly (-N, +N); its ln2 (weight 1) then sees the division anchors alone and divides as in
-the paper block; its MLP's b_out restores +-N exactly. The next attention clears the division
-anchors while the constant ones dominate: its ln1 reads every row (the anchors too) times
-ratio = 1 / sqrt(1 + (N_div s / N)^2 + ...), so N >> N_div |s| (config.ln_anchor) keeps that
-read, and the clear's residue N_div |s| |ratio - 1|, small; the monitor measures the ratio.
+Division under gpt2 (raspicl.arch.anchor_levels): the dividing block's attention reads s
+through ln1 as usual, writes the division anchors +-N_div s and, through b_O, cancels the
+constant anchors exactly (`ln_anchor_biases`); its ln2 (weight 1) then sees the division
+anchors alone and divides as in the paper block; its MLP's b_out restores the constant anchors
+at +-N_r (`restore_ln_anchors`, N_r = config.ln_restore_anchor, default N), and the next
+attention takes them back to N. That attention clears the division anchors while the constant
+ones dominate: its ln1 (weight N_r sqrt(2 / d_model)) reads every row times
+ratio = 1 / sqrt(1 + (N_div s / N_r)^2 + ...), so N_r >> N_div |s| keeps that read, and the
+clear's residue N_div |s| |ratio - 1|, small; the monitor measures the ratio.
 """
 
 from __future__ import annotations
@@ -93,13 +95,19 @@ def ln_anchor_embedding(W_pos: np.ndarray, rows: dict[str, int], anchor: float) 
     W_pos[:, rows["ln_neg"]] = -anchor
 
 
-def suspend_ln_anchors(b_O: np.ndarray, rows: dict[str, int], anchor: float) -> np.ndarray:
-    """A dividing gpt2 block: subtract the constant anchors in its attention bias b_O (in
-    place) and return the MLP bias b_out [d_model] that restores them (module doc)."""
-    b_out = np.zeros_like(b_O)
-    for name, sign in (("ln_pos", 1.0), ("ln_neg", -1.0)):
-        b_O[rows[name]] -= sign * anchor
-        b_out[rows[name]] += sign * anchor
+def ln_anchor_biases(b_O: np.ndarray, rows: dict[str, int], before: float,
+                     after: float) -> None:
+    """Add to an attention bias b_O (in place) what takes the constant anchors from size
+    `before` to `after` (exactly, for sizes whose difference is representable)."""
+    if after != before:
+        b_O[rows["ln_pos"]] += after - before
+        b_O[rows["ln_neg"]] -= after - before
+
+
+def restore_ln_anchors(D: int, rows: dict[str, int], level: float) -> np.ndarray:
+    """A dividing gpt2 block's MLP bias b_out [D]: the constant anchors back at +-level."""
+    b_out = np.zeros(D)
+    b_out[rows["ln_pos"]], b_out[rows["ln_neg"]] = level, -level
     return b_out
 
 
