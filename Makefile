@@ -2,7 +2,8 @@
 # first use: on a machine without an NVIDIA GPU they install the CPU build of torch first
 # (TORCH_CPU; on raspicl's own machines that wheel lies on disk), then raspicl with its dev
 # extra (which brings transformers and transformer-lens for raspicl.interop; both keep the
-# torch installed first, so no CUDA build is pulled in). The package itself only asks for torch>=2.1, so users elsewhere pick their own build.
+# torch installed first, so no CUDA build is pulled in). The package itself only asks for
+# torch>=2.1, so users elsewhere pick their own build.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_CPU ?= torch==2.13.0
