@@ -549,7 +549,8 @@ LAYOUT = Obj(
                          "first_runs": Array(RUN)})),
      "depth": Obj({"critical_path": Nullable(Int(lo=1)), "blocks": Int(lo=1)},
                   {"fused": Array(Obj({"value": Str(), "op": Int(),
-                                       "absorbed_by": Array(Int())}))})})
+                                       "absorbed_by": Array(Int())})),
+                   "note": Str()})})
 
 
 # ---------------------------------------------------------------------------------- rules

@@ -566,3 +566,22 @@ def test_linear_rich_programs_agree_with_the_interpreter(case, seed: int):
 @given(case=linear_rich(), seed=st.integers(0, 2**31 - 1))
 def test_linear_rich_programs_agree_with_the_interpreter_500(case, seed: int):
     _linear_rich_property(case, seed)
+
+
+def test_a_failed_fused_compile_falls_back_to_the_program_as_written(monkeypatch):
+    """If the fused layout fails to compile (a CompileError from assembly or feasibility), the
+    program compiles as written and the layout says why (depth.note)."""
+    import raspicl.compiler as compiler
+    from raspicl.errors import CompileError
+
+    build = compiler._build
+
+    def failing(program, low, sched, layout, config):
+        if low.fusion.fused:
+            raise CompileError("injected")
+        return build(program, low, sched, layout, config)
+
+    monkeypatch.setattr(compiler, "_build", failing)
+    cm = compile_program(find_program("gd_step").build())
+    assert blocks_run(cm) == 4 and not fused_values(cm.layout)
+    assert "injected" in cm.layout["depth"]["note"]

@@ -23,6 +23,7 @@ from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations
 from raspicl.compiler.lower import Lowered, lower
 from raspicl.compiler.schedule import Schedule, schedule
+from raspicl.errors import CompileError
 from raspicl.lang.program import Program
 
 __all__ = ["CompilerConfig", "compile_program"]
@@ -35,23 +36,24 @@ def _place_and_lay_out(low: Lowered, share: bool,
 
 
 def fuse_and_lay_out(low: Lowered, config: CompilerConfig, share: bool,
-                     arch: Architecture) -> tuple[Lowered, Schedule, Layout]:
-    """Schedule and lay out the program fused (fusion.py) and as written, and keep the fused
-    one unless it is worse (fusion.prefer_fused: fewer blocks, or as many and no wider)."""
+                     arch: Architecture) -> list[tuple[Lowered, Schedule, Layout]]:
+    """The layouts to compile, best first: the program fused (fusion.py) when
+    fusion.prefer_fused keeps it (fewer blocks, or as many in a narrower stream), then the
+    program as written, which compile_program falls back to if the fused one fails."""
     if not config.fusion:
         fuse(low, config, share_loops=share)  # records the critical path only
-        return _place_and_lay_out(low, share, arch)
+        return [_place_and_lay_out(low, share, arch)]
     plain = _place_and_lay_out(copy_lowered(low), share, arch)
     fuse(low, config, share_loops=share)
-    if not low.fusion.fused:
-        plain[0].fusion = low.fusion
-        return plain
+    crit, n_fused = low.fusion.critical_path, len(low.fusion.fused)
+    plain[0].fusion = Fusion([], crit, rejected=n_fused)
+    if not n_fused:
+        return [plain]
     fused = _place_and_lay_out(low, share, arch)
     if prefer_fused(fused[1].n_blocks, fused[2].d_model, plain[1].n_blocks, plain[2].d_model,
                     config):
-        return fused
-    plain[0].fusion = Fusion([], low.fusion.critical_path, rejected=len(low.fusion.fused))
-    return plain
+        return [fused, plain]
+    return [plain]
 
 
 def compile_program(program: Program, config: CompilerConfig | None = None,
@@ -86,9 +88,22 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
-    low, sched, layout = fuse_and_lay_out(low, config, share, arch)
-    if arch.reads_through_layernorm:
-        layout = with_ln_anchors(layout)
+    candidates = fuse_and_lay_out(low, config, share, arch)
+    for k, (low, sched, layout) in enumerate(candidates):
+        if arch.reads_through_layernorm:
+            layout = with_ln_anchors(layout)
+        try:
+            return _build(program, low, sched, layout, config)
+        except CompileError as exc:  # the fused layout failed: compile the program as written
+            if k == len(candidates) - 1 or config.fusion_always:
+                raise
+            candidates[k + 1][0].fusion.note = f"fused compile failed, compiled as written: {exc}"
+    raise AssertionError("no layout to compile")
+
+
+def _build(program: Program, low: Lowered, sched: Schedule, layout: Layout,
+           config: CompilerConfig) -> CompiledModel:
+    """Gadgets, weights and feasibility tuning of one layout (compile_program's doc)."""
     tuning = Tuning()
     for passes in range(1, config.feasibility_passes + 2):
         blocks = build_blocks(low, sched, layout, config, tuning)

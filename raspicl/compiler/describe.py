@@ -83,7 +83,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "depth": {"critical_path": low.fusion.critical_path if low.fusion else None,
                   "blocks": len(order),
                   "fused": [{"value": f.label, "op": f.op, "absorbed_by": list(f.absorbed_by)}
-                            for f in (low.fusion.fused if low.fusion else [])]},
+                            for f in (low.fusion.fused if low.fusion else [])]}
+        | ({"note": low.fusion.note} if low.fusion and low.fusion.note else {}),
         "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
                           by_run)
                    for i in range(cfg.n_layers)],

@@ -74,7 +74,8 @@ class Fusion:
 
     fused: list[FusedValue] = field(default_factory=list)
     critical_path: int = 1
-    rejected: int = 0  # values the pass fused in a layout that prefer_fused turned down
+    rejected: int = 0  # values the pass fused in a layout that was not kept
+    note: str | None = None  # why the fused layout was not kept, when it failed to compile
 
 
 def prefer_fused(
