@@ -54,7 +54,7 @@ def program(d: int = 2, n: int = 2, lam: float = 1.0) -> Program:
         return {"A_inv": s.A_inv - outer(u, u) / (1 + x @ u), "b": s.b + x * y}
 
     scan = p.scan(init={"A_inv": np.eye(d) / lam, "b": np.zeros(d)}, step=step,
-                  predict=lambda s, x: (s.A_inv @ s.b) @ x, name="ridge")
+                  predict=lambda s, x: p.let("w", s.A_inv @ s.b) @ x, name="ridge")
     p.output(scan.prediction, roles=("x", "query"))
     return p
 

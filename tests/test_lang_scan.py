@@ -95,7 +95,7 @@ def test_state_nothing_reads_costs_no_op():
     )
     p.output(scan.prediction, roles=("x", "query"))
     names = {op.dst.name for op in p.ops}
-    assert "scan_m_before" in names and "scan_v_before" not in names
+    assert "m_before" in names and "v_before" not in names
     # reading it later makes it, in order
     p.output(p.let("v_seen", scan.before.v), roles=("x", "query"))
     prompts = random_prompts(8, 2, 2, seed=3)

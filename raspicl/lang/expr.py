@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raspicl.errors import ProgramError
-from raspicl.lang.ops import Op, fail, is_symbolic_value, linear_terms, product_terms
+from raspicl.lang.ops import Op, all_finite, fail, is_symbolic_value, linear_terms, product_terms
 from raspicl.lang.reads import Here, Offset, Read
 from raspicl.lang.registers import Register, Shape, shape_name
 from raspicl.lang.source import SourceLocation, caller_location
@@ -311,17 +311,20 @@ class Expr:
     def __truediv__(self, other) -> Expr:
         """e / c for a number c; e / s for a scalar expression s is a div (by |s|)."""
         if _is_number(other):
-            return self * (1 / other if is_symbolic_value(other) else 1.0 / float(other))
+            return self * self._reciprocal(other)
         other = as_expr(other, self.program, "/")
         if other is NotImplemented:
             return NotImplemented
         if other.is_constant() and other.shape == ():
-            return self * (
-                1 / other.bias[0]
-                if is_symbolic_value(other.bias[0])
-                else 1.0 / float(other.bias[0])
-            )
+            return self * self._reciprocal(other.bias[0])
         return divide(self, other)
+
+    def _reciprocal(self, c):
+        if is_symbolic_value(c):
+            return 1 / c
+        if float(c) == 0.0:
+            raise op_error("/", (self,), "divides by the constant 0")
+        return 1.0 / float(c)
 
     def __rtruediv__(self, other) -> Expr:
         """c / s for numbers c (an array or a number) over a scalar expression s."""
@@ -661,6 +664,16 @@ def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:
                 f"{prog.last_write(reg).source}; bind the expression with p.let() "
                 f"before writing '{reg_name}' again",
             )
+    if not all_finite(e.bias) or not all(
+        all_finite(a) for a in (*e.lin.values(), *e.prod.values())
+    ):
+        raise fail(
+            "let",
+            name,
+            source,
+            "the expression's coefficients hold NaN or infinite "
+            "entries (a coefficient or constant that is not finite)",
+        )
     single = e.single_read()
     if single is not None:
         return prog.mov(dst, single, note=note)

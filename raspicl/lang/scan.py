@@ -233,7 +233,7 @@ def run_scan(
         read = shifted.single_read()
         src = read if read is not None else bind_temp(shifted, f"{k}_read")
         reg = p.select(
-            _fresh(p, f"{name}_{k}_before"),
+            _fresh(p, f"{k}_before"),
             [0],
             start[k],
             src,
