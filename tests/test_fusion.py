@@ -18,6 +18,7 @@ import math
 import os
 import warnings
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,8 @@ from raspicl.verify import rel_err
 ALWAYS = CompilerConfig(fusion_always=True)
 PLAIN = CompilerConfig(fusion=False)
 TOLERANCE = 1e-6  # as tests/test_properties.py (float64, magnitudes below 1e3)
+
+HAND = Path(__file__).parent / "hand_fused"  # the one-op-per-line forms
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -165,10 +168,12 @@ def test_product_form_units():
     assert SQRT_PI_2 == math.sqrt(math.pi / 2)
 
 
-@pytest.mark.parametrize("name, plain, fused", [("gd_step", 4, 2), ("sherman_morrison", 6, 4)])
+@pytest.mark.parametrize("name, plain, fused", [("gd_step", 4, 2), ("sherman_morrison", 5, 4),
+                                                (str(HAND / "sherman_morrison.py"), 6, 4)])
 def test_bundled_depths(name: str, plain: int, fused: int):
     """The issue's targets: gd_step mov -> product -> mov -> product in 2 blocks (4 as
-    written), sherman_morrison in 4 (6); both at their critical path, both still exact."""
+    written), sherman_morrison in 4 (5 as the formula is written, 6 one op per line); all at
+    their critical path, all still exact."""
     program = find_program(name).build()
     cm0, err0, f0 = check_model(program, PLAIN)
     cm, err, fused_labels = check_model(program)
@@ -186,8 +191,9 @@ def test_bundled_depths(name: str, plain: int, fused: int):
 
 
 def test_sherman_morrison_divisor_is_fused_into_the_anchors():
-    """denom = x^T u + 1 has no rows: the division's attention writes +-N (xu + 1)."""
-    cm = compile_program(find_program("sherman_morrison").build())
+    """denom = x^T u + 1 has no rows: the division's attention writes +-N (xu + 1) (the
+    one-op-per-line form, where denom is a linear op of its own)."""
+    cm = compile_program(find_program(HAND / "sherman_morrison.py").build())
     fused = {f.label for f in fused_values(cm.layout)}
     assert "denom" in fused
     fixed = cm.layout["fixed_rows"]
@@ -234,9 +240,9 @@ def test_shared_loop_with_fusion():
 
 
 def test_bundled_sgd_shared_with_fusion():
-    """The bundled sgd, looped, with every fusion kept: w_{i-1} (wb, linear) is absorbed by
-    the select of every iteration alike; one stored body, exact."""
-    program = find_program("sgd").build(d=2, n=3)
+    """The hand-fused sgd (tests/hand_fused), looped, with every fusion kept: w_{i-1} (wb,
+    linear) is absorbed by the select of every iteration alike; one stored body, exact."""
+    program = find_program(HAND / "sgd.py").build(d=2, n=3)
     cm, err, fused = check_model(program, ALWAYS, loops="share")
     assert any(f.startswith("wb") for f in fused)
     assert err <= 1e-8
