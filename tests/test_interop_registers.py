@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from raspicl import random_prompts, solvers
-from raspicl.compiler import compile_program
+from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.errors import RaspiclError
 from raspicl.interop.registers import EMPTY, RegisterNames
 from raspicl.registry import find_program
@@ -16,7 +16,8 @@ from raspicl.registry import find_program
 
 @pytest.fixture(scope="module")
 def gd():
-    compiled = compile_program(find_program("gd_step").build(d=2))
+    # unfused, so that w_next keeps rows of its own (fused, its readers compute it)
+    compiled = compile_program(find_program("gd_step").build(d=2), CompilerConfig(fusion=False))
     prompts = random_prompts(6, 2, 1, seed=7)
     return compiled, prompts, compiled.residuals(prompts)
 
@@ -59,6 +60,13 @@ def test_every_residual_row_is_named(gd):
     k = v["written_after"]
     assert [names.labels(k)[r] for r in v["rows"]] == ["w_next[0]", "w_next[1]"]
     assert [names.labels(k - 1)[r] for r in v["rows"]] != ["w_next[0]", "w_next[1]"]
+
+
+def test_a_fused_version_is_refused_by_name():
+    compiled = compile_program(find_program("gd_step").build(d=2))  # w_next fused away
+    residuals = compiled.residuals(random_prompts(2, 2, 1, seed=1))
+    with pytest.raises(RaspiclError, match="'w_next' has no rows: the fusion pass"):
+        RegisterNames(compiled.layout).read(residuals, "w_next")
 
 
 def test_unknown_names_are_refused(gd):

@@ -70,6 +70,13 @@ class RegisterNames:
         """A register version from a residual list (raspicl's order), read right after the
         sublayer that wrote it: [B, T, *shape]."""
         reg, v = self.version(label)
+        if not v["rows"]:  # fused away (compiler/fusion.py): its readers compute it
+            ops = ", ".join(str(i) for i in v.get("absorbed_by", ()))
+            raise RaspiclError(
+                f"register version '{v['label']}' has no rows: the fusion pass folded it into "
+                f"op(s) {ops or '?'}, which compute it from its reads (compile with "
+                f"CompilerConfig(fusion=False) to keep it in the residual stream)"
+            )
         k = int(v["written_after"])
         self._check_index(k)
         value = residuals[k][..., list(v["rows"])]
