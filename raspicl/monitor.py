@@ -457,16 +457,37 @@ def _largest(a: np.ndarray) -> np.ndarray:
 
 def _last_use(layout: dict) -> dict[str, int]:
     """The index of the last instruction that reads each value (as operand, divisor or mask);
-    the output value is never released."""
+    a read of a fused value is also a read of the values it stands for (its readers compute it
+    from them, and so does the walk: _Walk.read); the output value is never released."""
     last: dict[str, int] = {}
+    stands_for: dict[str, set[str]] = {}  # fused value -> the stored values it reads
     for i, rec in enumerate(layout["monitor"]["instructions"]):
         for r in rec["reads"]:
             last[r["value"]] = i
+            for s in stands_for.get(r["value"], ()):
+                last[s] = i
+        if rec["stage"] == "fused":
+            stands_for[rec["dst"]] = {s for r in rec["reads"]
+                                      for s in stands_for.get(r["value"], {r["value"]})}
         for key in ("divisor", "mask"):
             if rec.get(key) is not None:
                 last[rec[key]] = i
     last.pop(layout["monitor"]["output"], None)
     return last
+
+
+def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual: int):
+    """What reading v ([B, T, w]) at the current token through an MLP's LayerNorm (the input
+    residuals[residual], |mean| mu) adds to its error: the neutral LayerNorm's rounding
+    kappa u (|v| + 2 |mean|), and under gpt2 (ln, unless the MLP divides: its quotient's ratio
+    is measured whole, _Walk.divide) the read's |v| |ratio - 1| and rounding besides (through
+    ln2, weight c: the scale is 1)."""
+
+    def charge(v: np.ndarray) -> np.ndarray:
+        out = ku * (np.abs(v) + 2 * mu[:, :, None])
+        return out if ln is None else out + ln.term(residual, v)
+
+    return charge
 
 
 def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
@@ -494,18 +515,8 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         defined = np.zeros(T, dtype=bool)
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
-        # under gpt2 an attention reads each value through ln1 at the value's own token
-        ops_vals = [walk.read(r, roles, 2 * ins.run if ln is not None and (
-            ins.stage == "attn" or r.temp_rows) else None) for r in ins.reads]
-        for k, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
-            if r.temp_rows:                # lands on whatever its rows held (see below)
-                v, e = ops_vals[k]
-                ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run, r.temp_cleared))
-        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
-            val, err = walk.linear_attn(ins, ops_vals)
-        elif ins.stage == "attn":
-            val, err = walk.linear_attn(ins, ops_vals)
-        else:
+        charge = None  # what the MLP's LayerNorm adds to a read of v at the current token
+        if ins.stage not in ("attn", "fused"):
             mu, var = source.moments(2 * ins.run + 1)
             if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
                 mu = ln.mean_bound(2 * ins.run + 1)      # the anchors +-N
@@ -513,10 +524,16 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
-            reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
-            if ln is not None and ins.divisor is None:  # gpt2: through ln2 (weight c: the
-                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]  # scale is 1)
-            val, err = walk.mlp(ins, reads, defined, mu)
+            charge = _mlp_charge(kappa * u, mu, ln if ins.divisor is None else None,
+                                 2 * ins.run + 1)
+        ops_vals = [walk.operand(ins, r, roles, charge) for r in ins.reads]
+        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
+            walk.fused[ins.dst] = ins
+            val, err = walk.linear_attn(ins, ops_vals)
+        elif ins.stage == "attn":
+            val, err = walk.linear_attn(ins, ops_vals)
+        else:
+            val, err = walk.mlp(ins, ops_vals, defined, mu)
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,
                                        source.division_rest(2 * ins.run + 1), source.d_model,
@@ -578,6 +595,7 @@ class _Walk:
         self.seen: set[tuple[int, int | None, str]] = set()
         self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.fused: dict[str, Instruction] = {}  # fused value -> its instruction (no rows)
         for label, v in self.mon["values"].items():
             if v["kind"] in ("input", "const", "mask"):
                 val = self.value_of(label)
@@ -600,26 +618,68 @@ class _Walk:
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
 
-    def read(self, r: Read, roles: list[str],
-             through: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def operand(self, ins: Instruction, r: Read, roles: list[str],
+                charge) -> tuple[np.ndarray, np.ndarray]:
+        """One operand of `ins` as its sublayer reads it: [B, T, w] value and error bound.
+        An attention (and an MLP's remote operand, which its block's attention moves into a
+        temporary) reads through ln1 under gpt2, at each value's own token; the temporary
+        lands on what its rows held, and the MLP reads it, one value, with `charge`
+        (_mlp_charge); an MLP's read at the current token is charged by `read`, which charges
+        a fused value's reads, not the value (its W_in computes it from them)."""
+        if ins.stage == "fused":  # computed where its readers read it (read)
+            return self.read(r, roles)
+        if ins.stage == "attn" or r.temp_rows:
+            v, e = self.read(r, roles, 2 * ins.run if self.ln is not None else None)
+            if r.temp_rows:
+                e = e + self.landing(r.temp_rows, 2 * ins.run, r.temp_cleared)
+            return v, (e if charge is None else e + charge(v))
+        return self.read(r, roles, charge=charge)
+
+    def read(self, r: Read, roles: list[str], through: int | None = None,
+             charge=None) -> tuple[np.ndarray, np.ndarray]:
         """The operand's compiled value and error bound as read at each token: [B, T, w];
         through: the residual whose LayerNorm the value is read through at its own token
-        (gpt2's ln1 of the reading attention), None for a plain read.
+        (gpt2's ln1 of the reading attention), None for a plain read; charge: what a read at
+        the current token through an MLP's LayerNorm adds (_mlp_charge), None for none.
+
+        A fused value has no rows: its reader computes it from its reads, each read through
+        the reader's LayerNorm at its own token (the composed place), so the value is
+        recomputed here from reads each charged so (`_fused_read`), not charged as a whole:
+        under gpt2 sum |c| |u| |ratio_u - 1| can far exceed |v| |ratio - 1| where the terms
+        (or the bias) cancel, and the ratios differ between tokens.
 
         Where the place is undefined (before the prompt or the role starts) the error is NaN,
         and the value is replaced by the largest |value| at any token so far: whatever a head
         reads there is an average of those, and the monitor needs its size (a gate's closed
         operand, the rounding it causes)."""
-        val, err = self.values[r.value]
-        if through is not None:
-            err = err + self.ln.term(through, val)
         kind = r.place["kind"]
+        if charge is not None and kind != "here":
+            raise ValueError(f"an MLP reads {r.value!r} at {r.place} without a temporary: "
+                             "only reads at the current token can be (a layout fault)")
+        if r.value in self.fused and (through is not None or charge is not None):
+            val, err = self._fused_read(self.fused[r.value], roles, through, charge)
+        else:
+            val, err = self.values[r.value]
+            if through is not None:
+                err = err + self.ln.term(through, val)
+            if charge is not None:
+                err = err + charge(val)
         if kind == "here":
             return val, err
         v, e = self._place(val, err, r, roles)
         so_far = np.maximum.accumulate(np.abs(val), axis=1)
         v = np.where(np.isnan(v), so_far, v)
         return v, e + self.leak[:, None, None]
+
+    def _fused_read(self, ins: Instruction, roles: list[str], through: int | None,
+                    charge) -> tuple[np.ndarray, np.ndarray]:
+        """A fused value as a reader computes it: its own linear map over its reads, each
+        read (read) through the reader's LayerNorm; NaN where it is undefined."""
+        val, err = self.linear_attn(ins, [self.read(r, roles, through, charge)
+                                          for r in ins.reads])
+        defined = np.zeros(self.T, dtype=bool)
+        defined[ins.defined] = True
+        return val, np.where(defined[None, :, None], err, np.nan)
 
     def _place(self, val, err, r: Read, roles: list[str]):
         """val and err as read at r's place (not 'here'); NaN where it is undefined."""
