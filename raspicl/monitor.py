@@ -65,6 +65,11 @@ SQRT_PI_2 = math.sqrt(math.pi / 2)
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
 SERIES_LIMIT = {True: 0.5, False: 1.0}
 MANTISSA_BITS = {"float64": 52, "float32": 23}
+# sup |GeLU'(y1) - GeLU'(y2)| = max GeLU' - min GeLU' (1.25781 for the erf GeLU, 1.25799 for
+# the tanh form, at y = +-sqrt 2): a select's gate units GeLU(+-k z + k C m - k C) / k, with
+# the mask read as m (1 + d) through a LayerNorm (gpt2), are both shifted by k C d, which
+# moves their difference by at most GATE_SLOPE C |d| (tests/test_fusion.py checks it).
+GATE_SLOPE = 1.26
 
 # The quantities a finding (and ContractReport.needs) names.
 NEUTRAL_VARIANCE = "neutral LayerNorm variance"
@@ -476,6 +481,22 @@ def _last_use(layout: dict) -> dict[str, int]:
     return last
 
 
+def _compose(outer: dict, inner: dict) -> dict | None:
+    """The place (JSON, as a Read's) of `inner` as seen from a read at `outer`, as
+    raspicl.compiler.fusion.compose gives it for the places themselves; None where no single
+    place is that."""
+    ko, ki = outer["kind"], inner["kind"]
+    if ki == "here":
+        return outer
+    if ko == "here":
+        return inner
+    if ko == "offset" and ki == "offset":
+        return {"kind": "offset", "k": int(outer["k"]) + int(inner["k"])}
+    if ko == "at" and ki == "offset" and int(outer["index"]) >= int(inner["k"]):
+        return {"kind": "at", "index": int(outer["index"]) - int(inner["k"])}
+    return None
+
+
 def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual: int):
     """What reading v ([B, T, w]) at the current token through an MLP's LayerNorm (the input
     residuals[residual], |mean| mu) adds to its error: the neutral LayerNorm's rounding
@@ -612,6 +633,10 @@ class _Walk:
                 dev = np.maximum(dev, np.nan_to_num(ln.dev(2 * r), nan=np.inf).max(axis=1))
             margin = margin - 2 * float(comp["attention_margin"]) * T * T * (2 * dev + dev * dev)
         self.leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 * source.biggest  # [B]
+        # a mean's scores, nominally equal over its tokens, are each perturbed by at most
+        # delta (what the margin lost above): a weight ratio within e^(2 delta) (_place)
+        delta = float(comp["attention_margin"]) - margin
+        self.skew = np.expm1(np.minimum(2 * delta, 700.0))  # [B]
 
     # -- values and reads
 
@@ -642,11 +667,12 @@ class _Walk:
         (gpt2's ln1 of the reading attention), None for a plain read; charge: what a read at
         the current token through an MLP's LayerNorm adds (_mlp_charge), None for none.
 
-        A fused value has no rows: its reader computes it from its reads, each read through
-        the reader's LayerNorm at its own token (the composed place), so the value is
-        recomputed here from reads each charged so (`_fused_read`), not charged as a whole:
-        under gpt2 sum |c| |u| |ratio_u - 1| can far exceed |v| |ratio - 1| where the terms
-        (or the bias) cancel, and the ratios differ between tokens.
+        A fused value has no rows: its reader computes it from its reads, each read at the
+        composed place by heads of its own (or W_in) and through the reader's LayerNorm at
+        its own token, so the value is recomputed here from those reads (`_fused_read`), not
+        charged as a whole: under gpt2 sum |c| |u| |ratio_u - 1| can far exceed
+        |v| |ratio - 1| where the terms (or the bias) cancel, and the ratios differ between
+        tokens.
 
         Where the place is undefined (before the prompt or the role starts) the error is NaN,
         and the value is replaced by the largest |value| at any token so far: whatever a head
@@ -656,14 +682,13 @@ class _Walk:
         if charge is not None and kind != "here":
             raise ValueError(f"an MLP reads {r.value!r} at {r.place} without a temporary: "
                              "only reads at the current token can be (a layout fault)")
-        if r.value in self.fused and (through is not None or charge is not None):
-            val, err = self._fused_read(self.fused[r.value], roles, through, charge)
-        else:
-            val, err = self.values[r.value]
-            if through is not None:
-                err = err + self.ln.term(through, val)
-            if charge is not None:
-                err = err + charge(val)
+        if r.value in self.fused:
+            return self._fused_read(self.fused[r.value], r.place, roles, through, charge)
+        val, err = self.values[r.value]
+        if through is not None:
+            err = err + self.ln.term(through, val)
+        if charge is not None:
+            err = err + charge(val)
         if kind == "here":
             return val, err
         v, e = self._place(val, err, r, roles)
@@ -671,15 +696,28 @@ class _Walk:
         v = np.where(np.isnan(v), so_far, v)
         return v, e + self.leak[:, None, None]
 
-    def _fused_read(self, ins: Instruction, roles: list[str], through: int | None,
-                    charge) -> tuple[np.ndarray, np.ndarray]:
-        """A fused value as a reader computes it: its own linear map over its reads, each
-        read (read) through the reader's LayerNorm; NaN where it is undefined."""
-        val, err = self.linear_attn(ins, [self.read(r, roles, through, charge)
-                                          for r in ins.reads])
-        defined = np.zeros(self.T, dtype=bool)
-        defined[ins.defined] = True
-        return val, np.where(defined[None, :, None], err, np.nan)
+    def _fused_read(self, ins: Instruction, place: dict, roles: list[str],
+                    through: int | None, charge) -> tuple[np.ndarray, np.ndarray]:
+        """A fused value read at `place` as its reader computes it: its linear map and bias
+        over its reads, each at the composed place (compiler/fusion.compose) and read
+        (`read`) as the reader reads it. Its error is NaN where the two-step read is
+        undefined, and its value there the largest its terms allow, sum |c| |u| + |bias|."""
+        parts = []
+        for r in ins.reads:
+            at = _compose(place, r.place)
+            if at is None:
+                raise ValueError(f"{ins.where()}: its read of {r.value!r} at {r.place} does "
+                                 f"not compose with a read of {ins.dst!r} at {place} (a layout "
+                                 "fault: fusion keeps only values whose reads compose)")
+            parts.append(self.read(Read(r.value, at), roles, through, charge))
+        val, err = self.linear_attn(ins, parts)
+        _, _, mag = self._linear(ins.linear, parts, len(ins.bias))
+        defined = np.where(np.isin(np.arange(self.T), ins.defined), 0.0, np.nan)
+        undefined = np.broadcast_to(defined[None, :, None], (self.B, self.T, 1))
+        if place["kind"] != "here":
+            undefined = self._place(undefined, undefined, Read(ins.dst, place), roles)[1]
+        err = err + undefined
+        return np.where(np.isnan(err), mag + np.abs(np.asarray(ins.bias)), val), err
 
     def _place(self, val, err, r: Read, roles: list[str]):
         """val and err as read at r's place (not 'here'); NaN where it is undefined."""
@@ -701,9 +739,12 @@ class _Walk:
             with np.errstate(invalid="ignore", divide="ignore"):
                 cv = np.cumsum(np.nan_to_num(val, nan=0.0) * sel[None, :, None], axis=1)
                 ce = np.cumsum(np.where(sel[None, :, None] > 0, err, 0.0), axis=1)
+                # the weights among the averaged tokens: their scores differ by at most
+                # 2 skew_delta, so each weight is within (e^(2 delta) - 1) / count of uniform
+                ca = np.cumsum(np.abs(np.nan_to_num(val, nan=0.0)) * sel[None, :, None], axis=1)
                 ok = count > 0
                 v[:, ok] = (cv / count[None, :, None])[:, ok]
-                e[:, ok] = (ce / count[None, :, None])[:, ok]
+                e[:, ok] = ((ce + self.skew[:, None, None] * ca) / count[None, :, None])[:, ok]
         else:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
@@ -794,6 +835,10 @@ class _Walk:
             err = np.where(m[:, :, None], err_open, err)
             gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
             err = err + ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
+            if self.ln is not None:  # gpt2: the open gate reads its mask 1 through ln2
+                C = 2.0 * np.asarray([b if b > 0 else 1.0 for b in ins.gate_bound])
+                off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
+                err = err + np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
             val = val + np.where(m[:, :, None], z, 0.0)
         for o, c, ra, ca, rb, cb in ins.products:
             va, ea = reads[ra][0][:, :, ca], reads[ra][1][:, :, ca]

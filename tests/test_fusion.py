@@ -31,7 +31,7 @@ from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.compiler.fusion import compose, critical_path_depth
 from raspicl.compiler.gadgets.mlp import SQRT_PI_2, product_form_units, product_units
 from raspicl.compiler.lower import lower
-from raspicl.errors import ContractWarning, ProgramError
+from raspicl.errors import CompileError, ContractWarning, ProgramError
 from raspicl.interpret import run_ops
 from raspicl.layout_records import fused_values
 from raspicl.registry import find_program
@@ -566,3 +566,74 @@ def test_linear_rich_programs_agree_with_the_interpreter(case, seed: int):
 @given(case=linear_rich(), seed=st.integers(0, 2**31 - 1))
 def test_linear_rich_programs_agree_with_the_interpreter_500(case, seed: int):
     _linear_rich_property(case, seed)
+
+
+# ---------------------------------------------------------------------- gpt2: fused reads
+#
+# gpt2 reads every value through a LayerNorm anchored by +-N (raspicl.arch): a row reads as
+# value * ratio, ratio - 1 about Q / (4 N^2) at its own token. A fused value has no rows, so its
+# reader computes sum c u_k ratio_k + b from its reads at their own tokens, which is off by
+# sum |c u_k| |ratio_k - 1|: far more than |v| |ratio - 1| when the terms or the bias cancel,
+# or when the reads sit at tokens of different ratios. The monitor must charge that, on every
+# prompt, refused or not: with coarse anchors (N = 300, 1e4) the LayerNorm's error dominates
+# and a wrong charge shows; with the default N the rest of the bound is exercised.
+
+GPT2_EXAMPLES = max(1, EXAMPLES // 2)
+GPT2_ANCHORS = [300.0, 1e4, None]  # None: CompilerConfig's ln_anchor
+
+
+def _check_fused_gpt2(program: Program, seed: int, anchor: float | None) -> None:
+    """Compile to gpt2 with every fusion kept; on every prompt (accepted or refused) and
+    every prediction with a finite bound, |compiled - exact| <= bound, the exact value in
+    rational arithmetic."""
+    config = (
+        CompilerConfig(fusion_always=True)
+        if anchor is None
+        else CompilerConfig(fusion_always=True, ln_anchor=anchor)
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContractWarning)
+            cm = compile_program(program, config, arch="gpt2")
+    except CompileError as exc:  # a refusal names what to do (never a silent answer)
+        assert "Remedies" in str(exc), str(exc)
+        event("compile error")
+        return
+    fused = {f.label for f in fused_values(cm.layout)}
+    event(f"gpt2 fused values: {min(len(fused), 3)}{'+' if len(fused) >= 3 else ''}")
+    prompts = make_prompts(EXACT_PROMPTS, program.d, program.n, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = cm.run(prompts, check="warn")  # every prompt's bound, refused ones included
+    event(f"gpt2 accepted: {'all' if run.accepted.all() else 'some' if run.accepted.any() else 'none'}")
+    exact = exact_output(program, prompts)
+    finite = 0
+    for b, k, j in np.ndindex(run.values.shape):
+        want, bound = exact[b, k, j], run.bound[b, k, j]
+        if want is None or not np.isfinite(bound):
+            continue
+        finite += 1
+        diff = abs(Fraction(float(run.values[b, k, j])) - want)
+        assert diff <= Fraction(float(bound)), (
+            f"prompt {b} (accepted {bool(run.accepted[b])}), output [{k}, {j}]: |error| "
+            f"{float(diff):.3g} above its bound {bound:.3g} (ratio {float(diff) / bound:.3g})"
+        )
+    event(f"gpt2 finite bounds: {'yes' if finite else 'no'}")
+
+
+@_settings(GPT2_EXAMPLES)
+@given(
+    case=linear_rich(),
+    seed=st.integers(0, 2**31 - 1),
+    anchor=st.sampled_from(GPT2_ANCHORS),
+)
+def test_fused_gpt2_bounds_hold_on_every_prompt(case, seed: int, anchor):
+    source, program = case
+    note(source)
+    note(f"ln_anchor={anchor}")
+    try:
+        program.validate()
+    except ProgramError as exc:
+        note(f"rejected: {exc}")
+        assume(False)
+    _check_fused_gpt2(program, seed, anchor)
