@@ -637,3 +637,25 @@ def test_fused_gpt2_bounds_hold_on_every_prompt(case, seed: int, anchor):
         note(f"rejected: {exc}")
         assume(False)
     _check_fused_gpt2(program, seed, anchor)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gate_slope_bounds_the_gelu_derivative_spread(approximate):
+    """raspicl.monitor.GATE_SLOPE >= max GeLU' - min GeLU' for both GeLU forms (a fine grid,
+    the extremes at +-sqrt 2 well inside it), so that a gate whose two units are shifted by
+    the same delta moves by at most GATE_SLOPE |delta|."""
+    from raspicl.monitor import GATE_SLOPE
+
+    y = torch.linspace(-12.0, 12.0, 480001, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(torch.nn.functional.gelu(y, approximate=approximate).sum(), y)
+    spread = float(g.max() - g.min())
+    assert 1.2575 < spread <= GATE_SLOPE
+    # the shift itself: GeLU(k z + delta) - GeLU(-k z + delta) - (its value at delta = 0)
+    x = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)[:, None]
+    d = torch.tensor([-1e-2, -1e-4, 1e-4, 1e-2], dtype=torch.float64)[None, :]
+
+    def f(delta):
+        return (torch.nn.functional.gelu(x + delta, approximate=approximate)
+                - torch.nn.functional.gelu(-x + delta, approximate=approximate))
+
+    assert ((f(d) - f(0.0 * d)).abs() <= GATE_SLOPE * d.abs()).all()
