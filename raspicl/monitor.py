@@ -679,11 +679,12 @@ class _Walk:
         reads there is an average of those, and the monitor needs its size (a gate's closed
         operand, the rounding it causes)."""
         kind = r.place["kind"]
-        if charge is not None and kind != "here":
+        if r.value in self.fused:  # (one without reads, a constant, is read anywhere)
+            return self._fused_read(self.fused[r.value], r.place, roles, through, charge)
+        if charge is not None and not (kind == "here" or (kind == "offset"
+                                                          and int(r.place["k"]) == 0)):
             raise ValueError(f"an MLP reads {r.value!r} at {r.place} without a temporary: "
                              "only reads at the current token can be (a layout fault)")
-        if r.value in self.fused:
-            return self._fused_read(self.fused[r.value], r.place, roles, through, charge)
         val, err = self.values[r.value]
         if through is not None:
             err = err + self.ln.term(through, val)
