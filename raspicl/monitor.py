@@ -633,9 +633,11 @@ class _Walk:
                 dev = np.maximum(dev, np.nan_to_num(ln.dev(2 * r), nan=np.inf).max(axis=1))
             margin = margin - 2 * float(comp["attention_margin"]) * T * T * (2 * dev + dev * dev)
         self.leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 * source.biggest  # [B]
-        # a mean's scores, nominally equal over its tokens, are each perturbed by at most
-        # delta (what the margin lost above): a weight ratio within e^(2 delta) (_place)
-        delta = float(comp["attention_margin"]) - margin
+        # gpt2: a mean's scores, nominally equal over its tokens, are each perturbed by at
+        # most delta (what the margin lost above, the ratios' and the rounding's): a weight
+        # ratio within e^(2 delta) (_place). (The paper target's rounding alone is not
+        # charged: 4 kappa u M T^2 bounds it far too coarsely for float32.)
+        delta = float(comp["attention_margin"]) - margin if ln is not None else np.zeros(B)
         self.skew = np.expm1(np.minimum(2 * delta, 700.0))  # [B]
 
     # -- values and reads
