@@ -36,7 +36,16 @@ with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
   by the ratio narrows the leak's margin; the readout reads through ln_final the same way; a
   clear reads
   through ln1 too and leaves |old| |ratio - 1|, so a write into rows not cleared in its own
-  sublayer is charged what they hold in full;
+  sublayer is charged what they hold in full; a mean's scores, equal over its tokens but for
+  that perturbation (at most delta, what the margin loses), weigh them within e^(2 delta) of
+  each other, which adds (e^(2 delta) - 1) times the mean of |v|; an open gate reads its mask
+  1 as ratio through ln2, which shifts both its units by k C (ratio - 1) and its output by at
+  most GATE_SLOPE C |ratio - 1| (C = 2 gate bound);
+- a fused value (stage "fused", no rows: compiler/fusion.py) is read as its reader computes
+  it: each of its reads at the composed place, charged as that reader reads it (through its
+  LayerNorm at the read's own token, the leak, an MLP's rounding), then its linear map. Under
+  gpt2 that is sum |c| |u| |ratio_u - 1|, not |v| |ratio - 1|: the terms (or the bias) may
+  cancel, and the reads' tokens have ratios of their own;
 - every write lands on what its rows held at the sublayer's input: zero, or a value cleared or
   overwritten in the same sublayer, which computes old + (new - old) and rounds at
   2 kappa u |old| (likewise the temporaries an MLP's remote operands are moved into).
