@@ -11,7 +11,9 @@
   holds on every accepted prompt. RASPICL_FUSION_EXAMPLES programs (default 60) run in the
   suite; the `slow` test runs 500;
 - the same fusion-rich programs compiled to gpt2 with coarse LayerNorm anchors (and the
-  default): the bound holds on every prompt, refused or not (the slow test runs 1000).
+  default), and gd_step's residual factor drawn at random (residual_factor: the case the old
+  |v| |ratio - 1| charge missed by up to 16x): the bound holds on every prompt, refused or
+  not (the slow test runs 1000 of the former).
 """
 
 from __future__ import annotations
@@ -678,3 +680,30 @@ def test_gate_slope_bounds_the_gelu_derivative_spread(approximate):
         ) - torch.nn.functional.gelu(-x + delta, approximate=approximate)
 
     assert ((f(d) - f(0.0 * d)).abs() <= GATE_SLOPE * d.abs()).all()
+
+
+@st.composite
+def residual_factor(draw) -> tuple[str, Program]:
+    """gd_step's shape, drawn: a fused r = W1 x@P1 + W2 y@P2 + b (a residual whose terms
+    cancel on most prompts) read by a product with x@P3, or by itself; the reads' places
+    differ, so its terms sit at tokens of different LayerNorm ratios."""
+    d = draw(st.integers(1, 3))
+    p = Program("residual_factor", d=d, n=1)
+    here_or_back = [Here(), Offset(1)]
+    p1, p2, p3 = (draw(st.sampled_from(here_or_back)) for _ in range(3))
+    w1 = np.array(draw(st.lists(st.integers(-4, 4), min_size=d, max_size=d)), float)[None] / 4
+    w2, b = draw(st.sampled_from([-1.0, 1.0])), draw(st.sampled_from([0.0, 0.5, -1.0]))
+    r = p.aff("r", Read(p.x, p1), Read(p.y, p2), W1=w1, W2=np.array([[w2]]), bias=b)
+    square = draw(st.booleans())
+    out = p.mul("o", r, r) if square else p.mul("o", Read(p.x, p3), r, shape=(d,))
+    p.output(out, roles=("query",))
+    src = f"r = {w1.tolist()} x@{p1} + {w2} y@{p2} + {b}; o = " + (
+        "r * r" if square else f"x@{p3} * r"
+    )
+    return src, p
+
+
+@_settings(GPT2_EXAMPLES)
+@given(case=residual_factor(), seed=st.integers(0, 2**31 - 1), anchor=st.sampled_from(GPT2_ANCHORS))
+def test_fused_residual_factors_on_gpt2(case, seed: int, anchor):
+    _fused_gpt2_property(case, seed, anchor)
