@@ -36,7 +36,16 @@ with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
   by the ratio narrows the leak's margin; the readout reads through ln_final the same way; a
   clear reads
   through ln1 too and leaves |old| |ratio - 1|, so a write into rows not cleared in its own
-  sublayer is charged what they hold in full;
+  sublayer is charged what they hold in full; a mean's scores, equal over its tokens but for
+  that perturbation (at most delta, what the margin loses), weigh them within e^(2 delta) of
+  each other, which adds (e^(2 delta) - 1) times the mean of |v|; an open gate reads its mask
+  1 as ratio through ln2, which shifts both its units by k C (ratio - 1) and its output by at
+  most GATE_SLOPE C |ratio - 1| (C = 2 gate bound);
+- a fused value (stage "fused", no rows: compiler/fusion.py) is read as its reader computes
+  it: each of its reads at the composed place, charged as that reader reads it (through its
+  LayerNorm at the read's own token, the leak, an MLP's rounding), then its linear map. Under
+  gpt2 that is sum |c| |u| |ratio_u - 1|, not |v| |ratio - 1|: the terms (or the bias) may
+  cancel, and the reads' tokens have ratios of their own;
 - every write lands on what its rows held at the sublayer's input: zero, or a value cleared or
   overwritten in the same sublayer, which computes old + (new - old) and rounds at
   2 kappa u |old| (likewise the temporaries an MLP's remote operands are moved into).
@@ -65,6 +74,11 @@ SQRT_PI_2 = math.sqrt(math.pi / 2)
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
 SERIES_LIMIT = {True: 0.5, False: 1.0}
 MANTISSA_BITS = {"float64": 52, "float32": 23}
+# sup |GeLU'(y1) - GeLU'(y2)| = max GeLU' - min GeLU' (1.25781 for the erf GeLU, 1.25799 for
+# the tanh form, at y = +-sqrt 2): a select's gate units GeLU(+-k z + k C m - k C) / k, with
+# the mask read as m (1 + d) through a LayerNorm (gpt2), are both shifted by k C d, which
+# moves their difference by at most GATE_SLOPE C |d| (tests/test_fusion.py checks it).
+GATE_SLOPE = 1.26
 
 # The quantities a finding (and ContractReport.needs) names.
 NEUTRAL_VARIANCE = "neutral LayerNorm variance"
@@ -457,16 +471,53 @@ def _largest(a: np.ndarray) -> np.ndarray:
 
 def _last_use(layout: dict) -> dict[str, int]:
     """The index of the last instruction that reads each value (as operand, divisor or mask);
-    the output value is never released."""
+    a read of a fused value is also a read of the values it stands for (its readers compute it
+    from them, and so does the walk: _Walk.read); the output value is never released."""
     last: dict[str, int] = {}
+    stands_for: dict[str, set[str]] = {}  # fused value -> the stored values it reads
     for i, rec in enumerate(layout["monitor"]["instructions"]):
         for r in rec["reads"]:
             last[r["value"]] = i
+            for s in stands_for.get(r["value"], ()):
+                last[s] = i
+        if rec["stage"] == "fused":
+            stands_for[rec["dst"]] = {s for r in rec["reads"]
+                                      for s in stands_for.get(r["value"], {r["value"]})}
         for key in ("divisor", "mask"):
             if rec.get(key) is not None:
                 last[rec[key]] = i
     last.pop(layout["monitor"]["output"], None)
     return last
+
+
+def _compose(outer: dict, inner: dict) -> dict | None:
+    """The place (JSON, as a Read's) of `inner` as seen from a read at `outer`, as
+    raspicl.compiler.fusion.compose gives it for the places themselves; None where no single
+    place is that."""
+    ko, ki = outer["kind"], inner["kind"]
+    if ki == "here":
+        return outer
+    if ko == "here":
+        return inner
+    if ko == "offset" and ki == "offset":
+        return {"kind": "offset", "k": int(outer["k"]) + int(inner["k"])}
+    if ko == "at" and ki == "offset" and int(outer["index"]) >= int(inner["k"]):
+        return {"kind": "at", "index": int(outer["index"]) - int(inner["k"])}
+    return None
+
+
+def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual: int):
+    """What reading v ([B, T, w]) at the current token through an MLP's LayerNorm (the input
+    residuals[residual], |mean| mu) adds to its error: the neutral LayerNorm's rounding
+    kappa u (|v| + 2 |mean|), and under gpt2 (ln, unless the MLP divides: its quotient's ratio
+    is measured whole, _Walk.divide) the read's |v| |ratio - 1| and rounding besides (through
+    ln2, weight c: the scale is 1)."""
+
+    def charge(v: np.ndarray) -> np.ndarray:
+        out = ku * (np.abs(v) + 2 * mu[:, :, None])
+        return out if ln is None else out + ln.term(residual, v)
+
+    return charge
 
 
 def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
@@ -494,18 +545,8 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
         defined = np.zeros(T, dtype=bool)
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
-        # under gpt2 an attention reads each value through ln1 at the value's own token
-        ops_vals = [walk.read(r, roles, 2 * ins.run if ln is not None and (
-            ins.stage == "attn" or r.temp_rows) else None) for r in ins.reads]
-        for k, r in enumerate(ins.reads):  # an MLP's remote operand, moved into a temporary,
-            if r.temp_rows:                # lands on whatever its rows held (see below)
-                v, e = ops_vals[k]
-                ops_vals[k] = (v, e + walk.landing(r.temp_rows, 2 * ins.run, r.temp_cleared))
-        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
-            val, err = walk.linear_attn(ins, ops_vals)
-        elif ins.stage == "attn":
-            val, err = walk.linear_attn(ins, ops_vals)
-        else:
+        charge = None  # what the MLP's LayerNorm adds to a read of v at the current token
+        if ins.stage not in ("attn", "fused"):
             mu, var = source.moments(2 * ins.run + 1)
             if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
                 mu = ln.mean_bound(2 * ins.run + 1)      # the anchors +-N
@@ -513,10 +554,16 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
                            eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
                            "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
-            reads = [(v, e + kappa * u * (np.abs(v) + 2 * mu[:, :, None])) for v, e in ops_vals]
-            if ln is not None and ins.divisor is None:  # gpt2: through ln2 (weight c: the
-                reads = [(v, e + ln.term(2 * ins.run + 1, v)) for v, e in reads]  # scale is 1)
-            val, err = walk.mlp(ins, reads, defined, mu)
+            charge = _mlp_charge(kappa * u, mu, ln if ins.divisor is None else None,
+                                 2 * ins.run + 1)
+        ops_vals = [walk.operand(ins, r, roles, charge) for r in ins.reads]
+        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
+            walk.fused[ins.dst] = ins
+            val, err = walk.linear_attn(ins, ops_vals)
+        elif ins.stage == "attn":
+            val, err = walk.linear_attn(ins, ops_vals)
+        else:
+            val, err = walk.mlp(ins, ops_vals, defined, mu)
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,
                                        source.division_rest(2 * ins.run + 1), source.d_model,
@@ -578,6 +625,7 @@ class _Walk:
         self.seen: set[tuple[int, int | None, str]] = set()
         self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.fused: dict[str, Instruction] = {}  # fused value -> its instruction (no rows)
         for label, v in self.mon["values"].items():
             if v["kind"] in ("input", "const", "mask"):
                 val = self.value_of(label)
@@ -594,32 +642,94 @@ class _Walk:
                 dev = np.maximum(dev, np.nan_to_num(ln.dev(2 * r), nan=np.inf).max(axis=1))
             margin = margin - 2 * float(comp["attention_margin"]) * T * T * (2 * dev + dev * dev)
         self.leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 * source.biggest  # [B]
+        # gpt2: a mean's scores, nominally equal over its tokens, are each perturbed by at
+        # most delta (what the margin lost above, the ratios' and the rounding's): a weight
+        # ratio within e^(2 delta) (_place). (The paper target's rounding alone is not
+        # charged: 4 kappa u M T^2 bounds it far too coarsely for float32.)
+        delta = float(comp["attention_margin"]) - margin if ln is not None else np.zeros(B)
+        self.skew = np.expm1(np.minimum(2 * delta, 700.0))  # [B]
 
     # -- values and reads
 
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
 
-    def read(self, r: Read, roles: list[str],
-             through: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def operand(self, ins: Instruction, r: Read, roles: list[str],
+                charge) -> tuple[np.ndarray, np.ndarray]:
+        """One operand of `ins` as its sublayer reads it: [B, T, w] value and error bound.
+        An attention (and an MLP's remote operand, which its block's attention moves into a
+        temporary) reads through ln1 under gpt2, at each value's own token; the temporary
+        lands on what its rows held, and the MLP reads it, one value, with `charge`
+        (_mlp_charge); an MLP's read at the current token is charged by `read`, which charges
+        a fused value's reads, not the value (its W_in computes it from them)."""
+        if ins.stage == "fused":  # computed where its readers read it (read)
+            return self.read(r, roles)
+        if ins.stage == "attn" or r.temp_rows:
+            v, e = self.read(r, roles, 2 * ins.run if self.ln is not None else None)
+            if r.temp_rows:
+                e = e + self.landing(r.temp_rows, 2 * ins.run, r.temp_cleared)
+            return v, (e if charge is None else e + charge(v))
+        return self.read(r, roles, charge=charge)
+
+    def read(self, r: Read, roles: list[str], through: int | None = None,
+             charge=None) -> tuple[np.ndarray, np.ndarray]:
         """The operand's compiled value and error bound as read at each token: [B, T, w];
         through: the residual whose LayerNorm the value is read through at its own token
-        (gpt2's ln1 of the reading attention), None for a plain read.
+        (gpt2's ln1 of the reading attention), None for a plain read; charge: what a read at
+        the current token through an MLP's LayerNorm adds (_mlp_charge), None for none.
+
+        A fused value has no rows: its reader computes it from its reads, each read at the
+        composed place by heads of its own (or W_in) and through the reader's LayerNorm at
+        its own token, so the value is recomputed here from those reads (`_fused_read`), not
+        charged as a whole: under gpt2 sum |c| |u| |ratio_u - 1| can far exceed
+        |v| |ratio - 1| where the terms (or the bias) cancel, and the ratios differ between
+        tokens.
 
         Where the place is undefined (before the prompt or the role starts) the error is NaN,
         and the value is replaced by the largest |value| at any token so far: whatever a head
         reads there is an average of those, and the monitor needs its size (a gate's closed
         operand, the rounding it causes)."""
+        kind = r.place["kind"]
+        if r.value in self.fused:  # (one without reads, a constant, is read anywhere)
+            return self._fused_read(self.fused[r.value], r.place, roles, through, charge)
+        if charge is not None and not (kind == "here" or (kind == "offset"
+                                                          and int(r.place["k"]) == 0)):
+            raise ValueError(f"an MLP reads {r.value!r} at {r.place} without a temporary: "
+                             "only reads at the current token can be (a layout fault)")
         val, err = self.values[r.value]
         if through is not None:
             err = err + self.ln.term(through, val)
-        kind = r.place["kind"]
+        if charge is not None:
+            err = err + charge(val)
         if kind == "here":
             return val, err
         v, e = self._place(val, err, r, roles)
         so_far = np.maximum.accumulate(np.abs(val), axis=1)
         v = np.where(np.isnan(v), so_far, v)
         return v, e + self.leak[:, None, None]
+
+    def _fused_read(self, ins: Instruction, place: dict, roles: list[str],
+                    through: int | None, charge) -> tuple[np.ndarray, np.ndarray]:
+        """A fused value read at `place` as its reader computes it: its linear map and bias
+        over its reads, each at the composed place (compiler/fusion.compose) and read
+        (`read`) as the reader reads it. Its error is NaN where the two-step read is
+        undefined, and its value there the largest its terms allow, sum |c| |u| + |bias|."""
+        parts = []
+        for r in ins.reads:
+            at = _compose(place, r.place)
+            if at is None:
+                raise ValueError(f"{ins.where()}: its read of {r.value!r} at {r.place} does "
+                                 f"not compose with a read of {ins.dst!r} at {place} (a layout "
+                                 "fault: fusion keeps only values whose reads compose)")
+            parts.append(self.read(Read(r.value, at), roles, through, charge))
+        val, err = self.linear_attn(ins, parts)
+        _, _, mag = self._linear(ins.linear, parts, len(ins.bias))
+        defined = np.where(np.isin(np.arange(self.T), ins.defined), 0.0, np.nan)
+        undefined = np.broadcast_to(defined[None, :, None], (self.B, self.T, 1))
+        if place["kind"] != "here":
+            undefined = self._place(undefined, undefined, Read(ins.dst, place), roles)[1]
+        err = err + undefined
+        return np.where(np.isnan(err), mag + np.abs(np.asarray(ins.bias)), val), err
 
     def _place(self, val, err, r: Read, roles: list[str]):
         """val and err as read at r's place (not 'here'); NaN where it is undefined."""
@@ -641,9 +751,12 @@ class _Walk:
             with np.errstate(invalid="ignore", divide="ignore"):
                 cv = np.cumsum(np.nan_to_num(val, nan=0.0) * sel[None, :, None], axis=1)
                 ce = np.cumsum(np.where(sel[None, :, None] > 0, err, 0.0), axis=1)
+                # the weights among the averaged tokens: their scores differ by at most
+                # 2 skew_delta, so each weight is within (e^(2 delta) - 1) / count of uniform
+                ca = np.cumsum(np.abs(np.nan_to_num(val, nan=0.0)) * sel[None, :, None], axis=1)
                 ok = count > 0
                 v[:, ok] = (cv / count[None, :, None])[:, ok]
-                e[:, ok] = (ce / count[None, :, None])[:, ok]
+                e[:, ok] = ((ce + self.skew[:, None, None] * ca) / count[None, :, None])[:, ok]
         else:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e
@@ -734,6 +847,10 @@ class _Walk:
             err = np.where(m[:, :, None], err_open, err)
             gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
             err = err + ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
+            if self.ln is not None:  # gpt2: the open gate reads its mask 1 through ln2
+                C = 2.0 * np.asarray([b if b > 0 else 1.0 for b in ins.gate_bound])
+                off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
+                err = err + np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
             val = val + np.where(m[:, :, None], z, 0.0)
         for o, c, ra, ca, rb, cb in ins.products:
             va, ea = reads[ra][0][:, :, ca], reads[ra][1][:, :, ca]

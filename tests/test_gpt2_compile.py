@@ -306,3 +306,54 @@ def _far_prompts():
     from raspicl.prompts import PromptDistribution
 
     return PromptDistribution(x_scale=4.0, noise=1.0).sample(200, 2, 1, seed=5)
+
+
+def _mean_of_x():
+    """mov(x @ Mean('x')): one head averages the x tokens."""
+    from raspicl import Mean, Program, Read
+
+    p = Program("mean_x", d=2, n=2)
+    p.output(p.mov("m", Read(p.x, Mean("x"))), roles=("query",))
+    return p
+
+
+def _select_moved():
+    """select([2], x, x @ Offset(1)): a gate whose mask reads 1 at the query."""
+    from raspicl import Offset, Program, Read
+
+    p = Program("select_moved", d=2, n=1)
+    p.output(p.select("s", [2], p.x, Read(p.x, Offset(1))), roles=("query",))
+    return p
+
+
+def _fused_move_factor():
+    """dot(x, mov(x @ Offset(2))): the mov is fused into the product's temporary, which its
+    attention fills from x two tokens back, at that token's LayerNorm ratio."""
+    from raspicl import Offset, Program, Read
+
+    p = Program("fused_move", d=2, n=1)
+    p.output(p.dot("d", p.x, p.mov("v", Read(p.x, Offset(2)))), roles=("query",))
+    return p
+
+
+@pytest.mark.parametrize("anchor", [300.0, 1e4])
+@pytest.mark.parametrize("build", [_mean_of_x, _select_moved, _fused_move_factor])
+def test_coarse_layernorm_reads_of_means_gates_and_fused_values(build, anchor):
+    """Reduced from tests/test_fusion.py's gpt2 property test, each with coarse anchors (so
+    the LayerNorm's ratio dominates the error): a mean's weights among its tokens (the ratio
+    perturbs their scores: 65x the old bound), an open gate's mask read as the ratio, not 1
+    (65x, on prompts the old monitor accepted at N = 1e4), and a fused move read at another
+    token's ratio (1.01x). The bound holds on every prompt, refused or not."""
+    program = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(program, CompilerConfig(ln_anchor=anchor, fusion_always=True),
+                             arch="gpt2")
+    if build is _fused_move_factor:
+        assert cm.layout["monitor"]["values"]["v"]["kind"] == "fused"
+    prompts = random_prompts(100, program.d, program.n, seed=0)
+    held(cm, program, prompts)
+    out = cm.run(prompts, check="ignore")
+    report = cm.contract(cm.residuals(prompts, check="ignore"))
+    assert np.isfinite(report.bound).all()
+    assert (np.abs(out.values - interpret(program, prompts).output()) <= report.bound).all()

@@ -81,10 +81,6 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
     config = config or CompilerConfig()
     if arch.reads_through_layernorm and config.ln_division_anchor is not None:
         config = replace(config, division_anchor=config.ln_division_anchor)
-    if arch.reads_through_layernorm and config.fusion:
-        # Not yet vouched for: a fused value's readers scale its reads by their LayerNorm's
-        # ratio but not its bias, which the monitor's |v| |ratio - 1| charge does not cover.
-        config = replace(config, fusion=False)
     share = loops == "share"
     low = lower(program, config, domain)
     link_iterations(low, share_rows=share)
