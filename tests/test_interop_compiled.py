@@ -100,10 +100,12 @@ def test_compiled_gpt2_in_hf_and_tlens(name, params, tmp_path):
         for v in reg["versions"]:
             if v["op"] is None or np.isnan(trace.after[v["op"]]).all():
                 continue  # an input, or a value defined at no token of these prompts
+            if not v["rows"]:
+                continue  # fused away (compiler/fusion.py): its readers compute it
             value = names.read(resid, v["label"]).numpy().reshape(trace.after[v["op"]].shape)
             assert rel(value, trace.after[v["op"]]) < tol, f"{name}: {v['label']}"
             checked += 1
-    assert checked >= 3
+    assert checked >= 2  # fused, gd_step keeps two op values in rows (the others fuse away)
 
 
 def test_paper_models_are_refused():
