@@ -99,3 +99,37 @@ def test_sgd_looped_and_unrolled(n):
     assert rel_err(a, ref) <= 1e-8 and rel_err(b, ref) <= 1e-8
     assert rel_err(a, b) <= 1e-10
     assert looped.layout["architecture"]["n_layers"] < unrolled.layout["architecture"]["n_layers"]
+
+
+def divided_scan(n: int = 3) -> Program:
+    """A p.scan (tests/test_properties.py's scan_recipes, one example it drew) whose body
+    is a move, a product and a division: iteration 0's first block clears what the pre-loop
+    step wrote, iteration 1's what iteration 0 wrote, the same rows reached in another order."""
+    p = Program("divided_scan", d=2, n=n)
+    M = np.array([[-0.5, -0.75], [-1.0, -0.5]])
+
+    def step(s, x, y):
+        return (0.25 * s - 0.125 * x[1] * s - 0.125 * y + M @ x) / (1.0 + x @ x)
+
+    scan = p.scan(init=np.array([0.125, 0.375]), step=step,
+                  predict=lambda s, x: s @ np.array([0.0, -0.625]) + s[0] * x[0], peel=True)
+    p.output(scan.prediction, roles=("x", "query"))
+    return p
+
+
+def test_iterations_clearing_the_same_rows_in_another_order_share():
+    """Issue 10 item 4: the iterations of divided_scan are identical as written; they once
+    compiled to different attn.W_V (the self-head's clears came in another order and split
+    into other heads) and loops='share' refused them. Now they share one body, and the shared
+    model equals the interpreter."""
+    program = divided_scan()
+    cm = compile_program(program, loops="share")
+    (loop,) = cm.layout["loops"]
+    assert loop["repeat"] == 2
+    order = cm.layout["architecture"]["block_order"]
+    body = loop["blocks"]
+    for start in loop["first_runs"]:
+        assert order[start:start + len(body)] == body
+    assert cm.layout["architecture"]["n_layers"] < len(order)  # the body is stored once
+    prompts = random_prompts(64, program.d, program.n, seed=3)
+    assert rel_err(cm.predict(prompts), interpret(program, prompts).output()) < 1e-8

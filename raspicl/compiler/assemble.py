@@ -29,6 +29,7 @@ from raspicl.compiler.gadgets.mlp import (
     product_units,
 )
 from raspicl.compiler.layout import Layout
+from raspicl.compiler.loops import describe_row_mismatch
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
@@ -110,14 +111,39 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
                 for name in ("anchor_pos", "anchor_neg"):
                     nxt.clear(fixed[name])
                 nxt.note("clear the anchors")
+    clears: dict[int, list[Value]] = {}
     for v in layout.values:
         for b in layout.liveness.cleared_by(v):
             if b < sched.n_blocks:
-                head = blocks[b].head(Here())
-                for r in v.rows:
-                    head.clear(r)
-                head.note(f"clear {v.label}")
+                clears.setdefault(b, []).append(v)
+    _align_loop_clears(clears, sched)
+    for b, values in clears.items():
+        head = blocks[b].head(Here())
+        for v in values:
+            for r in v.rows:
+                head.clear(r)
+            head.note(f"clear {v.label}")
     return blocks
+
+
+def _align_loop_clears(clears: dict[int, list[Value]], sched: Schedule) -> None:
+    """In a shared loop, a later iteration's block clears the same rows as iteration 0's but
+    may reach them in another order (values sorted by write slot: iteration 0 clears what
+    came before the loop, iteration k what iteration k - 1 wrote), which would split its
+    self-head into different heads. Reorder such a block's clears (stably) by where iteration
+    0's block clears each value's first row; a block whose clears already come in iteration
+    0's order is left as it is."""
+    for loop in sched.loops:
+        for start in loop.starts[1:]:
+            for j in range(loop.length):
+                a, b = loop.starts[0] + j, start + j
+                ref = [r for v in clears.get(a, []) for r in v.rows]
+                if b not in clears or [r for v in clears[b] for r in v.rows] == ref:
+                    continue
+                pos: dict[int, int] = {}
+                for i, r in enumerate(ref):
+                    pos.setdefault(r, i)
+                clears[b].sort(key=lambda v: pos.get(v.rows[0], len(ref)))
 
 
 def _anchors(block: BlockSpec, divisor: Value, fixed: dict[str, int],
@@ -378,7 +404,7 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
     runs = [_block_tensors(b, rows, D, n_heads, d_head, d_mlp, fmt.n_tokens, config,
                            levels[2 * r:2 * r + 3] if levels else None)
             for r, b in enumerate(blocks)]
-    stored, order = _share(runs, sched)
+    stored, order = _share(runs, sched, layout)
     for run, index in enumerate(order):  # feasibility gives a shared block's runs one eps
         if blocks[run].ln_eps != blocks[stored[index]].ln_eps:
             raise AssertionError(f"run {run} needs LayerNorm eps {blocks[run].ln_eps}, the "
@@ -493,9 +519,17 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     }
 
 
-def _share(runs: list[dict[str, np.ndarray]], sched: Schedule) -> tuple[list[int], list[int]]:
+# the axis of each block tensor that runs over the residual stream's rows (mlp.b_in has none)
+_ROW_AXIS = {"attn.W_Q": 1, "attn.W_K": 1, "attn.W_V": 1, "attn.W_O": 2, "attn.b_O": 0,
+             "mlp.W_in": 0, "mlp.W_out": 1, "mlp.b_out": 0}
+
+
+def _share(runs: list[dict[str, np.ndarray]], sched: Schedule,
+           layout: Layout) -> tuple[list[int], list[int]]:
     """The blocks to store and, per run, which stored block it is. Runs of a shared loop's
-    later iterations map to the first iteration's blocks, after checking they are equal."""
+    later iterations map to the first iteration's blocks, after checking they are equal; if
+    they are not, the CompileError names the registers in the rows that differ
+    (loops.describe_row_mismatch)."""
     twin: dict[int, int] = {}
     for loop in sched.loops:
         for k, start in enumerate(loop.starts[1:], 1):
@@ -503,9 +537,11 @@ def _share(runs: list[dict[str, np.ndarray]], sched: Schedule) -> tuple[list[int
                 a, b = loop.starts[0] + j, start + j
                 for name, arr in runs[a].items():
                     if not np.array_equal(arr, runs[b][name]):
+                        detail = describe_row_mismatch(layout, (a, b), k,
+                                                       _differing_rows(arr, runs[b][name], name))
                         raise CompileError(
                             f"loop iteration {k} compiles to different weights than iteration "
-                            f"0 (block {j} of the body, {name}); compile it unrolled")
+                            f"0 (block {j} of the body, {name}){detail}; compile it unrolled")
                 twin[b] = a
     stored: list[int] = []
     index: dict[int, int] = {}
@@ -518,3 +554,12 @@ def _share(runs: list[dict[str, np.ndarray]], sched: Schedule) -> tuple[list[int
             stored.append(b)
             order.append(index[b])
     return stored, order
+
+
+def _differing_rows(a: np.ndarray, b: np.ndarray, name: str) -> list[int]:
+    """The residual rows on which two runs' tensor `name` differ ([] for mlp.b_in)."""
+    axis = _ROW_AXIS.get(name)
+    if axis is None:
+        return []
+    other = tuple(i for i in range(a.ndim) if i != axis)
+    return [int(r) for r in np.flatnonzero(np.any(a != b, axis=other))]

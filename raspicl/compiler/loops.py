@@ -13,7 +13,8 @@ to the same blocks over the same rows:
   clear them); the clears that iteration k + 1 inherits from iteration k are also given to
   iteration 0 (on rows that are still zero then: `wraparound_clears`), as are the anchor
   clears after a division;
-- assemble checks that the blocks are identical and keeps one copy (a looped transformer).
+- assemble checks that the blocks are identical and keeps one copy (a looped transformer);
+  where they are not, `describe_row_mismatch` names the registers in the rows that differ.
 
 Fields set: `link_iterations` sets `Value.template`, `Value.replaces` (with share_rows) and
 unifies `Value.bound` across twins; `defer_clears` and `wraparound_clears` set no field (they
@@ -22,10 +23,16 @@ update and return liveness's clear slots).
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
 from raspicl.compiler.lower import Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
-from raspicl.slots import attn_slot
+from raspicl.slots import attn_slot, mlp_slot
+
+if TYPE_CHECKING:
+    from raspicl.compiler.layout import Layout
 
 
 def link_iterations(low: Lowered, share_rows: bool = True) -> None:
@@ -138,3 +145,64 @@ def wraparound_clears(low: Lowered, sched: Schedule,
                     and clears[v] == boundary:
                 extra.setdefault(loop.starts[0], []).append(v)
     return extra
+
+
+def describe_row_mismatch(layout: Layout, runs: tuple[int, int], k: int, rows: list[int]) -> str:
+    """': ...' naming, for two runs of one body block (iteration 0's and iteration k's), the
+    registers that occupy the residual rows where their weights differ: one whose rows are not
+    the same in both, or that only one of them holds there, with its op and source line. ''
+    when the differing tensor has no residual axis (mlp.b_in)."""
+    if not rows:
+        return ""
+    held = [_held(layout, run, set(rows)) for run in runs]
+    parts = []
+    for key in sorted(set(held[0]) | set(held[1])):
+        v0, v1 = held[0].get(key), held[1].get(key)
+        if v0 is not None and v1 is not None:
+            if v0.rows != v1.rows:
+                parts.append(f"{_name(v0)} is carried in rows {_span(v0.rows)} in iteration 0 "
+                             f"but {_name(v1)} in rows {_span(v1.rows)} in iteration {k}"
+                             if v0.label != v1.label else
+                             f"{_name(v0)} is carried in rows {_span(v0.rows)} in iteration 0 "
+                             f"but rows {_span(v1.rows)} in iteration {k}")
+        else:
+            v, it = (v0, 0) if v0 is not None else (v1, k)
+            parts.append(f"rows {_span(v.rows)} hold {_name(v)} only in iteration {it}")
+    if not parts:
+        same = ", ".join(f"{_name(v)} in rows {_span(v.rows)}" for v in held[0].values())
+        parts.append(f"both iterations hold {same} there, handled in a different order")
+    return f" in rows {_span(rows)}: " + "; ".join(parts)
+
+
+def _held(layout: Layout, run: int, rows: set[int]) -> dict[str, Value]:
+    """register (label without its version) -> the latest-written value holding any of `rows`
+    while block `run` runs."""
+    out: dict[str, Value] = {}
+    for v in layout.values:
+        c = layout.liveness.clear_slot(v)
+        if v.write_slot > mlp_slot(run) or (c is not None and c < attn_slot(run)):
+            continue
+        if rows & set(v.rows):
+            key = re.sub(r"@\d+", "", v.label)
+            if key not in out or out[key].write_slot < v.write_slot:
+                out[key] = v
+    return out
+
+
+def _name(v: Value) -> str:
+    """"'w@2' (op 12, rls.py:40)", or "'tmp:...' (an attention temporary)"."""
+    if v.op is None:
+        return f"'{v.label}' (an {'attention temporary' if v.kind == 'temp' else v.kind})"
+    return f"'{v.label}' (op {v.op.index}, {v.op.source})"
+
+
+def _span(rows: list[int]) -> str:
+    """'18-23' for consecutive rows, '12-13, 21-22' for runs of them."""
+    out, start = [], None
+    for i, r in enumerate(rows):
+        if start is None:
+            start = r
+        if i + 1 == len(rows) or rows[i + 1] != r + 1:
+            out.append(f"{start}" if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
