@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 from raspicl import Offset, Program, ProgramError, Read, interpret, random_prompts
 from raspicl.compiler import compile_program
+from raspicl.errors import CompileError
 from raspicl.export import load, save
 from raspicl.registry import find_program
 from raspicl.verify import rel_err
@@ -133,3 +136,25 @@ def test_iterations_clearing_the_same_rows_in_another_order_share():
     assert cm.layout["architecture"]["n_layers"] < len(order)  # the body is stored once
     prompts = random_prompts(64, program.d, program.n, seed=3)
     assert rel_err(cm.predict(prompts), interpret(program, prompts).output()) < 1e-8
+
+
+def test_iterations_that_differ_name_the_registers_ops_and_rows(monkeypatch):
+    """Issue 10 item 4: when the iterations do not compile to the same weights, the
+    CompileError names the residual rows that differ and the registers (with op index and
+    source line) that occupy them in each iteration. divided_scan, with the clears left in
+    the order of their write slots (as before _align_loop_clears): iteration 1's first block
+    clears scan_num0@2 (rows 21-22) where iteration 0's clears the temporary of scan_q1@1."""
+    assemble = importlib.import_module("raspicl.compiler.assemble")
+    monkeypatch.setattr(assemble, "_align_loop_clears", lambda clears, sched: None)
+    program = divided_scan()
+    src = {op.index: op.source for op in program.ops}
+    with pytest.raises(CompileError) as info:
+        compile_program(program, loops="share")
+    msg = str(info.value)
+    assert msg.startswith("loop iteration 1 compiles to different weights than iteration 0 "
+                          "(block 0 of the body, attn.W_V) in rows 13, 21-22: ")
+    assert f"rows 21-22 hold 'scan_num0@2' (op 5, {src[5]}) only in iteration 1" \
+        in msg
+    assert f"iteration 0 holds 'scan_q1@1' (op 3, {src[3]}) in rows 12-13" in msg
+    assert f"iteration 1 holds 'scan_q1@2' (op 6, {src[6]}) in rows 12-13" in msg
+    assert msg.endswith("; compile it unrolled")

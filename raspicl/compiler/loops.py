@@ -169,9 +169,12 @@ def describe_row_mismatch(layout: Layout, runs: tuple[int, int], k: int, rows: l
             v, it = (v0, 0) if v0 is not None else (v1, k)
             parts.append(f"rows {_span(v.rows)} hold {_name(v)} only in iteration {it}")
     if not parts:
-        same = ", ".join(f"{_name(v)} in rows {_span(v.rows)}" for v in held[0].values())
-        parts.append(f"both iterations hold {same} there, handled in a different order")
-    return f" in rows {_span(rows)}: " + "; ".join(parts)
+        parts.append("the same registers in the same rows, handled in a different order")
+    holds = [", ".join(f"{_name(v)} in rows {_span(v.rows)}"
+                       for v in sorted(h.values(), key=lambda v: v.rows)) or "nothing"
+             for h in held]
+    return (f" in rows {_span(rows)}: " + "; ".join(parts)
+            + f" (there iteration 0 holds {holds[0]}; iteration {k} holds {holds[1]})")
 
 
 def _held(layout: Layout, run: int, rows: set[int]) -> dict[str, Value]:
