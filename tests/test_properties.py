@@ -963,12 +963,13 @@ def test_random_scans_compile_and_agree(r: dict, seed: int):
     if r["loops"] == "share":
         try:
             cm = compile_program(program, loops="share")
-        except CompileError as exc:  # issue 10 item 4: carried state in different rows per
-            # iteration (a refusal, never a wrong model); counted, and the program is checked
-            # unrolled instead
+        except CompileError as exc:  # issue 10 item 4: iterations that compile to different
+            # weights (a refusal naming the registers and rows that differ, never a wrong
+            # model); counted, and the program is checked unrolled instead
             assert "compiles to different weights" in str(exc), str(exc)
+            assert " in rows " in str(exc), str(exc)
             COUNTS["scans refused shared"] += 1
-            event("loops=share refused (carried rows differ)")
+            event("loops=share refused (iterations differ)")
             cm = compile_program(program)
         prompts = make_prompts(PROMPTS, program.d, program.n, seed)
         worst = rel_err(cm.predict(prompts, check="ignore"), interpret(program, prompts).output())
