@@ -9,6 +9,10 @@ import pytest
 
 from raspicl import Offset, Program, ProgramError, Read, interpret, random_prompts
 from raspicl.compiler import compile_program
+from raspicl.compiler.ir import Value
+from raspicl.compiler.layout import Layout
+from raspicl.compiler.liveness import Liveness
+from raspicl.compiler.loops import describe_row_mismatch
 from raspicl.errors import CompileError
 from raspicl.export import load, save
 from raspicl.registry import find_program
@@ -158,3 +162,20 @@ def test_iterations_that_differ_name_the_registers_ops_and_rows(monkeypatch):
     assert f"iteration 0 holds 'scan_q1@1' (op 3, {src[3]}) in rows 12-13" in msg
     assert f"iteration 1 holds 'scan_q1@2' (op 6, {src[6]}) in rows 12-13" in msg
     assert msg.endswith("; compile it unrolled")
+
+
+def test_mismatch_names_a_register_carried_in_other_rows():
+    """describe_row_mismatch on a hand-made layout: the loop state scan_state sits in rows
+    23-24 while iteration 0's block 1 runs (run 3) but in rows 25-26 while iteration 1's runs
+    (run 6); the message names both versions, their ops and source lines, and the rows."""
+    program = divided_scan()
+    op4, op7 = program.ops[4], program.ops[7]
+    assert (op4.dst.name, op7.dst.name) == ("scan_state", "scan_state")
+    v0 = Value("scan_state", 1, 2, "op", op=op4, write_slot=5, rows=[23, 24], versioned=True)
+    v1 = Value("scan_state", 2, 2, "op", op=op7, write_slot=11, rows=[25, 26], versioned=True)
+    layout = Layout(27, {}, [v0, v1], [], Liveness({v0: 10, v1: None}))  # v0 cleared at run 5
+    msg = describe_row_mismatch(layout, (3, 6), 1, [23, 24, 25, 26])
+    assert msg.startswith(
+        f" in rows 23-26: 'scan_state@1' (op 4, {op4.source}) is carried in rows 23-24 in "
+        f"iteration 0 but 'scan_state@2' (op 7, {op7.source}) in rows 25-26 in iteration 1")
+    assert describe_row_mismatch(layout, (3, 6), 1, []) == ""  # mlp.b_in: no residual rows
