@@ -24,6 +24,8 @@ import torch
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
+from raspicl.interpret import value_at
+from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
@@ -242,8 +244,8 @@ class CompiledModel:
         reads = []
         for r in rec["reads"]:
             val = mon["values"][r["value"]]
-            reads.append(_at_place(residuals[val["written_after"]][:, :, val["rows"]],
-                                   r["place"], roles))
+            reads.append(value_at(residuals[val["written_after"]][:, :, val["rows"]],
+                                  place_from_record(r["place"]), roles, np.nan))
         B, T = residuals[0].shape[:2]
         out = np.broadcast_to(np.asarray(rec["bias"], dtype=np.float64),
                               (B, T, len(rec["bias"]))).copy()
@@ -292,29 +294,3 @@ def _report(findings: list[Finding], batch: int, check: str, stacklevel: int) ->
     if more:
         warnings.warn(f"... and {more} more findings ({refused} of {batch} prompts refused)",
                       DomainWarning, stacklevel=stacklevel)
-
-
-def _at_place(val: np.ndarray, place: dict, roles: list[str]) -> np.ndarray:
-    """val [B, T, w] as read at a monitor record's place (NaN where it is undefined)."""
-    kind = place["kind"]
-    if kind == "here":
-        return val
-    T = val.shape[1]
-    out = np.full(val.shape, np.nan)
-    if kind == "offset":
-        k = int(place["k"])
-        if k < T:
-            out[:, k:] = val[:, :T - k]
-    elif kind == "at":
-        i = int(place["index"])
-        if i < T:
-            out[:, i:] = val[:, i:i + 1]
-    elif kind == "mean":
-        sel = np.array([r == place["role"] for r in roles], dtype=np.float64)
-        count = np.cumsum(sel)
-        total = np.cumsum(val * sel[None, :, None], axis=1)
-        ok = count > 0
-        out[:, ok] = total[:, ok] / count[ok][None, :, None]
-    else:
-        raise ValueError(f"unknown place {place!r}")
-    return out

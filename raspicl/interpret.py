@@ -23,7 +23,7 @@ import numpy as np
 
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
-from raspicl.lang.reads import At, Here, Mean, Offset, Read
+from raspicl.lang.reads import At, Here, Mean, Offset, Where
 from raspicl.prompts import Prompts, check_tokens
 
 _OBJECT = np.dtype(object)
@@ -111,7 +111,7 @@ def stream_ops(program: Program, tokens: np.ndarray,
     roles = np.array(program.format.roles())
     live_after = _live_after(program.ops) if drop_dead else None
     for k, op in enumerate(program.ops):
-        values = [_place(state[r.register.name], r, roles, nan) for r in op.reads]
+        values = [value_at(state[r.register.name], r.at, roles, nan) for r in op.reads]
         if op.mask is not None:  # select
             out = np.where(op.mask[None, :, None], values[0], values[1])
         else:
@@ -182,9 +182,9 @@ def _cast(values: np.ndarray, dtype) -> np.ndarray:
     return out
 
 
-def _place(value: np.ndarray, read: Read, roles: np.ndarray, nan) -> np.ndarray:
-    """The register's value as read at each token: [B, T, width], NaN where undefined."""
-    at = read.at
+def value_at(value: np.ndarray, at: Where, roles, nan) -> np.ndarray:
+    """A value [B, T, width] as read at place `at` from each token: NaN (`nan`) where the
+    place is undefined. roles: each token's role, for Mean."""
     T = value.shape[1]
     if isinstance(at, Here):
         return value

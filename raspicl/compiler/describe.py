@@ -17,7 +17,7 @@ from raspicl.compiler.gadgets.attention import HeadSpec, place_key
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
-from raspicl.lang.reads import At, Here, Mean, Offset, Where
+from raspicl.lang.reads import Here, place_record
 from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
 from raspicl.model import ModelConfig
 from raspicl.monitor import Instruction, Read, instruction_record
@@ -161,7 +161,7 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
             op=ins.op.index, kind=ins.op.kind, dst=ins.dst.label, source=str(ins.op.source),
             run=ins.block, stage=ins.stage,
             defined=[int(t) for t in range(T) if defined[t]],
-            reads=[Read(v.label, _place(at),
+            reads=[Read(v.label, place_record(at),
                         tuple(ins.temps[i].rows) if i in ins.temps else (),
                         landing(ins.temps[i].rows, 2 * ins.block) if i in ins.temps else None)
                    for i, (v, at) in enumerate(ins.reads)],
@@ -181,19 +181,6 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
                else None for b in range(len(first_run))]
     return {"tolerance": config.contract_tolerance, "values": values,
             "instructions": instructions, "anchors": anchors, "output": low.output.label}
-
-
-def _place(at: Where) -> dict:
-    """A read's place as JSON."""
-    if isinstance(at, Here):
-        return {"kind": "here"}
-    if isinstance(at, Offset):
-        return {"kind": "offset", "k": at.k}
-    if isinstance(at, At):
-        return {"kind": "at", "index": at.index}
-    if isinstance(at, Mean):
-        return {"kind": "mean", "role": at.role}
-    raise TypeError(f"unknown place {at!r}")
 
 
 def _temporary(ins, i: int, t, order: list[int], slot_name, live) -> dict:
@@ -284,7 +271,7 @@ def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig
         heads.append({
             "head": h,
             "place": head.place.describe(),
-            "where": _place(head.place),
+            "where": place_record(head.place),
             "reads": [names[r] for r in head.columns],
             "writes": [{"from": names[head.columns[c]], "to": names[r],
                         "from_row": head.columns[c], "to_row": r, "coef": coef}

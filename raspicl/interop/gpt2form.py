@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from raspicl.arch import GPT2_ACT_FNS as ACT_FNS  # HF's names: erf GeLU, tanh GeLU
 from raspicl.errors import RaspiclError
-
-ACT_FNS = ("gelu", "gelu_new")  # HF's names: erf GeLU, tanh GeLU
+from raspicl.schema import expected_shapes
 
 
 @dataclass(frozen=True)
@@ -90,39 +90,9 @@ class GPT2FormConfig:
         return cls(**{n: data[n] for n in names if n in data})
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor of the state dict with its shape, in a fixed order."""
-        d, nh, dh = self.d_model, self.n_heads, self.d_head
-        out: dict[str, tuple[int, ...]] = {
-            "embed.W_E": (self.d_token, d),
-            "pos_embed.W_pos": (self.n_ctx, d),
-        }
-        for layer in range(self.n_layers):
-            p = f"blocks.{layer}."
-            out.update({p + "ln1.w": (d,), p + "ln1.b": (d,)})
-            for m in "QKV":
-                out[p + f"attn.W_{m}"] = (nh, d, dh)
-                out[p + f"attn.b_{m}"] = (nh, dh)
-            out.update(
-                {
-                    p + "attn.W_O": (nh, dh, d),
-                    p + "attn.b_O": (d,),
-                    p + "ln2.w": (d,),
-                    p + "ln2.b": (d,),
-                    p + "mlp.W_in": (d, self.d_mlp),
-                    p + "mlp.b_in": (self.d_mlp,),
-                    p + "mlp.W_out": (self.d_mlp, d),
-                    p + "mlp.b_out": (d,),
-                }
-            )
-        out.update(
-            {
-                "ln_final.w": (d,),
-                "ln_final.b": (d,),
-                "unembed.W_U": (d, self.d_out),
-                "unembed.b_U": (self.d_out,),
-            }
-        )
-        return out
+        """Every tensor of the state dict with its shape: the gpt2 target's tensors
+        (raspicl.schema.tensors_of('gpt2'), the names and shapes a compiled model stores)."""
+        return expected_shapes(self.to_dict(), "gpt2")
 
 
 @dataclass

@@ -57,6 +57,33 @@ class Mean:
 Where = Here | Offset | At | Mean
 
 
+def place_record(at: Where) -> dict:
+    """A place as layout.json writes it ({"kind": "here" | "offset" | "at" | "mean", ...})."""
+    if isinstance(at, Here):
+        return {"kind": "here"}
+    if isinstance(at, Offset):
+        return {"kind": "offset", "k": at.k}
+    if isinstance(at, At):
+        return {"kind": "at", "index": at.index}
+    if isinstance(at, Mean):
+        return {"kind": "mean", "role": at.role}
+    raise TypeError(f"unknown place {at!r}")
+
+
+def place_from_record(rec: dict) -> Where:
+    """The place a layout record names: the inverse of place_record."""
+    kind = rec["kind"]
+    if kind == "here":
+        return Here()
+    if kind == "offset":
+        return Offset(int(rec["k"]))
+    if kind == "at":
+        return At(int(rec["index"]))
+    if kind == "mean":
+        return Mean(str(rec["role"]))
+    raise ValueError(f"unknown place {rec!r}")
+
+
 @dataclass(frozen=True)
 class Read(Arithmetic):
     """A register read at a place."""
