@@ -41,6 +41,7 @@ from raspicl.icl.trained import (
     save_model,
 )
 from raspicl.prompts import Prompts
+from raspicl.tensorfile import read_tensors
 
 OPTIMIZER = "optimizer.safetensors"
 LOG = "train_log.jsonl"
@@ -405,8 +406,6 @@ def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
                      cfg: TrainConfig):
     """Model, optimizer, step and log of the checkpoint in `out`, checked against the run's
     configuration (only TrainConfig.RESUMABLE fields may differ)."""
-    from safetensors import SafetensorError, safe_open
-
     config = read_config(out)
     saved_model = ModelConfig.from_dict(config["model"])
     if saved_model != model_config:
@@ -432,14 +431,8 @@ def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
     model, _ = load_model(out, cfg.device)
     opt = make_optimizer(model, cfg)
     path = out / OPTIMIZER
-    if not path.is_file():
-        raise LoadError(f"{path}: no such file (the checkpoint cannot be resumed)")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta_step = (f.metadata() or {}).get("step")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoadError(f"{path}: not a readable safetensors file: {exc}") from exc
+    tensors, metadata = read_tensors(path, "the checkpoint cannot be resumed")
+    meta_step = metadata.get("step")
     if meta_step != str(step):
         raise LoadError(f"{path}: holds the optimizer of step {meta_step}, config.json is at "
                         f"step {step}")

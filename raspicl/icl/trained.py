@@ -38,6 +38,7 @@ from torch import nn
 from raspicl.errors import LoadError, RaspiclError
 from raspicl.icl.tasks import RegressionTask
 from raspicl.prompts import Prompts
+from raspicl.tensorfile import read_tensors
 
 FORMAT = "raspicl.icl.trained/1"
 WEIGHTS = "model.safetensors"
@@ -315,19 +316,11 @@ def read_config(path: str | Path) -> dict:
 def load_model(path: str | Path, device: str = "cpu") -> tuple[ICLTransformer, dict]:
     """The model in a directory written by save_model (or training) and the rest of its
     config.json. LoadError on a missing file, a bad config or tensors that do not match it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     config = read_config(path)
     cfg = ModelConfig.from_dict(config["model"])
     model = ICLTransformer(cfg)
     wpath = Path(path) / WEIGHTS
-    if not wpath.is_file():
-        raise LoadError(f"{wpath}: no such file")
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoadError(f"{wpath}: not a readable safetensors file: {exc}") from exc
+    state, _ = read_tensors(wpath)
     want = model.state_dict()
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or extra:

@@ -38,6 +38,7 @@ import torch
 
 from raspicl.errors import LoadError, RaspiclError
 from raspicl.interop.gpt2form import GPT2Form, GPT2FormConfig
+from raspicl.tensorfile import read_tensors, require
 
 HF_DIR = "hf"
 CONFIG = "config.json"
@@ -46,6 +47,8 @@ IO = "raspicl_io.safetensors"
 IO_FORMAT = "raspicl.interop.io/1"
 HF_FILES = (CONFIG, WEIGHTS, IO)  # everything DIR/hf holds
 IO_TENSORS = ("embed.W_E", "unembed.W_U", "unembed.b_U")
+# What a missing file of DIR/hf is reported as.
+NOT_AN_EXPORT = "not a raspicl HuggingFace export"
 DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32"}
 
 
@@ -166,19 +169,9 @@ def hf_dir(directory: str | Path) -> Path:
 
 def load_readout(directory: str | Path, dtype: torch.dtype | None = None) -> Readout:
     """raspicl_io.safetensors of DIR/hf (or of the hf directory itself)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = hf_dir(directory) / IO
-    if not path.is_file():
-        raise LoadError(f"{path}: no such file (not a raspicl HuggingFace export)")
-    try:
-        t = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoadError(f"{path}: not a readable safetensors file: {exc}") from exc
-    missing = [k for k in IO_TENSORS if k not in t]
-    if missing:
-        raise LoadError(f"{path}: missing tensor(s) {missing}")
+    t, _ = read_tensors(path, NOT_AN_EXPORT)
+    require(path, t, IO_TENSORS)
     cast = (lambda v: v.to(dtype)) if dtype is not None else (lambda v: v)
     return Readout(cast(t["embed.W_E"]), cast(t["unembed.W_U"]), cast(t["unembed.b_U"]))
 
@@ -208,16 +201,15 @@ def hf_predict(model, readout: Readout, tokens: torch.Tensor) -> torch.Tensor:
 def read_hf(directory: str | Path) -> GPT2Form:
     """The gpt2-form model back from DIR/hf, with safetensors and json only (no transformers):
     the inverse of export_hf, so that a round trip can be checked tensor by tensor."""
-    from safetensors.torch import load_file
-
     d = hf_dir(directory)
     try:
         config = json.loads((d / CONFIG).read_text())
         form_cfg = GPT2FormConfig.from_dict(config["raspicl"]["gpt2_form"])
     except (OSError, KeyError, TypeError, json.JSONDecodeError, RaspiclError) as exc:
         raise LoadError(f"{d / CONFIG}: not a raspicl HuggingFace export: {exc}") from exc
-    w = load_file(str(d / WEIGHTS))
-    io = load_file(str(d / IO))
+    w, _ = read_tensors(d / WEIGHTS, NOT_AN_EXPORT)
+    io, _ = read_tensors(d / IO, NOT_AN_EXPORT)
+    require(d / IO, io, IO_TENSORS)
     c = form_cfg
     dm, nh, dh = c.d_model, c.n_heads, c.d_head
 
