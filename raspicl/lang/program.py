@@ -81,6 +81,19 @@ class Output:
     source: SourceLocation
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A program's state at one point (Program._checkpoint)."""
+
+    registers: dict
+    constants: dict
+    n_ops: int
+    writes: dict
+    temps: int
+    loops: int
+    loop_scopes: dict
+
+
 class Program:
     """A learning algorithm over the residual stream: registers, ops and an output."""
 
@@ -230,6 +243,26 @@ class Program:
             object.__setattr__(self.ops[k], "index", k)
         self._writes.setdefault(op.dst.name, []).append(op)
         return op.dst
+
+    def _checkpoint(self) -> _Checkpoint:
+        """What `_rollback` restores: the program as it stands (a scan tries one form of
+        its plumbing and takes it back when the condition for it fails)."""
+        mark = next(self._temps)
+        self._temps = itertools.count(mark)
+        return _Checkpoint(dict(self.registers), dict(self.constants), len(self.ops),
+                           {k: list(v) for k, v in self._writes.items()}, mark, self._loops,
+                           dict(self._loop_scopes))
+
+    def _rollback(self, cp: _Checkpoint) -> None:
+        """Forget every register, constant and op made since `cp` (ops are only appended, or
+        inserted after the checkpoint's last op, so the ops before it are untouched)."""
+        self.registers = dict(cp.registers)
+        self.constants = dict(cp.constants)
+        del self.ops[cp.n_ops:]
+        self._writes = {k: list(v) for k, v in cp.writes.items()}
+        self._temps = itertools.count(cp.temps)
+        self._loops = cp.loops
+        self._loop_scopes = dict(cp.loop_scopes)
 
     def writes(self, reg: Register) -> int:
         """How many ops have written `reg` so far (an expression notes it for each read)."""
@@ -744,6 +777,9 @@ def _check_where(at, kind: str, dst: str, source: SourceLocation) -> None:
             raise fail(kind, dst, source,
                        f"Offset({at.k!r}) reads the future: a token can only read tokens at or "
                        f"before itself (k >= 0)")
+        if not isinstance(at.clamp, bool | np.bool_):
+            raise fail(kind, dst, source,
+                       f"Offset({at.k}, clamp={at.clamp!r}): clamp must be True or False")
         return
     if isinstance(at, At):
         if not isinstance(at.index, int | np.integer) or at.index < 0:

@@ -134,12 +134,15 @@ class TempScope:
 @dataclass
 class Scan:
     """What p.scan() made: the state before each x token (expressions), the prediction
-    register (None without predict) and x_i at y token i."""
+    register (None without predict), x_i at y token i, the state vars, and the form of the
+    plumbing: "clamped" (the start value is a fixed point at token 0, no select per example)
+    or "select" (the start value put at tokens 0 and 1 by a select in every iteration)."""
 
     before: State
     prediction: Register | None
     x: Register | None
     state: dict[str, Register]
+    form: str = "select"
 
 
 def _fresh(prog, name: str) -> str:
@@ -179,13 +182,54 @@ def run_scan(
                 f"{where}: init '{k}' must be numbers (a scan's start value is part of the weights)"
             )
         values[k] = arr.astype(np.float64)
-    x_prev = (
-        p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
-        if p.n >= 1
-        else None
-    )  # no example: nothing to move (and no token before the query)
+    args = (p, values, single, step, predict, name, where, prediction, peel)
+    if p.n >= 1:  # try the clamped form; take it back if its condition fails
+        mark = p._checkpoint()
+        scan = _lower(*args, clamped=True)
+        if scan is not None:
+            return scan
+        p._rollback(mark)
+    return _lower(*args, clamped=False)
+
+
+def _lower(
+    p,
+    values: dict[str, np.ndarray],
+    single: bool,
+    step: Callable,
+    predict: Callable | None,
+    name: str,
+    where: str,
+    prediction: str,
+    peel: bool,
+    clamped: bool,
+) -> Scan | None:
+    """The scan's ops in one form (module doc); None for the clamped form when the start
+    value is not a fixed point at token 0 (`_holds_start`), after which the caller takes the
+    ops back."""
+    if p.n == 0:  # no example: nothing to move (and no token before the query)
+        x_prev = None
+    elif clamped:  # x_i at y token i, 0 elsewhere: the step sees no example at token 0
+        x_read = p.mov(
+            _fresh(p, f"{name}_xread"),
+            Read(p.x, Offset(1, clamp=True)),
+            note="x_i at y token i (x_1 at token 0)",
+        )
+        x_prev = p.select(
+            _fresh(p, f"{name}_x"),
+            "y",
+            x_read,
+            p.const(_fresh(p, f"{name}_x0"), np.zeros(p.d)),
+            note="x_i at y token i, 0 elsewhere (no example at token 0: one gate, once)",
+        )
+    else:
+        x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
     x_e, y_e = as_expr(x_prev, p) if x_prev is not None else None, as_expr(p.y, p)
-    start = {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
+    start = (
+        {}
+        if clamped
+        else {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
+    )
     state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
     shapes = {k: v.shape for k, v in values.items()}
     scope = TempScope(name, hoist_at=len(p.ops), written={r.name for r in state.values()})
@@ -202,33 +246,55 @@ def run_scan(
         finally:
             p.temp_scope = None
 
+    def holds(carried: dict[str, Expr]) -> bool:
+        return not clamped or _holds_start(p, carried, values)
+
     carried = None
     if p.n >= 1 and peel:
         carried = run_step()
+        if not holds(carried):
+            return None
     elif p.n >= 1:
-        carried = _dry_run(p, scope, run_step)
+        carried, stepped = _dry_run(p, scope, run_step, holds)
+        if not (stepped and holds(carried)):
+            return None
     loops = p.n - 1 if peel else p.n
     if loops >= 1:
         for _ in p.loop(loops):
             scope.start("shift")
             p.temp_scope = scope
             try:
-                prev = {k: _bound(carried[k].at(Offset(2))) for k in state}
+                if clamped:
+                    _shift_clamped(p, state, carried)
+                else:
+                    prev = {k: _bound(carried[k].at(Offset(2))) for k in state}
             finally:
                 p.temp_scope = None
             for k, reg in state.items():
-                p.select(
-                    reg,
-                    [0, 1],
-                    start[k],
-                    prev[k],
-                    note=f"{k} after the example before (start value before the prompt)",
-                )
+                if not clamped:
+                    p.select(
+                        reg,
+                        [0, 1],
+                        start[k],
+                        prev[k],
+                        note=f"{k} after the example before (start value before the prompt)",
+                    )
             carried = run_step()
 
     def make_before(k: str) -> Expr:
         if carried is None:
             return as_expr(start[k], p)
+        if clamped:  # token 0 holds the start value: x_1 reads it there
+            shifted = carried[k].at(Offset(1, clamp=True))
+            read = shifted.single_read()
+            if read is not None:
+                return as_expr(read, p)
+            reg = p.let(
+                _fresh(p, f"{k}_before"),
+                shifted,
+                note=f"{k} before x token i (clamped: the start value at x_1, final at the query)",
+            )
+            return as_expr(reg, p)
         shifted = carried[k].at(Offset(1))
         read = shifted.single_read()
         src = read if read is not None else bind_temp(shifted, f"{k}_read")
@@ -250,21 +316,96 @@ def run_scan(
             as_expr(predict(s, as_expr(p.x, p)), p),
             note="prediction at x token i and the query",
         )
-    return Scan(before, pred, x_prev, state)
+    return Scan(before, pred, x_prev, state, "clamped" if clamped else "select")
 
 
-def _dry_run(p, scope: TempScope, run_step: Callable) -> dict[str, Expr]:
+def _shift_clamped(p, state: dict[str, Register], carried: dict[str, Expr]) -> None:
+    """Each state var := its carried form read at Offset(2, clamp=True), one op each, in an
+    order that writes no var another pending read still needs (a cycle binds one of them to
+    a register first, read at the current token)."""
+    pending = {k: carried[k].at(Offset(2, clamp=True)) for k in state}
+    while pending:
+        ready = [
+            k
+            for k in pending
+            if not any(state[k].name in e.registers() for j, e in pending.items() if j != k)
+        ]
+        if not ready:
+            k = next(iter(pending))
+            pending[k] = as_expr(bind_temp(pending[k], "prev"), p)
+            continue
+        k = ready[0]
+        p.let(
+            state[k],
+            pending.pop(k),
+            note=f"{k} after the example before (clamped read: token 0 holds the start value)",
+        )
+
+
+def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> bool:
+    """Whether every carried entry equals its start value at token 0, exactly and for every
+    prompt: the ops it depends on run on token 0 alone (reads are causal) in exact sympy
+    arithmetic (coefficients as the rationals they equal), with token 0's x symbolic, and
+    each entry minus its start value must simplify to 0 (a proof; anything else, NaN
+    included, is a no)."""
+    import sympy
+
+    from raspicl.interpret import expr_value, stream_ops
+
+    needed = set().union(*(e.registers() for e in carried.values()))
+    ops = []
+    for op in reversed(p.ops):  # only what the carried entries depend on
+        if op.dst.name in needed:
+            ops.append(op)
+            needed.discard(op.dst.name)
+            needed |= {r.name for r in op.registers_read}
+    tokens = np.empty((1, 1, p.d + 1), dtype=object)
+    tokens[0, 0, 0] = sympy.Integer(0)  # token 0 is x_1's: y is 0 there
+    tokens[0, 0, 1:] = sympy.symbols(f"x0:{p.d}")
+    state: dict[str, np.ndarray] = {}
+    for _ in stream_ops(p, tokens, state=state, ops=ops[::-1]):
+        pass
+    roles = np.array(p.format.roles()[:1])
+    for k, e in carried.items():
+        got = expr_value(e, state, roles, sympy.nan)[0, 0]
+        want = values[k].reshape(-1)
+        for g, w in zip(got, want, strict=True):
+            diff = sympy.sympify(g) - sympy.Rational(float(w))
+            if diff.has(sympy.nan) or not _is_zero(diff):
+                return False
+    return True
+
+
+def _is_zero(e) -> bool:
+    """e is identically 0 (sympy; a False here may be a zero sympy could not prove)."""
+    import sympy
+
+    if e == 0:
+        return True
+    e = sympy.expand(e)
+    if e == 0 or not e.free_symbols:
+        return bool(e == 0)
+    return bool(sympy.simplify(e) == 0)
+
+
+def _dry_run(
+    p, scope: TempScope, run_step: Callable, holds: Callable
+) -> tuple[dict[str, Expr], bool]:
     """Run the step once to learn the form of the carried state, then take back its ops
     (not the loop-invariant ones it hoisted): the first loop iteration must read that form
     at Offset(2) before its own step writes it. The step's registers stay, with initial
     value 0, so that first read is defined (its value is replaced by the start value at
-    tokens 0 and 1, and is not used elsewhere before it is overwritten)."""
+    tokens 0 and 1, and is not used elsewhere before it is overwritten; in the clamped form
+    the carried state must equal the start value at token 0 with them too). Returns the
+    carried form and `holds` of it while the step's ops were still there (the step run
+    from the start value)."""
     mark, hoisted = len(p.ops), len(scope.hoisted)
     scope.zero_init = True
     try:
         carried = run_step()
     finally:
         scope.zero_init = False
+    stepped = holds(carried)
     keep = mark + len(scope.hoisted) - hoisted
     for op in p.ops[keep:]:
         p._writes[op.dst.name].remove(op)
@@ -278,7 +419,7 @@ def _dry_run(p, scope: TempScope, run_step: Callable) -> dict[str, Expr]:
     for reg in list(scope.vars.values()) + list(scope.named.values()):
         if reg.name not in needed:
             p.constants.pop(reg.name, None)
-    return carried
+    return carried, stepped
 
 
 def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dict[str, Expr]:
