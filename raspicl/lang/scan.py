@@ -246,17 +246,14 @@ def _lower(
         finally:
             p.temp_scope = None
 
-    def holds(carried: dict[str, Expr]) -> bool:
-        return not clamped or _holds_start(p, carried, values)
-
     carried = None
     if p.n >= 1 and peel:
         carried = run_step()
-        if not holds(carried):
+        if clamped and not _holds_start(p, carried, values):
             return None
     elif p.n >= 1:
-        carried, stepped = _dry_run(p, scope, run_step, holds)
-        if not (stepped and holds(carried)):
+        carried = _dry_run(p, scope, run_step, values if clamped else None)
+        if carried is None:
             return None
     loops = p.n - 1 if peel else p.n
     if loops >= 1:
@@ -342,37 +339,49 @@ def _shift_clamped(p, state: dict[str, Register], carried: dict[str, Expr]) -> N
         )
 
 
-def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> bool:
-    """Whether every carried entry equals its start value at token 0, exactly and for every
-    prompt: the ops it depends on run on token 0 alone (reads are causal) in exact sympy
-    arithmetic (coefficients as the rationals they equal), with token 0's x symbolic, and
-    each entry minus its start value must simplify to 0 (a proof; anything else, NaN
-    included, is a no)."""
+def _token0(p, exprs: dict[str, Expr]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The exact values at token 0 of the expressions and of the registers they read, for
+    every prompt: the ops they depend on run on token 0 alone (reads are causal) in sympy
+    arithmetic (coefficients as the rationals they equal), with token 0's x symbolic (y is 0
+    at x_1's token)."""
     import sympy
 
     from raspicl.interpret import expr_value, stream_ops
 
-    needed = set().union(*(e.registers() for e in carried.values()))
-    ops = []
-    for op in reversed(p.ops):  # only what the carried entries depend on
+    reads = set().union(*(e.registers() for e in exprs.values()))
+    needed, ops = set(reads), []
+    for op in reversed(p.ops):  # only what the expressions depend on
         if op.dst.name in needed:
             ops.append(op)
             needed.discard(op.dst.name)
             needed |= {r.name for r in op.registers_read}
     tokens = np.empty((1, 1, p.d + 1), dtype=object)
-    tokens[0, 0, 0] = sympy.Integer(0)  # token 0 is x_1's: y is 0 there
+    tokens[0, 0, 0] = sympy.Integer(0)
     tokens[0, 0, 1:] = sympy.symbols(f"x0:{p.d}")
     state: dict[str, np.ndarray] = {}
     for _ in stream_ops(p, tokens, state=state, ops=ops[::-1]):
         pass
     roles = np.array(p.format.roles()[:1])
-    for k, e in carried.items():
-        got = expr_value(e, state, roles, sympy.nan)[0, 0]
-        want = values[k].reshape(-1)
-        for g, w in zip(got, want, strict=True):
-            diff = sympy.sympify(g) - sympy.Rational(float(w))
-            if diff.has(sympy.nan) or not _is_zero(diff):
-                return False
+    values = {k: expr_value(e, state, roles, sympy.nan)[0, 0] for k, e in exprs.items()}
+    return values, {name: state[name][0, 0] for name in reads}
+
+
+def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> bool:
+    """Whether every carried entry equals its start value at token 0, exactly and for every
+    prompt (`_token0`; each entry minus its start value must simplify to 0, a proof;
+    anything else, NaN included, is a no)."""
+    got, _ = _token0(p, carried)
+    return all(_equal(got[k], values[k]) for k in carried)
+
+
+def _equal(got: np.ndarray, want: np.ndarray) -> bool:
+    """Exact sympy values equal to float ones, entry by entry."""
+    import sympy
+
+    for g, w in zip(got.reshape(-1), np.asarray(want).reshape(-1), strict=True):
+        diff = sympy.sympify(g) - sympy.Rational(float(w))
+        if diff.has(sympy.nan) or not _is_zero(diff):
+            return False
     return True
 
 
@@ -389,23 +398,28 @@ def _is_zero(e) -> bool:
 
 
 def _dry_run(
-    p, scope: TempScope, run_step: Callable, holds: Callable
-) -> tuple[dict[str, Expr], bool]:
+    p, scope: TempScope, run_step: Callable, start: dict[str, np.ndarray] | None
+) -> dict[str, Expr] | None:
     """Run the step once to learn the form of the carried state, then take back its ops
     (not the loop-invariant ones it hoisted): the first loop iteration must read that form
-    at Offset(2) before its own step writes it. The step's registers stay, with initial
-    value 0, so that first read is defined (its value is replaced by the start value at
-    tokens 0 and 1, and is not used elsewhere before it is overwritten; in the clamped form
-    the carried state must equal the start value at token 0 with them too). Returns the
-    carried form and `holds` of it while the step's ops were still there (the step run
-    from the start value)."""
+    at Offset(2) before its own step writes it. The step's registers that the form reads
+    stay, with an initial value, so that first read is defined: 0 in the select form (the
+    select replaces what it reads at tokens 0 and 1, and nothing else uses it before it is
+    overwritten); in the clamped form (`start`, the start values) their exact values at
+    token 0 in the step run from the start value, so that the first iteration reads the
+    start value there. Returns None for the clamped form when the start value is not a
+    fixed point at token 0 or one of those values is not a float."""
     mark, hoisted = len(p.ops), len(scope.hoisted)
     scope.zero_init = True
     try:
         carried = run_step()
     finally:
         scope.zero_init = False
-    stepped = holds(carried)
+    at0 = None
+    if start is not None:
+        got, at0 = _token0(p, carried)
+        if not all(_equal(got[k], start[k]) for k in carried):
+            return None
     keep = mark + len(scope.hoisted) - hoisted
     for op in p.ops[keep:]:
         p._writes[op.dst.name].remove(op)
@@ -414,12 +428,32 @@ def _dry_run(
     del p.ops[keep:]
     for e in carried.values():
         e.versions = {name: p.writes(p.registers[name]) for name in e.versions}
-    # only what the first iteration reads at Offset(2) needs its initial 0
+    # only what the first iteration reads at Offset(2) needs its initial value
     needed = set().union(*(e.registers() for e in carried.values()))
     for reg in list(scope.vars.values()) + list(scope.named.values()):
         if reg.name not in needed:
             p.constants.pop(reg.name, None)
-    return carried, stepped
+        elif at0 is not None:
+            init = _as_floats(at0[reg.name])
+            if init is None:
+                return None
+            p.constants[reg.name] = init
+    if start is not None and not _holds_start(p, carried, start):
+        return None  # (implied by the two checks above; kept as the definition)
+    return carried
+
+
+def _as_floats(values: np.ndarray) -> np.ndarray | None:
+    """Exact sympy values as float64, None unless each is a float exactly."""
+    import sympy
+
+    out = []
+    for v in values.reshape(-1):
+        v = sympy.sympify(v)
+        if not v.is_Rational or sympy.Rational(float(v)) != v:
+            return None
+        out.append(float(v))
+    return np.array(out)
 
 
 def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dict[str, Expr]:
