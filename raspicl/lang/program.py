@@ -329,14 +329,18 @@ class Program:
         return e
 
     def scan(self, init: dict | object, step, predict=None, name: str = "scan",
-             prediction: str = "pred", peel: bool = False):
+             prediction: str = "pred", peel: bool = False, clamp: bool | None = None):
         """An online learner over the examples (see raspicl/lang/scan.py): the state after
         example i is step(state after i - 1, x_i, y_i), from `init`; predict(state, x), if
         given, is written at every token (the state before x token i, the final one at the
-        query). Returns a Scan with .before (the state, as expressions) and .prediction."""
+        query). Returns a Scan with .before (the state, as expressions), .prediction and
+        .form. clamp: None (default) reads the state clamped, with no select per example,
+        when the start value is a fixed point at token 0 (docs/language.md §9), True
+        requires that (a ProgramError otherwise), False keeps the selects."""
         from raspicl.lang.scan import run_scan
 
-        return run_scan(self, init, step, predict, name, caller_location(), prediction, peel)
+        return run_scan(self, init, step, predict, name, caller_location(), prediction, peel,
+                        clamp)
 
     # ------------------------------------------------------------------ the ops
 

@@ -72,8 +72,11 @@ def place_record(at: Where) -> dict:
         return {"kind": "here"}
     if isinstance(at, Offset):
         # "clamp" only where set, so a strict read's record is what it was before clamps
-        return {"kind": "offset", "k": at.k, "clamp": True} if at.clamp else {"kind": "offset",
-                                                                              "k": at.k}
+        return (
+            {"kind": "offset", "k": at.k, "clamp": True}
+            if at.clamp
+            else {"kind": "offset", "k": at.k}
+        )
     if isinstance(at, At):
         return {"kind": "at", "index": at.index}
     if isinstance(at, Mean):

@@ -145,6 +145,14 @@ class Scan:
     form: str = "select"
 
 
+class NotFixed(Exception):
+    """The clamped form's condition fails: what token 0 holds for one entry of the state."""
+
+    def __init__(self, entry: str, why: str):
+        super().__init__(f"'{entry}' {why}")
+        self.entry = entry
+
+
 def _fresh(prog, name: str) -> str:
     if name not in prog.registers:
         return name
@@ -163,9 +171,12 @@ def run_scan(
     source: SourceLocation,
     prediction: str = "pred",
     peel: bool = False,
+    clamp: bool | None = None,
 ) -> Scan:
     """Lower a scan to ordinary ops (see the module docstring)."""
     where = f"scan '{name}' at {source}"
+    if clamp not in (None, True, False):
+        raise ProgramError(f"{where}: clamp must be None (decide), True or False, got {clamp!r}")
     if p._loop is not None or p.temp_scope is not None:
         raise ProgramError(f"{where}: a scan cannot run inside a loop or another scan")
     single = not isinstance(init, Mapping)
@@ -183,12 +194,18 @@ def run_scan(
             )
         values[k] = arr.astype(np.float64)
     args = (p, values, single, step, predict, name, where, prediction, peel)
-    if p.n >= 1:  # try the clamped form; take it back if its condition fails
+    if p.n >= 1 and clamp is not False:  # try the clamped form; take it back if it fails
         mark = p._checkpoint()
-        scan = _lower(*args, clamped=True)
-        if scan is not None:
-            return scan
-        p._rollback(mark)
+        try:
+            return _lower(*args, clamped=True)
+        except NotFixed as exc:
+            p._rollback(mark)
+            if clamp:
+                raise ProgramError(
+                    f"{where}: clamp=True, but the start value is not a fixed point of the "
+                    f"step at token 0 (exactly, with no example there): {exc}; the scan "
+                    f"needs its selects (clamp=None chooses them)"
+                ) from None
     return _lower(*args, clamped=False)
 
 
@@ -203,9 +220,9 @@ def _lower(
     prediction: str,
     peel: bool,
     clamped: bool,
-) -> Scan | None:
-    """The scan's ops in one form (module doc); None for the clamped form when the start
-    value is not a fixed point at token 0 (`_holds_start`), after which the caller takes the
+) -> Scan:
+    """The scan's ops in one form (module doc). The clamped form raises NotFixed when the
+    start value is not a fixed point at token 0 (`_holds_start`); the caller then takes its
     ops back."""
     if p.n == 0:  # no example: nothing to move (and no token before the query)
         x_prev = None
@@ -225,11 +242,7 @@ def _lower(
     else:
         x_prev = p.mov(_fresh(p, f"{name}_x"), Read(p.x, Offset(1)), note="x_i, at y token i")
     x_e, y_e = as_expr(x_prev, p) if x_prev is not None else None, as_expr(p.y, p)
-    start = (
-        {}
-        if clamped
-        else {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
-    )
+    start = {} if clamped else {k: p.const(_fresh(p, f"{name}_{k}0"), v) for k, v in values.items()}
     state = {k: p.var(_fresh(p, f"{name}_{k}"), v.shape, init=v) for k, v in values.items()}
     shapes = {k: v.shape for k, v in values.items()}
     scope = TempScope(name, hoist_at=len(p.ops), written={r.name for r in state.values()})
@@ -242,19 +255,17 @@ def _lower(
             out = step(s["state"] if single else State(s), x_e, y_e)
             new = _as_state(p, out, single, shapes, where)
             scope.start("carry")
-            return {k: _carry(e) for k, e in new.items()}
+            return {k: _carry(e, clamped) for k, e in new.items()}
         finally:
             p.temp_scope = None
 
     carried = None
     if p.n >= 1 and peel:
         carried = run_step()
-        if clamped and not _holds_start(p, carried, values):
-            return None
+        if clamped:
+            _holds_start(p, carried, values)
     elif p.n >= 1:
         carried = _dry_run(p, scope, run_step, values if clamped else None)
-        if carried is None:
-            return None
     loops = p.n - 1 if peel else p.n
     if loops >= 1:
         for _ in p.loop(loops):
@@ -366,12 +377,20 @@ def _token0(p, exprs: dict[str, Expr]) -> tuple[dict[str, np.ndarray], dict[str,
     return values, {name: state[name][0, 0] for name in reads}
 
 
-def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> bool:
-    """Whether every carried entry equals its start value at token 0, exactly and for every
-    prompt (`_token0`; each entry minus its start value must simplify to 0, a proof;
-    anything else, NaN included, is a no)."""
+def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> None:
+    """Raise NotFixed unless every carried entry equals its start value at token 0, exactly
+    and for every prompt (`_token0`; each entry minus its start value must simplify to 0, a
+    proof; anything else, NaN included, is a no)."""
     got, _ = _token0(p, carried)
-    return all(_equal(got[k], values[k]) for k in carried)
+    for k in carried:
+        if not _equal(got[k], values[k]):
+            raise NotFixed(k, f"is {_show(got[k])} at token 0, its start value {_show(values[k])}")
+
+
+def _show(values) -> str:
+    flat = [str(v) for v in np.asarray(values).reshape(-1)]
+    text = ", ".join(flat[:4]) + (", ..." if len(flat) > 4 else "")
+    return f"[{text}]" if len(flat) > 1 else text
 
 
 def _equal(got: np.ndarray, want: np.ndarray) -> bool:
@@ -399,7 +418,7 @@ def _is_zero(e) -> bool:
 
 def _dry_run(
     p, scope: TempScope, run_step: Callable, start: dict[str, np.ndarray] | None
-) -> dict[str, Expr] | None:
+) -> dict[str, Expr]:
     """Run the step once to learn the form of the carried state, then take back its ops
     (not the loop-invariant ones it hoisted): the first loop iteration must read that form
     at Offset(2) before its own step writes it. The step's registers that the form reads
@@ -407,7 +426,7 @@ def _dry_run(
     select replaces what it reads at tokens 0 and 1, and nothing else uses it before it is
     overwritten); in the clamped form (`start`, the start values) their exact values at
     token 0 in the step run from the start value, so that the first iteration reads the
-    start value there. Returns None for the clamped form when the start value is not a
+    start value there. Raises NotFixed, for the clamped form, when the start value is not a
     fixed point at token 0 or one of those values is not a float."""
     mark, hoisted = len(p.ops), len(scope.hoisted)
     scope.zero_init = True
@@ -417,9 +436,8 @@ def _dry_run(
         scope.zero_init = False
     at0 = None
     if start is not None:
-        got, at0 = _token0(p, carried)
-        if not all(_equal(got[k], start[k]) for k in carried):
-            return None
+        _holds_start(p, carried, start)
+        _, at0 = _token0(p, carried)
     keep = mark + len(scope.hoisted) - hoisted
     for op in p.ops[keep:]:
         p._writes[op.dst.name].remove(op)
@@ -436,10 +454,14 @@ def _dry_run(
         elif at0 is not None:
             init = _as_floats(at0[reg.name])
             if init is None:
-                return None
+                raise NotFixed(
+                    reg.name,
+                    f"(a step register) is {_show(at0[reg.name])} at "
+                    "token 0, not a float (the first read needs it)",
+                )
             p.constants[reg.name] = init
-    if start is not None and not _holds_start(p, carried, start):
-        return None  # (implied by the two checks above; kept as the definition)
+    if start is not None:  # (implied by the checks above; kept as the definition)
+        _holds_start(p, carried, start)
     return carried
 
 
@@ -484,10 +506,15 @@ def _as_state(p, out, single: bool, shapes: dict[str, tuple], where: str) -> dic
     return new
 
 
-def _carry(e: Expr) -> Expr:
+def _carry(e: Expr, clamped: bool) -> Expr:
     """e with its product terms bound to a register and its linear part kept, so the next
-    read can apply the linear part. Reads that cannot be shifted bind the whole of e."""
-    if any(not isinstance(r.at, Here | Offset) for r in e.lin):
+    read can apply the linear part. Reads that cannot be shifted (by a clamped offset in the
+    clamped form, a strict one otherwise: reads.compose) bind the whole of e."""
+
+    def shiftable(at) -> bool:
+        return isinstance(at, Here) or (isinstance(at, Offset) and (clamped or not at.clamp))
+
+    if any(not shiftable(r.at) for r in e.lin):
         return as_expr(bind_temp(e, "s"), e.program)
     if not e.prod:
         return e
