@@ -13,15 +13,26 @@ state after all n. What is generated (the plumbing every online learner repeated
   example i. The chain over the y tokens is a loop: y token i's step reads the state of y token
   i - 1 at Offset(2), and after k iterations the state is exact at y tokens 1..k.
 - The chain is a `p.loop(n)` (the compiler may share its blocks): each iteration reads the
-  state of the y token before (Offset(2)), puts the start value at tokens 0 and 1 (a select),
-  and runs the step. With `peel=True` the first step runs before the loop from the start
-  value at every token (a var's initial value) and the loop has n - 1 iterations: one read
-  and gate fewer when compiled unrolled, one step more to store when the loop is shared.
+  state of the y token before (Offset(2)), with the start value before the first example, and
+  runs the step. With `peel=True` the first step runs before the loop from the start value at
+  every token (a var's initial value) and the loop has n - 1 iterations: one read (and, in the
+  select form, gate) fewer when compiled unrolled, one step more to store when shared.
 - The new state is carried in *unfinished* form: its product terms are bound to registers, its
   linear part is not, and the next iteration applies that linear part inside the attention read
   that fetches it from the y token before (a linear map of what a head reads). This is the
   hand-fused form of programs/sgd.py and ridge.py, generated.
-- The state before x token i is select(token 0 -> init, else the new state read at Offset(1)).
+
+How the start value reaches the first example, in one of two forms (`Scan.form`):
+- *clamped*: every read of the state is clamped (Offset(2, clamp=True), Offset(1, clamp=True):
+  token 0 at t < k), and x_i is gated to the y tokens once, before the loop (0 elsewhere, so
+  the step sees no example at token 0). Token 0 then holds the start value in every iteration
+  exactly when it is a fixed point of the step with no example, step(init, 0, 0) == init.
+  That is decided exactly (`_token0`: the ops run on token 0 alone, in sympy, coefficients as
+  the rationals they are, x there symbolic), by trying this form first and taking its ops back
+  (Program._rollback) when it fails. No gate per example.
+- *select* (the condition fails, or clamp=False): each iteration puts the start value at tokens
+  0 and 1 with a select, and the state before x token i is select(token 0 -> init, else the
+  new state read at Offset(1)).
 
 The step and predict functions receive expressions (raspicl.lang.expr) and return expressions
 (a dict for a dict `init`, else one); their intermediates are vars reused by every iteration
