@@ -283,14 +283,14 @@ def _lower(
             scope.start("shift")
             p.temp_scope = scope
             try:
-                if clamped:
+                if clamped:  # token 0 holds the start value: y token 1 reads it there
                     _shift_clamped(p, state, carried)
                 else:
                     prev = {k: _bound(carried[k].at(Offset(2))) for k in state}
             finally:
                 p.temp_scope = None
-            for k, reg in state.items():
-                if not clamped:
+            if not clamped:
+                for k, reg in state.items():
                     p.select(
                         reg,
                         [0, 1],
@@ -390,10 +390,14 @@ def _token0(p, exprs: dict[str, Expr]) -> tuple[dict[str, np.ndarray], dict[str,
 
 def _holds_start(p, carried: dict[str, Expr], values: dict[str, np.ndarray]) -> None:
     """Raise NotFixed unless every carried entry equals its start value at token 0, exactly
-    and for every prompt (`_token0`; each entry minus its start value must simplify to 0, a
-    proof; anything else, NaN included, is a no)."""
-    got, _ = _token0(p, carried)
-    for k in carried:
+    and for every prompt (`_token0`)."""
+    _require_start(_token0(p, carried)[0], values)
+
+
+def _require_start(got: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+    """Raise NotFixed unless each entry's exact value at token 0 is its start value: the
+    difference must simplify to 0 (a proof; anything else, NaN included, is a no)."""
+    for k in got:
         if not _equal(got[k], values[k]):
             raise NotFixed(k, f"is {_show(got[k])} at token 0, its start value {_show(values[k])}")
 
@@ -446,9 +450,9 @@ def _dry_run(
     finally:
         scope.zero_init = False
     at0 = None
-    if start is not None:
-        _holds_start(p, carried, start)
-        _, at0 = _token0(p, carried)
+    if start is not None:  # the step run from the start value, at token 0
+        got, at0 = _token0(p, carried)
+        _require_start(got, start)
     keep = mark + len(scope.hoisted) - hoisted
     for op in p.ops[keep:]:
         p._writes[op.dst.name].remove(op)
