@@ -403,6 +403,7 @@ def _require_start(got: dict[str, np.ndarray], values: dict[str, np.ndarray]) ->
 
 
 def _show(values) -> str:
+    """A few entries of an exact value, for a message."""
     flat = [str(v) for v in np.asarray(values).reshape(-1)]
     text = ", ".join(flat[:4]) + (", ..." if len(flat) > 4 else "")
     return f"[{text}]" if len(flat) > 1 else text
