@@ -412,3 +412,34 @@ def test_clamp_option():
     assert scan.form == "select"
     with pytest.raises(ProgramError, match="clamp must be None"):
         Program("opt", d=2, n=2).scan(init=np.zeros(2), step=lambda w, x, y: w, clamp="yes")
+
+
+def test_clamped_shift_of_entries_that_read_each_other():
+    """(a, b) -> (b + x y, a - x y / 2): each carried entry reads the other state var, so
+    writing one first would change what the other reads; the clamped shift binds one of them
+    to a register first. Against the recursion in numpy, and compiled (unrolled and shared)."""
+    from raspicl.compiler import compile_program
+    from raspicl.verify import rel_err
+
+    p = Program("swap", d=2, n=3)
+    scan = p.scan(
+        init={"a": np.ones(2), "b": np.ones(2)},
+        step=lambda s, x, y: {"a": s.b + x * y, "b": s.a - 0.5 * x * y},
+        predict=lambda s, x: s.a @ x + s.b @ x,
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    assert scan.form == "clamped"
+    prompts = random_prompts(16, 2, 3, seed=13)
+    a, b, preds = np.ones((16, 2)), np.ones((16, 2)), []
+    for i in range(3):
+        preds.append(np.sum((a + b) * prompts.X[:, i], 1))
+        xy = prompts.X[:, i] * prompts.y[:, i, None]
+        a, b = b + xy, a - 0.5 * xy
+    preds.append(np.sum((a + b) * prompts.xq, 1))
+    want = interpret(p, prompts).output()
+    np.testing.assert_allclose(want[..., 0], np.stack(preds, 1), rtol=1e-13, atol=1e-13)
+    for loops in ("unroll", "share"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cm = compile_program(p, loops=loops)
+        assert rel_err(cm.predict(prompts, check="ignore"), want) <= 1e-8
