@@ -17,11 +17,10 @@ op that reads it can absorb it:
   the composed places, F's bias in b_O).
 
 F is kept (materialised) when it is the output or a select's mask; when some read cannot be
-composed (lang/reads.compose: a Mean of anything but the current token, an Offset of an At,
-a strict Offset of a clamped one, ...); when more than
-`config.fusion_max_readers` ops read it (each reader repeats F's terms: value columns of a
-head, entries of W_in, never extra hidden units, so a few readers cost less than F's rows and
-sublayer); when more than one reader would need a temporary of its own for it (a product
+composed (lang/reads.compose: a Mean of anything but the current token, an Offset of an At, a
+strict Offset of a clamped one, ...); when more than `config.fusion_max_readers` ops read it
+(each reader repeats F's terms: value columns of a head, entries of W_in, never extra hidden
+units, so a few readers cost less than F's rows and sublayer); when more than one reader would need a temporary of its own for it (a product
 factor read at another token, or over reads at another token: each such temporary costs F's
 width in rows, where F stored costs it once); and, with loops="share", when it is loop state
 (a var's last write that the next iteration overwrites in place) or when its twins in other
