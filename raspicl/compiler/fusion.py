@@ -20,9 +20,10 @@ F is kept (materialised) when it is the output or a select's mask; when some rea
 composed (lang/reads.compose: a Mean of anything but the current token, an Offset of an At, a
 strict Offset of a clamped one, ...); when more than `config.fusion_max_readers` ops read it
 (each reader repeats F's terms: value columns of a head, entries of W_in, never extra hidden
-units, so a few readers cost less than F's rows and sublayer); when more than one reader would need a temporary of its own for it (a product
-factor read at another token, or over reads at another token: each such temporary costs F's
-width in rows, where F stored costs it once); and, with loops="share", when it is loop state
+units, so a few readers cost less than F's rows and sublayer); when more than one reader
+would need a temporary of its own for it (a product factor read at another token, or over
+reads at another token: each such temporary costs F's width in rows, where F stored costs it
+once); and, with loops="share", when it is loop state
 (a var's last write that the next iteration overwrites in place) or when its twins in other
 iterations cannot all be fused (identical iterations must stay identical). compile_program
 keeps the fused layout only when `prefer_fused` says it is not worse than the unfused one.
