@@ -13,15 +13,20 @@ state after example i as a function of the state after example i - 1 and (x_i, y
 generates the chain over the y tokens (y token i holds w_i, a loop of n identical iterations
 that each read the y token before at Offset(2); the compiler may share their blocks) and carries
 the state unfinished: the product x_i (x_i^T w_{i-1} - y_i) has a register, and the linear
-combination w_{i-1} - 2 lr (...) is formed inside the attention read of the next example. One
-iteration (generated):
+combination w_{i-1} - 2 lr (...) is formed inside the attention read of the next example. With
+lam = 0 (the default) w_0 is a fixed point of the step with no example, so the state is read
+clamped (y token 1 reads token 0, which holds w_0) and the iteration has no select; x_i is
+gated to the y tokens once, before the loop. One iteration (generated):
 
-    w   = select(tokens 0, 1 -> w_0, else (c w - 2 lr g) read at Offset(2))   attention + gate
+    w   = (w - 2 lr g) read at Offset(2, clamp=True)                          attention
     e   = x_i^T w - y_i                                                       MLP (product)
     g   = x_i e                                                               MLP (product)
 
-(c = 1 - 2 lr lam.) The hand-fused form this replaces (tests/hand_fused/sgd.py) carried
-(w_{i-1}, x_i x_i^T w_{i-1}) by hand; this one compiles to fewer blocks and parameters.
+2 blocks per example, 2n + 2 in all. With lam > 0, (1 - 2 lr lam) w_0 != w_0: the scan keeps
+its select form, w = select(tokens 0, 1 -> w_0, else (c w - 2 lr g) read at Offset(2)) with
+c = 1 - 2 lr lam, a gate and 3 blocks per example. The hand-fused form this replaces
+(tests/hand_fused/sgd.py) carried (w_{i-1}, x_i x_i^T w_{i-1}) by hand; this one compiles to
+fewer blocks and parameters.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Every op is applied at every token, in program order. A read at a place outside the prompt
 (before token 0, or before the first token of a role) is undefined and gives NaN, which then
-propagates; validation guarantees the output is defined where it is read. The same code runs
+propagates; validation guarantees the output is defined where it is read. (A clamped Offset
+reads token 0 there instead.) Every read is causal, so running the ops on the first T' tokens
+of a prompt gives those tokens' values exactly (`stream_ops` accepts such a prefix; the scan
+decides its fixed point on token 0 alone, lang/scan.py). The same code runs
 over numpy object arrays of sympy expressions (see symbolic.py), so the symbolic proofs check
 exactly these semantics. It does so when the tokens are an object array or when the program has
 symbolic coefficients (Program.is_symbolic()); then every float coefficient, bias and constant
@@ -88,7 +91,7 @@ class Step:
 
 def stream_ops(program: Program, tokens: np.ndarray,
                state: dict[str, np.ndarray] | None = None,
-               drop_dead: bool = False) -> Iterator[Step]:
+               drop_dead: bool = False, ops: list[Op] | None = None) -> Iterator[Step]:
     """Run the ops in program order, yielding each op's result as it is computed.
 
     state: the registers' current values (filled in place; after the last op it holds every
@@ -96,8 +99,12 @@ def stream_ops(program: Program, tokens: np.ndarray,
     no later op reads it before writing it again, so that only the live values are held (what
     calibration needs: O(live registers) memory instead of O(ops)); the final state then
     holds only what is still live, which is nothing. A consumer that keeps no Step holds no
-    other op's output.
+    other op's output. tokens may be the first T' < T tokens of a prompt (reads are causal):
+    every value is then that prefix of the full run's. ops: the ops to run (default all of
+    the program's, in order; a subsequence closed under what its ops read gives the same
+    values for the registers it writes).
     """
+    ops = program.ops if ops is None else ops
     if tokens.dtype != _OBJECT and program.is_symbolic():
         tokens = tokens.astype(object)
     dtype = tokens.dtype
@@ -109,11 +116,11 @@ def stream_ops(program: Program, tokens: np.ndarray,
         arr = np.broadcast_to(_cast(value, dtype), (B, T, value.size))
         state[name] = np.array(arr)
     roles = np.array(program.format.roles())
-    live_after = _live_after(program.ops) if drop_dead else None
-    for k, op in enumerate(program.ops):
+    live_after = _live_after(ops) if drop_dead else None
+    for k, op in enumerate(ops):
         values = [value_at(state[r.register.name], r.at, roles, nan) for r in op.reads]
         if op.mask is not None:  # select
-            out = np.where(op.mask[None, :, None], values[0], values[1])
+            out = np.where(op.mask[None, :T, None], values[0], values[1])
         else:
             out = _apply(op, values, dtype)
         del values
@@ -165,6 +172,24 @@ def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
     return out.reshape(B, T, width)
 
 
+def expr_value(e, state: dict[str, np.ndarray], roles, nan) -> np.ndarray:
+    """The value [B, T, width] of an expression (lang/expr.Expr, not bound to a register)
+    over the registers' current values `state` ([B, T, width] each, float or sympy), each
+    read at its place as `value_at` reads it."""
+    first = next(iter(state.values()))
+    B, T, dtype = first.shape[0], first.shape[1], first.dtype
+    out = np.zeros((B, T, e.width), dtype=dtype) + _cast(np.asarray(e.bias), dtype)
+    for r, L in e.lin.items():
+        v = value_at(state[r.register.name], r.at, roles, nan)
+        out = out + np.tensordot(v, _cast(np.asarray(L), dtype), axes=([2], [1]))
+    for (a, b), P in e.prod.items():
+        va = value_at(state[a.register.name], a.at, roles, nan)
+        vb = value_at(state[b.register.name], b.at, roles, nan)
+        ab = va[..., :, None] * vb[..., None, :]  # [B, T, width a, width b]
+        out = out + np.tensordot(ab, _cast(np.asarray(P), dtype), axes=([2, 3], [1, 2]))
+    return out
+
+
 def _cast(values: np.ndarray, dtype) -> np.ndarray:
     """Coefficients, biases or constants in the run's dtype. For an object (sympy) run, float
     entries become the exact rationals they equal and integers become sympy Integers."""
@@ -184,7 +209,8 @@ def _cast(values: np.ndarray, dtype) -> np.ndarray:
 
 def value_at(value: np.ndarray, at: Where, roles, nan) -> np.ndarray:
     """A value [B, T, width] as read at place `at` from each token: NaN (`nan`) where the
-    place is undefined. roles: each token's role, for Mean."""
+    place is undefined (a clamped Offset never is: it reads token max(t - k, 0)). roles:
+    each token's role, for Mean."""
     T = value.shape[1]
     if isinstance(at, Here):
         return value
@@ -192,6 +218,8 @@ def value_at(value: np.ndarray, at: Where, roles, nan) -> np.ndarray:
     if isinstance(at, Offset):
         if at.k < T:
             out[:, at.k:] = value[:, :T - at.k]
+        if at.clamp:  # token max(t - k, 0): token 0 at every t < k
+            out[:, :min(at.k, T)] = value[:, :1]
         return out
     if isinstance(at, At):
         if at.index < T:

@@ -16,7 +16,9 @@ propagated to first order:
 with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - leak: a head's target leads every other token by M = attention_margin (less the scores'
   rounding), so the others share weight <= (T - 1) e^-M and a read is off by at most
-  (T - 1) e^-M 2 max|residual| (any token, defined or not);
+  (T - 1) e^-M 2 max|residual| (any token, defined or not); a clamped offset read at t < k
+  reads token 0 (its head's target there) and is charged token 0's error (under gpt2 its
+  LayerNorm ratio there) and the leak;
 - a read through the neutral LayerNorm (value = sqrt(eps) (LN_j - LN_zero)) rounds by
   kappa u (|v| + 2 |mean of the residual|);
 - the product gadget sq_e(t) = t^2 (1 - (et)^2/6 + (et)^4/40 - ...); with Richardson
@@ -68,6 +70,7 @@ import numpy as np
 
 from raspicl.arch import LN_ANCHOR_ROWS, anchor_levels, arch_of_layout
 from raspicl.guards import token_name
+from raspicl.lang.reads import compose, place_from_record, place_record
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
 # Above these |e t| the product gadget's truncation series (its first three terms) no longer
@@ -491,19 +494,11 @@ def _last_use(layout: dict) -> dict[str, int]:
 
 
 def _compose(outer: dict, inner: dict) -> dict | None:
-    """The place (JSON, as a Read's) of `inner` as seen from a read at `outer`, as
-    raspicl.compiler.fusion.compose gives it for the places themselves; None where no single
-    place is that."""
-    ko, ki = outer["kind"], inner["kind"]
-    if ki == "here":
-        return outer
-    if ko == "here":
-        return inner
-    if ko == "offset" and ki == "offset":
-        return {"kind": "offset", "k": int(outer["k"]) + int(inner["k"])}
-    if ko == "at" and ki == "offset" and int(outer["index"]) >= int(inner["k"]):
-        return {"kind": "at", "index": int(outer["index"]) - int(inner["k"])}
-    return None
+    """The place (JSON, as a Read's) of `inner` as seen from a read at `outer`: what
+    raspicl.lang.reads.compose (fusion's) gives for the places themselves; None where no
+    single place is that."""
+    at = compose(place_from_record(outer), place_from_record(inner))
+    return None if at is None else place_record(at)
 
 
 def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual: int):
@@ -741,6 +736,8 @@ class _Walk:
             k = int(r.place["k"])
             if k < T:
                 v[:, k:], e[:, k:] = val[:, :T - k], err[:, :T - k]
+            if r.place.get("clamp"):  # token 0 at t < k: its value and error (and leak)
+                v[:, :k], e[:, :k] = val[:, :1], err[:, :1]
         elif kind == "at":
             i = int(r.place["index"])
             if i < T:

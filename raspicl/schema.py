@@ -468,7 +468,9 @@ DIVISOR = Obj({"op": Int(), "register": Str(), "abs_min": Number(lo0=True, inf=T
 
 # The place a head attends to (also a monitor read's place).
 PLACE = Obj({"kind": Str(choices=("here", "offset", "at", "mean"))},
-            {"k": Int(lo=1), "index": TOKEN, "role": Str(choices=ROLES)})
+            {"k": Int(lo=1), "index": TOKEN, "role": Str(choices=ROLES),
+             # an offset read at token max(t - k, 0) (absent: strict, undefined at t < k)
+             "clamp": Bool()})
 
 HEAD_WRITE = Obj({"kind": Str(choices=("move", "clear", "anchor", "temporary")), "run": RUN,
                   "value": Str(), "rows": ROWS},

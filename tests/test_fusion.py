@@ -3,7 +3,9 @@
 - hand-derived cases: place composition, the critical path of small programs, the product
   gadget over affine forms, the depths of gd_step and sherman_morrison, a fused divisor, a
   fused select operand, a shared loop;
-- the textbook SGD update w_i = w_{i-1} - lr x_i (x_i^T w_{i-1} - y_i), written as such;
+- the textbook SGD update w_i = w_{i-1} - lr x_i (x_i^T w_{i-1} - y_i), written as such, as
+  an online learner with a select per example, and with clamped reads (no select per
+  example: 2 blocks per example);
 - a property test over the random programs of tests/test_properties.py, compiled with every
   fusion the pass can make kept (CompilerConfig(fusion_always=True)): the compiled model equals
   the interpreter on every register version that keeps rows and on the prediction, no fused
@@ -63,12 +65,13 @@ def check_model(
     loops: str = "unroll",
     seed: int = 0,
     n_prompts: int = 64,
+    arch: str = "paper",
 ):
     """Compile, run on random prompts and compare with the interpreter: every register version
     with rows, and the prediction. Returns (model, worst rel_err, fused labels)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ContractWarning)
-        cm = compile_program(program, config, loops=loops)
+        cm = compile_program(program, config, loops=loops, arch=arch)
     prompts = make_prompts(n_prompts, program.d, program.n, seed)
     trace = interpret(program, prompts)
     res = cm.residuals(prompts, check="ignore")
@@ -109,6 +112,11 @@ def test_compose_places():
     assert compose(Mean("x"), Offset(1)) is None  # a mean of shifted values
     assert compose(Offset(1), Mean("x")) is None  # a mean up to t - 1
     assert compose(Offset(1), At(0)) is None  # defined from t = 1 on, At(0) from t = 0
+    # clamped reads (token max(t - k, 0); all pairs against the two-step read:
+    # tests/test_lang_clamp.py)
+    assert compose(Offset(2, clamp=True), Offset(1, clamp=True)) == Offset(3, clamp=True)
+    assert compose(Offset(2, clamp=True), Offset(1)) == Offset(3)
+    assert compose(Offset(2), Offset(1, clamp=True)) is None
 
 
 def _chain() -> Program:
@@ -337,6 +345,48 @@ def test_online_sgd_meets_its_critical_path():
         runs0.append(blocks_run(cm0))
     assert np.diff(runs).tolist() == [3, 3]
     assert np.diff(runs0).tolist() == [4, 4]
+
+
+def sgd_online_clamped(d: int = 2, n: int = 2, lr: float = 0.1) -> Program:
+    """sgd_online with clamped reads (the scan's clamped form, written by hand): x_i gated to
+    the y tokens once, before the loop (0 at token 0, so a step there leaves w_0 alone), and
+    w_{i-1} read at Offset(2, clamp=True): y token 1 reads token 0, which holds w_0. No select
+    per example."""
+    w0 = np.full(d, 0.25)
+    p = Program("sgd_online_clamped", d=d, n=n)
+    x_read = p.mov("x_read", Read(p.x, Offset(1, clamp=True)))
+    x_prev = p.select("x_prev", "y", x_read, p.const("zero", np.zeros(d)))
+    w = p.var("w", d, init=w0)
+    wp, g = p.var("wp", d), p.var("g", d)
+    r, e = p.var("r", ()), p.var("e", ())
+    for _ in p.loop(n):
+        p.mov(wp, Read(w, Offset(2, clamp=True)), note="w_{i-1} (w_0 at token 0)")
+        p.dot(r, x_prev, wp)
+        p.aff(e, r, p.y, W1=1.0, W2=-1.0)
+        p.mul(g, x_prev, e, shape=(d,))
+        p.aff(w, wp, g, W1=1.0, W2=-lr)
+    w_before = p.mov("w_before", Read(w, Offset(1, clamp=True)))
+    p.output(p.dot("pred", w_before, p.x), roles=("x", "query"))
+    return p
+
+
+def test_online_sgd_with_clamped_reads_needs_two_blocks_per_example():
+    """Without the per-example gate the online learner runs 2 blocks per example, its
+    critical path (the gate, once, and the prediction: 2n + 2), predicts what sgd_online
+    does at every x token and what numpy's loop does at the query, paper and gpt2."""
+    runs = []
+    for n in (1, 2, 3):
+        program = sgd_online_clamped(2, n)
+        prompts = make_prompts(64, 2, n, seed=6)
+        want = interpret(sgd_online(2, n), prompts).output()
+        np.testing.assert_allclose(interpret(program, prompts).output(), want, rtol=1e-13)
+        np.testing.assert_allclose(want[:, -1, 0], _sgd_reference(prompts, 2, n), rtol=1e-12)
+        for arch in ("paper", "gpt2"):
+            cm, err, _ = check_model(program, arch=arch)
+            assert blocks_run(cm) == cm.layout["depth"]["critical_path"] == 2 * n + 2
+            assert err <= 1e-8
+        runs.append(blocks_run(cm))
+    assert np.diff(runs).tolist() == [2, 2]
 
 
 # ---------------------------------------------------------------------- property test

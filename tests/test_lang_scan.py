@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from raspicl import Program, ProgramError, interpret, random_prompts
+from raspicl import Here, Offset, Program, ProgramError, interpret, random_prompts
 from raspicl.lang.expr import outer
 
 THIS_FILE = os.path.basename(__file__)
@@ -211,3 +211,235 @@ def test_compiled_scan_matches_the_interpreter(loops):
         cm = compile_program(p, loops=loops)
         got = cm.predict(prompts, check="ignore")
     assert rel_err(got, interpret(p, prompts).output()) <= 1e-8
+
+
+# ---------------------------------------------------------------- the clamped form
+
+
+def _form(p: Program) -> str:
+    """The scan's form, read off its ops: the clamped form gates x once (`*_xread`)."""
+    return "clamped" if any(op.dst.name.endswith("_xread") for op in p.ops) else "select"
+
+
+@pytest.mark.parametrize(
+    "name, params, form",
+    [
+        ("ridge", {}, "clamped"),  # u = A 0 = 0: A - 0 = A, b + 0 = b
+        ("sgd", {"lam": 0.0}, "clamped"),  # w - 2 lr (0 (0 - 0) + 0 w) = w
+        ("sgd", {"lam": 0.1}, "select"),  # (1 - 2 lr lam) w != w
+        ("nlms", {}, "clamped"),  # w + mu 0 (0 - 0) / (eps + 0) = w
+        ("rls_forget", {}, "select"),  # P / beta != P
+        ("sgd_averaged", {}, "select"),  # k + 1 != k
+    ],
+)
+def test_bundled_scans_choose_their_form(name, params, form):
+    from raspicl.registry import find_program
+
+    p = find_program(name).build(d=2, n=3, **params)
+    assert _form(p) == form
+    looped_selects = [op for op in p.ops if op.kind == "select" and op.loop is not None]
+    assert bool(looped_selects) == (form == "select")
+
+
+def test_fixed_point_is_decided_exactly():
+    """A coefficient 1 + 2^-52 is not 1: the start value is no fixed point (a sampled float
+    comparison at any tolerance above 1e-16 would call it one), unless the start value is 0.
+    A step reading a register that depends on token 0's own x (symbolic in the check) is a
+    fixed point when that term vanishes for every x there (z y, y = 0 at x_1's token) and not
+    when it does not (z)."""
+
+    def make(init, step, before=None):
+        p = Program("exact", d=2, n=3)
+        z = before(p) if before else None
+        scan = p.scan(
+            init={"w": init},
+            step=lambda s, x, y: {"w": step(s.w, x, y, z)},
+            predict=lambda s, x: s.w @ x,
+        )
+        p.output(scan.prediction, roles=("x", "query"))
+        return p, scan
+
+    near = lambda w, x, y, z: (1 + 2.0**-52) * w + x * y  # noqa: E731
+    assert make(np.ones(2), near)[1].form == "select"
+    assert make(np.zeros(2), near)[1].form == "clamped"
+    energy = lambda p: p.let("z", p.x @ p.x)  # noqa: E731
+    assert make(np.ones(2), lambda w, x, y, z: w + z * y, energy)[1].form == "clamped"
+    assert make(np.ones(2), lambda w, x, y, z: w + 0.5 * z, energy)[1].form == "select"
+
+
+def test_clamped_plumbing():
+    """ridge (a fixed point): one select in the whole program, before the loop (x_i at y
+    tokens, 0 elsewhere); no select in any iteration or before the prediction; every remote
+    read of the state clamped; the state read at token 0 is the start value in every
+    iteration (interpreter); iterations identical."""
+    from raspicl.registry import find_program
+
+    d, n = 2, 3
+    p = find_program("ridge").build(d=d, n=n)
+    selects = [op for op in p.ops if op.kind == "select"]
+    assert len(selects) == 1 and selects[0].loop is None
+    assert list(np.nonzero(selects[0].mask)[0]) == [1, 3, 5]  # the y tokens
+    remote = [r for op in p.ops for r in op.reads if not isinstance(r.at, Here)]
+    assert remote and all(isinstance(r.at, Offset) and r.at.clamp for r in remote)
+    prompts = random_prompts(8, d, n, seed=11)
+    trace = interpret(p, prompts)
+    for op in p.ops:
+        if op.dst.name == "ridge_A_inv":  # the state after each iteration's read
+            np.testing.assert_array_equal(
+                trace.after[op.index][:, 0], np.eye(d).reshape(1, -1).repeat(8, 0)
+            )
+
+
+def test_a_failed_try_leaves_no_trace():
+    """rls_forget is not a fixed point: its program is exactly the one clamp=False builds
+    (same registers, constants and ops), so its weights are what they were before the
+    clamped form existed."""
+    from raspicl.registry import find_program
+
+    pf = find_program("rls_forget")
+    auto, plain = pf.build(d=2, n=3), pf.build(d=2, n=3)
+    assert _form(auto) == "select"
+    assert list(auto.registers) == list(plain.registers)
+    assert list(auto.constants) == list(plain.constants)
+    assert [op.describe() for op in auto.ops] == [op.describe() for op in plain.ops]
+
+
+def _textbook_sgd(d: int, n: int, clamp, peel: bool = False, lr: float = 0.1):
+    p = Program("sgd", d=d, n=n)
+    w0 = 0.5 * (-1.0) ** np.arange(d)
+    scan = p.scan(
+        init={"w": w0},
+        step=lambda s, x, y: {"w": s.w - 2 * lr * x * (x @ s.w - y)},
+        predict=lambda s, x: s.w @ x,
+        clamp=clamp,
+        peel=peel,
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    return p, scan
+
+
+def _ridge(d: int, n: int, clamp, peel: bool = False):
+    p = Program("ridge", d=d, n=n)
+
+    def step(s, x, y):
+        u = s.A @ x
+        return {"A": s.A - outer(u, u) / (1 + x @ u), "b": s.b + x * y}
+
+    scan = p.scan(
+        init={"A": np.eye(d), "b": np.zeros(d)},
+        step=step,
+        predict=lambda s, x: p.let("w", s.A @ s.b) @ x,
+        clamp=clamp,
+        peel=peel,
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    return p, scan
+
+
+@pytest.mark.parametrize("make, per_example", [(_textbook_sgd, 2), (_ridge, 3)])
+@pytest.mark.parametrize("peel", [False, True])
+def test_clamped_and_select_forms_agree(make, per_example, peel):
+    """Both forms of a fixed-point scan predict the same (interpreter, and each compiled model
+    against it); the clamped one needs per_example blocks per example (sgd 2, ridge 3) and
+    fewer blocks than the select form."""
+    from raspicl.compiler import compile_program
+    from raspicl.verify import rel_err
+
+    d = 2
+    sizes = {}
+    for n in (2, 3):
+        prompts = random_prompts(32, d, n, seed=n)
+        outs = {}
+        for clamp in (None, False):
+            p, scan = make(d, n, clamp, peel)
+            assert scan.form == ("clamped" if clamp is None else "select")
+            outs[clamp] = interpret(p, prompts).output()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cm = compile_program(p)
+            assert rel_err(cm.predict(prompts, check="ignore"), outs[clamp]) <= 1e-8
+            sizes[(n, clamp)] = cm.summary()["blocks"]
+        np.testing.assert_allclose(outs[None], outs[False], rtol=1e-13, atol=1e-13)
+        assert sizes[(n, None)] < sizes[(n, False)]
+    assert sizes[(3, None)] - sizes[(2, None)] == per_example
+
+
+def test_clamped_peel_and_a_state_bound_whole():
+    """A state that is all quotient, s' = (s + x y) / (1 + |x|^2): its carried form is the
+    division's register, so the first iteration reads that register's initial value at token
+    0, which the clamped form sets to its exact value there (the start value); with and
+    without peel, against the recursion in numpy and compiled."""
+    from raspicl.compiler import compile_program
+    from raspicl.verify import rel_err
+
+    d, n, w0 = 2, 3, np.array([0.5, -0.25])
+    prompts = random_prompts(32, d, n, seed=12)
+    w, preds = np.broadcast_to(w0, (32, d)).copy(), []
+    for i in range(n):
+        preds.append(np.sum(w * prompts.X[:, i], 1))
+        x, y = prompts.X[:, i], prompts.y[:, i]
+        w = (w + x * y[:, None]) / (1 + np.sum(x * x, 1))[:, None]
+    preds.append(np.sum(w * prompts.xq, 1))
+    for peel in (False, True):
+        p = Program("quotient", d=d, n=n)
+        scan = p.scan(
+            init=w0,
+            step=lambda s, x, y: (s + x * y) / (1 + x @ x),
+            predict=lambda s, x: s @ x,
+            peel=peel,
+        )
+        p.output(scan.prediction, roles=("x", "query"))
+        assert scan.form == "clamped"
+        got = interpret(p, prompts).output()[..., 0]
+        np.testing.assert_allclose(got, np.stack(preds, 1), rtol=1e-12, atol=1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cm = compile_program(p)
+        assert rel_err(cm.predict(prompts, check="ignore")[..., 0], got) <= 1e-8
+
+
+def test_clamp_option():
+    """clamp=True requires the fixed point, naming the entry and what token 0 holds;
+    clamp=False keeps the selects; anything else is refused."""
+    p = Program("opt", d=2, n=2)
+    with pytest.raises(ProgramError) as exc:
+        p.scan(init={"w": np.ones(2)}, step=lambda s, x, y: {"w": 0.5 * s.w + x * y}, clamp=True)
+    assert "clamp=True" in str(exc.value) and "'w' is [1/2, 1/2] at token 0" in str(exc.value)
+    assert THIS_FILE in str(exc.value)
+    _, scan = _textbook_sgd(2, 2, clamp=True)
+    assert scan.form == "clamped"
+    _, scan = _textbook_sgd(2, 2, clamp=False)
+    assert scan.form == "select"
+    with pytest.raises(ProgramError, match="clamp must be None"):
+        Program("opt", d=2, n=2).scan(init=np.zeros(2), step=lambda w, x, y: w, clamp="yes")
+
+
+def test_clamped_shift_of_entries_that_read_each_other():
+    """(a, b) -> (b + x y, a - x y / 2): each carried entry reads the other state var, so
+    writing one first would change what the other reads; the clamped shift binds one of them
+    to a register first. Against the recursion in numpy, and compiled (unrolled and shared)."""
+    from raspicl.compiler import compile_program
+    from raspicl.verify import rel_err
+
+    p = Program("swap", d=2, n=3)
+    scan = p.scan(
+        init={"a": np.ones(2), "b": np.ones(2)},
+        step=lambda s, x, y: {"a": s.b + x * y, "b": s.a - 0.5 * x * y},
+        predict=lambda s, x: s.a @ x + s.b @ x,
+    )
+    p.output(scan.prediction, roles=("x", "query"))
+    assert scan.form == "clamped"
+    prompts = random_prompts(16, 2, 3, seed=13)
+    a, b, preds = np.ones((16, 2)), np.ones((16, 2)), []
+    for i in range(3):
+        preds.append(np.sum((a + b) * prompts.X[:, i], 1))
+        xy = prompts.X[:, i] * prompts.y[:, i, None]
+        a, b = b + xy, a - 0.5 * xy
+    preds.append(np.sum((a + b) * prompts.xq, 1))
+    want = interpret(p, prompts).output()
+    np.testing.assert_allclose(want[..., 0], np.stack(preds, 1), rtol=1e-13, atol=1e-13)
+    for loops in ("unroll", "share"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cm = compile_program(p, loops=loops)
+        assert rel_err(cm.predict(prompts, check="ignore"), want) <= 1e-8

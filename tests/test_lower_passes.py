@@ -171,8 +171,9 @@ def test_division_by_a_constant_zero_names_the_op():
 
 def test_ssa_versions_follow_program_order():
     """Every write makes the register's next version, every read sees the latest write before
-    it, and selects with one token mask share one mask value (ridge: the loop state)."""
-    program = _program("ridge", {"d": 2, "n": 3})
+    it, and selects with one token mask share one mask value (rls_forget: the loop state,
+    whose scan keeps a select per example)."""
+    program = _program("rls_forget", {"d": 2, "n": 3})
     ssa = rename(program, fold_program(program))
     writes: dict[str, int] = {}
     for ins in ssa.instrs:

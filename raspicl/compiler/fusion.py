@@ -17,12 +17,13 @@ op that reads it can absorb it:
   the composed places, F's bias in b_O).
 
 F is kept (materialised) when it is the output or a select's mask; when some read cannot be
-composed (a Mean of anything but the current token, an Offset of an At, ...); when more than
-`config.fusion_max_readers` ops read it (each reader repeats F's terms: value columns of a
-head, entries of W_in, never extra hidden units, so a few readers cost less than F's rows and
-sublayer); when more than one reader would need a temporary of its own for it (a product
-factor read at another token, or over reads at another token: each such temporary costs F's
-width in rows, where F stored costs it once); and, with loops="share", when it is loop state
+composed (lang/reads.compose: a Mean of anything but the current token, an Offset of an At, a
+strict Offset of a clamped one, ...); when more than `config.fusion_max_readers` ops read it
+(each reader repeats F's terms: value columns of a head, entries of W_in, never extra hidden
+units, so a few readers cost less than F's rows and sublayer); when more than one reader
+would need a temporary of its own for it (a product factor read at another token, or over
+reads at another token: each such temporary costs F's width in rows, where F stored costs it
+once); and, with loops="share", when it is loop state
 (a var's last write that the next iteration overwrites in place) or when its twins in other
 iterations cannot all be fused (identical iterations must stay identical). compile_program
 keeps the fused layout only when `prefer_fused` says it is not worse than the unfused one.
@@ -42,7 +43,7 @@ import numpy as np
 
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.ir import Instr, Lowered, Value
-from raspicl.lang.reads import At, Here, Offset, Where
+from raspicl.lang.reads import Here, Where, compose
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
 __all__ = [
@@ -99,23 +100,6 @@ def copy_lowered(low: Lowered) -> Lowered:
     for op in low.program.ops:
         memo[id(op)] = op
     return copy.deepcopy(low, memo)
-
-
-def compose(outer: Where, inner: Where) -> Where | None:
-    """The place of `inner` as seen from a read at `outer`: reading (at `outer`) a value that
-    reads R at `inner` reads R at the returned place, or None when no single place is that
-    (a Mean over anything but the current token; an Offset of an At; an At before an
-    Offset's reach). Definedness is kept: the composed read is undefined exactly where the
-    two-step read is."""
-    if isinstance(inner, Here):
-        return outer
-    if isinstance(outer, Here):
-        return inner
-    if isinstance(outer, Offset) and isinstance(inner, Offset):
-        return Offset(outer.k + inner.k)
-    if isinstance(outer, At) and isinstance(inner, Offset) and outer.index >= inner.k:
-        return At(outer.index - inner.k)
-    return None
 
 
 def factor_places(v: Value, at: Where, defs: dict[Value, Instr]) -> list[tuple[Value, Where]]:

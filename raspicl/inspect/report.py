@@ -160,7 +160,7 @@ def layout_table(cm: CompiledModel) -> str:
 def _gloss(where: dict) -> str:
     """What a head's place means, from its typed record (blocks[].heads[].where)."""
     if where["kind"] == "offset":
-        return f"token t-{where['k']}"
+        return f"token max(t-{where['k']}, 0)" if where.get("clamp") else f"token t-{where['k']}"
     return {"here": "its own token t", "at": "one absolute token, once t reaches it",
             "mean": "uniform over those tokens up to t"}[where["kind"]]
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from raspicl.errors import ProgramError
 from raspicl.lang.ops import Op, all_finite, fail, is_symbolic_value, linear_terms, product_terms
-from raspicl.lang.reads import Here, Offset, Read
+from raspicl.lang.reads import Here, Offset, Read, compose
 from raspicl.lang.registers import Register, Shape, shape_name
 from raspicl.lang.source import SourceLocation, caller_location
 
@@ -188,8 +188,10 @@ class Expr:
         return self._map(M, shape)
 
     def at(self, where) -> Expr:
-        """This expression read `where` (Offset(k)) instead of at the current token: every read
-        shifts by k tokens (Here -> Offset(k), Offset(j) -> Offset(j + k))."""
+        """This expression read `where` (Offset(k), strict or clamped) instead of at the
+        current token: every read shifts by k tokens, its place composed with `where`
+        (reads.compose: Here -> Offset(k), Offset(j) -> Offset(j + k), a clamped read of
+        clamped reads stays clamped)."""
         if isinstance(where, Here):
             return self
         if (
@@ -202,17 +204,19 @@ class Expr:
                 f"{where!r}; bind it to a register with p.let() first",
                 "at",
             )
+        where = Offset(int(where.k), bool(where.clamp))
 
         def shift(read: Read) -> Read:
-            if isinstance(read.at, Here):
-                return Read(read.register, Offset(int(where.k)))
-            if isinstance(read.at, Offset):
-                return Read(read.register, Offset(int(read.at.k + where.k)))
-            raise self._fail(
-                f"it reads '{read.register.name}' at {read.at.describe()}, which "
-                f"cannot be shifted by {where.k} tokens; bind it with p.let()",
-                "at",
-            )
+            at = compose(where, read.at)
+            if at is None:
+                raise self._fail(
+                    f"it reads '{read.register.name}' at {read.at.describe()}, which "
+                    f"cannot be shifted by {where.k} tokens"
+                    f"{' (clamped)' if where.clamp else ''} into one place; bind it with "
+                    f"p.let()",
+                    "at",
+                )
+            return Read(read.register, at)
 
         lin: dict[Read, np.ndarray] = {}
         for r, L in self.lin.items():

@@ -81,6 +81,19 @@ class Output:
     source: SourceLocation
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A program's state at one point (Program._checkpoint)."""
+
+    registers: dict
+    constants: dict
+    n_ops: int
+    writes: dict
+    temps: int
+    loops: int
+    loop_scopes: dict
+
+
 class Program:
     """A learning algorithm over the residual stream: registers, ops and an output."""
 
@@ -231,6 +244,26 @@ class Program:
         self._writes.setdefault(op.dst.name, []).append(op)
         return op.dst
 
+    def _checkpoint(self) -> _Checkpoint:
+        """What `_rollback` restores: the program as it stands (a scan tries one form of
+        its plumbing and takes it back when the condition for it fails)."""
+        mark = next(self._temps)
+        self._temps = itertools.count(mark)
+        return _Checkpoint(dict(self.registers), dict(self.constants), len(self.ops),
+                           {k: list(v) for k, v in self._writes.items()}, mark, self._loops,
+                           dict(self._loop_scopes))
+
+    def _rollback(self, cp: _Checkpoint) -> None:
+        """Forget every register, constant and op made since `cp` (ops are only appended, or
+        inserted after the checkpoint's last op, so the ops before it are untouched)."""
+        self.registers = dict(cp.registers)
+        self.constants = dict(cp.constants)
+        del self.ops[cp.n_ops:]
+        self._writes = {k: list(v) for k, v in cp.writes.items()}
+        self._temps = itertools.count(cp.temps)
+        self._loops = cp.loops
+        self._loop_scopes = dict(cp.loop_scopes)
+
     def writes(self, reg: Register) -> int:
         """How many ops have written `reg` so far (an expression notes it for each read)."""
         return len(self._writes.get(reg.name, ()))
@@ -296,14 +329,18 @@ class Program:
         return e
 
     def scan(self, init: dict | object, step, predict=None, name: str = "scan",
-             prediction: str = "pred", peel: bool = False):
+             prediction: str = "pred", peel: bool = False, clamp: bool | None = None):
         """An online learner over the examples (see raspicl/lang/scan.py): the state after
         example i is step(state after i - 1, x_i, y_i), from `init`; predict(state, x), if
         given, is written at every token (the state before x token i, the final one at the
-        query). Returns a Scan with .before (the state, as expressions) and .prediction."""
+        query). Returns a Scan with .before (the state, as expressions), .prediction and
+        .form. clamp: None (default) reads the state clamped, with no select per example,
+        when the start value is a fixed point at token 0 (docs/language.md §9), True
+        requires that (a ProgramError otherwise), False keeps the selects."""
         from raspicl.lang.scan import run_scan
 
-        return run_scan(self, init, step, predict, name, caller_location(), prediction, peel)
+        return run_scan(self, init, step, predict, name, caller_location(), prediction, peel,
+                        clamp)
 
     # ------------------------------------------------------------------ the ops
 
@@ -744,6 +781,9 @@ def _check_where(at, kind: str, dst: str, source: SourceLocation) -> None:
             raise fail(kind, dst, source,
                        f"Offset({at.k!r}) reads the future: a token can only read tokens at or "
                        f"before itself (k >= 0)")
+        if not isinstance(at.clamp, bool | np.bool_):
+            raise fail(kind, dst, source,
+                       f"Offset({at.k}, clamp={at.clamp!r}): clamp must be True or False")
         return
     if isinstance(at, At):
         if not isinstance(at.index, int | np.integer) or at.index < 0:

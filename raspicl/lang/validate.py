@@ -12,7 +12,7 @@ import numpy as np
 
 from raspicl.errors import ProgramError
 from raspicl.lang.ops import Op, fail
-from raspicl.lang.reads import At, Here, Mean, Offset, Read
+from raspicl.lang.reads import At, Here, Mean, Offset, Read, source_token
 from raspicl.lang.registers import Register
 
 
@@ -127,10 +127,9 @@ def _sources(at, t: int, roles: np.ndarray) -> list[int] | None:
     prompt or in the future there (the read is undefined whatever the register holds)."""
     if isinstance(at, Here):
         return [t]
-    if isinstance(at, Offset):
-        return [t - at.k] if t >= at.k else None
-    if isinstance(at, At):
-        return [at.index] if t >= at.index else None
+    if isinstance(at, Offset | At):
+        s = source_token(at, t)
+        return None if s is None else [s]
     if isinstance(at, Mean):
         sel = [s for s in range(t + 1) if roles[s] == at.role]
         return sel or None

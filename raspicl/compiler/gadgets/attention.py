@@ -9,6 +9,12 @@ M the config's attention_margin (scores as the model computes them, after 1/sqrt
     At(i)       score(t, s) = M (2 p_s i - p_s^2)       (s = i wins by >= M, once t >= i)
     Mean(role)  score(t, s) = M [role(s) == role]       (uniform over the role's tokens)
 
+At t < k the Offset(k) pattern singles out token 0: score(t, s) = -M p_s (2 (k - t) + p_s) is 0
+at s = 0 and at most -3M at every s >= 1, so token 0 wins by >= M there too. That is the
+clamped read, Offset(k, clamp=True): token max(t - k, 0). A strict and a clamped Offset(k) have
+the same weights and share one head (`place_key` leaves the clamp out); the language calls the
+strict read undefined at t < k, where the head holds token 0's value.
+
 Error bound: the tokens not singled out share a weight of at most T exp(-M) (Mean: per token
 exp(-M) relative to the role's tokens), so the value read is off by at most
 T exp(-M) max|value| — 2e-22 of the largest value for M = 50, T <= 100. The Here head is how
@@ -56,6 +62,10 @@ class HeadSpec:
 
 
 def place_key(place: Where) -> tuple:
+    """Which head a read needs: places with the same score pattern share one (a clamped
+    Offset(k) is the strict one's head, see the module doc)."""
+    if isinstance(place, Offset):
+        return ("Offset", place.k)
     return (type(place).__name__,) + tuple(vars(place).values())
 
 
