@@ -46,6 +46,7 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
+SQRT_HALF = math.sqrt(0.5)
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -120,6 +121,14 @@ class Gathered:
             out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
         return out
 
+    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the same terms in
+        the same order as `apply`, gathered as whole rows of x_t."""
+        out = b[:, None].expand(-1, x_t.shape[1]).clone()
+        for i in range(self.idx.shape[0]):
+            out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
+        return out
+
 
 @dataclass
 class MLPPlan:
@@ -134,6 +143,9 @@ class MLPPlan:
     b_out: torch.Tensor
     sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
     sparse_out: Gathered | None = None  # W_out gathered by written rows
+    # units 0 .. n_pairs - 1 each stand for a mirrored pair of the dense MLP (`_mirrored`):
+    # they output y erf(y / sqrt 2) = GeLU(y) + GeLU(-y); the units after them output GeLU(y)
+    n_pairs: int = 0
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -185,9 +197,46 @@ def _mlp_plan(block) -> MLPPlan:
     out_rows = _idx(nz_out.index_select(0, units).any(dim=0) | (mlp.b_out != 0))
     W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
     W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
+    b_in = mlp.b_in[units]
     g_in, g_out = _gathered(W_in, W_out)
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), mlp.b_in[units].clone(),
-                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
+    n_pairs = 0
+    if g_in is None and g_out is None:  # (a large MLP keeps its units as they are)
+        keep, n_pairs = _mirrored(W_in, b_in, W_out)
+        W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in.clone(),
+                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out,
+                   n_pairs)
+
+
+def mirrored_gelu(y: torch.Tensor) -> torch.Tensor:
+    """GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), what a mirrored pair of units outputs (exact
+    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), in a new tensor."""
+    return torch.erf(y * SQRT_HALF).mul_(y)
+
+
+def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
+              W_out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The units to keep, mirrored pairs first, and how many pairs. Units i and j are a
+    mirrored pair when j's input weights and bias are exactly -i's and its output row is
+    exactly i's (the product gadget's GeLU(e t), GeLU(-e t)): together they add
+    W_out[i] (GeLU(y) + GeLU(-y)) = W_out[i] y erf(y / sqrt 2), y = i's pre-activation, which
+    unit i alone computes (with one erf in place of two GeLUs, and without their cancelling
+    sum: the monitor charges each GeLU output kappa u |y| / 2, the pair's own rounding is
+    about 2 u y erf(y / sqrt 2), far below it; tests/test_compact_gelu.py)."""
+    rows = torch.cat([W_in.t(), b_in[:, None]], dim=1)  # [units, r + 1], no row all zero
+    first = (rows != 0).to(torch.int8).argmax(dim=1)
+    sign = torch.sign(rows.gather(1, first[:, None]))
+    key = torch.cat([rows * sign + 0.0, W_out], dim=1)  # + 0.0: no -0.0 in a key
+    _, group = torch.unique(key, dim=0, return_inverse=True)
+    up: dict[int, list[int]] = {}
+    down: dict[int, list[int]] = {}
+    for unit, (g, s) in enumerate(zip(group.tolist(), sign.flatten().tolist(), strict=True)):
+        (up if s > 0 else down).setdefault(g, []).append(unit)
+    pairs = [(i, j) for g, ups in up.items() for i, j in zip(ups, down.get(g, []))]
+    paired = {u for pair in pairs for u in pair}
+    singles = [u for u in range(rows.shape[0]) if u not in paired]
+    keep = [i for i, _ in pairs] + singles
+    return torch.tensor(keep, dtype=torch.long, device=W_in.device), len(pairs)
 
 
 def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
@@ -205,13 +254,14 @@ def _entries(W: torch.Tensor, g: Gathered | None) -> int:
     return W.numel() if g is None else g.idx.numel()
 
 
-def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-             sparse: Gathered | None) -> torch.Tensor:
-    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
-    if sparse is None:
-        return _affine(x, W, b)
-    B, T, r = x.shape
-    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
+def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+               sparse: Gathered | None) -> torch.Tensor:
+    """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N] (any strides): one
+    W^T x_t product, whose long side N (every token of every prompt) is the one BLAS runs
+    fastest along, or W's gathered form on whole rows of x_t."""
+    if sparse is not None:
+        return sparse.apply_t(x_t, b)
+    return torch.addmm(b[:, None], W.t(), x_t)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -262,12 +312,6 @@ def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
     return fixed
 
 
-def _add_rows(resid: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
-              inplace: bool) -> torch.Tensor:
-    """resid with `out` added at `rows` of its last dim, in place or into a copy."""
-    return resid.index_add_(2, rows, out) if inplace else resid.index_add(2, rows, out)
-
-
 class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
@@ -305,24 +349,73 @@ class CompactPlan:
         p = self.attns[layer]
         if not len(p.out_rows):
             return resid
-        B, T, _ = resid.shape
+        out_t = self._attn_out(layer, resid.permute(2, 1, 0))  # [c, T, B]
+        target = resid if inplace else resid.clone()
+        return target.index_add_(2, p.out_rows, out_t.permute(2, 1, 0))
+
+    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
+        (added into `resid` itself if inplace, else into a copy)."""
+        layer = self.order[run]
+        p = self.mlps[layer]
+        if not len(p.out_rows):
+            return resid
+        D = resid.shape[-1]
+        x = F.layer_norm(resid, (D,), p.ln_w, p.ln_b, p.eps).view(-1, D)
+        target = resid if inplace else resid.clone()
+        target.view(-1, D).index_add_(1, p.out_rows, self._mlp_out(layer, x).t())
+        return target
+
+    def last(self, resid: torch.Tensor) -> torch.Tensor:
+        """The residual after the last sublayer, from the embedded one [B, T, D], for a caller
+        who reads the final residual only. It runs on the residual transposed to [D, T, B]:
+        a sublayer's reads and writes are then whole rows (contiguous gathers and adds), a
+        fixed pattern multiplies [T, B] blocks, and each MLP's LayerNorm reads the transpose
+        [T B, D] (one copy), laid out as the dense pass has it. Every sublayer is added in
+        place (no copy per sublayer)."""
+        B, T, D = resid.shape
+        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B]
+        r2 = r3.view(D, T * B)
+        for layer in self.order:
+            a, m = self.attns[layer], self.mlps[layer]
+            if len(a.out_rows):
+                r2.index_add_(0, a.out_rows, self._attn_out(layer, r3).view(-1, T * B))
+            if len(m.out_rows):
+                x = F.layer_norm(r2.t().contiguous(), (D,), m.ln_w, m.ln_b, m.eps)
+                r2.index_add_(0, m.out_rows, self._mlp_out(layer, x))
+        return r3.permute(2, 1, 0).contiguous()
+
+    def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
+        """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
+        the residual as r3 [D, T, B] (any strides: rows first, then tokens, then prompts)."""
+        p = self.attns[layer]
+        D, T, B = r3.shape
         H = p.n_heads
-        if H:
-            v = _product(resid.index_select(2, p.v_rows), p.W_v, p.b_v, p.sparse_v)
-            if self.fixed[layer]:
-                # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h as one
-                # 2-D product per head over all prompts' value columns side by side
-                cv = v.shape[-1] // H
-                pat = self._pattern(layer, T, resid.dtype, resid.device)  # [H, T, T]
-                vh = v.view(B, T, H, cv).permute(2, 1, 0, 3).reshape(H, T, B * cv)
-                z = torch.bmm(pat, vh).view(H, T, B, cv).permute(2, 1, 0, 3).reshape(B, T, -1)
-            else:
-                z = (_softmax_scores(p, resid) @ v.view(B, T, H, -1).transpose(1, 2)) \
-                    .transpose(1, 2).reshape(B, T, -1)  # [B, T, H * cv]
-            out = _product(z, p.W_o, p.b_o, p.sparse_o)
+        if not H:
+            return p.b_o[:, None, None].expand(-1, T, B)
+        x_t = r3.index_select(0, p.v_rows).view(-1, T * B)
+        v_t = _product_t(x_t, p.W_v, p.b_v, p.sparse_v).view(H, -1, T, B)  # [H, cv, T, B]
+        if self.fixed[layer]:
+            # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h, one
+            # [T, T] by [T, B] product per value column
+            pat = self._pattern(layer, T, r3.dtype, r3.device)  # [H, T, T]
+            z_t = torch.matmul(pat[:, None], v_t)  # [H, cv, T, B]
         else:
-            out = p.b_o.expand(B, T, -1)
-        return _add_rows(resid, p.out_rows, out, inplace)
+            scores = _softmax_scores(p, r3.permute(2, 1, 0))  # [B, H, T, T]
+            z_t = (scores @ v_t.permute(3, 0, 2, 1)).permute(1, 3, 2, 0)  # [H, cv, T, B]
+        return _product_t(z_t.reshape(-1, T * B), p.W_o, p.b_o, p.sparse_o).view(-1, T, B)
+
+    def _mlp_out(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Block `layer`'s MLP output at its written rows, transposed: [len(out_rows), N],
+        from its LayerNorm's output x [N, D] (N tokens in any order: the output keeps it)."""
+        p = self.mlps[layer]
+        h_t = _product_t(x.t().index_select(0, p.in_rows), p.W_in, p.b_in, p.sparse_in)
+        if p.n_pairs:
+            h_t[:p.n_pairs] = mirrored_gelu(h_t[:p.n_pairs])
+            h_t[p.n_pairs:] = F.gelu(h_t[p.n_pairs:])
+        else:
+            h_t = F.gelu(h_t)
+        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out)
 
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
@@ -333,25 +426,6 @@ class CompactPlan:
             base = self._W_pos[:T].to(dtype=dtype, device=device)[None]
             self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
         return self._patterns[key]
-
-    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
-        (added into `resid` itself if inplace, else into a copy)."""
-        p = self.mlps[self.order[run]]
-        if not len(p.out_rows):
-            return resid
-        x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
-        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
-                         inplace)
-
-    def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one, every sublayer added in
-        place (for a caller who reads the final residual only: no copy per sublayer)."""
-        resid = resid.clone()
-        for run in range(len(self.order)):
-            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
-        return resid
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every

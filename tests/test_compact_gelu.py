@@ -1,0 +1,96 @@
+"""The compact plan's GeLUs against the exact function (mpmath, 40 digits), within what the
+runtime monitor charges for them, and its pairing of mirrored units.
+
+The monitor (raspicl/monitor.py, the product gadget) charges each GeLU output of a product unit
+kappa u |x| / 2 (x its argument, |x| <= 1 where the gadget's series check passes; kappa =
+rounding_factor, u = machine epsilon): the two units of a square, GeLU(x) and GeLU(-x), are
+charged kappa u |x| together. The compact plan computes such a mirrored pair as one unit,
+x erf(x / sqrt 2) (compact.mirrored_gelu), and every other unit with F.gelu (as the dense pass
+does); a select's gate units, whose arguments are large, are charged kappa u times their
+operands' size. Samples (seeded): 5 000 x ~ N(0, 3^2), 4 001 points on [-12, 12], 5 000
+x ~ U[-1, 1] and 2 000 x ~ N(0, 0.01^2).
+"""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raspicl.compact import _mirrored, mirrored_gelu
+from raspicl.compiler.config import CompilerConfig
+
+KAPPA = CompilerConfig().rounding_factor
+
+
+def _samples() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(20261201)
+    return {"N(0, 9)": rng.normal(0.0, 3.0, 5000), "grid [-12, 12]": np.linspace(-12, 12, 4001),
+            "U[-1, 1]": rng.uniform(-1.0, 1.0, 5000), "N(0, 1e-4)": rng.normal(0.0, 0.01, 2000)}
+
+
+def _exact(xs: np.ndarray, mirrored: bool) -> np.ndarray:
+    """GeLU(x) (or GeLU(x) + GeLU(-x)) at 40 digits, rounded once to float64."""
+    mpmath.mp.dps = 40
+    half = mpmath.sqrt(2)
+    out = []
+    for x in xs.tolist():
+        m = mpmath.mpf(x)
+        erf = mpmath.erf(m / half)
+        out.append(float(m * erf if mirrored else m * (1 + erf) / 2))
+    return np.asarray(out)
+
+
+SAMPLES = _samples()
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_mirrored_pair_within_its_two_units_charge(name):
+    """x erf(x / sqrt 2) in float64 and float32 within kappa u |x| (the two GeLU outputs'
+    charge) of the exact GeLU(x) + GeLU(-x)."""
+    xs = SAMPLES[name]
+    for dtype in (torch.float64, torch.float32):
+        x = torch.from_numpy(xs).to(dtype)
+        x64 = x.double().numpy()  # the argument the unit actually gets
+        got = mirrored_gelu(x).double().numpy()
+        u = torch.finfo(dtype).eps
+        err = np.abs(got - _exact(x64, mirrored=True))
+        assert np.all(err <= KAPPA * u * np.abs(x64)), (name, dtype, float(np.max(err / (u * np.abs(x64)))))
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_unpaired_gelu_within_its_charge(name):
+    """F.gelu in float64 (the plan's single units): within kappa u |x| / 2 of the exact GeLU
+    on the product units' range |x| <= 1, and within kappa u |x| everywhere (gate units)."""
+    xs = SAMPLES[name]
+    got = F.gelu(torch.from_numpy(xs)).numpy()
+    err = np.abs(got - _exact(xs, mirrored=False))
+    u = np.finfo(np.float64).eps
+    small = np.abs(xs) <= 1.0
+    assert np.all(err[small] <= KAPPA * u * np.abs(xs[small]) / 2)
+    assert np.all(err <= KAPPA * u * np.abs(xs))
+
+
+def test_mirrored_units_found_by_hand():
+    """Units 0/1 mirror each other (inputs and bias negated, same output row); unit 2's output
+    row differs from unit 3's, unit 4 has no partner, units 5/6 mirror with a zero entry (whose
+    sign, 0.0 or -0.0, must not matter) and a bias only."""
+    W_in = torch.tensor([[1.0, -1.0, 2.0, -2.0, 3.0, 0.0, -0.0],
+                         [0.5, -0.5, 1.0, -1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    b_in = torch.tensor([0.25, -0.25, 0.0, 0.0, 1.0, 0.5, -0.5], dtype=torch.float64)
+    W_out = torch.tensor([[4.0], [4.0], [1.0], [2.0], [1.0], [3.0], [3.0]], dtype=torch.float64)
+    keep, n_pairs = _mirrored(W_in, b_in, W_out)
+    assert n_pairs == 2
+    reps, singles = keep[:n_pairs].tolist(), keep[n_pairs:].tolist()
+    assert sorted(reps) == [0, 5]
+    assert sorted(singles) == [2, 3, 4]
+    # the pair's output equals the two units' dense output, x erf(x / sqrt 2) = GeLU(x) + GeLU(-x)
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -3.0]])
+    pre = x @ W_in + b_in
+    dense = F.gelu(pre) @ W_out
+    h = pre[:, keep].clone()
+    h[:, :n_pairs] = mirrored_gelu(h[:, :n_pairs])
+    h[:, n_pairs:] = F.gelu(h[:, n_pairs:])
+    np.testing.assert_allclose((h @ W_out[keep]).numpy(), dense.numpy(), rtol=1e-14, atol=1e-14)
