@@ -46,7 +46,24 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
+# A smaller matrix is gathered too where its columns' most nonzeros m satisfy
+# m * GATHER_COST <= rows: on the transposed products (`_product_t`) a gathered term, one row
+# of x_t gathered and multiply-added, costs about as much as GATHER_COST entries of the dense
+# product (4-5 us against 0.6-0.7 us per column pair at 9216 tokens, float64, one thread:
+# ridge d = 2 n = 4's value matrices, m = 1 of 9-14 rows, run at 0.5-0.8 of the product's time).
+GATHER_COST = 6
+# MLPs with at most this many entries in W_in and W_out together are searched for mirrored
+# unit pairs (`_mirrored`, which compares whole columns: a large MLP keeps its units).
+PAIR_MAX_ENTRIES = 2**20
 SQRT_HALF = math.sqrt(0.5)
+# A fixed (position-only) attention pattern's weights below PATTERN_FLOOR are set to zero. The
+# compiler gives every token a head reads a weight >= 1 / n_ctx (a mean over at most n_ctx
+# tokens) and every other token exp(-M) or less (M = attention_margin: the score gap), which
+# the monitor charges as the leak, (T - 1) exp(-M) 2 max|residual| per read. A weight below
+# the floor is such a leak: dropping it moves a read by less than that charge (the dense pass
+# keeps it, and so lies further from the exact value). Condition: PATTERN_FLOOR < 1 / n_ctx.
+# With it every row of a move's pattern is a single weight 1, and the attention a gather.
+PATTERN_FLOOR = 2.0**-60
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -92,17 +109,19 @@ class Gathered:
     coef: torch.Tensor  # [m, c]
 
     @staticmethod
-    def of(W: torch.Tensor) -> Gathered | None:
+    def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
         """W's gathered form (its nonzero entries, column by column in row order), or None
         where a dense product is the cheaper one (W small, some column with more than
-        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY)."""
+        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY). small: also gather a small W
+        whose columns have at most rows / GATHER_COST nonzeros (for `apply_t`)."""
         r, c = W.shape
-        if r * c < SPARSE_MIN_ENTRIES:
+        if not c or (r * c < SPARSE_MIN_ENTRIES and not small):
             return None
         nz = W != 0
         per_col = nz.sum(dim=0)
-        m = int(per_col.max()) if c else 0
-        if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
+        m = int(per_col.max())
+        large = r * c >= SPARSE_MIN_ENTRIES and m * c <= SPARSE_DENSITY * r * c
+        if m > SPARSE_TERMS or not (large or (small and m * GATHER_COST <= r)):
             return None
         m = max(m, 1)
         cols, rows = torch.nonzero(W.t(), as_tuple=True)  # by column, then row
@@ -198,11 +217,11 @@ def _mlp_plan(block) -> MLPPlan:
     W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
     W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
     b_in = mlp.b_in[units]
-    g_in, g_out = _gathered(W_in, W_out)
     n_pairs = 0
-    if g_in is None and g_out is None:  # (a large MLP keeps its units as they are)
+    if W_in.numel() + W_out.numel() <= PAIR_MAX_ENTRIES:
         keep, n_pairs = _mirrored(W_in, b_in, W_out)
         W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
+    g_in, g_out = _gathered(W_in, W_out)
     return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in.clone(),
                    _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out,
                    n_pairs)
@@ -240,7 +259,7 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
 
 
 def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
-    return [Gathered.of(W) for W in Ws]
+    return [Gathered.of(W, small=True) for W in Ws]
 
 
 def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
@@ -331,7 +350,7 @@ class CompactPlan:
         self.mlps = [_mlp_plan(b) for b in model.blocks]
         self.fixed = _fixed_patterns(model, self.attns, self.mlps)
         self._W_pos = model.pos_embed.W_pos
-        self._patterns: dict[tuple, torch.Tensor] = {}
+        self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._key = self.key(model)
 
     @staticmethod
@@ -367,23 +386,12 @@ class CompactPlan:
         return target
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one [B, T, D], for a caller
-        who reads the final residual only. It runs on the residual transposed to [D, T, B]:
-        a sublayer's reads and writes are then whole rows (contiguous gathers and adds), a
-        fixed pattern multiplies [T, B] blocks, and each MLP's LayerNorm reads the transpose
-        [T B, D] (one copy), laid out as the dense pass has it. Every sublayer is added in
-        place (no copy per sublayer)."""
-        B, T, D = resid.shape
-        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B]
-        r2 = r3.view(D, T * B)
-        for layer in self.order:
-            a, m = self.attns[layer], self.mlps[layer]
-            if len(a.out_rows):
-                r2.index_add_(0, a.out_rows, self._attn_out(layer, r3).view(-1, T * B))
-            if len(m.out_rows):
-                x = F.layer_norm(r2.t().contiguous(), (D,), m.ln_w, m.ln_b, m.eps)
-                r2.index_add_(0, m.out_rows, self._mlp_out(layer, x))
-        return r3.permute(2, 1, 0).contiguous()
+        """The residual after the last sublayer, from the embedded one, every sublayer added in
+        place (for a caller who reads the final residual only: no copy per sublayer)."""
+        resid = resid.clone()
+        for run in range(len(self.order)):
+            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+        return resid
 
     def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
         """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
@@ -396,10 +404,13 @@ class CompactPlan:
         x_t = r3.index_select(0, p.v_rows).view(-1, T * B)
         v_t = _product_t(x_t, p.W_v, p.b_v, p.sparse_v).view(H, -1, T, B)  # [H, cv, T, B]
         if self.fixed[layer]:
-            # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h, one
-            # [T, T] by [T, B] product per value column
-            pat = self._pattern(layer, T, r3.dtype, r3.device)  # [H, T, T]
-            z_t = torch.matmul(pat[:, None], v_t)  # [H, cv, T, B]
+            pat, src = self._fixed(layer, T, r3.dtype, r3.device)  # [H, T, T], [H, T]
+            if src is None:  # z_h = pattern_h @ v_h, a [T, T] by [T, B] product per column
+                z_t = torch.matmul(pat[:, None], v_t)  # [H, cv, T, B]
+            else:  # every token reads one token with weight 1: z_h = v_h at src_h
+                z_t = torch.empty_like(v_t)
+                for h in range(H):
+                    torch.index_select(v_t[h], 1, src[h], out=z_t[h])
         else:
             scores = _softmax_scores(p, r3.permute(2, 1, 0))  # [B, H, T, T]
             z_t = (scores @ v_t.permute(3, 0, 2, 1)).permute(1, 3, 2, 0)  # [H, cv, T, B]
@@ -420,11 +431,21 @@ class CompactPlan:
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
         """Block `layer`'s attention pattern [H, T, T] on the positional rows alone (the same
-        for every prompt: see `fixed`), computed once per length, dtype and device."""
+        for every prompt: see `fixed`), its weights below PATTERN_FLOOR set to zero; computed
+        once per length, dtype and device."""
+        return self._fixed(layer, T, dtype, device)[0]
+
+    def _fixed(self, layer: int, T: int, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_pattern`, and, if every row of it is a single weight 1, the token each row reads
+        [H, T] (else None)."""
         key = (layer, T, dtype, device)
         if key not in self._patterns:
             base = self._W_pos[:T].to(dtype=dtype, device=device)[None]
-            self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
+            pat = _softmax_scores(self.attns[layer], base)[0].contiguous()
+            pat.masked_fill_(pat < PATTERN_FLOOR, 0.0)
+            one_hot = ((pat == 0) | (pat == 1)).all() & ((pat == 1).sum(dim=-1) == 1).all()
+            self._patterns[key] = (pat, pat.argmax(dim=-1) if bool(one_hot) else None)
         return self._patterns[key]
 
     def work(self, model: Transformer) -> dict[str, float]:
