@@ -331,6 +331,19 @@ def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
     return fixed
 
 
+def _layer_norm_t(r2: torch.Tensor, p: MLPPlan) -> torch.Tensor:
+    """The MLP's LayerNorm at the rows its units read, transposed, [len(in_rows), N], from the
+    residual transposed r2 [D, N]: (x - mean) / sqrt(var + eps) * w + b with the mean and the
+    (biased) variance over all D rows, two-pass as F.layer_norm defines them. Its sums run
+    over the rows in another order than F.layer_norm's, so it differs from the dense pass in
+    the last bits, as a summation order does."""
+    mean = r2.mean(dim=0)
+    dev = r2 - mean
+    x_t = dev.index_select(0, p.in_rows)
+    rstd = dev.square_().mean(dim=0).add_(p.eps).sqrt_().reciprocal_()
+    return x_t.mul_(rstd).mul_(p.ln_w[p.in_rows, None]).add_(p.ln_b[p.in_rows, None])
+
+
 class CompactPlan:
     """The compact forward pass of one Transformer's weights (see the module doc); valid while
     those weights are unchanged (`matches`)."""
@@ -386,12 +399,21 @@ class CompactPlan:
         return target
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one, every sublayer added in
-        place (for a caller who reads the final residual only: no copy per sublayer)."""
-        resid = resid.clone()
-        for run in range(len(self.order)):
-            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
-        return resid
+        """The residual after the last sublayer, from the embedded one [B, T, D], for a caller
+        who reads the final residual only. It runs on the residual transposed to [D, T, B]
+        (one copy in, one out): a sublayer's reads and writes are then whole rows, gathered
+        and added in place, a fixed pattern applies to [T, B] blocks, and each MLP's
+        LayerNorm is `_layer_norm_t` on the rows its units read."""
+        B, T, D = resid.shape
+        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B]
+        r2 = r3.view(D, T * B)
+        for layer in self.order:
+            a, m = self.attns[layer], self.mlps[layer]
+            if len(a.out_rows):
+                r2.index_add_(0, a.out_rows, self._attn_out(layer, r3).view(-1, T * B))
+            if len(m.out_rows):
+                r2.index_add_(0, m.out_rows, self._mlp_out_t(layer, _layer_norm_t(r2, m)))
+        return r3.permute(2, 1, 0).contiguous()
 
     def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
         """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
@@ -419,8 +441,13 @@ class CompactPlan:
     def _mlp_out(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Block `layer`'s MLP output at its written rows, transposed: [len(out_rows), N],
         from its LayerNorm's output x [N, D] (N tokens in any order: the output keeps it)."""
+        return self._mlp_out_t(layer, x.t().index_select(0, self.mlps[layer].in_rows))
+
+    def _mlp_out_t(self, layer: int, x_t: torch.Tensor) -> torch.Tensor:
+        """`_mlp_out` from the LayerNorm's output at the rows the units read, transposed:
+        x_t [len(in_rows), N]."""
         p = self.mlps[layer]
-        h_t = _product_t(x.t().index_select(0, p.in_rows), p.W_in, p.b_in, p.sparse_in)
+        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in)
         if p.n_pairs:
             h_t[:p.n_pairs] = mirrored_gelu(h_t[:p.n_pairs])
             h_t[p.n_pairs:] = F.gelu(h_t[p.n_pairs:])

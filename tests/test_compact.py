@@ -6,7 +6,8 @@ one relative to max(|dense|, 1) (a summation-order change is ~1e-16; the product
 divides GeLU outputs by e^2 with e down to ~1e-3, and the division anchors amplify it by up to
 ~1e6), and every prediction within the sum of the two passes' error bounds of the dense one
 (each pass lies within its own bound of the exact value). float32: the predictions within
-that sum of bounds.
+that sum of bounds. The same for the transposed pass `CompactPlan.last`, which predict and run
+make when no monitor reads the residuals.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def test_compact_matches_dense_float64(name, params, loops):
         assert float(err.max()) <= RESIDUAL_TOLERANCE, f"residual {i}: {err.max():.3g}"
     got, want = bounded(cm, prompts), bounded(dense, prompts)
     assert np.all(np.abs(got.values - want.values) <= got.bound + want.bound)
+    # the transposed pass (CompactPlan.last: predict and run without the monitor) too
+    last = cm.plan().last(torch.from_numpy(a[0])).numpy()
+    err = np.abs(last - b[-1]) / np.maximum(np.abs(b[-1]), 1.0)
+    assert float(err.max()) <= RESIDUAL_TOLERANCE, f"last residual: {err.max():.3g}"
+    fast = cm.predict(prompts, check="ignore")
+    assert np.all(np.abs(fast - want.values) <= got.bound + want.bound)
     # the plan did skip work: the bundled programs' weights are mostly zero
     work = cm.plan().work(cm.model)
     assert work["compact"] < 0.25 * work["dense"]
@@ -73,6 +80,8 @@ def test_compact_matches_dense_float32(name, params, loops):
     ok = np.isfinite(got.bound) & np.isfinite(want.bound)
     assert ok.mean() > 0.5
     assert np.all(np.abs(got.values - want.values)[ok] <= (got.bound + want.bound)[ok])
+    fast = cm.predict(prompts, check="ignore")  # the transposed pass (CompactPlan.last)
+    assert np.all(np.abs(fast - want.values)[ok] <= (got.bound + want.bound)[ok])
 
 
 def test_plan_skips_zero_heads_units_and_rows():
