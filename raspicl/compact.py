@@ -107,6 +107,7 @@ class Gathered:
 
     idx: torch.Tensor  # [m, c] long
     coef: torch.Tensor  # [m, c]
+    first_ones: bool = False  # every coef[0] is 1 (a move's selection): no multiply there
 
     @staticmethod
     def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
@@ -131,7 +132,7 @@ class Gathered:
         coef = W.new_zeros(m, c)
         idx[pos, cols] = rows
         coef[pos, cols] = W[rows, cols]
-        return Gathered(idx, coef)
+        return Gathered(idx, coef, bool((coef[0] == 1).all()))
 
     def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
@@ -142,9 +143,14 @@ class Gathered:
 
     def apply_t(self, x_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the same terms in
-        the same order as `apply`, gathered as whole rows of x_t."""
-        out = b[:, None].expand(-1, x_t.shape[1]).clone()
-        for i in range(self.idx.shape[0]):
+        the same order as `apply` (the first term and the bias added first, with the same
+        roundings), gathered as whole rows of x_t."""
+        out = x_t.index_select(0, self.idx[0])
+        if not self.first_ones:
+            out.mul_(self.coef[0][:, None])
+        if bool(b.any()):
+            out.add_(b[:, None])
+        for i in range(1, self.idx.shape[0]):
             out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
         return out
 
@@ -403,9 +409,10 @@ class CompactPlan:
         who reads the final residual only. It runs on the residual transposed to [D, T, B]
         (one copy in, one out): a sublayer's reads and writes are then whole rows, gathered
         and added in place, a fixed pattern applies to [T, B] blocks, and each MLP's
-        LayerNorm is `_layer_norm_t` on the rows its units read."""
+        LayerNorm is `_layer_norm_t` on the rows its units read. The result is a [B, T, D] view
+        of that transposed tensor (no copy out)."""
         B, T, D = resid.shape
-        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B]
+        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B], a new tensor
         r2 = r3.view(D, T * B)
         for layer in self.order:
             a, m = self.attns[layer], self.mlps[layer]
@@ -413,7 +420,7 @@ class CompactPlan:
                 r2.index_add_(0, a.out_rows, self._attn_out(layer, r3).view(-1, T * B))
             if len(m.out_rows):
                 r2.index_add_(0, m.out_rows, self._mlp_out_t(layer, _layer_norm_t(r2, m)))
-        return r3.permute(2, 1, 0).contiguous()
+        return r3.permute(2, 1, 0)  # [B, T, D], a view (the readout reads a few tokens)
 
     def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
         """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
