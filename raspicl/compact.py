@@ -108,6 +108,7 @@ class Gathered:
     idx: torch.Tensor  # [m, c] long
     coef: torch.Tensor  # [m, c]
     first_ones: bool = False  # every coef[0] is 1 (a move's selection): no multiply there
+    has_bias: bool = True  # apply_t adds its bias (False: the plan's bias is all zero)
 
     @staticmethod
     def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
@@ -148,7 +149,7 @@ class Gathered:
         out = x_t.index_select(0, self.idx[0])
         if not self.first_ones:
             out.mul_(self.coef[0][:, None])
-        if bool(b.any()):
+        if self.has_bias:
             out.add_(b[:, None])
         for i in range(1, self.idx.shape[0]):
             out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
@@ -208,10 +209,11 @@ def _attn_plan(attn) -> AttnPlan:
     W_o = W_O.new_zeros(H * cv, len(out_rows))
     for i, (h, _, vc) in enumerate(kept):
         W_o[i * cv:i * cv + len(vc)] = W_O[h][vc][:, out_rows]
-    g_v, g_o = _gathered(W_v, W_o)
+    b_o = attn.b_O[out_rows].clone()
+    g_v, g_o = _gathered((W_v, b_v), (W_o, b_o))
     W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
+                    b_o, math.sqrt(W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:
@@ -227,16 +229,16 @@ def _mlp_plan(block) -> MLPPlan:
     if W_in.numel() + W_out.numel() <= PAIR_MAX_ENTRIES:
         keep, n_pairs = _mirrored(W_in, b_in, W_out)
         W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
-    g_in, g_out = _gathered(W_in, W_out)
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in.clone(),
-                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out,
-                   n_pairs)
+    b_in, b_out = b_in.clone(), mlp.b_out[out_rows].clone()
+    g_in, g_out = _gathered((W_in, b_in), (W_out, b_out))
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in,
+                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs)
 
 
-def mirrored_gelu(y: torch.Tensor) -> torch.Tensor:
+def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
     """GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), what a mirrored pair of units outputs (exact
-    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), in a new tensor."""
-    return torch.erf(y * SQRT_HALF).mul_(y)
+    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned)."""
+    return y.mul_(torch.erf(y * SQRT_HALF))
 
 
 def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
@@ -264,8 +266,15 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
     return torch.tensor(keep, dtype=torch.long, device=W_in.device), len(pairs)
 
 
-def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
-    return [Gathered.of(W, small=True) for W in Ws]
+def _gathered(*products: tuple[torch.Tensor, torch.Tensor]) -> list[Gathered | None]:
+    """Each (W, b)'s gathered form (`Gathered.of`, small ones too), told whether b is zero."""
+    out = []
+    for W, b in products:
+        g = Gathered.of(W, small=True)
+        if g is not None:
+            g.has_bias = bool(b.any())
+        out.append(g)
+    return out
 
 
 def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
@@ -455,11 +464,12 @@ class CompactPlan:
         x_t [len(in_rows), N]."""
         p = self.mlps[layer]
         h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in)
-        if p.n_pairs:
-            h_t[:p.n_pairs] = mirrored_gelu(h_t[:p.n_pairs])
-            h_t[p.n_pairs:] = F.gelu(h_t[p.n_pairs:])
-        else:
+        if not p.n_pairs:
             h_t = F.gelu(h_t)
+        else:
+            mirrored_gelu_(h_t[:p.n_pairs])
+            if p.n_pairs < h_t.shape[0]:
+                h_t[p.n_pairs:] = F.gelu(h_t[p.n_pairs:])
         return _product_t(h_t, p.W_out, p.b_out, p.sparse_out)
 
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,

@@ -5,7 +5,7 @@ The monitor (raspicl/monitor.py, the product gadget) charges each GeLU output of
 kappa u |x| / 2 (x its argument, |x| <= 1 where the gadget's series check passes; kappa =
 rounding_factor, u = machine epsilon): the two units of a square, GeLU(x) and GeLU(-x), are
 charged kappa u |x| together. The compact plan computes such a mirrored pair as one unit,
-x erf(x / sqrt 2) (compact.mirrored_gelu), and every other unit with F.gelu (as the dense pass
+x erf(x / sqrt 2) (compact.mirrored_gelu_), and every other unit with F.gelu (as the dense pass
 does); a select's gate units, whose arguments are large, are charged kappa u times their
 operands' size. Samples (seeded): 5 000 x ~ N(0, 3^2), 4 001 points on [-12, 12], 5 000
 x ~ U[-1, 1] and 2 000 x ~ N(0, 0.01^2).
@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raspicl.compact import _mirrored, mirrored_gelu
+from raspicl.compact import _mirrored, mirrored_gelu_
 from raspicl.compiler.config import CompilerConfig
 
 KAPPA = CompilerConfig().rounding_factor
@@ -54,7 +54,7 @@ def test_mirrored_pair_within_its_two_units_charge(name):
     for dtype in (torch.float64, torch.float32):
         x = torch.from_numpy(xs).to(dtype)
         x64 = x.double().numpy()  # the argument the unit actually gets
-        got = mirrored_gelu(x).double().numpy()
+        got = mirrored_gelu_(x.clone()).double().numpy()
         u = torch.finfo(dtype).eps
         err = np.abs(got - _exact(x64, mirrored=True))
         assert np.all(err <= KAPPA * u * np.abs(x64)), (name, dtype, float(np.max(err / (u * np.abs(x64)))))
@@ -91,6 +91,6 @@ def test_mirrored_units_found_by_hand():
     pre = x @ W_in + b_in
     dense = F.gelu(pre) @ W_out
     h = pre[:, keep].clone()
-    h[:, :n_pairs] = mirrored_gelu(h[:, :n_pairs])
+    mirrored_gelu_(h[:, :n_pairs])
     h[:, n_pairs:] = F.gelu(h[:, n_pairs:])
     np.testing.assert_allclose((h @ W_out[keep]).numpy(), dense.numpy(), rtol=1e-14, atol=1e-14)
