@@ -170,8 +170,10 @@ class MLPPlan:
     sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
     sparse_out: Gathered | None = None  # W_out gathered by written rows
     # units 0 .. n_pairs - 1 each stand for a mirrored pair of the dense MLP (`_mirrored`):
-    # they output y erf(y / sqrt 2) = GeLU(y) + GeLU(-y); the units after them output GeLU(y)
+    # they output y erf(y / sqrt 2) = GeLU(y) + GeLU(-y); the next n_linear units each stand
+    # for a linear pair and output y = GeLU(y) - GeLU(-y); the units after them GeLU(y)
     n_pairs: int = 0
+    n_linear: int = 0
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -225,14 +227,14 @@ def _mlp_plan(block) -> MLPPlan:
     W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
     W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
     b_in = mlp.b_in[units]
-    n_pairs = 0
+    n_pairs = n_linear = 0
     if W_in.numel() + W_out.numel() <= PAIR_MAX_ENTRIES:
-        keep, n_pairs = _mirrored(W_in, b_in, W_out)
+        keep, n_pairs, n_linear = _mirrored(W_in, b_in, W_out)
         W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
     b_in, b_out = b_in.clone(), mlp.b_out[out_rows].clone()
     g_in, g_out = _gathered((W_in, b_in), (W_out, b_out))
     return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in,
-                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs)
+                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs, n_linear)
 
 
 def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
@@ -242,28 +244,40 @@ def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
 
 
 def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
-              W_out: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The units to keep, mirrored pairs first, and how many pairs. Units i and j are a
-    mirrored pair when j's input weights and bias are exactly -i's and its output row is
-    exactly i's (the product gadget's GeLU(e t), GeLU(-e t)): together they add
-    W_out[i] (GeLU(y) + GeLU(-y)) = W_out[i] y erf(y / sqrt 2), y = i's pre-activation, which
-    unit i alone computes (with one erf in place of two GeLUs, and without their cancelling
-    sum: the monitor charges each GeLU output kappa u |y| / 2, the pair's own rounding is
-    about 2 u y erf(y / sqrt 2), far below it; tests/test_compact_gelu.py)."""
+              W_out: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The units to keep: mirrored pairs first, then linear pairs, then the rest; and how
+    many of each pair. Units i and j mirror each other when j's input weights and bias are
+    exactly -i's, so that j's pre-activation is -y, y = i's:
+
+    - with the same output row (the product gadget's GeLU(e t), GeLU(-e t)) they add
+      W_out[i] (GeLU(y) + GeLU(-y)) = W_out[i] y erf(y / sqrt 2), which unit i alone computes
+      (`mirrored_gelu_`: one erf in place of two GeLUs and their cancelling sum; the monitor
+      charges each GeLU output kappa u |y| / 2, the pair's own rounding is about
+      2 u y erf(y / sqrt 2), far below it: tests/test_compact_gelu.py);
+    - with the negated output row (an MLP's affine units) they add
+      W_out[i] (GeLU(y) - GeLU(-y)) = W_out[i] y exactly, which unit i alone passes on with no
+      GeLU at all (no rounding where the dense pass rounds two GeLUs and their difference)."""
     rows = torch.cat([W_in.t(), b_in[:, None]], dim=1)  # [units, r + 1], no row all zero
     first = (rows != 0).to(torch.int8).argmax(dim=1)
     sign = torch.sign(rows.gather(1, first[:, None]))
-    key = torch.cat([rows * sign + 0.0, W_out], dim=1)  # + 0.0: no -0.0 in a key
-    _, group = torch.unique(key, dim=0, return_inverse=True)
-    up: dict[int, list[int]] = {}
-    down: dict[int, list[int]] = {}
-    for unit, (g, s) in enumerate(zip(group.tolist(), sign.flatten().tolist(), strict=True)):
-        (up if s > 0 else down).setdefault(g, []).append(unit)
-    pairs = [(i, j) for g, ups in up.items() for i, j in zip(ups, down.get(g, []))]
-    paired = {u for pair in pairs for u in pair}
+    signs = sign.flatten().tolist()
+    inputs = rows * sign + 0.0  # + 0.0: no -0.0 in a key
+    paired: set[int] = set()
+    found = []
+    for out in (W_out, W_out * sign + 0.0):  # mirrored, then linear pairs
+        _, group = torch.unique(torch.cat([inputs, out], dim=1), dim=0, return_inverse=True)
+        up: dict[int, list[int]] = {}
+        down: dict[int, list[int]] = {}
+        for unit, g in enumerate(group.tolist()):
+            if unit not in paired:
+                (up if signs[unit] > 0 else down).setdefault(g, []).append(unit)
+        pairs = [(i, j) for g, ups in up.items() for i, j in zip(ups, down.get(g, []))]
+        paired |= {u for pair in pairs for u in pair}
+        found.append([i for i, _ in pairs])
     singles = [u for u in range(rows.shape[0]) if u not in paired]
-    keep = [i for i, _ in pairs] + singles
-    return torch.tensor(keep, dtype=torch.long, device=W_in.device), len(pairs)
+    keep = found[0] + found[1] + singles
+    return (torch.tensor(keep, dtype=torch.long, device=W_in.device), len(found[0]),
+            len(found[1]))
 
 
 def _gathered(*products: tuple[torch.Tensor, torch.Tensor]) -> list[Gathered | None]:
@@ -464,12 +478,14 @@ class CompactPlan:
         x_t [len(in_rows), N]."""
         p = self.mlps[layer]
         h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in)
-        if not p.n_pairs:
+        paired = p.n_pairs + p.n_linear
+        if not paired:
             h_t = F.gelu(h_t)
         else:
-            mirrored_gelu_(h_t[:p.n_pairs])
-            if p.n_pairs < h_t.shape[0]:
-                h_t[p.n_pairs:] = F.gelu(h_t[p.n_pairs:])
+            if p.n_pairs:
+                mirrored_gelu_(h_t[:p.n_pairs])
+            if paired < h_t.shape[0]:  # (a linear pair's unit passes y on as it is)
+                h_t[paired:] = F.gelu(h_t[paired:])
         return _product_t(h_t, p.W_out, p.b_out, p.sparse_out)
 
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,

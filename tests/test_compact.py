@@ -98,8 +98,8 @@ def test_plan_skips_zero_heads_units_and_rows():
         assert a.out_rows.tolist() == torch.nonzero(written).flatten().tolist()
         units = ((block.mlp.W_out != 0).any(dim=1)
                  & ((block.mlp.W_in != 0).any(dim=0) | (block.mlp.b_in != 0)))
-        # a mirrored pair (the product gadget's GeLU(y), GeLU(-y)) is kept as one unit
-        assert m.W_in.shape[1] + m.n_pairs == int(units.sum())
+        # a mirrored or linear pair (GeLU(y), GeLU(-y)) is kept as one unit
+        assert m.W_in.shape[1] + m.n_pairs + m.n_linear == int(units.sum())
         assert m.n_pairs > 0
         assert set(m.in_rows.tolist()) == set(
             torch.nonzero((block.mlp.W_in[:, units] != 0).any(dim=1)).flatten().tolist())

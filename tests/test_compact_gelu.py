@@ -74,23 +74,26 @@ def test_unpaired_gelu_within_its_charge(name):
 
 
 def test_mirrored_units_found_by_hand():
-    """Units 0/1 mirror each other (inputs and bias negated, same output row); unit 2's output
-    row differs from unit 3's, unit 4 has no partner, units 5/6 mirror with a zero entry (whose
+    """Units 0/1 mirror each other (inputs and bias negated, same output row); units 2/3 are
+    a linear pair (inputs negated, output row negated); unit 4's output row is neither unit
+    2's nor its negation, unit 5 has no partner; units 6/7 mirror with a zero entry (whose
     sign, 0.0 or -0.0, must not matter) and a bias only."""
-    W_in = torch.tensor([[1.0, -1.0, 2.0, -2.0, 3.0, 0.0, -0.0],
-                         [0.5, -0.5, 1.0, -1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    b_in = torch.tensor([0.25, -0.25, 0.0, 0.0, 1.0, 0.5, -0.5], dtype=torch.float64)
-    W_out = torch.tensor([[4.0], [4.0], [1.0], [2.0], [1.0], [3.0], [3.0]], dtype=torch.float64)
-    keep, n_pairs = _mirrored(W_in, b_in, W_out)
-    assert n_pairs == 2
-    reps, singles = keep[:n_pairs].tolist(), keep[n_pairs:].tolist()
-    assert sorted(reps) == [0, 5]
-    assert sorted(singles) == [2, 3, 4]
-    # the pair's output equals the two units' dense output, x erf(x / sqrt 2) = GeLU(x) + GeLU(-x)
+    W_in = torch.tensor([[1.0, -1.0, 2.0, -2.0, -2.0, 3.0, 0.0, -0.0],
+                         [0.5, -0.5, 1.0, -1.0, -1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    b_in = torch.tensor([0.25, -0.25, 0.0, 0.0, 0.0, 1.0, 0.5, -0.5], dtype=torch.float64)
+    W_out = torch.tensor([[4.0], [4.0], [1.0], [-1.0], [2.0], [1.0], [3.0], [3.0]],
+                         dtype=torch.float64)
+    keep, n_pairs, n_linear = _mirrored(W_in, b_in, W_out)
+    assert (n_pairs, n_linear) == (2, 1)
+    assert sorted(keep[:n_pairs].tolist()) == [0, 6]
+    assert keep[n_pairs:n_pairs + n_linear].tolist() in ([2], [3])
+    assert sorted(keep[n_pairs + n_linear:].tolist()) == [4, 5]
+    # the kept units' output equals all units' dense output: x erf(x / sqrt 2) =
+    # GeLU(x) + GeLU(-x) for a mirrored pair, x = GeLU(x) - GeLU(-x) for a linear one
     x = torch.linspace(-2, 2, 41, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -3.0]])
     pre = x @ W_in + b_in
     dense = F.gelu(pre) @ W_out
     h = pre[:, keep].clone()
     mirrored_gelu_(h[:, :n_pairs])
-    h[:, n_pairs:] = F.gelu(h[:, n_pairs:])
+    h[:, n_pairs + n_linear:] = F.gelu(h[:, n_pairs + n_linear:])
     np.testing.assert_allclose((h @ W_out[keep]).numpy(), dense.numpy(), rtol=1e-14, atol=1e-14)
