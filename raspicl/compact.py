@@ -47,11 +47,12 @@ SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
 # A smaller matrix is gathered too where its columns' most nonzeros m satisfy
-# m * GATHER_COST <= rows: on the transposed products (`_product_t`) a gathered term, one row
-# of x_t gathered and multiply-added, costs about as much as GATHER_COST entries of the dense
-# product (4-5 us against 0.6-0.7 us per column pair at 9216 tokens, float64, one thread:
-# ridge d = 2 n = 4's value matrices, m = 1 of 9-14 rows, run at 0.5-0.8 of the product's time).
-GATHER_COST = 6
+# m * GATHER_COST <= rows: on the transposed products (`_product_t`) a gathered term (a row of
+# x_t gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
+# column. Over every matrix of gd_step d = 4, sherman_morrison d = 4 and ridge d = 2 n = 4 at
+# batch 1024 (one thread), the sum of their products' times was lowest at 8 in float64 (and
+# within 1% of it in float32) of the values 2-12 tried.
+GATHER_COST = 8
 # MLPs with at most this many entries in W_in and W_out together are searched for mirrored
 # unit pairs (`_mirrored`, which compares whole columns: a large MLP keeps its units).
 PAIR_MAX_ENTRIES = 2**20
