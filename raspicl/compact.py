@@ -175,6 +175,10 @@ class MLPPlan:
     # for a linear pair and output y = GeLU(y) - GeLU(-y); the units after them GeLU(y)
     n_pairs: int = 0
     n_linear: int = 0
+    # the LayerNorm's w and b at in_rows as columns [len(in_rows), 1] for `_layer_norm_t`;
+    # None where w is all 1 (b all 0)
+    w_in: torch.Tensor | None = None
+    b_in_ln: torch.Tensor | None = None
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -234,8 +238,10 @@ def _mlp_plan(block) -> MLPPlan:
         W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
     b_in, b_out = b_in.clone(), mlp.b_out[out_rows].clone()
     g_in, g_out = _gathered((W_in, b_in), (W_out, b_out))
+    w, b = ln.w[in_rows][:, None], ln.b[in_rows][:, None]
     return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in,
-                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs, n_linear)
+                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs, n_linear,
+                   None if bool((w == 1).all()) else w, b if bool(b.any()) else None)
 
 
 def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
@@ -364,14 +370,17 @@ def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
 def _layer_norm_t(r2: torch.Tensor, p: MLPPlan) -> torch.Tensor:
     """The MLP's LayerNorm at the rows its units read, transposed, [len(in_rows), N], from the
     residual transposed r2 [D, N]: (x - mean) / sqrt(var + eps) * w + b with the mean and the
-    (biased) variance over all D rows, two-pass as F.layer_norm defines them. Its sums run
-    over the rows in another order than F.layer_norm's, so it differs from the dense pass in
-    the last bits, as a summation order does."""
+    (biased) variance over all D rows, two-pass, as F.layer_norm defines them. Its sums run
+    over the rows in another order than F.layer_norm's and it divides by the deviation where
+    F.layer_norm multiplies by its reciprocal, so it differs from the dense pass in the last
+    bits, as a summation order does."""
     mean = r2.mean(dim=0)
     dev = r2 - mean
     x_t = dev.index_select(0, p.in_rows)
-    rstd = dev.square_().mean(dim=0).add_(p.eps).sqrt_().reciprocal_()
-    return x_t.mul_(rstd).mul_(p.ln_w[p.in_rows, None]).add_(p.ln_b[p.in_rows, None])
+    x_t.div_(dev.square_().mean(dim=0).add_(p.eps).sqrt_())
+    if p.w_in is not None:
+        x_t.mul_(p.w_in)
+    return x_t if p.b_in_ln is None else x_t.add_(p.b_in_ln)
 
 
 class CompactPlan:
