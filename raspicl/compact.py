@@ -12,16 +12,31 @@ the weights, keeps per block
   entries;
 - the MLP units whose output row of W_out is nonzero and whose input column of W_in (or bias
   b_in) is nonzero (a unit with neither has GeLU(0) = 0), the rows they read, the rows they
-  write (and b_out's nonzero entries).
+  write (and b_out's nonzero entries). Two units whose inputs are exact negatives of each
+  other are kept as one (`_mirrored`): with equal output rows (the product gadget) it outputs
+  GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), with negated output rows (an affine unit pair)
+  GeLU(y) - GeLU(-y) = y, with no GeLU at all.
 
-Each sublayer then computes its output on those rows, units and columns and adds it to a copy of
-the full residual stream at the written rows, so every consumer still sees the whole residual;
-the LayerNorm still normalises over every row (its mean and variance need them all). A term it
-drops is an exact zero of the dense pass, so for finite prompts the two passes differ only in
-the order of their floating-point sums (tests/test_compact.py states the tolerance). Dense
-products with zero weights turn an infinity or a NaN into NaN on every row; the compact pass
-does not, so CompiledModel runs prompts with a non-finite token densely. The weights themselves
-(and their export) are untouched.
+Each sublayer computes its output transposed, [written rows, tokens]: every product is
+W^T x^T, whose long side (every token of every prompt) is the one BLAS runs fastest along, or,
+for a matrix with few nonzeros per column (`Gathered`), a sum of whole gathered rows. The output
+is added to the residual at the written rows, so every consumer still sees the whole residual;
+the LayerNorm still normalises over every row (its mean and variance need them all). A block
+whose queries and keys read only positional rows has one attention pattern for every prompt,
+computed once; its weights below PATTERN_FLOOR (the leak the monitor charges) are set to zero,
+after which a move's pattern is a gather of one token per row.
+
+`attn` and `mlp` take and return the residual [B, T, D] (the streamed pass the monitor reads);
+`last` runs the whole pass on the residual transposed to [D, T, B] (predict and run without the
+monitor), with each MLP's LayerNorm computed on the rows its units read (`_layer_norm_t`).
+
+A term the plan drops is an exact zero of the dense pass, a mirrored or linear pair is an exact
+identity, and a dropped pattern weight is a leak below the monitor's charge, so for finite
+prompts the passes differ by their floating-point rounding (tests/test_compact.py states the
+tolerance; tests/test_compact_gelu.py holds the pairs' GeLUs against mpmath). Dense products
+with zero weights turn an infinity or a NaN into NaN on every row; the compact pass does not,
+so CompiledModel runs prompts with a non-finite token densely. The weights themselves (and
+their export) are untouched.
 """
 
 from __future__ import annotations
@@ -278,7 +293,8 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
         for unit, g in enumerate(group.tolist()):
             if unit not in paired:
                 (up if signs[unit] > 0 else down).setdefault(g, []).append(unit)
-        pairs = [(i, j) for g, ups in up.items() for i, j in zip(ups, down.get(g, []))]
+        pairs = [(i, j) for g, ups in up.items()
+                 for i, j in zip(ups, down.get(g, []), strict=False)]  # the shorter list
         paired |= {u for pair in pairs for u in pair}
         found.append([i for i, _ in pairs])
     singles = [u for u in range(rows.shape[0]) if u not in paired]
