@@ -12,31 +12,21 @@ the weights, keeps per block
   entries;
 - the MLP units whose output row of W_out is nonzero and whose input column of W_in (or bias
   b_in) is nonzero (a unit with neither has GeLU(0) = 0), the rows they read, the rows they
-  write (and b_out's nonzero entries). Two units whose inputs are exact negatives of each
-  other are kept as one (`_mirrored`): with equal output rows (the product gadget) it outputs
-  GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), with negated output rows (an affine unit pair)
-  GeLU(y) - GeLU(-y) = y, with no GeLU at all.
+  write (and b_out's nonzero entries).
 
-Each sublayer computes its output transposed, [written rows, tokens]: every product is
-W^T x^T, whose long side (every token of every prompt) is the one BLAS runs fastest along, or,
-for a matrix with few nonzeros per column (`Gathered`), a sum of whole gathered rows. The output
-is added to the residual at the written rows, so every consumer still sees the whole residual;
-the LayerNorm still normalises over every row (its mean and variance need them all). A block
-whose queries and keys read only positional rows has one attention pattern for every prompt,
-computed once; its weights below PATTERN_FLOOR (the leak the monitor charges) are set to zero,
-after which a move's pattern is a gather of one token per row.
+Each sublayer then computes its output on those rows, units and columns and adds it to a copy of
+the full residual stream at the written rows, so every consumer still sees the whole residual;
+the LayerNorm still normalises over every row (its mean and variance need them all). A term it
+drops is an exact zero of the dense pass, so for finite prompts the two passes differ only in
+the order of their floating-point sums (tests/test_compact.py states the tolerance). Dense
+products with zero weights turn an infinity or a NaN into NaN on every row; the compact pass
+does not, so CompiledModel runs prompts with a non-finite token densely. The weights themselves
+(and their export) are untouched.
 
-`attn` and `mlp` take and return the residual [B, T, D] (the streamed pass the monitor reads);
-`last` runs the whole pass on the residual transposed to [D, T, B] (predict and run without the
-monitor), with each MLP's LayerNorm computed on the rows its units read (`_layer_norm_t`).
-
-A term the plan drops is an exact zero of the dense pass, a mirrored or linear pair is an exact
-identity, and a dropped pattern weight is a leak below the monitor's charge, so for finite
-prompts the passes differ by their floating-point rounding (tests/test_compact.py states the
-tolerance; tests/test_compact_gelu.py holds the pairs' GeLUs against mpmath). Dense products
-with zero weights turn an infinity or a NaN into NaN on every row; the compact pass does not,
-so CompiledModel runs prompts with a non-finite token densely. The weights themselves (and
-their export) are untouched.
+`attn` and `mlp` are the streamed pass: the one the runtime monitor and compile-time
+feasibility read, so its arithmetic fixes the compiled weights. `last`, for a caller who reads
+the final residual only (predict and run with check="ignore"), runs the faster transposed pass
+of raspicl.transposed on the same kept heads and units.
 """
 
 from __future__ import annotations
@@ -61,25 +51,13 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
-# A smaller matrix is gathered too where its columns' most nonzeros m satisfy
-# m * GATHER_COST <= rows: on the transposed products (`_product_t`) a gathered term (a row of
-# x_t gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
+# For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
+# columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
+# gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
 # column. Over every matrix of gd_step d = 4, sherman_morrison d = 4 and ridge d = 2 n = 4 at
 # batch 1024 (one thread), the sum of their products' times was lowest at 8 in float64 (and
 # within 1% of it in float32) of the values 2-12 tried.
 GATHER_COST = 8
-# MLPs with at most this many entries in W_in and W_out together are searched for mirrored
-# unit pairs (`_mirrored`, which compares whole columns: a large MLP keeps its units).
-PAIR_MAX_ENTRIES = 2**20
-SQRT_HALF = math.sqrt(0.5)
-# A fixed (position-only) attention pattern's weights below PATTERN_FLOOR are set to zero. The
-# compiler gives every token a head reads a weight >= 1 / n_ctx (a mean over at most n_ctx
-# tokens) and every other token exp(-M) or less (M = attention_margin: the score gap), which
-# the monitor charges as the leak, (T - 1) exp(-M) 2 max|residual| per read. A weight below
-# the floor is such a leak: dropping it moves a read by less than that charge (the dense pass
-# keeps it, and so lies further from the exact value). Condition: PATTERN_FLOOR < 1 / n_ctx.
-# With it every row of a move's pattern is a single weight 1, and the attention a gather.
-PATTERN_FLOOR = 2.0**-60
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -123,8 +101,8 @@ class Gathered:
 
     idx: torch.Tensor  # [m, c] long
     coef: torch.Tensor  # [m, c]
-    first_ones: bool = False  # every coef[0] is 1 (a move's selection): no multiply there
-    has_bias: bool = True  # apply_t adds its bias (False: the plan's bias is all zero)
+    first_ones: bool = False  # every coef[0] is 1 (a move's selection): apply_t skips it
+    has_bias: bool = True  # apply_t adds its bias (False: the bias is all zero)
 
     @staticmethod
     def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
@@ -185,15 +163,6 @@ class MLPPlan:
     b_out: torch.Tensor
     sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
     sparse_out: Gathered | None = None  # W_out gathered by written rows
-    # units 0 .. n_pairs - 1 each stand for a mirrored pair of the dense MLP (`_mirrored`):
-    # they output y erf(y / sqrt 2) = GeLU(y) + GeLU(-y); the next n_linear units each stand
-    # for a linear pair and output y = GeLU(y) - GeLU(-y); the units after them GeLU(y)
-    n_pairs: int = 0
-    n_linear: int = 0
-    # the LayerNorm's w and b at in_rows as columns [len(in_rows), 1] for `_layer_norm_t`;
-    # None where w is all 1 (b all 0)
-    w_in: torch.Tensor | None = None
-    b_in_ln: torch.Tensor | None = None
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -231,11 +200,10 @@ def _attn_plan(attn) -> AttnPlan:
     W_o = W_O.new_zeros(H * cv, len(out_rows))
     for i, (h, _, vc) in enumerate(kept):
         W_o[i * cv:i * cv + len(vc)] = W_O[h][vc][:, out_rows]
-    b_o = attn.b_O[out_rows].clone()
-    g_v, g_o = _gathered((W_v, b_v), (W_o, b_o))
+    g_v, g_o = _gathered(W_v, W_o)
     W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    b_o, math.sqrt(W_Q.shape[-1]), g_v, g_o)
+                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:
@@ -246,72 +214,13 @@ def _mlp_plan(block) -> MLPPlan:
     out_rows = _idx(nz_out.index_select(0, units).any(dim=0) | (mlp.b_out != 0))
     W_in = mlp.W_in.index_select(0, in_rows).index_select(1, units)
     W_out = mlp.W_out.index_select(0, units).index_select(1, out_rows)
-    b_in = mlp.b_in[units]
-    n_pairs = n_linear = 0
-    if W_in.numel() + W_out.numel() <= PAIR_MAX_ENTRIES:
-        keep, n_pairs, n_linear = _mirrored(W_in, b_in, W_out)
-        W_in, b_in, W_out = W_in[:, keep], b_in[keep], W_out[keep]
-    b_in, b_out = b_in.clone(), mlp.b_out[out_rows].clone()
-    g_in, g_out = _gathered((W_in, b_in), (W_out, b_out))
-    w, b = ln.w[in_rows][:, None], ln.b[in_rows][:, None]
-    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), b_in,
-                   _unless(W_out, g_out), out_rows, b_out, g_in, g_out, n_pairs, n_linear,
-                   None if bool((w == 1).all()) else w, b if bool(b.any()) else None)
+    g_in, g_out = _gathered(W_in, W_out)
+    return MLPPlan(ln.w, ln.b, ln.eps, in_rows, _unless(W_in, g_in), mlp.b_in[units].clone(),
+                   _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
 
 
-def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
-    """GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), what a mirrored pair of units outputs (exact
-    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned)."""
-    return y.mul_(torch.erf(y * SQRT_HALF))
-
-
-def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
-              W_out: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """The units to keep: mirrored pairs first, then linear pairs, then the rest; and how
-    many of each pair. Units i and j mirror each other when j's input weights and bias are
-    exactly -i's, so that j's pre-activation is -y, y = i's:
-
-    - with the same output row (the product gadget's GeLU(e t), GeLU(-e t)) they add
-      W_out[i] (GeLU(y) + GeLU(-y)) = W_out[i] y erf(y / sqrt 2), which unit i alone computes
-      (`mirrored_gelu_`: one erf in place of two GeLUs and their cancelling sum; the monitor
-      charges each GeLU output kappa u |y| / 2, the pair's own rounding is about
-      2 u y erf(y / sqrt 2), far below it: tests/test_compact_gelu.py);
-    - with the negated output row (an MLP's affine units) they add
-      W_out[i] (GeLU(y) - GeLU(-y)) = W_out[i] y exactly, which unit i alone passes on with no
-      GeLU at all (no rounding where the dense pass rounds two GeLUs and their difference)."""
-    rows = torch.cat([W_in.t(), b_in[:, None]], dim=1)  # [units, r + 1], no row all zero
-    first = (rows != 0).to(torch.int8).argmax(dim=1)
-    sign = torch.sign(rows.gather(1, first[:, None]))
-    signs = sign.flatten().tolist()
-    inputs = rows * sign + 0.0  # + 0.0: no -0.0 in a key
-    paired: set[int] = set()
-    found = []
-    for out in (W_out, W_out * sign + 0.0):  # mirrored, then linear pairs
-        _, group = torch.unique(torch.cat([inputs, out], dim=1), dim=0, return_inverse=True)
-        up: dict[int, list[int]] = {}
-        down: dict[int, list[int]] = {}
-        for unit, g in enumerate(group.tolist()):
-            if unit not in paired:
-                (up if signs[unit] > 0 else down).setdefault(g, []).append(unit)
-        pairs = [(i, j) for g, ups in up.items()
-                 for i, j in zip(ups, down.get(g, []), strict=False)]  # the shorter list
-        paired |= {u for pair in pairs for u in pair}
-        found.append([i for i, _ in pairs])
-    singles = [u for u in range(rows.shape[0]) if u not in paired]
-    keep = found[0] + found[1] + singles
-    return (torch.tensor(keep, dtype=torch.long, device=W_in.device), len(found[0]),
-            len(found[1]))
-
-
-def _gathered(*products: tuple[torch.Tensor, torch.Tensor]) -> list[Gathered | None]:
-    """Each (W, b)'s gathered form (`Gathered.of`, small ones too), told whether b is zero."""
-    out = []
-    for W, b in products:
-        g = Gathered.of(W, small=True)
-        if g is not None:
-            g.has_bias = bool(b.any())
-        out.append(g)
-    return out
+def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
+    return [Gathered.of(W) for W in Ws]
 
 
 def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
@@ -325,14 +234,13 @@ def _entries(W: torch.Tensor, g: Gathered | None) -> int:
     return W.numel() if g is None else g.idx.numel()
 
 
-def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-               sparse: Gathered | None) -> torch.Tensor:
-    """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N] (any strides): one
-    W^T x_t product, whose long side N (every token of every prompt) is the one BLAS runs
-    fastest along, or W's gathered form on whole rows of x_t."""
-    if sparse is not None:
-        return sparse.apply_t(x_t, b)
-    return torch.addmm(b[:, None], W.t(), x_t)
+def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+             sparse: Gathered | None) -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
+    if sparse is None:
+        return _affine(x, W, b)
+    B, T, r = x.shape
+    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -383,20 +291,10 @@ def _fixed_patterns(model: Transformer, attns: list[AttnPlan],
     return fixed
 
 
-def _layer_norm_t(r2: torch.Tensor, p: MLPPlan) -> torch.Tensor:
-    """The MLP's LayerNorm at the rows its units read, transposed, [len(in_rows), N], from the
-    residual transposed r2 [D, N]: (x - mean) / sqrt(var + eps) * w + b with the mean and the
-    (biased) variance over all D rows, two-pass, as F.layer_norm defines them. Its sums run
-    over the rows in another order than F.layer_norm's and it divides by the deviation where
-    F.layer_norm multiplies by its reciprocal, so it differs from the dense pass in the last
-    bits, as a summation order does."""
-    mean = r2.mean(dim=0)
-    dev = r2 - mean
-    x_t = dev.index_select(0, p.in_rows)
-    x_t.div_(dev.square_().mean(dim=0).add_(p.eps).sqrt_())
-    if p.w_in is not None:
-        x_t.mul_(p.w_in)
-    return x_t if p.b_in_ln is None else x_t.add_(p.b_in_ln)
+def _add_rows(resid: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
+              inplace: bool) -> torch.Tensor:
+    """resid with `out` added at `rows` of its last dim, in place or into a copy."""
+    return resid.index_add_(2, rows, out) if inplace else resid.index_add(2, rows, out)
 
 
 class CompactPlan:
@@ -418,7 +316,8 @@ class CompactPlan:
         self.mlps = [_mlp_plan(b) for b in model.blocks]
         self.fixed = _fixed_patterns(model, self.attns, self.mlps)
         self._W_pos = model.pos_embed.W_pos
-        self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._patterns: dict[tuple, torch.Tensor] = {}
+        self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
         self._key = self.key(model)
 
     @staticmethod
@@ -436,103 +335,55 @@ class CompactPlan:
         p = self.attns[layer]
         if not len(p.out_rows):
             return resid
-        out_t = self._attn_out(layer, resid.permute(2, 1, 0))  # [c, T, B]
-        target = resid if inplace else resid.clone()
-        return target.index_add_(2, p.out_rows, out_t.permute(2, 1, 0))
-
-    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
-        (added into `resid` itself if inplace, else into a copy)."""
-        layer = self.order[run]
-        p = self.mlps[layer]
-        if not len(p.out_rows):
-            return resid
-        D = resid.shape[-1]
-        x = F.layer_norm(resid, (D,), p.ln_w, p.ln_b, p.eps).view(-1, D)
-        target = resid if inplace else resid.clone()
-        target.view(-1, D).index_add_(1, p.out_rows, self._mlp_out(layer, x).t())
-        return target
-
-    def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one [B, T, D], for a caller
-        who reads the final residual only. It runs on the residual transposed to [D, T, B]
-        (one copy in, one out): a sublayer's reads and writes are then whole rows, gathered
-        and added in place, a fixed pattern applies to [T, B] blocks, and each MLP's
-        LayerNorm is `_layer_norm_t` on the rows its units read. The result is a [B, T, D] view
-        of that transposed tensor (no copy out)."""
-        B, T, D = resid.shape
-        r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B], a new tensor
-        r2 = r3.view(D, T * B)
-        for layer in self.order:
-            a, m = self.attns[layer], self.mlps[layer]
-            if len(a.out_rows):
-                r2.index_add_(0, a.out_rows, self._attn_out(layer, r3).view(-1, T * B))
-            if len(m.out_rows):
-                r2.index_add_(0, m.out_rows, self._mlp_out_t(layer, _layer_norm_t(r2, m)))
-        return r3.permute(2, 1, 0)  # [B, T, D], a view (the readout reads a few tokens)
-
-    def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
-        """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
-        the residual as r3 [D, T, B] (any strides: rows first, then tokens, then prompts)."""
-        p = self.attns[layer]
-        D, T, B = r3.shape
+        B, T, _ = resid.shape
         H = p.n_heads
-        if not H:
-            return p.b_o[:, None, None].expand(-1, T, B)
-        x_t = r3.index_select(0, p.v_rows).view(-1, T * B)
-        v_t = _product_t(x_t, p.W_v, p.b_v, p.sparse_v).view(H, -1, T, B)  # [H, cv, T, B]
-        if self.fixed[layer]:
-            pat, src = self._fixed(layer, T, r3.dtype, r3.device)  # [H, T, T], [H, T]
-            if src is None:  # z_h = pattern_h @ v_h, a [T, T] by [T, B] product per column
-                z_t = torch.matmul(pat[:, None], v_t)  # [H, cv, T, B]
-            else:  # every token reads one token with weight 1: z_h = v_h at src_h
-                z_t = torch.empty_like(v_t)
-                for h in range(H):
-                    torch.index_select(v_t[h], 1, src[h], out=z_t[h])
+        if H:
+            v = _product(resid.index_select(2, p.v_rows), p.W_v, p.b_v, p.sparse_v)
+            if self.fixed[layer]:
+                # one [T, T] pattern per head for every prompt: z_h = pattern_h @ v_h as one
+                # 2-D product per head over all prompts' value columns side by side
+                cv = v.shape[-1] // H
+                pat = self._pattern(layer, T, resid.dtype, resid.device)  # [H, T, T]
+                vh = v.view(B, T, H, cv).permute(2, 1, 0, 3).reshape(H, T, B * cv)
+                z = torch.bmm(pat, vh).view(H, T, B, cv).permute(2, 1, 0, 3).reshape(B, T, -1)
+            else:
+                z = (_softmax_scores(p, resid) @ v.view(B, T, H, -1).transpose(1, 2)) \
+                    .transpose(1, 2).reshape(B, T, -1)  # [B, T, H * cv]
+            out = _product(z, p.W_o, p.b_o, p.sparse_o)
         else:
-            scores = _softmax_scores(p, r3.permute(2, 1, 0))  # [B, H, T, T]
-            z_t = (scores @ v_t.permute(3, 0, 2, 1)).permute(1, 3, 2, 0)  # [H, cv, T, B]
-        return _product_t(z_t.reshape(-1, T * B), p.W_o, p.b_o, p.sparse_o).view(-1, T, B)
-
-    def _mlp_out(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Block `layer`'s MLP output at its written rows, transposed: [len(out_rows), N],
-        from its LayerNorm's output x [N, D] (N tokens in any order: the output keeps it)."""
-        return self._mlp_out_t(layer, x.t().index_select(0, self.mlps[layer].in_rows))
-
-    def _mlp_out_t(self, layer: int, x_t: torch.Tensor) -> torch.Tensor:
-        """`_mlp_out` from the LayerNorm's output at the rows the units read, transposed:
-        x_t [len(in_rows), N]."""
-        p = self.mlps[layer]
-        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in)
-        paired = p.n_pairs + p.n_linear
-        if not paired:
-            h_t = F.gelu(h_t)
-        else:
-            if p.n_pairs:
-                mirrored_gelu_(h_t[:p.n_pairs])
-            if paired < h_t.shape[0]:  # (a linear pair's unit passes y on as it is)
-                h_t[paired:] = F.gelu(h_t[paired:])
-        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out)
+            out = p.b_o.expand(B, T, -1)
+        return _add_rows(resid, p.out_rows, out, inplace)
 
     def _pattern(self, layer: int, T: int, dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
         """Block `layer`'s attention pattern [H, T, T] on the positional rows alone (the same
-        for every prompt: see `fixed`), its weights below PATTERN_FLOOR set to zero; computed
-        once per length, dtype and device."""
-        return self._fixed(layer, T, dtype, device)[0]
-
-    def _fixed(self, layer: int, T: int, dtype: torch.dtype,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`_pattern`, and, if every row of it is a single weight 1, the token each row reads
-        [H, T] (else None)."""
+        for every prompt: see `fixed`), computed once per length, dtype and device."""
         key = (layer, T, dtype, device)
         if key not in self._patterns:
             base = self._W_pos[:T].to(dtype=dtype, device=device)[None]
-            pat = _softmax_scores(self.attns[layer], base)[0].contiguous()
-            pat.masked_fill_(pat < PATTERN_FLOOR, 0.0)
-            one_hot = ((pat == 0) | (pat == 1)).all() & ((pat == 1).sum(dim=-1) == 1).all()
-            self._patterns[key] = (pat, pat.argmax(dim=-1) if bool(one_hot) else None)
+            self._patterns[key] = _softmax_scores(self.attns[layer], base)[0].contiguous()
         return self._patterns[key]
+
+    def mlp(self, run: int, resid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """resid + the MLP of block run `run` on its LayerNorm, as the dense pass computes it
+        (added into `resid` itself if inplace, else into a copy)."""
+        p = self.mlps[self.order[run]]
+        if not len(p.out_rows):
+            return resid
+        x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
+        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
+                         inplace)
+
+    def last(self, resid: torch.Tensor) -> torch.Tensor:
+        """The residual after the last sublayer, from the embedded one (not modified), for a
+        caller who reads the final residual only: the transposed pass
+        (raspicl.transposed.TransposedPass.last; a [B, T, D] view)."""
+        if self._transposed is None:
+            from raspicl.transposed import TransposedPass  # (it builds on this module)
+
+            self._transposed = TransposedPass(self)
+        return self._transposed.last(resid)
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every

@@ -22,6 +22,7 @@ from raspicl import random_prompts
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainWarning
 from raspicl.registry import find_program
+from raspicl.transposed import TransposedPass
 from raspicl.verify import compile_checked
 
 RESIDUAL_TOLERANCE = 1e-9
@@ -88,6 +89,7 @@ def test_plan_skips_zero_heads_units_and_rows():
     """What the plan keeps, recomputed from the weights of every block of gd_step."""
     _, cm = compiled("gd_step", {"d": 2}, "unroll")
     plan = CompactPlan(cm.model)
+    fast = TransposedPass(plan)
     for layer, block in enumerate(cm.model.blocks):
         a, m = plan.attns[layer], plan.mlps[layer]
         useful = [h for h in range(block.attn.W_O.shape[0])
@@ -98,9 +100,11 @@ def test_plan_skips_zero_heads_units_and_rows():
         assert a.out_rows.tolist() == torch.nonzero(written).flatten().tolist()
         units = ((block.mlp.W_out != 0).any(dim=1)
                  & ((block.mlp.W_in != 0).any(dim=0) | (block.mlp.b_in != 0)))
-        # a mirrored or linear pair (GeLU(y), GeLU(-y)) is kept as one unit
-        assert m.W_in.shape[1] + m.n_pairs + m.n_linear == int(units.sum())
-        assert m.n_pairs > 0
+        assert m.W_in.shape[1] == int(units.sum())
+        # the transposed pass keeps a mirrored or linear pair (GeLU(y), GeLU(-y)) as one unit
+        t = fast.mlps[layer]
+        assert t.W_in.shape[1] + t.n_pairs + t.n_linear == int(units.sum())
+        assert t.n_pairs > 0
         assert set(m.in_rows.tolist()) == set(
             torch.nonzero((block.mlp.W_in[:, units] != 0).any(dim=1)).flatten().tolist())
 
