@@ -136,17 +136,22 @@ class Gathered:
             out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
         return out
 
-    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
+                tmp: torch.Tensor | None = None) -> torch.Tensor:
         """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the same terms in
         the same order as `apply` (the first term and the bias added first, with the same
-        roundings), gathered as whole rows of x_t."""
-        out = x_t.index_select(0, self.idx[0])
+        roundings), gathered as whole rows of x_t. out, tmp: [c, N] buffers to write the
+        result and each further term into (None: new tensors)."""
+        out = torch.index_select(x_t, 0, self.idx[0], out=out) if out is not None \
+            else x_t.index_select(0, self.idx[0])
         if not self.first_ones:
             out.mul_(self.coef[0][:, None])
         if self.has_bias:
             out.add_(b[:, None])
         for i in range(1, self.idx.shape[0]):
-            out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
+            term = torch.index_select(x_t, 0, self.idx[i], out=tmp) if tmp is not None \
+                else x_t.index_select(0, self.idx[i])
+            out.addcmul_(term, self.coef[i][:, None])
         return out
 
 

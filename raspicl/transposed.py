@@ -110,7 +110,8 @@ def _gathered(W: torch.Tensor, b: torch.Tensor, have: Gathered | None) -> Gather
 
 def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
     """GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), what a mirrored pair of units outputs (exact
-    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned)."""
+    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned). The pass
+    computes the same with a scratch buffer (TransposedPass._mlp_out)."""
     return y.mul_(torch.erf(y * SQRT_HALF))
 
 
@@ -153,30 +154,53 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
 
 
 
-def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-               sparse: Gathered | None) -> torch.Tensor:
-    """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N] (any strides): one
-    W^T x_t product, whose long side N is the one BLAS runs fastest along, or W's gathered form
-    on whole rows of x_t."""
+def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor, sparse: Gathered | None,
+               out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """(x @ W + b) transposed, [c, N], into `out` (tmp: a [c, N] buffer for a gathered term),
+    from x_t = x transposed [r, N] (any strides): one W^T x_t product, whose long side N is
+    the one BLAS runs fastest along, or W's gathered form on whole rows of x_t."""
     if sparse is not None:
-        return sparse.apply_t(x_t, b)
-    return torch.addmm(b[:, None], W.t(), x_t)
+        return sparse.apply_t(x_t, b, out, tmp)
+    return torch.addmm(b[:, None], W.t(), x_t, out=out)
 
 
-def _layer_norm_t(r2: torch.Tensor, p: TransposedMLP) -> torch.Tensor:
-    """The MLP's LayerNorm at the rows its units read, transposed, [len(in_rows), N], from the
-    residual transposed r2 [D, N]: (x - mean) / sqrt(var + eps) * w + b with the mean and the
-    (biased) variance over all D rows, two-pass, as F.layer_norm defines them. Its sums run
-    over the rows in another order than F.layer_norm's and it divides by the deviation where
-    F.layer_norm multiplies by its reciprocal, so it differs from the streamed pass in the
-    last bits, as a summation order does."""
+def _layer_norm_t(r2: torch.Tensor, p: TransposedMLP, dev: torch.Tensor,
+                  out: torch.Tensor) -> torch.Tensor:
+    """The MLP's LayerNorm at the rows its units read, transposed, [len(in_rows), N], into
+    `out`, from the residual transposed r2 [D, N] (dev: a [D, N] buffer): (x - mean) /
+    sqrt(var + eps) * w + b with the mean and the (biased) variance over all D rows, two-pass,
+    as F.layer_norm defines them. Its sums run over the rows in another order than
+    F.layer_norm's and it divides by the deviation where F.layer_norm multiplies by its
+    reciprocal, so it differs from the streamed pass in the last bits, as a summation order
+    does."""
     mean = r2.mean(dim=0)
-    dev = r2 - mean
-    x_t = dev.index_select(0, p.in_rows)
+    torch.sub(r2, mean, out=dev)
+    x_t = torch.index_select(dev, 0, p.in_rows, out=out)
     x_t.div_(dev.square_().mean(dim=0).add_(p.eps).sqrt_())
     if p.w_ln is not None:
         x_t.mul_(p.w_ln)
     return x_t if p.b_ln is None else x_t.add_(p.b_ln)
+
+
+class _Scratch:
+    """Named buffers the transposed pass writes its [rows, tokens] intermediates into, kept
+    from call to call (regrown when a call needs more): a new large tensor per operation
+    costs the allocator fresh pages each time, which measured about a quarter of the pass's
+    time (sherman_morrison d = 4, batch 1024, float64). They hold a few times the residual's
+    size after a call."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
+        N = like.shape[-1]
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < rows * N or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            buf = torch.empty(rows * N, dtype=like.dtype, device=like.device)
+            self._bufs[name] = buf
+        return buf[:rows * N].view(rows, N)
 
 
 class TransposedPass:
@@ -188,6 +212,7 @@ class TransposedPass:
         self.attns = [_transposed_attn(a) for a in plan.attns]
         self.mlps = [_transposed_mlp(m) for m in plan.mlps]
         self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._scratch = _Scratch()
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D] (not modified):
@@ -195,52 +220,62 @@ class TransposedPass:
         B, T, D = resid.shape
         r3 = resid.permute(2, 1, 0).contiguous()  # [D, T, B], a new tensor
         r2 = r3.view(D, T * B)
+        buf = self._scratch
         for layer in self.plan.order:
             a, m = self.attns[layer], self.mlps[layer]
             if len(a.plan.out_rows):
-                r2.index_add_(0, a.plan.out_rows, self._attn_out(layer, r3).view(-1, T * B))
+                r2.index_add_(0, a.plan.out_rows, self._attn_out(layer, r3, r2))
             if len(m.out_rows):
-                r2.index_add_(0, m.out_rows, self._mlp_out(m, _layer_norm_t(r2, m)))
+                x_t = _layer_norm_t(r2, m, buf("dev", D, r2), buf("ln", len(m.in_rows), r2))
+                r2.index_add_(0, m.out_rows, self._mlp_out(m, x_t))
         return r3.permute(2, 1, 0)
 
-    def _attn_out(self, layer: int, r3: torch.Tensor) -> torch.Tensor:
-        """Block `layer`'s attention output at its written rows, [len(out_rows), T, B], from
-        the residual as r3 [D, T, B]."""
+    def _attn_out(self, layer: int, r3: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+        """Block `layer`'s attention output at its written rows, [len(out_rows), T B], from
+        the residual as r3 [D, T, B] (r2: the same as [D, T B])."""
         t = self.attns[layer]
         p = t.plan
         D, T, B = r3.shape
         H = p.n_heads
         if not H:
-            return p.b_o[:, None, None].expand(-1, T, B)
-        x_t = r3.index_select(0, p.v_rows).view(-1, T * B)
-        v_t = _product_t(x_t, p.W_v, p.b_v, t.sparse_v).view(H, -1, T, B)  # [H, cv, T, B]
+            return p.b_o[:, None].expand(-1, T * B)
+        buf = self._scratch
+        x_t = torch.index_select(r2, 0, p.v_rows, out=buf("x", len(p.v_rows), r2))
+        width = p.b_v.shape[0]
+        v_t = _product_t(x_t, p.W_v, p.b_v, t.sparse_v, buf("v", width, r2),
+                         buf("term", width, r2)).view(H, -1, T, B)  # [H, cv, T, B]
         if self.plan.fixed[layer]:
             pat, src = self._fixed(layer, T, r3.dtype, r3.device)  # [H, T, T], [H, T]
+            z_t = buf("z", width, r2).view(H, -1, T, B)
             if src is None:  # z_h = pattern_h @ v_h, a [T, T] by [T, B] product per column
-                z_t = torch.matmul(pat[:, None], v_t)  # [H, cv, T, B]
+                torch.matmul(pat[:, None], v_t, out=z_t)
             else:  # every token reads one token with weight 1: z_h = v_h at src_h
-                z_t = torch.empty_like(v_t)
                 for h in range(H):
                     torch.index_select(v_t[h], 1, src[h], out=z_t[h])
         else:
             scores = _softmax_scores(p, r3.permute(2, 1, 0))  # [B, H, T, T]
             z_t = (scores @ v_t.permute(3, 0, 2, 1)).permute(1, 3, 2, 0)  # [H, cv, T, B]
-        return _product_t(z_t.reshape(-1, T * B), p.W_o, p.b_o, t.sparse_o).view(-1, T, B)
+        c = len(p.out_rows)
+        return _product_t(z_t.reshape(-1, T * B), p.W_o, p.b_o, t.sparse_o, buf("o", c, r2),
+                          buf("term", c, r2))
 
-    @staticmethod
-    def _mlp_out(p: TransposedMLP, x_t: torch.Tensor) -> torch.Tensor:
+    def _mlp_out(self, p: TransposedMLP, x_t: torch.Tensor) -> torch.Tensor:
         """The MLP's output at its written rows, [len(out_rows), N], from its LayerNorm's
         output at the rows its units read, x_t [len(in_rows), N]."""
-        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in)
+        buf = self._scratch
+        units = p.b_in.shape[0]
+        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in, buf("h", units, x_t),
+                         buf("term", units, x_t))
         paired = p.n_pairs + p.n_linear
-        if not paired:
-            h_t = F.gelu(h_t)
-        else:
-            if p.n_pairs:
-                mirrored_gelu_(h_t[:p.n_pairs])
-            if paired < h_t.shape[0]:  # (a linear pair's unit passes y on as it is)
-                h_t[paired:] = F.gelu(h_t[paired:])
-        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out)
+        if p.n_pairs:  # y erf(y / sqrt 2), y = the pair's pre-activation (mirrored_gelu_)
+            y = h_t[:p.n_pairs]
+            erf = torch.mul(y, SQRT_HALF, out=buf("erf", p.n_pairs, x_t)).erf_()
+            y.mul_(erf)
+        if paired < units:  # (a linear pair's unit passes y on as it is)
+            h_t[paired:] = F.gelu(h_t[paired:])
+        c = len(p.out_rows)
+        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out, buf("out", c, x_t),
+                          buf("term", c, x_t))
 
     def _fixed(self, layer: int, T: int, dtype: torch.dtype,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
