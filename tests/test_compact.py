@@ -21,6 +21,7 @@ import torch
 from raspicl import random_prompts
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainWarning
+from raspicl.interpret import interpret
 from raspicl.registry import find_program
 from raspicl.transposed import TransposedPass
 from raspicl.verify import compile_checked
@@ -68,6 +69,11 @@ def test_compact_matches_dense_float64(name, params, loops):
     assert float(err.max()) <= RESIDUAL_TOLERANCE, f"last residual: {err.max():.3g}"
     fast = cm.predict(prompts, check="ignore")
     assert np.all(np.abs(fast - want.values) <= got.bound + want.bound)
+    # and within the monitor's bound of the exact (interpreter) value where it accepts
+    exact = interpret(program, prompts).output()
+    ok = got.accepted
+    assert ok.mean() > 0.5
+    assert np.all(np.abs(fast - exact)[ok] <= got.bound[ok])
     # the plan did skip work: the bundled programs' weights are mostly zero
     work = cm.plan().work(cm.model)
     assert work["compact"] < 0.25 * work["dense"]
