@@ -381,9 +381,9 @@ class CompactPlan:
                          inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one (not modified), for a
-        caller who reads the final residual only: the transposed pass
-        (raspicl.transposed.TransposedPass.last; a [B, T, D] view)."""
+        """The residual after the last sublayer, from the embedded one, for a caller who reads
+        the final residual only: the transposed pass (raspicl.transposed.TransposedPass.last),
+        which writes it over `resid` and returns it."""
         if self._transposed is None:
             from raspicl.transposed import TransposedPass  # (it builds on this module)
 
