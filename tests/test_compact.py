@@ -136,3 +136,24 @@ def test_plan_follows_the_weights_and_nonfinite_prompts_run_dense():
     want = dense_of(cm).predict(tok, check="ignore")
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[0]).all()
+
+
+@pytest.mark.parametrize("batch", [7, 8])
+def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch):
+    """The transposed pass in chunks of 2 prompts (an odd and an even batch: the padding
+    prompts) against one chunk, and against the dense pass; it writes over its input."""
+    import raspicl.transposed as transposed
+
+    program, cm = compiled("gd_step", {"d": 2}, "unroll")
+    dense = dense_of(cm).residuals(random_prompts(batch, program.d, program.n, seed=4),
+                                   check="ignore")
+    embedded = torch.from_numpy(dense[0])
+    whole = cm.plan().last(embedded.clone())
+    T = embedded.shape[1]
+    monkeypatch.setattr(transposed, "CHUNK_TOKENS", 2 * T)
+    given = embedded.clone()
+    chunked = cm.plan().last(given)
+    assert chunked is given
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-12, atol=1e-12)
+    err = np.abs(chunked.numpy() - dense[-1]) / np.maximum(np.abs(dense[-1]), 1.0)
+    assert float(err.max()) <= RESIDUAL_TOLERANCE
