@@ -16,7 +16,9 @@ the same kept rows, heads and units, but faster:
   GeLU at all;
 - a fixed (position-only) attention pattern's weights below PATTERN_FLOOR, the leak, are set to
   zero, after which a move's pattern is a gather of one token per row;
-- each MLP's LayerNorm is computed on the rows its units read (`_layer_norm_t`).
+- each MLP's LayerNorm is computed on the rows its units read (`_layer_norm_t`);
+- the intermediates go into scratch buffers kept between calls (`_Scratch`), and a large batch
+  runs CHUNK_TOKENS tokens' worth of prompts at a time, so that they stay in cache.
 
 A unit pair is an identity of the exact function, a dropped pattern weight is a leak inside the
 monitor's charge, and the rest changes the order of floating-point sums: the two passes differ
@@ -113,11 +115,12 @@ def _gathered(W: torch.Tensor, b: torch.Tensor, have: Gathered | None) -> Gather
     return Gathered(g.idx, g.coef, g.first_ones, bool(b.any()))
 
 
-def mirrored_gelu_(y: torch.Tensor) -> torch.Tensor:
+def mirrored_gelu_(y: torch.Tensor, buf: torch.Tensor | None = None) -> torch.Tensor:
     """GeLU(y) + GeLU(-y) = y erf(y / sqrt 2), what a mirrored pair of units outputs (exact
-    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned). The pass
-    computes the same with a scratch buffer (TransposedPass._mlp_out)."""
-    return y.mul_(torch.erf(y * SQRT_HALF))
+    identity: y Phi(y) - y Phi(-y) = y (2 Phi(y) - 1)), written into y (returned); buf: a
+    buffer of y's shape for erf(y / sqrt 2) (None: a new tensor)."""
+    erf = torch.mul(y, SQRT_HALF, out=buf) if buf is not None else y * SQRT_HALF
+    return y.mul_(erf.erf_())
 
 
 def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
@@ -287,10 +290,8 @@ class TransposedPass:
         h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in, buf("h", units, x_t),
                          buf("term", units, x_t))
         paired = p.n_pairs + p.n_linear
-        if p.n_pairs:  # y erf(y / sqrt 2), y = the pair's pre-activation (mirrored_gelu_)
-            y = h_t[:p.n_pairs]
-            erf = torch.mul(y, SQRT_HALF, out=buf("erf", p.n_pairs, x_t)).erf_()
-            y.mul_(erf)
+        if p.n_pairs:  # y erf(y / sqrt 2), y = the pair's pre-activation
+            mirrored_gelu_(h_t[:p.n_pairs], buf("erf", p.n_pairs, x_t))
         if paired < units:  # (a linear pair's unit passes y on as it is)
             h_t[paired:] = F.gelu(h_t[paired:])
         c = len(p.out_rows)
