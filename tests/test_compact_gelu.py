@@ -9,7 +9,8 @@ charged kappa u |x| together. The transposed pass computes such a mirrored pair 
 x erf(x / sqrt 2) (transposed.mirrored_gelu_), and every other unit with F.gelu (as the dense
 pass does); a select's gate units, whose arguments are large, are charged kappa u times their
 operands' size. Samples (seeded): 5 000 x ~ N(0, 3^2), 4 001 points on [-12, 12], 5 000
-x ~ U[-1, 1] and 2 000 x ~ N(0, 0.01^2).
+x ~ U[-1, 1], 2 000 x ~ N(0, 0.01^2), and, where mirrored_gelu_ sums its series (every
+|x| <= 2^-7), 5 000 x ~ U[-2^-7, 2^-7] and 2 000 x ~ N(0, 1e-4^2).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from raspicl.compiler.config import CompilerConfig
-from raspicl.transposed import _mirrored, mirrored_gelu_
+from raspicl.transposed import SERIES_MAX, _mirrored, mirrored_gelu_
 
 KAPPA = CompilerConfig().rounding_factor
 
@@ -29,7 +30,10 @@ KAPPA = CompilerConfig().rounding_factor
 def _samples() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(20261201)
     return {"N(0, 9)": rng.normal(0.0, 3.0, 5000), "grid [-12, 12]": np.linspace(-12, 12, 4001),
-            "U[-1, 1]": rng.uniform(-1.0, 1.0, 5000), "N(0, 1e-4)": rng.normal(0.0, 0.01, 2000)}
+            "U[-1, 1]": rng.uniform(-1.0, 1.0, 5000), "N(0, 1e-4)": rng.normal(0.0, 0.01, 2000),
+            # within SERIES_MAX = 2^-7: mirrored_gelu_ sums its series there
+            "U[-2^-7, 2^-7]": rng.uniform(-(2.0**-7), 2.0**-7, 5000),
+            "N(0, 1e-8)": rng.normal(0.0, 1e-4, 2000)}
 
 
 def _exact(xs: np.ndarray, mirrored: bool) -> np.ndarray:
@@ -59,6 +63,7 @@ def test_mirrored_pair_within_its_two_units_charge(name):
         # the pass's own call, with a scratch buffer, computes the same numbers
         buffered = mirrored_gelu_(x.clone(), torch.empty_like(x))
         assert torch.equal(buffered, mirrored_gelu_(x.clone()))
+        assert (float(x.abs().max()) <= SERIES_MAX) == name.startswith(("U[-2^-7", "N(0, 1e-8)"))
         u = torch.finfo(dtype).eps
         err = np.abs(got - _exact(x64, mirrored=True))
         worst = float(np.max(err / np.maximum(u * np.abs(x64), 1e-300)))
