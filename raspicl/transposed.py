@@ -12,8 +12,8 @@ the same kept rows, heads and units, but faster:
   gathered rows (`Gathered.apply_t`, for small matrices too: compact.GATHER_COST);
 - two MLP units whose inputs are exact negatives of each other are one unit (`_mirrored`):
   with equal output rows (the product gadget) it outputs GeLU(y) + GeLU(-y) = y erf(y / sqrt 2)
-  (`mirrored_gelu_`), with negated output rows (affine units) GeLU(y) - GeLU(-y) = y, with no
-  GeLU at all;
+  (`mirrored_gelu_`: its series where every |y| <= SERIES_MAX), with negated output rows
+  (affine units) GeLU(y) - GeLU(-y) = y, with no GeLU at all;
 - a fixed (position-only) attention pattern's weights below PATTERN_FLOOR, the leak, are set to
   zero, after which a move's pattern is a gather of one token per row;
 - each MLP's LayerNorm is computed on the rows its units read (`_layer_norm_t`);
