@@ -11,7 +11,8 @@ tolerance, compiled in float64, run in float64 and float32) it times, at batch 1
 - interp: raspicl.interpret (the float64 interpreter, every op on the whole batch);
 - solver: the program file's reference() (numpy, raspicl.solvers);
 - dense: cm.predict(prompts, check="ignore") on the dense weights (CompiledModel.compact off);
-- compact: the same through the compact execution plan (raspicl.compact), the default;
+- compact: the same through the compact execution plan (raspicl.compact), the default (with
+  check="ignore" it runs the plan's transposed pass, raspicl.transposed);
 
 each the best of --repeats runs after one warm-up (time.perf_counter, or with --clock cpu
 time.process_time), and prints the ratios to
