@@ -58,6 +58,11 @@ SPARSE_DENSITY = 0.05
 # batch 1024 (one thread), the sum of their products' times was lowest at 8 in float64 (and
 # within 1% of it in float32) of the values 2-12 tried.
 GATHER_COST = 8
+# `last` runs the transposed pass from this many tokens (prompts x T) on, the streamed pass's
+# sublayers in place below it: the transposed pass does more operations per sublayer, which
+# cost more than they save on few tokens (one thread: the two broke even at 200-770 tokens
+# for the three bench programs; at batch 1 the streamed pass took 0.35-0.4 of the time).
+TRANSPOSED_MIN_TOKENS = 512
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -381,9 +386,14 @@ class CompactPlan:
                          inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one, for a caller who reads
-        the final residual only: the transposed pass (raspicl.transposed.TransposedPass.last),
-        which writes it over `resid` and returns it."""
+        """The residual after the last sublayer, from the embedded one [B, T, D], written over
+        `resid` (returned), for a caller who reads the final residual only: the transposed
+        pass (raspicl.transposed.TransposedPass.last) from TRANSPOSED_MIN_TOKENS tokens on,
+        below that the streamed pass's sublayers added in place."""
+        if resid.shape[0] * resid.shape[1] < TRANSPOSED_MIN_TOKENS:
+            for run in range(len(self.order)):
+                resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+            return resid
         if self._transposed is None:
             from raspicl.transposed import TransposedPass  # (it builds on this module)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from raspicl import random_prompts
+from raspicl import compact, random_prompts
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainWarning
 from raspicl.interpret import interpret
@@ -50,8 +50,15 @@ def bounded(cm, prompts):
         return cm.run(prompts, check="warn")
 
 
+@pytest.fixture
+def transposed_always(monkeypatch):
+    """CompactPlan.last on the transposed pass whatever the batch (the tests' batches are
+    below TRANSPOSED_MIN_TOKENS)."""
+    monkeypatch.setattr(compact, "TRANSPOSED_MIN_TOKENS", 0)
+
+
 @pytest.mark.parametrize("name,params,loops", CASES)
-def test_compact_matches_dense_float64(name, params, loops):
+def test_compact_matches_dense_float64(name, params, loops, transposed_always):
     program, cm = compiled(name, params, loops)
     dense = dense_of(cm)
     prompts = random_prompts(64, program.d, program.n, seed=11)
@@ -80,7 +87,7 @@ def test_compact_matches_dense_float64(name, params, loops):
 
 
 @pytest.mark.parametrize("name,params,loops", CASES[:3])
-def test_compact_matches_dense_float32(name, params, loops):
+def test_compact_matches_dense_float32(name, params, loops, transposed_always):
     program, cm = compiled(name, params, loops, "float32")
     prompts = random_prompts(64, program.d, program.n, seed=12)
     got, want = bounded(cm, prompts), bounded(dense_of(cm), prompts)
@@ -139,7 +146,7 @@ def test_plan_follows_the_weights_and_nonfinite_prompts_run_dense():
 
 
 @pytest.mark.parametrize("batch", [7, 8])
-def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch):
+def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch, transposed_always):
     """The transposed pass in chunks of 2 prompts (an odd and an even batch: the padding
     prompts) against one chunk, and against the dense pass; it writes over its input."""
     import raspicl.transposed as transposed
@@ -157,3 +164,15 @@ def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch):
     np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-12, atol=1e-12)
     err = np.abs(chunked.numpy() - dense[-1]) / np.maximum(np.abs(dense[-1]), 1.0)
     assert float(err.max()) <= RESIDUAL_TOLERANCE
+
+
+def test_last_below_the_threshold_is_the_streamed_pass():
+    """Below TRANSPOSED_MIN_TOKENS, CompactPlan.last adds the streamed pass's sublayers in
+    place: the monitored pass's numbers exactly."""
+    program, cm = compiled("sherman_morrison", {"d": 3}, "unroll")
+    prompts = random_prompts(4, program.d, program.n, seed=6)
+    res = cm.residuals(prompts, check="ignore")
+    assert res[0].shape[0] * res[0].shape[1] < compact.TRANSPOSED_MIN_TOKENS
+    given = torch.from_numpy(res[0].copy())
+    assert cm.plan().last(given) is given
+    np.testing.assert_array_equal(given.numpy(), res[-1])
