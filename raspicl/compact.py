@@ -268,7 +268,9 @@ def _softmax_scores(p: AttnPlan, resid: torch.Tensor) -> torch.Tensor:
         return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1).transpose(1, 2)
 
     q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
-    if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
+    if not q.shape[-1]:  # no query column meets a key column: every score is 0
+        s = q.new_zeros(B, H, T, T)
+    elif q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
         s = q[..., :, None, 0] * k[..., None, :, 0]
         for c in range(1, q.shape[-1]):
             s.addcmul_(q[..., :, None, c], k[..., None, :, c])

@@ -176,3 +176,31 @@ def test_last_below_the_threshold_is_the_streamed_pass():
     given = torch.from_numpy(res[0].copy())
     assert cm.plan().last(given) is given
     np.testing.assert_array_equal(given.numpy(), res[-1])
+
+
+def test_transposed_pass_with_scores_and_a_mean_pattern(transposed_always):
+    """The transposed pass where a head's scores depend on the prompt (its query made to read a
+    row an MLP writes: no fixed pattern) and where a fixed pattern is not one weight 1 per row
+    (the first block's queries zeroed: every head attends to the earlier tokens alike, the
+    [T, T] by [T, B] product), against the dense pass on the same weights."""
+    program, cm = compiled("gd_step", {"d": 2}, "unroll")
+    model = cm.model
+    plan = CompactPlan(model)
+    kept = [i for i, a in enumerate(plan.attns) if a.n_heads]
+    first, layer = kept[0], next(i for i in kept if i > 0)
+    written = int(plan.mlps[0].out_rows[0])
+    with torch.no_grad():
+        model.blocks[layer].attn.W_Q[:, written, :] = 0.25
+        model.blocks[first].attn.W_Q.zero_()
+        model.blocks[first].attn.b_Q.zero_()
+    plan = cm.plan()
+    prompts = random_prompts(32, program.d, program.n, seed=9)
+    dense = dense_of(cm).residuals(prompts, check="ignore")
+    T = dense[0].shape[1]
+    assert not plan.fixed[layer] and plan.fixed[first]
+    assert TransposedPass(plan)._fixed(first, T, torch.float64, torch.device("cpu"))[1] is None
+    last = plan.last(torch.from_numpy(dense[0].copy())).numpy()
+    streamed = cm.residuals(prompts, check="ignore")[-1]  # (no score column: scores all 0)
+    for got in (last, streamed):
+        err = np.abs(got - dense[-1]) / np.maximum(np.abs(dense[-1]), 1.0)
+        assert float(err.max()) <= RESIDUAL_TOLERANCE
