@@ -11,12 +11,13 @@ tolerance, compiled in float64, run in float64 and float32) it times, at batch 1
 - interp: raspicl.interpret (the float64 interpreter, every op on the whole batch);
 - solver: the program file's reference() (numpy, raspicl.solvers);
 - dense: cm.predict(prompts, check="ignore") on the dense weights (CompiledModel.compact off);
-- compact: the same through the compact execution plan (raspicl.compact), the default;
+- compact: the same through the compact execution plan (raspicl.compact), the default (with
+  check="ignore" it runs the plan's transposed pass, raspicl.transposed);
 
 each the best of --repeats runs after one warm-up (time.perf_counter, or with --clock cpu
-time.process_time), and prints the ratios to
-the interpreter, all measured in one run, and the torch thread count the forward passes ran
-under. Quote the ratios, not the times: those depend on the machine and its load.
+time.process_time), the four timed in turn within every repeat (`interleaved`), and prints the
+ratios to the interpreter, all measured in one run, and the torch thread count the forward
+passes ran under. Quote the ratios, not the times: those depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 # --root CHECKOUT (read before the imports below) times another checkout's raspicl with this
@@ -37,7 +39,6 @@ _ROOT = (sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv
 sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
-from timing import best_of  # noqa: E402 (bench/timing.py)
 
 from raspicl.interpret import interpret  # noqa: E402
 from raspicl.model import threads_for  # noqa: E402
@@ -50,6 +51,23 @@ torch.set_num_threads(1)
 CASES = [("gd_step", {"d": 4}), ("sherman_morrison", {"d": 4}), ("ridge", {"d": 2, "n": 4})]
 BATCHES = (1, 1024, 8192)
 DTYPES = (torch.float64, torch.float32)
+
+
+def interleaved(fns: list[Callable[[], object]], repeats: int,
+                clock: Callable[[], float]) -> list[float]:
+    """Each fn's fastest of `repeats` timed calls, in seconds, after one untimed warm-up each,
+    the fns timed in turn within every repeat: load that comes and goes on a shared machine
+    then slows them alike, and their ratios stay put (bench/timing.py's best_of times one fn
+    after another)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = clock()
+            fn()
+            ts.append(clock() - t0)
+    return [min(ts) for ts in times]
 
 
 def main() -> int:
@@ -80,18 +98,17 @@ def main() -> int:
             dense.compact = False
             for batch in args.batches:
                 prompts = random_prompts(batch, program.d, program.n, seed=batch)
-                t_int = best_of(lambda p=prompts, g=program: interpret(g, p), args.repeats, clock)
-                t_sol = best_of(lambda p=prompts, f=pf, k=params: f.reference(p, **k),
-                                args.repeats, clock)
-                t_dense = best_of(lambda p=prompts, m=dense: m.predict(p, check="ignore"),
-                                  args.repeats, clock)
-                t_comp = best_of(lambda p=prompts, m=cm: m.predict(p, check="ignore"),
-                                 args.repeats, clock)
+                t_int, t_sol, t_dense, t_comp = interleaved(
+                    [lambda p=prompts, g=program: interpret(g, p),
+                     lambda p=prompts, f=pf, k=params: f.reference(p, **k),
+                     lambda p=prompts, m=dense: m.predict(p, check="ignore"),
+                     lambda p=prompts, m=cm: m.predict(p, check="ignore")], args.repeats, clock)
                 print(f"{name:16s} {shown:10s} {str(dtype)[6:]:7s} {batch:5d} "
                       f"{1e3 * t_int:10.2f} {1e3 * t_sol:10.2f} {1e3 * t_dense:10.2f} "
                       f"{1e3 * t_comp:10.2f} {t_dense / t_int:9.1f} {t_comp / t_int:11.1f} "
                       f"{t_comp / t_sol:14.1f}", flush=True)
-    print(f"\nbest of {args.repeats} repeats ({args.clock} clock); torch threads per forward "
+    print(f"\nbest of {args.repeats} interleaved repeats ({args.clock} clock); torch threads per "
+          f"forward "
           f"pass {threads_for()} "
           f"(raspicl.model.threads_for); numpy (interp, solver) at OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS')}; quote the ratios, not the times")

@@ -22,6 +22,11 @@ the order of their floating-point sums (tests/test_compact.py states the toleran
 products with zero weights turn an infinity or a NaN into NaN on every row; the compact pass
 does not, so CompiledModel runs prompts with a non-finite token densely. The weights themselves
 (and their export) are untouched.
+
+`attn` and `mlp` are the streamed pass: the one the runtime monitor and compile-time
+feasibility read, so its arithmetic fixes the compiled weights. `last`, for a caller who reads
+the final residual only (predict and run with check="ignore"), runs the faster transposed pass
+of raspicl.transposed on the same kept heads and units.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
+# For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
+# columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
+# gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
+# column. Over every matrix of gd_step d = 4, sherman_morrison d = 4 and ridge d = 2 n = 4 at
+# batch 1024 (one thread), the sum of their products' times was lowest at 8 in float64 (and
+# within 1% of it in float32) of the values 2-12 tried.
+GATHER_COST = 8
+# `last` runs the transposed pass from this many tokens (prompts x T) on, the streamed pass's
+# sublayers in place below it: the transposed pass does more operations per sublayer, which
+# cost more than they save on few tokens (one thread: the two broke even at 200-770 tokens
+# for the three bench programs; at batch 1 the streamed pass took 0.35-0.4 of the time).
+TRANSPOSED_MIN_TOKENS = 512
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -89,19 +106,23 @@ class Gathered:
 
     idx: torch.Tensor  # [m, c] long
     coef: torch.Tensor  # [m, c]
+    first_ones: bool = False  # every coef[0] is 1 (a move's selection): apply_t skips it
+    has_bias: bool = True  # apply_t adds its bias (False: the bias is all zero)
 
     @staticmethod
-    def of(W: torch.Tensor) -> Gathered | None:
+    def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
         """W's gathered form (its nonzero entries, column by column in row order), or None
         where a dense product is the cheaper one (W small, some column with more than
-        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY)."""
+        SPARSE_TERMS nonzeros, or W denser than SPARSE_DENSITY). small: also gather a small W
+        whose columns have at most rows / GATHER_COST nonzeros (for `apply_t`)."""
         r, c = W.shape
-        if r * c < SPARSE_MIN_ENTRIES:
+        if not c or (r * c < SPARSE_MIN_ENTRIES and not small):
             return None
         nz = W != 0
         per_col = nz.sum(dim=0)
-        m = int(per_col.max()) if c else 0
-        if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
+        m = int(per_col.max())
+        large = r * c >= SPARSE_MIN_ENTRIES and m * c <= SPARSE_DENSITY * r * c
+        if m > SPARSE_TERMS or not (large or (small and m * GATHER_COST <= r)):
             return None
         m = max(m, 1)
         cols, rows = torch.nonzero(W.t(), as_tuple=True)  # by column, then row
@@ -111,13 +132,31 @@ class Gathered:
         coef = W.new_zeros(m, c)
         idx[pos, cols] = rows
         coef[pos, cols] = W[rows, cols]
-        return Gathered(idx, coef)
+        return Gathered(idx, coef, bool((coef[0] == 1).all()))
 
     def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
         out = b.expand(x.shape[0], -1).clone()
         for i in range(self.idx.shape[0]):
             out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
+        return out
+
+    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
+                tmp: torch.Tensor | None = None) -> torch.Tensor:
+        """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the same terms in
+        the same order as `apply` (the first term and the bias added first, with the same
+        roundings), gathered as whole rows of x_t. out, tmp: [c, N] buffers to write the
+        result and each further term into (None: new tensors)."""
+        out = torch.index_select(x_t, 0, self.idx[0], out=out) if out is not None \
+            else x_t.index_select(0, self.idx[0])
+        if not self.first_ones:
+            out.mul_(self.coef[0][:, None])
+        if self.has_bias:
+            out.add_(b[:, None])
+        for i in range(1, self.idx.shape[0]):
+            term = torch.index_select(x_t, 0, self.idx[i], out=tmp) if tmp is not None \
+                else x_t.index_select(0, self.idx[i])
+            out.addcmul_(term, self.coef[i][:, None])
         return out
 
 
@@ -229,7 +268,9 @@ def _softmax_scores(p: AttnPlan, resid: torch.Tensor) -> torch.Tensor:
         return _affine(resid.index_select(2, rows), W, b).view(B, T, H, -1).transpose(1, 2)
 
     q, k = heads(p.q_rows, p.W_q, p.b_q), heads(p.k_rows, p.W_k, p.b_k)
-    if q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
+    if not q.shape[-1]:  # no query column meets a key column: every score is 0
+        s = q.new_zeros(B, H, T, T)
+    elif q.shape[-1] <= SMALL_SCORE_WIDTH:  # a handful of products beats a batched matmul
         s = q[..., :, None, 0] * k[..., None, :, 0]
         for c in range(1, q.shape[-1]):
             s.addcmul_(q[..., :, None, c], k[..., None, :, c])
@@ -288,6 +329,7 @@ class CompactPlan:
         self.fixed = _fixed_patterns(model, self.attns, self.mlps)
         self._W_pos = model.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
+        self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
         self._key = self.key(model)
 
     @staticmethod
@@ -346,12 +388,19 @@ class CompactPlan:
                          inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
-        """The residual after the last sublayer, from the embedded one, every sublayer added in
-        place (for a caller who reads the final residual only: no copy per sublayer)."""
-        resid = resid.clone()
-        for run in range(len(self.order)):
-            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
-        return resid
+        """The residual after the last sublayer, from the embedded one [B, T, D], written over
+        `resid` (returned), for a caller who reads the final residual only: the transposed
+        pass (raspicl.transposed.TransposedPass.last) from TRANSPOSED_MIN_TOKENS tokens on,
+        below that the streamed pass's sublayers added in place."""
+        if resid.shape[0] * resid.shape[1] < TRANSPOSED_MIN_TOKENS:
+            for run in range(len(self.order)):
+                resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+            return resid
+        if self._transposed is None:
+            from raspicl.transposed import TransposedPass  # (it builds on this module)
+
+            self._transposed = TransposedPass(self)
+        return self._transposed.last(resid)
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every
