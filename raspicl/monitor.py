@@ -781,16 +781,29 @@ class _Walk:
     def check(self, ins: Instruction, where: np.ndarray, quantity: str, value: np.ndarray,
               limit: float, why: str) -> None:
         """A finding for every prompt where value [B, T] exceeds limit at a token in `where`."""
+        self.check_each(ins, where, quantity, value[:, :, None], np.array([float(limit)]), why)
+
+    def check_each(self, ins: Instruction, where: np.ndarray, quantity: str,
+                   values: np.ndarray, limits: np.ndarray, why: str) -> None:
+        """`check` of P quantities of one kind at once (values [B, T, P], limits [P]), with
+        what P calls in column order would leave: the largest value as the need, and for
+        each prompt the finding of the first column it exceeds, at that column's first
+        token (a prompt has at most one finding per op and kind)."""
         key = (ins.op, quantity)
-        masked = np.where(where[None, :], np.nan_to_num(value, nan=np.inf), -np.inf)
+        masked = np.where(where[None, :, None], np.nan_to_num(values, nan=np.inf), -np.inf)
         self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
-        over = masked > limit
-        self.broken |= over
-        for b in np.flatnonzero(over.any(axis=1)):
-            t = int(np.flatnonzero(over[b])[0])
-            self.add(Finding(int(b), t, ins.op, quantity, float(masked[b, t]), float(limit),
+        over = masked > limits
+        self.broken |= over.any(axis=2)
+        hit = over.any(axis=1)  # [B, P]
+        prompts = np.flatnonzero(hit.any(axis=1))
+        first = hit[prompts].argmax(axis=1)
+        for i in np.lexsort((prompts, first)):  # column by column, then prompt by prompt
+            b, p = int(prompts[i]), int(first[i])
+            t = int(np.flatnonzero(over[b, :, p])[0])
+            v, limit = masked[b, t, p], float(limits[p])
+            self.add(Finding(b, t, ins.op, quantity, float(v), limit,
                              f"{ins.where()} at {token_name(self.layout, t, b)}: {quantity} "
-                             f"{masked[b, t]:.3g} exceeds its limit {limit:.3g}; {why}"))
+                             f"{v:.3g} exceeds its limit {limit:.3g}; {why}"))
 
     def add(self, f: Finding) -> None:
         key = (f.prompt, f.op, f.quantity)
@@ -801,16 +814,21 @@ class _Walk:
     # -- the gadgets
 
     def _linear(self, terms, reads, width: int):
-        """sum c v, sum |c| err, sum |c| |v| over terms: each [B, T, width]."""
+        """sum c v, sum |c| err, sum |c| |v| over terms: each [B, T, width] (each output's
+        terms added in their order, as a loop over them would: _add_in_order)."""
         B, T = self.B, self.T
         val = np.zeros((B, T, width))
         err = np.zeros((B, T, width))
         mag = np.zeros((B, T, width))
-        for o, c, r, k in terms:
-            v, e = reads[r]
-            val[:, :, o] += c * v[:, :, k]
-            err[:, :, o] += abs(c) * e[:, :, k]
-            mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
+        if not terms:
+            return val, err, mag
+        outs = np.array([t[0] for t in terms])
+        c = np.array([t[1] for t in terms])
+        comps = [(t[2], t[3]) for t in terms]
+        v, e = _gather(reads, comps, 0), _gather(reads, comps, 1)
+        _add_in_order(val, outs, c * v)
+        _add_in_order(err, outs, np.abs(c) * e)
+        _add_in_order(mag, outs, np.abs(c) * np.abs(v))
         return val, err, mag
 
     def linear_attn(self, ins: Instruction, reads):
@@ -852,15 +870,21 @@ class _Walk:
                 off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
                 err = err + np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
             val = val + np.where(m[:, :, None], z, 0.0)
-        for o, c, ra, ca, rb, cb in ins.products:
-            va, ea = reads[ra][0][:, :, ca], reads[ra][1][:, :, ca]
-            vb, eb = reads[rb][0][:, :, cb], reads[rb][1][:, :, cb]
-            val[:, :, o] += c * va * vb
-            err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
-        for pair in ins.pairs:
-            own = self._product_error(ins, pair, reads, defined, mu)
-            for o, c in pair.outputs.items():
-                err[:, :, o] += abs(c) * own
+        if ins.products:
+            outs = np.array([t[0] for t in ins.products])
+            c = np.array([t[1] for t in ins.products])
+            a = [(t[2], t[3]) for t in ins.products]
+            b = [(t[4], t[5]) for t in ins.products]
+            va, ea = _gather(reads, a, 0), _gather(reads, a, 1)
+            vb, eb = _gather(reads, b, 0), _gather(reads, b, 1)
+            _add_in_order(val, outs, c * va * vb)
+            _add_in_order(err, outs, np.abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb))
+        if ins.pairs:
+            own = self._product_error(ins, ins.pairs, reads, defined, mu)  # [B, T, pairs]
+            terms = [(o, p, abs(c)) for p, pair in enumerate(ins.pairs)
+                     for o, c in pair.outputs.items()]
+            _add_in_order(err, np.array([t[0] for t in terms]),
+                          np.array([t[2] for t in terms]) * own[:, :, [t[1] for t in terms]])
         err = err + ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None]))
         return val + bias, err + self.leak[:, None, None]
 
@@ -878,22 +902,44 @@ class _Walk:
                              f"gate's |a - b| = {masked[b, t]:.3g} exceeds the bound {bound:.3g} "
                              f"its sharpness was set for, so the gate would leak"))
 
-    def _product_error(self, ins: Instruction, pair: ProductPair, reads, defined, mu):
-        """The gadget's own error (truncation + rounding) for one pair: [B, T]."""
-        va = reads[pair.a[0]][0][:, :, pair.a[1]]
-        vb = reads[pair.b[0]][0][:, :, pair.b[1]]
-        square = pair.a == pair.b
-        combos = [(va, 1.0)] if square else [(pair.k * va + vb / pair.k, 0.25),
-                                             (pair.k * va - vb / pair.k, 0.25)]
+    def _product_error(self, ins: Instruction, pairs: list[ProductPair], reads, defined, mu):
+        """Each pair's gadget error (truncation + rounding): [B, T, len(pairs)], every pair
+        computed with the same operations as alone (pairs of one kind, square or not, with
+        or without Richardson, side by side); |e t| checked against the series limit."""
+        B, T = self.B, self.T
+        err = np.zeros((B, T, len(pairs)))
+        worst = np.zeros((B, T, len(pairs)))
+        kinds: dict[tuple[bool, bool], list[int]] = {}
+        for p, pair in enumerate(pairs):
+            kinds.setdefault((pair.a == pair.b, pair.richardson), []).append(p)
+        for (square, richardson), idx in kinds.items():
+            group = [pairs[p] for p in idx]
+            err[:, :, idx], worst[:, :, idx] = self._pair_errors(group, square, richardson,
+                                                                 reads, mu)
+        limits = np.array([SERIES_LIMIT[pair.richardson] for pair in pairs])
+        self.check_each(ins, defined, PRODUCT_RANGE, worst, limits,
+                        "beyond it the gadget's series no longer bounds its error: an operand "
+                        "is far outside the range the product was scaled for")
+        return err
+
+    def _pair_errors(self, pairs: list[ProductPair], square: bool, richardson: bool, reads,
+                     mu) -> tuple[np.ndarray, np.ndarray]:
+        """The gadget error and largest |e t| of pairs of one kind: [B, T, len(pairs)] each
+        (module doc: truncation series, the GeLUs' and the pre-activation's rounding)."""
+        va = _gather(reads, [pair.a for pair in pairs], 0)
+        vb = _gather(reads, [pair.b for pair in pairs], 0)
+        k = np.array([pair.k for pair in pairs])
+        e = np.array([pair.e for pair in pairs])
+        combos = [(va, 1.0)] if square else [(k * va + vb / k, 0.25), (k * va - vb / k, 0.25)]
         err = np.zeros_like(va)
         worst = np.zeros_like(va)
-        scales = ([(pair.e, 4.0 / 3.0), (2 * pair.e, 1.0 / 3.0)] if pair.richardson
-                  else [(pair.e, 1.0)])
+        scales = [(e, 4.0 / 3.0), (2 * e, 1.0 / 3.0)] if richardson else [(e, 1.0)]
+        c = self.truncation[richardson]
+        spread = 2 * mu[:, :, None] * (k + 1 / k)
         for t, w in combos:
-            x = np.abs(pair.e * t)
+            x = np.abs(e * t)
             worst = np.maximum(worst, x)
-            c = self.truncation[pair.richardson]
-            if pair.richardson:
+            if richardson:
                 trunc = c[0] * x**4 + c[1] * x**6 + c[2] * x**8
             else:
                 trunc = c[0] * x**2 + c[1] * x**4
@@ -901,14 +947,11 @@ class _Walk:
             # dt: the pre-activation's own rounding (weights and the LayerNorm mean, in units
             # of t). It enters the square at second order (first order is in the operands'
             # errors), and the GeLUs round at the argument they actually get, |t| + dt.
-            dt = self.kappa * self.u * (np.abs(t) + 2 * mu * (pair.k + 1 / pair.k))
-            for e, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
-                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / e + dt * dt)
-        limit = SERIES_LIMIT[pair.richardson]
-        self.check(ins, defined, PRODUCT_RANGE, worst, limit,
-                   "beyond it the gadget's series no longer bounds its error: an operand is far "
-                   "outside the range the product was scaled for")
-        return err
+            dt = self.kappa * self.u * (np.abs(t) + spread)
+            for es, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
+                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / es
+                                + dt * dt)
+        return err, worst
 
     def divide(self, ins: Instruction, num, err_num, defined, Q, D: int, var, eps: float,
                anchor: float):
@@ -931,6 +974,35 @@ class _Walk:
                + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
                + self.kappa * self.u * np.abs(q))
         return q, err
+
+
+def _gather(reads, comps: list[tuple[int, int]], part: int) -> np.ndarray:
+    """reads[r][part][:, :, k] for each (r, k) of `comps`, side by side: [B, T, len(comps)]
+    (part 0: the values, 1: their error bounds)."""
+    first = reads[comps[0][0]][part]
+    out = np.empty(first.shape[:2] + (len(comps),))
+    by_read: dict[int, tuple[list[int], list[int]]] = {}
+    for i, (r, k) in enumerate(comps):
+        cols, ks = by_read.setdefault(r, ([], []))
+        cols.append(i)
+        ks.append(k)
+    for r, (cols, ks) in by_read.items():
+        out[:, :, cols] = reads[r][part][:, :, ks]
+    return out
+
+
+def _add_in_order(target: np.ndarray, outs: np.ndarray, terms: np.ndarray) -> None:
+    """target[:, :, outs[i]] += terms[:, :, i] for every i in order, bit for bit as that loop:
+    round j adds every output's j-th term at once (no output twice in a round), so each
+    output still sums its terms one at a time in their order."""
+    order = np.argsort(outs, kind="stable")
+    sorted_outs = outs[order]
+    starts = np.flatnonzero(np.r_[True, sorted_outs[1:] != sorted_outs[:-1]])
+    rank = np.empty(len(outs), dtype=np.int64)
+    rank[order] = np.arange(len(outs)) - np.repeat(starts, np.diff(np.r_[starts, len(outs)]))
+    for j in range(int(rank.max()) + 1 if len(outs) else 0):
+        sel = np.flatnonzero(rank == j)
+        target[:, :, outs[sel]] += terms[:, :, sel]
 
 
 def _merge(a, b):
