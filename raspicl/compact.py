@@ -282,12 +282,31 @@ class CompactPlan:
         if not self.supports(model):
             raise ValueError(f"the compact plan runs paper models only; this model's "
                              f"architecture is {model.cfg.arch.name} (run it dense)")
-        self.order = model.cfg.order()
-        self.attns = [_attn_plan(b.attn) for b in model.blocks]
-        self.mlps = [_mlp_plan(b) for b in model.blocks]
-        self.fixed = _fixed_patterns(model, self.attns, self.mlps)
-        self._W_pos = model.pos_embed.W_pos
+        self._set(model.cfg.order(), [_attn_plan(b.attn) for b in model.blocks],
+                  [_mlp_plan(b) for b in model.blocks], model, self.key(model))
+
+    @classmethod
+    def from_sublayers(cls, order: tuple[int, ...], attns: list[AttnPlan], mlps: list[MLPPlan],
+                       embedding) -> CompactPlan:
+        """A plan from sublayer plans made elsewhere (raspicl.sparse_weights: from a compiled
+        model's sparse parts, without its dense weights); `embedding` has .embed.W_E and
+        .pos_embed.W_pos. It matches no model until `bind`."""
+        plan = cls.__new__(cls)
+        plan._set(tuple(order), attns, mlps, embedding, None)
+        return plan
+
+    def _set(self, order, attns, mlps, embedding, key) -> None:
+        self.order = order
+        self.attns = attns
+        self.mlps = mlps
+        self.fixed = _fixed_patterns(embedding, self.attns, self.mlps)
+        self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
+        self._key = key
+
+    def bind(self, model: Transformer) -> None:
+        """Declare this plan the plan of `model`'s current weights (the caller vouches that
+        they are the weights it was made from); it matches the model until they change."""
         self._key = self.key(model)
 
     @staticmethod

@@ -33,6 +33,7 @@ from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError, ContractWarning
 from raspicl.model import Transformer
+from raspicl.sparse_weights import SparseWeights
 from raspicl.monitor import (
     CLOSED_GATE,
     DIVISION_REST,
@@ -73,8 +74,9 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
-def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
-            compact: bool = True) -> ContractReport:
+def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: str,
+            chunk: int | None = None, compact: bool = True,
+            plan: CompactPlan | None = None) -> ContractReport:
     """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
     prompts at a time (default: measure_chunk), each residual fed to the streamed monitor as
     the pass makes it (no residual list is held). The report does not depend on the chunk:
@@ -83,14 +85,25 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
     compact: run the compact plan (raspicl.compact), the pass CompiledModel runs by default;
     it differs from the dense pass only in the order of floating-point sums (a relative 1e-11
     in the measured needs of the bundled programs, far inside the bound_margin^2 the re-tuned
-    constants keep above them) and costs a fraction of it."""
+    constants keep above them) and costs a fraction of it.
+    model: a Transformer, or the compiler's SparseWeights (their compact plan is made from
+    their entries, and the dense model only for the dense pass); plan: the compact plan of
+    `model` in `dtype`, where the caller has made it already."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
-    if model.dtype != tdtype:
-        model = _converted(model, tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
     # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
-    plan = CompactPlan(model) if compact and CompactPlan.supports(model) \
-        and bool(torch.isfinite(tokens).all()) else None
+    compact = compact and bool(torch.isfinite(tokens).all())
+    if isinstance(model, SparseWeights):
+        weights = model.to(tdtype)
+        model = weights.shell() if compact else weights.transformer()
+        if compact and plan is None:
+            plan = weights.plan(model)
+    elif model.dtype != tdtype:
+        model = _converted(model, tdtype)
+    if not (compact and CompactPlan.supports(model)):
+        plan = None
+    elif plan is None:
+        plan = CompactPlan(model)
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
     parts = []
     for start in range(0, len(tokens), chunk):
