@@ -42,6 +42,7 @@ from raspicl.monitor import (
     ContractReport,
     ContractStream,
     _needs,
+    instructions,
 )
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
@@ -105,9 +106,10 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
     elif plan is None:
         plan = CompactPlan(model)
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
+    parsed = instructions(layout)  # parsed once for every chunk
     parts = []
     for start in range(0, len(tokens), chunk):
-        monitor = ContractStream(layout, dtype)
+        monitor = ContractStream(layout, dtype, parsed)
         with torch.no_grad():
             for r in model.stream(tokens[start:start + chunk], plan=plan):
                 monitor.feed(r.double().numpy())
