@@ -97,7 +97,7 @@ class CompiledModel:
     def model(self, model: Transformer) -> None:
         self._model, self._weights, self._shell, self._plan = model, None, None, None
 
-    def _runner(self) -> Transformer:
+    def runner(self) -> Transformer:
         """What the compact plan runs with (embedding, readout, config, dtype): the dense
         model once built, else the shell of the weights (raspicl.sparse_weights)."""
         return self._model if self._model is not None else self._shell
@@ -112,7 +112,7 @@ class CompiledModel:
         if arr.ndim != 3 or arr.shape[1:] != (p["n_tokens"], p["d_token"]):
             raise ValueError(f"tokens must have shape [batch, {p['n_tokens']}, {p['d_token']}] "
                              f"(d={p['d']}, n={p['n_examples']}); got {tuple(arr.shape)}")
-        W = self._runner().embed.W_E
+        W = self.runner().embed.W_E
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
     def run(self, prompts: Prompts | np.ndarray, check: str = "error",
@@ -162,17 +162,17 @@ class CompiledModel:
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         tok = self.tokens(arr)
         use = (self.compact if compact is None else compact) \
-            and CompactPlan.supports(self._runner())
+            and CompactPlan.supports(self.runner())
         plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
         n = threads if threads is not None else self.threads
-        model = self._runner() if plan is not None else self.model
+        model = self.runner() if plan is not None else self.model
         with torch.no_grad():
             yield from model.stream(tok, plan=plan, threads=n)
 
     def _last_residual(self, arr: np.ndarray, threads: int | None) -> torch.Tensor:
         """The residual after the last sublayer alone (no monitor reads the others): the
         compact plan adds every sublayer in place, where `stream` copies each residual."""
-        if not (self.compact and CompactPlan.supports(self._runner())
+        if not (self.compact and CompactPlan.supports(self.runner())
                 and bool(np.isfinite(arr).all())):
             last = None
             for last in self._torch_stream(arr, threads=threads):  # noqa: B007
@@ -182,7 +182,7 @@ class CompiledModel:
         plan = self.plan()
         n = threads if threads is not None else self.threads
         with torch.no_grad():
-            embedded = next(self._runner().stream(tok, threads=n))
+            embedded = next(self.runner().stream(tok, threads=n))
             if tok.device.type != "cpu":
                 return plan.last(embedded)
             with torch_threads(threads_for(n)):
@@ -204,13 +204,13 @@ class CompiledModel:
         (W_U only selects rows, so float64 reads it exactly whatever the model's dtype; a gpt2
         model reads through its ln_final, in the model's dtype)."""
         pos = self.layout["output"]["positions"]
-        if self._runner().cfg.arch.ln_final:
+        if self.runner().cfg.arch.ln_final:
             w = self.model.ln_final.w
             x = torch.from_numpy(np.ascontiguousarray(final[:, pos])).to(w.dtype).to(w.device)
             with torch.no_grad():
                 return self.model.readout(x).detach().cpu().double().numpy()
-        W_U = self._runner().unembed.W_U.detach().cpu().double().numpy()
-        b_U = self._runner().unembed.b_U.detach().cpu().double().numpy()
+        W_U = self.runner().unembed.W_U.detach().cpu().double().numpy()
+        b_U = self.runner().unembed.b_U.detach().cpu().double().numpy()
         return final[:, pos] @ W_U + b_U
 
     def contract(self, residuals: list[np.ndarray]) -> ContractReport:
@@ -219,7 +219,7 @@ class CompiledModel:
 
     @property
     def dtype_name(self) -> str:
-        return str(self._runner().dtype).removeprefix("torch.")
+        return str(self.runner().dtype).removeprefix("torch.")
 
     def _forward(self, prompts, check: str, depth: int, threads: int | None = None,
                  keep_all: bool = True):
@@ -300,7 +300,7 @@ class CompiledModel:
         a = self.layout["architecture"]
         return {"blocks": a["n_layers"], "blocks_run": len(a["block_order"]),
                 "heads": a["n_heads"], "d_head": a["d_head"], "d_model": a["d_model"],
-                "d_mlp": a["d_mlp"], "params": self._runner().n_params()}
+                "d_mlp": a["d_mlp"], "params": self.runner().n_params()}
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> CompiledModel:
         """A copy of the model in another dtype (float64 or float32: the gadgets cannot run in

@@ -250,7 +250,7 @@ class ContractStream:
     residual of the pass."""
 
     def __init__(self, layout: dict, dtype: str, instructions: list[Instruction] | None = None):
-        """instructions: the layout's monitor instructions parsed (`instructions(layout)`),
+        """instructions: the layout's monitor instructions parsed (`parse_instructions`),
         to share between the streams of one layout (their index arrays are made once)."""
         self.layout, self.dtype = layout, dtype
         self.instructions = instructions
@@ -267,7 +267,7 @@ class ContractStream:
         return _walk(self.layout, self.source, self.dtype, self.instructions)
 
 
-def instructions(layout: dict) -> list[Instruction]:
+def parse_instructions(layout: dict) -> list[Instruction]:
     """The layout's monitor instructions, parsed."""
     return [Instruction.from_dict(rec) for rec in layout["monitor"]["instructions"]]
 
@@ -278,7 +278,7 @@ def _walk(layout: dict, source, dtype: str,
     # result is a refusal (an infinite bound), not a number anyone reads
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return _check_contract(layout, source, dtype,
-                               instructions(layout) if parsed is None else parsed)
+                               parse_instructions(layout) if parsed is None else parsed)
 
 
 def _leak_rows(layout: dict) -> list[int]:

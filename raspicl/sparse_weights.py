@@ -30,7 +30,16 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from raspicl.compact import CompactPlan, _attn_plan, _mlp_plan
+from raspicl.compact import (
+    SPARSE_DENSITY,
+    SPARSE_MIN_ENTRIES,
+    SPARSE_TERMS,
+    CompactPlan,
+    Gathered,
+    MLPPlan,
+    _attn_plan,
+    _mlp_plan,
+)
 from raspicl.model import LayerNorm, ModelConfig, Transformer
 
 # The block tensors kept by entries; everything else of a block (biases) is dense.
@@ -242,6 +251,12 @@ class SparseWeights:
         layer = int(p.split(".")[1])
         ln_w = self.dense.get(p + "ln2.w", torch.ones(D, dtype=self.dtype))
         ln_b = self._vector(p + "ln2.b", (D,))
+        gathered = _gathered_mlp(W_in, b_in, W_out, b_out)
+        if gathered is not None:  # large and gathered: made from the entries themselves
+            in_rows, units, out_rows, g_in, W_in_kept, g_out, W_out_kept = gathered
+            return MLPPlan(ln_w, ln_b, cfg.ln_eps[layer], in_rows, W_in_kept,
+                           b_in[units].clone(), W_out_kept, out_rows, b_out[out_rows].clone(),
+                           g_in, g_out)
         ns = SimpleNamespace(
             mlp=SimpleNamespace(W_in=W_in.restricted({0: read, 1: units}), b_in=b_in[units],
                                 W_out=W_out.restricted({0: units, 1: written}),
@@ -249,6 +264,64 @@ class SparseWeights:
             ln2=SimpleNamespace(w=ln_w, b=ln_b, eps=cfg.ln_eps[layer]))
         plan = _mlp_plan(ns)
         return replace(plan, in_rows=read[plan.in_rows], out_rows=written[plan.out_rows])
+
+
+def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torch.Tensor):
+    """For an MLP whose kept W_in or W_out is large and which compact's planner would gather
+    (Gathered.of's rule: at least SPARSE_MIN_ENTRIES entries, at most SPARSE_TERMS nonzeros
+    in any column, at most SPARSE_DENSITY of them nonzero), what _mlp_plan makes, from the
+    entries: (in_rows, units, out_rows, gathered W_in or None, W_in as the plan keeps it,
+    the same for W_out); None where the planner itself is to run (small, or neither gathered:
+    it may then rearrange the units)."""
+    nz_in, nz_out = W_in.values != 0, W_out.values != 0
+    i_rows, i_units = W_in.index[nz_in, 0], W_in.index[nz_in, 1]
+    o_units, o_rows = W_out.index[nz_out, 0], W_out.index[nz_out, 1]
+    units = torch.unique(o_units)
+    units = units[torch.isin(units, i_units) | (b_in[units] != 0)]
+    keep_in, keep_out = torch.isin(i_units, units), torch.isin(o_units, units)
+    in_rows = torch.unique(i_rows[keep_in])
+    out_rows = torch.unique(torch.cat([o_rows[keep_out], torch.nonzero(b_out).flatten()]))
+    # the kept matrices' entries, by local (row, column)
+    mats = [(torch.searchsorted(in_rows, i_rows[keep_in]), torch.searchsorted(units,
+             i_units[keep_in]), W_in.values[nz_in][keep_in], (len(in_rows), len(units))),
+            (torch.searchsorted(units, o_units[keep_out]),
+             torch.searchsorted(out_rows, o_rows[keep_out]), W_out.values[nz_out][keep_out],
+             (len(units), len(out_rows)))]
+    if all(r * c < SPARSE_MIN_ENTRIES for *_, (r, c) in mats):
+        return None
+    forms = [_gathered_form(*m) for m in mats]
+    if all(g is None for g in forms):
+        return None
+    kept = []
+    for (rows, cols, vals, (r, c)), g, W in zip(mats, forms, (W_in, W_out), strict=True):
+        if g is not None:
+            kept.append(vals.new_zeros(0, c))
+        else:  # the planner's dense kept matrix: every entry written (explicit zeros too)
+            axes = {0: in_rows, 1: units} if W is W_in else {0: units, 1: out_rows}
+            kept.append(W.restricted(axes))
+    return in_rows, units, out_rows, forms[0], kept[0], forms[1], kept[1]
+
+
+def _gathered_form(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                   shape: tuple[int, int]) -> Gathered | None:
+    """Gathered.of of the [r, c] matrix with these nonzero entries, without the matrix."""
+    r, c = shape
+    if r * c < SPARSE_MIN_ENTRIES:
+        return None
+    per_col = torch.bincount(cols, minlength=c)
+    m = int(per_col.max()) if c else 0
+    if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
+        return None
+    m = max(m, 1)
+    order = torch.argsort(cols * r + rows)  # by column, then row
+    cols, rows, vals = cols[order], rows[order], vals[order]
+    starts = torch.cumsum(per_col, 0) - per_col
+    pos = torch.arange(len(cols)) - starts[cols]
+    idx = torch.zeros(m, c, dtype=torch.long)
+    coef = vals.new_zeros(m, c)
+    idx[pos, cols] = rows
+    coef[pos, cols] = vals
+    return Gathered(idx, coef)
 
 
 __all__ = ["Entries", "SparseArray", "SparseWeights"]

@@ -122,3 +122,20 @@ def test_a_fresh_model_copy_is_its_own():
     with torch.no_grad():
         copy.model.embed.W_E.mul_(2.0)  # the copy's weights only
     assert not torch.equal(cm.model.embed.W_E, copy.model.embed.W_E)
+
+
+def test_large_gathered_mlps_made_from_entries_equal_the_planners(monkeypatch):
+    """sherman_morrison d = 16 has MLPs large enough to be gathered, which the weights make
+    from their entries (sparse_weights._gathered_mlp) instead of through compact's planner."""
+    import raspicl.sparse_weights as sw
+
+    used = []
+    planner = sw._gathered_mlp
+    monkeypatch.setattr(sw, "_gathered_mlp", lambda *a: used.append(planner(*a)) or used[-1])
+    cm = compile_program(find_program("sherman_morrison").build(d=16))
+    for torch_dtype in (torch.float64, torch.float32):
+        weights = cm._weights.to(torch_dtype)
+        used.clear()
+        got = weights.plan()
+        assert any(u is not None for u in used)
+        _plans_equal(got, CompactPlan(weights.transformer()))

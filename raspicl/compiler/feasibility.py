@@ -42,7 +42,7 @@ from raspicl.monitor import (
     ContractReport,
     ContractStream,
     _needs,
-    instructions,
+    parse_instructions,
 )
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
@@ -106,7 +106,7 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
     elif plan is None:
         plan = CompactPlan(model)
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
-    parsed = instructions(layout)  # parsed once for every chunk
+    parsed = parse_instructions(layout)  # parsed once for every chunk
     parts = []
     for start in range(0, len(tokens), chunk):
         monitor = ContractStream(layout, dtype, parsed)
