@@ -67,7 +67,7 @@ def _floor(cm, program) -> dict:
     c0 = time.process_time()
     cm.predict(prompts, check="ignore")
     c1 = time.process_time()
-    measure(cm.model, cm.layout, prompts, "float64")
+    measure(cm.runner(), cm.layout, prompts, "float64", plan=cm.plan())  # the model's plan
     c2 = time.process_time()
     return {"forward_cpu_s": c1 - c0, "pass_cpu_s": c2 - c1}
 
