@@ -293,7 +293,7 @@ def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torc
     if all(g is None for g in forms):
         return None
     kept = []
-    for (rows, cols, vals, (r, c)), g, W in zip(mats, forms, (W_in, W_out), strict=True):
+    for (*_, vals, (_, c)), g, W in zip(mats, forms, (W_in, W_out), strict=True):
         if g is not None:
             kept.append(vals.new_zeros(0, c))
         else:  # the planner's dense kept matrix: every entry written (explicit zeros too)

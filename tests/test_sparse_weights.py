@@ -46,7 +46,8 @@ def test_sparse_array_writes_the_bytes_of_a_dense_array():
     sparse.set_block((1,), block)
     assert sparse.dense().tobytes() == dense.tobytes()
     assert Entries.of(sparse).dense().numpy().tobytes() == dense.tobytes()
-    assert sparse.nonzero() == {idx: float(dense[idx]) for idx in zip(*np.nonzero(dense))}
+    nonzero = zip(*np.nonzero(dense), strict=True)
+    assert sparse.nonzero() == {idx: float(dense[idx]) for idx in nonzero}
 
 
 def _equal(a, b, where: str) -> None:
@@ -124,6 +125,7 @@ def test_a_fresh_model_copy_is_its_own():
     assert not torch.equal(cm.model.embed.W_E, copy.model.embed.W_E)
 
 
+@pytest.mark.filterwarnings("ignore::raspicl.errors.ContractWarning")
 def test_large_gathered_mlps_made_from_entries_equal_the_planners(monkeypatch):
     """sherman_morrison d = 16 has MLPs large enough to be gathered, which the weights make
     from their entries (sparse_weights._gathered_mlp) instead of through compact's planner."""

@@ -33,7 +33,6 @@ from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError, ContractWarning
 from raspicl.model import Transformer
-from raspicl.sparse_weights import SparseWeights
 from raspicl.monitor import (
     CLOSED_GATE,
     DIVISION_REST,
@@ -44,6 +43,7 @@ from raspicl.monitor import (
     _needs,
     parse_instructions,
 )
+from raspicl.sparse_weights import SparseWeights
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3

@@ -44,7 +44,8 @@ from raspicl.compiler.gadgets.mlp import UnitSpec
 
 
 def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
-                 eps: float, width: int | None = None, zeros=np.zeros) -> tuple[np.ndarray, np.ndarray]:
+                 eps: float, width: int | None = None, zeros=np.zeros
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """W_in [d_model, width] and b_in [width] for value-space units under a neutral
     LayerNorm; columns past len(units) (the MLP's padding to `width`, default none) are 0.
     zeros: what makes W_in's array of zeros (raspicl.sparse_weights.SparseArray: by entries)."""
