@@ -65,14 +65,13 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     """Prompts per measuring pass: as many as keep what one chunk holds within
     config.MEASURE_MEMORY, at most config.MEASURE_CHUNK and at least 1. The streamed monitor
     (raspicl.monitor.ContractStream) keeps, per prompt and token, the rows of every value and
-    of every landing, and its walk an error bound beside each value (so twice the values'
-    rows; a landing's rows are read once, for their rounding), while the forward pass holds a
-    few residuals of d_model rows: all float64."""
+    of every landing, and its walk an error bound beside each value (so twice that), while the
+    forward pass holds a few residuals of d_model rows: all float64."""
     mon = layout["monitor"]
-    rows = 2 * sum(len(v["rows"]) for v in mon["values"].values())
+    rows = sum(len(v["rows"]) for v in mon["values"].values())
     _, landings, _, _ = _needs(layout)
     rows += sum(len(r) for group in landings.values() for r in group)
-    per_prompt = (rows + 4 * layout["architecture"]["d_model"]) * n_tokens * 8
+    per_prompt = (2 * rows + 4 * layout["architecture"]["d_model"]) * n_tokens * 8
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
