@@ -70,6 +70,9 @@ from raspicl.arch import LN_ANCHOR_ROWS, anchor_levels, arch_of_layout
 from raspicl.guards import token_name
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
+# An instruction's linear or product terms are walked one at a time up to this many, and as
+# arrays (_Terms) beyond: the same sums bit for bit either way, the loop cheaper for a few.
+LOOP_TERMS = 8
 # Above these |e t| the product gadget's truncation series (its first three terms) no longer
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
 SERIES_LIMIT = {True: 0.5, False: 1.0}
@@ -857,7 +860,12 @@ class _Walk:
         val = np.zeros((B, T, width))
         err = np.zeros((B, T, width))
         mag = np.zeros((B, T, width))
-        if not terms:
+        if len(terms) <= LOOP_TERMS:  # a few terms: one at a time costs less
+            for o, c, r, k in terms:
+                v, e = reads[r]
+                val[:, :, o] += c * v[:, :, k]
+                err[:, :, o] += abs(c) * e[:, :, k]
+                mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
             return val, err, mag
         tm = _terms(key, terms, reads, lambda t: [(t[2], t[3])])
         v, e = _stacked(reads, 0), _stacked(reads, 1)
@@ -908,7 +916,14 @@ class _Walk:
             val = val + np.where(m[:, :, None], z, 0.0)
         if ins.products or ins.pairs:
             values, errors = _stacked(reads, 0), _stacked(reads, 1)
-        if ins.products:
+            offsets = np.cumsum([0] + [r[0].shape[2] for r in reads])
+        if 0 < len(ins.products) <= LOOP_TERMS:  # a few terms: one at a time costs less
+            for o, c, ra, ca, rb, cb in ins.products:
+                va, ea = values[:, :, offsets[ra] + ca], errors[:, :, offsets[ra] + ca]
+                vb, eb = values[:, :, offsets[rb] + cb], errors[:, :, offsets[rb] + cb]
+                val[:, :, o] += c * va * vb
+                err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
+        elif ins.products:
             tm = _terms((ins.cache, "products"), ins.products, reads,
                         lambda t: [(t[2], t[3]), (t[4], t[5])])
             a, b = tm.comps
