@@ -12,7 +12,9 @@ subprocess's peak RSS (getrusage
 ru_maxrss: the high-water mark of the whole process, torch and raspicl included), the RSS right
 before compiling (the baseline of importing raspicl and torch and building the program), the
 difference (what compiling added at its peak), and the number of torch and BLAS threads it
-used. Threads are pinned to 1 (torch.set_num_threads and the OMP/OPENBLAS/MKL variables) unless
+used, and the feasibility passes the compile ran (`passes`: each one runs the model on the
+calibration prompts; a pass whose findings re-tune a constant is followed by another). Threads
+are pinned to 1 (torch.set_num_threads and the OMP/OPENBLAS/MKL variables) unless
 --threads says otherwise: on a small shared machine more threads make these small matmuls
 slower, not faster.
 """
@@ -65,7 +67,7 @@ def _floor(cm, program) -> dict:
     c0 = time.process_time()
     cm.predict(prompts, check="ignore")
     c1 = time.process_time()
-    measure(cm.model, cm.layout, prompts, "float64")
+    measure(cm.runner(), cm.layout, prompts, "float64", plan=cm.plan())  # the model's plan
     c2 = time.process_time()
     return {"forward_cpu_s": c1 - c0, "pass_cpu_s": c2 - c1}
 
@@ -98,6 +100,7 @@ def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT
             "cpu_seconds": cpu, **floor,
             "peak_mb": peak / 1024, "base_mb": base / 1024, "added_mb": (peak - base) / 1024,
             "parameters": cm.summary()["params"], "torch_threads": torch.get_num_threads(),
+            "passes": cm.layout["monitor"]["calibration"]["tuning_passes"],
             "env_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
@@ -122,13 +125,14 @@ def _row(r: dict, tag: str = "") -> str:
     return (f"{tag + r['program']:<24} {size:<10} {r['loops']:<6} {r['seconds']:>8.2f} "
             f"{r.get('cpu_seconds', float('nan')):>7.2f} "
             f"{r['peak_mb']:>9.0f} {r['base_mb']:>8.0f} {r['added_mb']:>9.0f} "
-            f"{r['parameters']:>10} {r['torch_threads']:>3}"
+            f"{r['parameters']:>10} {r['torch_threads']:>3} {r.get('passes', '?'):>6}"
             + (f" {r['forward_cpu_s']:>8.2f} {r['pass_cpu_s']:>7.2f} "
                f"{r['cpu_seconds'] / r['pass_cpu_s']:>9.1f}" if "pass_cpu_s" in r else ""))
 
 
 HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'cpu_s':>7} "
-          f"{'peak_MB':>9} {'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3}")
+          f"{'peak_MB':>9} {'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3} "
+          f"{'passes':>6}")
 FLOOR_HEADER = f" {'fwd_cpu_s':>8} {'pass_cpu':>7} {'cpu/pass':>9}"
 
 

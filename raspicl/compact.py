@@ -106,8 +106,13 @@ class Gathered:
 
     idx: torch.Tensor  # [m, c] long
     coef: torch.Tensor  # [m, c]
-    first_ones: bool = False  # every coef[0] is 1 (a move's selection): apply_t skips it
+    # every coef[0] is 1 (a move's selection): apply_t skips that multiply (None: find out)
+    first_ones: bool | None = None
     has_bias: bool = True  # apply_t adds its bias (False: the bias is all zero)
+
+    def __post_init__(self) -> None:
+        if self.first_ones is None:
+            self.first_ones = bool((self.coef[0] == 1).all())
 
     @staticmethod
     def of(W: torch.Tensor, small: bool = False) -> Gathered | None:
@@ -132,7 +137,7 @@ class Gathered:
         coef = W.new_zeros(m, c)
         idx[pos, cols] = rows
         coef[pos, cols] = W[rows, cols]
-        return Gathered(idx, coef, bool((coef[0] == 1).all()))
+        return Gathered(idx, coef)
 
     def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
@@ -323,13 +328,32 @@ class CompactPlan:
         if not self.supports(model):
             raise ValueError(f"the compact plan runs paper models only; this model's "
                              f"architecture is {model.cfg.arch.name} (run it dense)")
-        self.order = model.cfg.order()
-        self.attns = [_attn_plan(b.attn) for b in model.blocks]
-        self.mlps = [_mlp_plan(b) for b in model.blocks]
-        self.fixed = _fixed_patterns(model, self.attns, self.mlps)
-        self._W_pos = model.pos_embed.W_pos
+        self._set(model.cfg.order(), [_attn_plan(b.attn) for b in model.blocks],
+                  [_mlp_plan(b) for b in model.blocks], model, self.key(model))
+
+    @classmethod
+    def from_sublayers(cls, order: tuple[int, ...], attns: list[AttnPlan], mlps: list[MLPPlan],
+                       embedding) -> CompactPlan:
+        """A plan from sublayer plans made elsewhere (raspicl.sparse_weights: from a compiled
+        model's sparse parts, without its dense weights); `embedding` has .embed.W_E and
+        .pos_embed.W_pos. It matches no model until `bind`."""
+        plan = cls.__new__(cls)
+        plan._set(tuple(order), attns, mlps, embedding, None)
+        return plan
+
+    def _set(self, order, attns, mlps, embedding, key) -> None:
+        self.order = order
+        self.attns = attns
+        self.mlps = mlps
+        self.fixed = _fixed_patterns(embedding, self.attns, self.mlps)
+        self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
         self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
+        self._key = key
+
+    def bind(self, model: Transformer) -> None:
+        """Declare this plan the plan of `model`'s current weights (the caller vouches that
+        they are the weights it was made from); it matches the model until they change."""
         self._key = self.key(model)
 
     @staticmethod

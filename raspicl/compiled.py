@@ -29,6 +29,7 @@ from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
+from raspicl.sparse_weights import SparseWeights
 
 # At most this many findings are spelled out in a DomainError or as warnings; the rest are
 # counted.
@@ -52,18 +53,54 @@ class Prediction:
     tolerance: float | None = None
 
 
-@dataclass
 class CompiledModel:
     """model: the transformer; layout: what its rows mean. threads: the torch thread count of
     its CPU forward passes (None: RASPICL_THREADS, else raspicl.model.DEFAULT_THREADS);
     compact: run the compact plan of its weights (same numbers as the dense pass up to the
-    order of floating-point sums; see raspicl.compact)."""
+    order of floating-point sums; see raspicl.compact).
 
-    model: Transformer
-    layout: dict
-    threads: int | None = None
-    compact: bool = True
-    _plan: CompactPlan | None = field(default=None, init=False, repr=False, compare=False)
+    A model fresh from the compiler holds its weights by their entries
+    (raspicl.sparse_weights.SparseWeights) and runs the compact plan made from them; the dense
+    transformer is built, with the same bytes, the first time something asks for `model`
+    (saving, exporting, inspecting, the dense pass), and from then on is what runs."""
+
+    def __init__(self, model: Transformer | SparseWeights, layout: dict,
+                 threads: int | None = None, compact: bool = True,
+                 plan: CompactPlan | None = None):
+        self.layout = layout
+        self.threads = threads
+        self.compact = compact
+        self._plan = plan  # for SparseWeights: the plan made from them, if already made
+        if isinstance(model, SparseWeights):
+            self._weights: SparseWeights | None = model
+            self._model: Transformer | None = None
+            self._shell: Transformer | None = model.shell()
+        else:
+            self._weights, self._model, self._shell = None, model, None
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel(program={self.layout.get('program', {}).get('name')!r}, "
+                f"{self.summary()})")
+
+    @property
+    def model(self) -> Transformer:
+        """The dense transformer (built from the weights' entries the first time it is asked
+        for; the plan made from them is kept, bound to it, until its weights change)."""
+        if self._model is None:
+            self._model = self._weights.transformer()
+            if self._plan is not None:
+                self._plan.bind(self._model)
+            self._weights = self._shell = None
+        return self._model
+
+    @model.setter
+    def model(self, model: Transformer) -> None:
+        self._model, self._weights, self._shell, self._plan = model, None, None, None
+
+    def runner(self) -> Transformer:
+        """What the compact plan runs with (embedding, readout, config, dtype): the dense
+        model once built, else the shell of the weights (raspicl.sparse_weights)."""
+        return self._model if self._model is not None else self._shell
 
     # ------------------------------------------------------------------ running
 
@@ -75,7 +112,7 @@ class CompiledModel:
         if arr.ndim != 3 or arr.shape[1:] != (p["n_tokens"], p["d_token"]):
             raise ValueError(f"tokens must have shape [batch, {p['n_tokens']}, {p['d_token']}] "
                              f"(d={p['d']}, n={p['n_examples']}); got {tuple(arr.shape)}")
-        W = self.model.embed.W_E
+        W = self.runner().embed.W_E
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
     def run(self, prompts: Prompts | np.ndarray, check: str = "error",
@@ -124,16 +161,18 @@ class CompiledModel:
         """`stream`'s residuals as the model's own tensors (its dtype and device)."""
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         tok = self.tokens(arr)
-        use = (self.compact if compact is None else compact) and CompactPlan.supports(self.model)
+        use = (self.compact if compact is None else compact) \
+            and CompactPlan.supports(self.runner())
         plan = self.plan() if use and bool(np.isfinite(arr).all()) else None
         n = threads if threads is not None else self.threads
+        model = self.runner() if plan is not None else self.model
         with torch.no_grad():
-            yield from self.model.stream(tok, plan=plan, threads=n)
+            yield from model.stream(tok, plan=plan, threads=n)
 
     def _last_residual(self, arr: np.ndarray, threads: int | None) -> torch.Tensor:
         """The residual after the last sublayer alone (no monitor reads the others): the
         compact plan adds every sublayer in place, where `stream` copies each residual."""
-        if not (self.compact and CompactPlan.supports(self.model)
+        if not (self.compact and CompactPlan.supports(self.runner())
                 and bool(np.isfinite(arr).all())):
             last = None
             for last in self._torch_stream(arr, threads=threads):  # noqa: B007
@@ -143,7 +182,7 @@ class CompiledModel:
         plan = self.plan()
         n = threads if threads is not None else self.threads
         with torch.no_grad():
-            embedded = next(self.model.stream(tok, threads=n))
+            embedded = next(self.runner().stream(tok, threads=n))
             if tok.device.type != "cpu":
                 return plan.last(embedded)
             with torch_threads(threads_for(n)):
@@ -151,7 +190,11 @@ class CompiledModel:
 
     def plan(self) -> CompactPlan:
         """The compact execution plan of the current weights (built once, rebuilt if a
-        parameter is replaced or modified in place)."""
+        parameter of the dense model is replaced or modified in place)."""
+        if self._model is None:  # the weights by entries: made from them once
+            if self._plan is None:
+                self._plan = self._weights.plan(self._shell)
+            return self._plan
         if self._plan is None or not self._plan.matches(self.model):
             self._plan = CompactPlan(self.model)
         return self._plan
@@ -161,13 +204,13 @@ class CompiledModel:
         (W_U only selects rows, so float64 reads it exactly whatever the model's dtype; a gpt2
         model reads through its ln_final, in the model's dtype)."""
         pos = self.layout["output"]["positions"]
-        if self.model.cfg.arch.ln_final:
+        if self.runner().cfg.arch.ln_final:
             w = self.model.ln_final.w
             x = torch.from_numpy(np.ascontiguousarray(final[:, pos])).to(w.dtype).to(w.device)
             with torch.no_grad():
                 return self.model.readout(x).detach().cpu().double().numpy()
-        W_U = self.model.unembed.W_U.detach().cpu().double().numpy()
-        b_U = self.model.unembed.b_U.detach().cpu().double().numpy()
+        W_U = self.runner().unembed.W_U.detach().cpu().double().numpy()
+        b_U = self.runner().unembed.b_U.detach().cpu().double().numpy()
         return final[:, pos] @ W_U + b_U
 
     def contract(self, residuals: list[np.ndarray]) -> ContractReport:
@@ -176,7 +219,7 @@ class CompiledModel:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.model.dtype).removeprefix("torch.")
+        return str(self.runner().dtype).removeprefix("torch.")
 
     def _forward(self, prompts, check: str, depth: int, threads: int | None = None,
                  keep_all: bool = True):
@@ -257,7 +300,7 @@ class CompiledModel:
         a = self.layout["architecture"]
         return {"blocks": a["n_layers"], "blocks_run": len(a["block_order"]),
                 "heads": a["n_heads"], "d_head": a["d_head"], "d_model": a["d_model"],
-                "d_mlp": a["d_mlp"], "params": self.model.n_params()}
+                "d_mlp": a["d_mlp"], "params": self.runner().n_params()}
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> CompiledModel:
         """A copy of the model in another dtype (float64 or float32: the gadgets cannot run in
@@ -267,6 +310,9 @@ class CompiledModel:
         if dtype is not None:
             check_dtype(dtype)
 
+        if self._model is None and (device is None or torch.device(device).type == "cpu"):
+            weights = self._weights.to(dtype or self._weights.dtype)  # (no dense copy)
+            return CompiledModel(weights, self.layout, self.threads, self.compact)
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
         return CompiledModel(model, self.layout, self.threads, self.compact)
 

@@ -73,6 +73,9 @@ from raspicl.guards import token_name
 from raspicl.lang.reads import compose, place_from_record, place_record
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
+# An instruction's linear or product terms are walked one at a time up to this many, and as
+# arrays (_Terms) beyond: the same sums bit for bit either way, the loop cheaper for a few.
+LOOP_TERMS = 8
 # Above these |e t| the product gadget's truncation series (its first three terms) no longer
 # bounds the error: Richardson needs the 2e scale within 1, the plain gadget e itself.
 SERIES_LIMIT = {True: 0.5, False: 1.0}
@@ -144,6 +147,8 @@ class Instruction:
     # gpt2: the dst components whose rows the writing sublayer clears or overwrites (the
     # others hold what an earlier clear left); None: paper, where a clear leaves zero
     landing_cleared: list[int] | None = None
+    # the walk's index arrays for this instruction's term lists (_Terms), made once
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> Instruction:
@@ -250,8 +255,11 @@ class ContractStream:
     The walk cannot start earlier: every read's leak term needs the largest entry of every
     residual of the pass."""
 
-    def __init__(self, layout: dict, dtype: str):
+    def __init__(self, layout: dict, dtype: str, instructions: list[Instruction] | None = None):
+        """instructions: the layout's monitor instructions parsed (`parse_instructions`),
+        to share between the streams of one layout (their index arrays are made once)."""
         self.layout, self.dtype = layout, dtype
+        self.instructions = instructions
         self.source = _StreamResiduals(layout)
 
     def feed(self, residual: np.ndarray) -> None:
@@ -262,14 +270,21 @@ class ContractStream:
         if self.source.fed != n:
             raise ValueError(f"the monitor was fed {self.source.fed} residuals; the model's "
                              f"forward pass makes {n}")
-        return _walk(self.layout, self.source, self.dtype)
+        return _walk(self.layout, self.source, self.dtype, self.instructions)
 
 
-def _walk(layout: dict, source, dtype: str) -> ContractReport:
+def parse_instructions(layout: dict) -> list[Instruction]:
+    """The layout's monitor instructions, parsed."""
+    return [Instruction.from_dict(rec) for rec in layout["monitor"]["instructions"]]
+
+
+def _walk(layout: dict, source, dtype: str,
+          parsed: list[Instruction] | None = None) -> ContractReport:
     # inf * 0 and the like arise only where a bound is already infinite or undefined; the
     # result is a refusal (an infinite bound), not a number anyone reads
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _check_contract(layout, source, dtype)
+        return _check_contract(layout, source, dtype,
+                               parse_instructions(layout) if parsed is None else parsed)
 
 
 def _leak_rows(layout: dict) -> list[int]:
@@ -411,7 +426,7 @@ class _StreamResiduals:
         self.layout = layout
         self.d_model = layout["architecture"]["d_model"]
         self._values_at, self._landings_at, self._moments_at, self._div_at = _needs(layout)
-        self._rows = _leak_rows(layout)
+        self._spans = _spans(_leak_rows(layout))
         self.fed = 0
         self.B: int | None = None
         self.biggest: np.ndarray | None = None
@@ -430,7 +445,7 @@ class _StreamResiduals:
         if r.shape[0] != self.B or r.shape[2] != self.d_model:
             raise ValueError(f"residual {i} has shape {tuple(r.shape)}; the first had batch "
                              f"{self.B} and the model's d_model is {self.d_model}")
-        self.biggest = np.maximum(self.biggest, _largest(r[..., self._rows]))
+        self.biggest = np.maximum(self.biggest, _largest_in(r, self._spans))
         mon = self.layout["monitor"]["values"]
         for label in self._values_at.get(i, ()):
             self._values[label] = r[:, :, mon[label]["rows"]]
@@ -461,6 +476,30 @@ class _StreamResiduals:
 
     def release(self, label: str) -> None:
         self._values.pop(label, None)
+
+
+def _spans(rows: list[int]) -> list[tuple[int, int]]:
+    """Sorted rows as runs of consecutive rows [start, stop)."""
+    spans: list[tuple[int, int]] = []
+    for r in sorted(rows):
+        if spans and spans[-1][1] == r:
+            spans[-1] = (spans[-1][0], r + 1)
+        else:
+            spans.append((r, r + 1))
+    return spans
+
+
+def _largest_in(a: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """_largest(a[..., rows]) for the rows of `spans`, read through views of each run (no
+    copy of the rows, no |a| array): max |x| = max(max x, -min x), NaN kept by both."""
+    B = a.shape[0]
+    m = np.zeros(B)
+    for start, stop in spans:
+        part = a[:, :, start:stop]
+        if part.size:
+            m = np.maximum(m, np.maximum(part.max(axis=(1, 2)), -part.min(axis=(1, 2))))
+    m = np.where(m == np.inf, np.finfo(np.float64).max, m)
+    return np.where(np.isnan(m), np.inf, m)
 
 
 def _largest(a: np.ndarray) -> np.ndarray:
@@ -515,7 +554,8 @@ def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual:
     return charge
 
 
-def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
+def _check_contract(layout: dict, source, dtype: str,
+                    parsed: list[Instruction]) -> ContractReport:
     mon = layout["monitor"]
     comp = layout["compiler"]
     arch = layout["architecture"]
@@ -533,8 +573,7 @@ def _check_contract(layout: dict, source, dtype: str) -> ContractReport:
     label = mon["output"]
     last_use = _last_use(layout)
     writer: Instruction | None = None  # the last instruction that writes the output
-    for i, rec in enumerate(mon["instructions"]):
-        ins = Instruction.from_dict(rec)
+    for i, ins in enumerate(parsed):
         if ins.dst == label:
             writer = ins
         defined = np.zeros(T, dtype=bool)
@@ -718,7 +757,7 @@ class _Walk:
                                  "fault: fusion keeps only values whose reads compose)")
             parts.append(self.read(Read(r.value, at), roles, through, charge))
         val, err = self.linear_attn(ins, parts)
-        _, _, mag = self._linear(ins.linear, parts, len(ins.bias))
+        _, _, mag = self._linear(ins.linear, parts, len(ins.bias), (ins.cache, "linear"))
         defined = np.where(np.isin(np.arange(self.T), ins.defined), 0.0, np.nan)
         undefined = np.broadcast_to(defined[None, :, None], (self.B, self.T, 1))
         if place["kind"] != "here":
@@ -778,16 +817,29 @@ class _Walk:
     def check(self, ins: Instruction, where: np.ndarray, quantity: str, value: np.ndarray,
               limit: float, why: str) -> None:
         """A finding for every prompt where value [B, T] exceeds limit at a token in `where`."""
+        self.check_each(ins, where, quantity, value[:, :, None], np.array([float(limit)]), why)
+
+    def check_each(self, ins: Instruction, where: np.ndarray, quantity: str,
+                   values: np.ndarray, limits: np.ndarray, why: str) -> None:
+        """`check` of P quantities of one kind at once (values [B, T, P], limits [P]), with
+        what P calls in column order would leave: the largest value as the need, and for
+        each prompt the finding of the first column it exceeds, at that column's first
+        token (a prompt has at most one finding per op and kind)."""
         key = (ins.op, quantity)
-        masked = np.where(where[None, :], np.nan_to_num(value, nan=np.inf), -np.inf)
+        masked = np.where(where[None, :, None], np.nan_to_num(values, nan=np.inf), -np.inf)
         self.needs[key] = max(self.needs.get(key, 0.0), float(masked.max(initial=0.0)))
-        over = masked > limit
-        self.broken |= over
-        for b in np.flatnonzero(over.any(axis=1)):
-            t = int(np.flatnonzero(over[b])[0])
-            self.add(Finding(int(b), t, ins.op, quantity, float(masked[b, t]), float(limit),
+        over = masked > limits
+        self.broken |= over.any(axis=2)
+        hit = over.any(axis=1)  # [B, P]
+        prompts = np.flatnonzero(hit.any(axis=1))
+        first = hit[prompts].argmax(axis=1)
+        for i in np.lexsort((prompts, first)):  # column by column, then prompt by prompt
+            b, p = int(prompts[i]), int(first[i])
+            t = int(np.flatnonzero(over[b, :, p])[0])
+            v, limit = masked[b, t, p], float(limits[p])
+            self.add(Finding(b, t, ins.op, quantity, float(v), limit,
                              f"{ins.where()} at {token_name(self.layout, t, b)}: {quantity} "
-                             f"{masked[b, t]:.3g} exceeds its limit {limit:.3g}; {why}"))
+                             f"{v:.3g} exceeds its limit {limit:.3g}; {why}"))
 
     def add(self, f: Finding) -> None:
         key = (f.prompt, f.op, f.quantity)
@@ -797,23 +849,33 @@ class _Walk:
 
     # -- the gadgets
 
-    def _linear(self, terms, reads, width: int):
-        """sum c v, sum |c| err, sum |c| |v| over terms: each [B, T, width]."""
+    def _linear(self, terms, reads, width: int, key: tuple[dict, str] | None = None):
+        """sum c v, sum |c| err, sum |c| |v| over terms: each [B, T, width] (each output's
+        terms added in their order, as a loop over them would: _Terms.add). key: where the
+        terms' index arrays are kept (an instruction's cache and a name), None for none."""
         B, T = self.B, self.T
         val = np.zeros((B, T, width))
         err = np.zeros((B, T, width))
         mag = np.zeros((B, T, width))
-        for o, c, r, k in terms:
-            v, e = reads[r]
-            val[:, :, o] += c * v[:, :, k]
-            err[:, :, o] += abs(c) * e[:, :, k]
-            mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
+        if len(terms) <= LOOP_TERMS:  # a few terms: one at a time costs less
+            for o, c, r, k in terms:
+                v, e = reads[r]
+                val[:, :, o] += c * v[:, :, k]
+                err[:, :, o] += abs(c) * e[:, :, k]
+                mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
+            return val, err, mag
+        tm = _terms(key, terms, reads, lambda t: [(t[2], t[3])])
+        v, e = _stacked(reads, 0), _stacked(reads, 1)
+        v, e = v[:, :, tm.comps[0]], e[:, :, tm.comps[0]]
+        tm.add(val, tm.c * v)
+        tm.add(err, tm.abs_c * e)
+        tm.add(mag, tm.abs_c * np.abs(v))
         return val, err, mag
 
     def linear_attn(self, ins: Instruction, reads):
         width = len(ins.bias)
         bias = np.asarray(ins.bias)
-        val, err, mag = self._linear(ins.linear, reads, width)
+        val, err, mag = self._linear(ins.linear, reads, width, (ins.cache, "linear"))
         coef = np.zeros(width)
         for o, c, _, _ in ins.linear:
             coef[o] += abs(c)
@@ -824,10 +886,10 @@ class _Walk:
         width = len(ins.bias)
         bias = np.asarray(ins.bias)
         ku = self.kappa * self.u
-        val, err, mag = self._linear(ins.linear, reads, width)
+        val, err, mag = self._linear(ins.linear, reads, width, (ins.cache, "linear"))
         if ins.mask is not None:
             m = self.values[ins.mask][0][:, :, 0] > 0.5  # [B, T]
-            gval, gerr, gmag = self._linear(ins.gated, reads, width)
+            gval, gerr, gmag = self._linear(ins.gated, reads, width, (ins.cache, "gated"))
             gbias = np.asarray(ins.gated_bias)
             z = gval + gbias
             # |a - b| itself where both operands are defined, else what their sizes allow
@@ -839,8 +901,8 @@ class _Walk:
                     self._check_gate(ins, closed, size[:, :, o], bound)
             # the chosen operand's error: the linear part where closed, linear + gated where
             # open (a select's b cancels there: its coefficients sum to zero)
-            both = _merge(ins.linear, ins.gated)
-            _, err_open, _ = self._linear(both, reads, width)
+            both = ins.cache.setdefault("both", _merge(ins.linear, ins.gated))
+            _, err_open, _ = self._linear(both, reads, width, (ins.cache, "open"))
             err = np.where(m[:, :, None], err_open, err)
             gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
             err = err + ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
@@ -849,15 +911,32 @@ class _Walk:
                 off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
                 err = err + np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
             val = val + np.where(m[:, :, None], z, 0.0)
-        for o, c, ra, ca, rb, cb in ins.products:
-            va, ea = reads[ra][0][:, :, ca], reads[ra][1][:, :, ca]
-            vb, eb = reads[rb][0][:, :, cb], reads[rb][1][:, :, cb]
-            val[:, :, o] += c * va * vb
-            err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
-        for pair in ins.pairs:
-            own = self._product_error(ins, pair, reads, defined, mu)
-            for o, c in pair.outputs.items():
-                err[:, :, o] += abs(c) * own
+        if ins.products or ins.pairs:
+            values, errors = _stacked(reads, 0), _stacked(reads, 1)
+            offsets = np.cumsum([0] + [r[0].shape[2] for r in reads])
+        if 0 < len(ins.products) <= LOOP_TERMS:  # a few terms: one at a time costs less
+            for o, c, ra, ca, rb, cb in ins.products:
+                va, ea = values[:, :, offsets[ra] + ca], errors[:, :, offsets[ra] + ca]
+                vb, eb = values[:, :, offsets[rb] + cb], errors[:, :, offsets[rb] + cb]
+                val[:, :, o] += c * va * vb
+                err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
+        elif ins.products:
+            tm = _terms((ins.cache, "products"), ins.products, reads,
+                        lambda t: [(t[2], t[3]), (t[4], t[5])])
+            a, b = tm.comps
+            va, ea, vb, eb = values[:, :, a], errors[:, :, a], values[:, :, b], errors[:, :, b]
+            tm.add(val, tm.c * va * vb)
+            tm.add(err, tm.abs_c * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb))
+        if ins.pairs:
+            own = self._product_error(ins, ins.pairs, values, reads, defined, mu)
+            terms = ins.cache.get("pair terms")
+            if terms is None:
+                terms = [(o, abs(c), p) for p, pair in enumerate(ins.pairs)
+                         for o, c in pair.outputs.items()]
+                ins.cache["pair terms"] = terms
+            if terms:
+                tm = _terms((ins.cache, "pairs"), terms, None, lambda t: [(None, t[2])])
+                tm.add(err, tm.c * own[:, :, tm.comps[0]])
         err = err + ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None]))
         return val + bias, err + self.leak[:, None, None]
 
@@ -875,22 +954,53 @@ class _Walk:
                              f"gate's |a - b| = {masked[b, t]:.3g} exceeds the bound {bound:.3g} "
                              f"its sharpness was set for, so the gate would leak"))
 
-    def _product_error(self, ins: Instruction, pair: ProductPair, reads, defined, mu):
-        """The gadget's own error (truncation + rounding) for one pair: [B, T]."""
-        va = reads[pair.a[0]][0][:, :, pair.a[1]]
-        vb = reads[pair.b[0]][0][:, :, pair.b[1]]
-        square = pair.a == pair.b
-        combos = [(va, 1.0)] if square else [(pair.k * va + vb / pair.k, 0.25),
-                                             (pair.k * va - vb / pair.k, 0.25)]
+    def _product_error(self, ins: Instruction, pairs: list[ProductPair], values: np.ndarray,
+                       reads, defined, mu):
+        """Each pair's gadget error (truncation + rounding): [B, T, len(pairs)], every pair
+        computed with the same operations as alone (pairs of one kind, square or not, with
+        or without Richardson, side by side); |e t| checked against the series limit."""
+        B, T = self.B, self.T
+        err = np.zeros((B, T, len(pairs)))
+        worst = np.zeros((B, T, len(pairs)))
+        kinds = ins.cache.get("pair kinds")
+        if kinds is None:  # (square, richardson) -> the pairs, their operands, k and e
+            offsets = np.cumsum([0] + [r[0].shape[2] for r in reads])
+            groups: dict[tuple[bool, bool], list[int]] = {}
+            for p, pair in enumerate(pairs):
+                groups.setdefault((pair.a == pair.b, pair.richardson), []).append(p)
+            kinds = {kind: (np.array(idx), *(np.array([offsets[pairs[p].a[0]] + pairs[p].a[1]
+                                                        for p in idx]),
+                                              np.array([offsets[pairs[p].b[0]] + pairs[p].b[1]
+                                                        for p in idx]),
+                                              np.array([pairs[p].k for p in idx]),
+                                              np.array([pairs[p].e for p in idx])))
+                     for kind, idx in groups.items()}
+            ins.cache["pair kinds"] = kinds
+            ins.cache["pair limits"] = np.array([SERIES_LIMIT[p.richardson] for p in pairs])
+        for (square, richardson), (idx, a, b, k, e) in kinds.items():
+            err[:, :, idx], worst[:, :, idx] = self._pair_errors(
+                values[:, :, a], values[:, :, b], k, e, square, richardson, mu)
+        limits = ins.cache["pair limits"]
+        self.check_each(ins, defined, PRODUCT_RANGE, worst, limits,
+                        "beyond it the gadget's series no longer bounds its error: an operand "
+                        "is far outside the range the product was scaled for")
+        return err
+
+    def _pair_errors(self, va: np.ndarray, vb: np.ndarray, k: np.ndarray, e: np.ndarray,
+                     square: bool, richardson: bool, mu) -> tuple[np.ndarray, np.ndarray]:
+        """The gadget error and largest |e t| of P pairs of one kind (operands va, vb
+        [B, T, P], constants k, e [P]): [B, T, P] each (module doc: truncation series, the
+        GeLUs' and the pre-activation's rounding)."""
+        combos = [(va, 1.0)] if square else [(k * va + vb / k, 0.25), (k * va - vb / k, 0.25)]
         err = np.zeros_like(va)
         worst = np.zeros_like(va)
-        scales = ([(pair.e, 4.0 / 3.0), (2 * pair.e, 1.0 / 3.0)] if pair.richardson
-                  else [(pair.e, 1.0)])
+        scales = [(e, 4.0 / 3.0), (2 * e, 1.0 / 3.0)] if richardson else [(e, 1.0)]
+        c = self.truncation[richardson]
+        spread = 2 * mu[:, :, None] * (k + 1 / k)
         for t, w in combos:
-            x = np.abs(pair.e * t)
+            x = np.abs(e * t)
             worst = np.maximum(worst, x)
-            c = self.truncation[pair.richardson]
-            if pair.richardson:
+            if richardson:
                 trunc = c[0] * x**4 + c[1] * x**6 + c[2] * x**8
             else:
                 trunc = c[0] * x**2 + c[1] * x**4
@@ -898,14 +1008,11 @@ class _Walk:
             # dt: the pre-activation's own rounding (weights and the LayerNorm mean, in units
             # of t). It enters the square at second order (first order is in the operands'
             # errors), and the GeLUs round at the argument they actually get, |t| + dt.
-            dt = self.kappa * self.u * (np.abs(t) + 2 * mu * (pair.k + 1 / pair.k))
-            for e, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
-                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / e + dt * dt)
-        limit = SERIES_LIMIT[pair.richardson]
-        self.check(ins, defined, PRODUCT_RANGE, worst, limit,
-                   "beyond it the gadget's series no longer bounds its error: an operand is far "
-                   "outside the range the product was scaled for")
-        return err
+            dt = self.kappa * self.u * (np.abs(t) + spread)
+            for es, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
+                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / es
+                                + dt * dt)
+        return err, worst
 
     def divide(self, ins: Instruction, num, err_num, defined, Q, D: int, var, eps: float,
                anchor: float):
@@ -928,6 +1035,58 @@ class _Walk:
                + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
                + self.kappa * self.u * np.abs(q))
         return q, err
+
+
+def _stacked(reads, part: int) -> np.ndarray:
+    """The reads' values (part 0) or error bounds (1) side by side: [B, T, sum of widths]."""
+    arrays = [r[part] for r in reads]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
+
+
+@dataclass
+class _Terms:
+    """A list of terms prepared for the walk: per term its output, coefficient c (|c|) and
+    operands as columns of the reads side by side (_stacked); `add` sums them into their
+    outputs."""
+
+    outs: np.ndarray
+    c: np.ndarray
+    abs_c: np.ndarray
+    comps: list[np.ndarray]  # per operand, [terms] columns of the stacked reads
+    rounds: list[tuple[np.ndarray, np.ndarray]]  # (terms, their outputs): no output twice
+
+    def add(self, target: np.ndarray, terms: np.ndarray) -> None:
+        """target[:, :, outs[i]] += terms[:, :, i] for every i in order, bit for bit as that
+        loop: round j adds every output's j-th term at once, so each output still sums its
+        terms one at a time in their order."""
+        for sel, outs in self.rounds:
+            target[:, :, outs] += terms[:, :, sel]
+
+
+def _terms(key: tuple[dict, str] | None, terms, reads, operands) -> _Terms:
+    """The _Terms of `terms` (each (output, coefficient, ...); operands(term): its (read,
+    component) pairs, read None for a column of its own), kept in key[0][key[1]]."""
+    if key is not None and key[1] in key[0]:
+        return key[0][key[1]]
+    offsets = np.cumsum([0] + [r[0].shape[2] for r in reads]) if reads is not None else None
+    outs = np.array([int(t[0]) for t in terms], dtype=np.int64)
+    c = np.array([float(t[1]) for t in terms])
+    per = [operands(t) for t in terms]
+    comps = [np.array([k if r is None else offsets[r] + k for r, k in (p[j] for p in per)],
+                      dtype=np.int64) for j in range(len(per[0]))]
+    order = np.argsort(outs, kind="stable")
+    sorted_outs = outs[order]
+    starts = np.flatnonzero(np.r_[True, sorted_outs[1:] != sorted_outs[:-1]])
+    rank = np.empty(len(outs), dtype=np.int64)
+    rank[order] = np.arange(len(outs)) - np.repeat(starts, np.diff(np.r_[starts, len(outs)]))
+    rounds = []
+    for j in range(int(rank.max()) + 1):
+        sel = np.flatnonzero(rank == j)
+        rounds.append((sel, outs[sel]))
+    out = _Terms(outs, c, np.abs(c), comps, rounds)
+    if key is not None:
+        key[0][key[1]] = out
+    return out
 
 
 def _merge(a, b):

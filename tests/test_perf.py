@@ -7,7 +7,8 @@
 - feasibility's measure on the compact plan against the same walk over the dense pass's full
   residual list (check_contract): the same acceptance and findings, and needs within a
   summation-order difference;
-- monitor._largest against np.nan_to_num(|a|, nan=inf).max, NaN and infinities included.
+- monitor._largest (and _largest_in, over some rows) against np.nan_to_num(|a|, nan=inf).max,
+  NaN and infinities included.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from raspicl.compact import SPARSE_MIN_ENTRIES, CompactPlan, Gathered
 from raspicl.compiler import compile_program
 from raspicl.compiler.feasibility import measure
 from raspicl.errors import ContractWarning
-from raspicl.monitor import _largest, check_contract
+from raspicl.monitor import _largest, _largest_in, _spans, check_contract
 from raspicl.prompts import Prompts
 from raspicl.registry import find_program
 
@@ -154,3 +155,6 @@ def test_largest_equals_nan_to_num_max():
             a[rng.integers(5), rng.integers(3), rng.integers(4)] = np.inf
         want = np.nan_to_num(np.abs(a), nan=np.inf).max(axis=(1, 2))
         np.testing.assert_array_equal(_largest(a), want)
+        rows = sorted(rng.choice(4, size=int(rng.integers(1, 4)), replace=False).tolist())
+        want = np.nan_to_num(np.abs(a[..., rows]), nan=np.inf).max(axis=(1, 2))
+        np.testing.assert_array_equal(_largest_in(a, _spans(rows)), want)

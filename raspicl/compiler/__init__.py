@@ -25,6 +25,7 @@ from raspicl.compiler.lower import Lowered, lower
 from raspicl.compiler.schedule import Schedule, schedule
 from raspicl.errors import CompileError
 from raspicl.lang.program import Program
+from raspicl.sparse_weights import SparseWeights
 
 __all__ = ["CompilerConfig", "compile_program"]
 
@@ -105,7 +106,11 @@ def _build(program: Program, low: Lowered, sched: Schedule, layout: Layout,
         blocks = build_blocks(low, sched, layout, config, tuning)
         model, order = assemble(low, sched, layout, blocks, config)
         record = describe(low, sched, layout, blocks, order, config, model.cfg)
-        report = measure(model, record, low.calibration.prompts, config.target_dtype)
+        # the float64 plan of sparse weights is the returned model's: made once, handed on
+        plan = model.plan() if isinstance(model, SparseWeights) \
+            and config.target_dtype == "float64" else None
+        report = measure(model, record, low.calibration.prompts, config.target_dtype,
+                         plan=plan)
         new = retune(report, low, sched, tuning, config) if passes <= config.feasibility_passes \
             else None
         if new is None:
@@ -115,4 +120,4 @@ def _build(program: Program, low: Lowered, sched: Schedule, layout: Layout,
     record["monitor"]["calibration"] = {"prompts": int(len(report.accepted)),
                                         "accepted": feas.acceptance, "tuning_passes": passes}
     require_acceptance(feas, program.name, config)
-    return CompiledModel(model, record)
+    return CompiledModel(model, record, plan=plan)

@@ -36,6 +36,7 @@ from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 from raspicl.model import LayerNorm, ModelConfig, Transformer
 from raspicl.monitor import ProductPair
+from raspicl.sparse_weights import SparseArray, SparseWeights
 
 
 @dataclass
@@ -382,11 +383,13 @@ def _row_bound(ins: Instr, operand_rows: list[list[int]], bounds: list[float], r
 
 
 def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],
-             config: CompilerConfig) -> tuple[Transformer, list[int]]:
-    """Fill a float64 Transformer with the blocks' weights.
+             config: CompilerConfig) -> tuple[Transformer | SparseWeights, list[int]]:
+    """The blocks' float64 weights: a paper model's by their entries (raspicl.sparse_weights:
+    its compact plan is made from them, and its dense tensors only when asked for), a gpt2
+    model's as a dense Transformer.
 
-    Returns the model and, for every block run (the schedule's blocks, in order), the stored
-    block it runs: identical iterations of a shared loop are stored once.
+    Returns the weights and, for every block run (the schedule's blocks, in order), the
+    stored block it runs: identical iterations of a shared loop are stored once.
     """
     fmt = low.program.format
     D = layout.d_model
@@ -442,8 +445,9 @@ def assemble(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
             sd |= {f"blocks.{layer}.ln1.w": np.full(D, ln_read_scale(levels[2 * b], D)),
                    f"blocks.{layer}.ln2.w": np.full(D, ln2)}
         sd["ln_final.w"] = np.full(D, ln_read_scale(levels[-1], D))
-    model = model_from_arrays(cfg, sd)
-    return model, order
+    if arch.reads_through_layernorm:  # no compact plan runs gpt2: its weights stay dense
+        return model_from_arrays(cfg, sd), order
+    return SparseWeights.of(cfg, sd), order
 
 
 def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transformer:
@@ -475,20 +479,24 @@ def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> Transf
 
 def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int, d_head: int,
                    d_mlp: int, n_ctx: int, config: CompilerConfig,
-                   levels: list[float] | None = None) -> dict[str, np.ndarray]:
-    """One block's weights. Heads are ordered by place and a head's value columns by source
+                   levels: list[float] | None = None) -> dict[str, np.ndarray | SparseArray]:
+    """One block's weights (its matrices by entries, SparseArray, unless read through
+    LayerNorms). Heads are ordered by place and a head's value columns by source
     row, so that the same work always gives the same matrices (shared loops rely on it).
     levels (gpt2: attention and MLP read through LayerNorms, layernorm.py): the constant
     anchors' size entering the block, after its attention and after its MLP."""
     through_ln = levels is not None
-    WQ = np.zeros((n_heads, D, d_head))
-    WK = np.zeros_like(WQ)
-    WV = np.zeros_like(WQ)
-    WO = np.zeros((n_heads, d_head, D))
+    zeros = np.zeros if through_ln else SparseArray  # gpt2 transforms them whole (dense)
+    WQ, WK, WV = (zeros((n_heads, D, d_head)) for _ in range(3))
+    WO = zeros((n_heads, d_head, D))
     heads = sorted(block.heads.items(), key=lambda kv: kv[0])
     for h, (_, head) in enumerate(heads):
-        WQ[h], WK[h] = pattern_weights(head.place, rows, D, d_head, n_ctx,
-                                       config.attention_margin)
+        wq, wk = pattern_weights(head.place, rows, D, d_head, n_ctx, config.attention_margin)
+        if through_ln:
+            WQ[h], WK[h] = wq, wk
+        else:
+            WQ.set_block((h,), wq)
+            WK.set_block((h,), wk)
         order = sorted(range(len(head.columns)), key=lambda c: head.columns[c])
         new_col = {old: new for new, old in enumerate(order)}
         for old, src in enumerate(head.columns):
@@ -499,17 +507,17 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     for r, b in block.b_O.items():
         bO[r] += b
     if block.divisor is not None:  # allocated at d_mlp units: the padding is zeros
-        W_in, b_in = division_read(block.units, rows, D, block.anchor, d_mlp)
+        W_in, b_in = division_read(block.units, rows, D, block.anchor, d_mlp, zeros)
     else:  # gpt2's ln2 (weight c) passes values at scale 1: the read of eps = 1
         W_in, b_in = neutral_read(block.units, rows, D, 1.0 if through_ln else block.ln_eps,
-                                  d_mlp)
+                                  d_mlp, zeros)
     out: dict[str, np.ndarray] = {}
     if through_ln:
         WQ, WK, WV = (through_layernorm(W, rows["zero"]) for W in (WQ, WK, WV))
         ln_anchor_biases(bO, rows, levels[0], levels[1])
         if block.divisor is not None:  # the division anchors alone in ln2 (layernorm.py)
             out["mlp.b_out"] = restore_ln_anchors(D, rows, levels[2])
-    W_out = np.zeros((d_mlp, D))
+    W_out = zeros((d_mlp, D))
     for u, unit in enumerate(block.units):
         for r, w in unit.w_out.items():
             W_out[u, r] += w
@@ -536,9 +544,10 @@ def _share(runs: list[dict[str, np.ndarray]], sched: Schedule,
             for j in range(loop.length):
                 a, b = loop.starts[0] + j, start + j
                 for name, arr in runs[a].items():
-                    if not np.array_equal(arr, runs[b][name]):
-                        detail = describe_row_mismatch(layout, (a, b), k,
-                                                       _differing_rows(arr, runs[b][name], name))
+                    if not _equal(arr, runs[b][name]):
+                        detail = describe_row_mismatch(
+                            layout, (a, b), k,
+                            _differing_rows(_dense(arr), _dense(runs[b][name]), name))
                         raise CompileError(
                             f"loop iteration {k} compiles to different weights than iteration "
                             f"0 (block {j} of the body, {name}){detail}; compile it unrolled")
@@ -554,6 +563,17 @@ def _share(runs: list[dict[str, np.ndarray]], sched: Schedule,
             stored.append(b)
             order.append(index[b])
     return stored, order
+
+
+def _equal(a: np.ndarray | SparseArray, b: np.ndarray | SparseArray) -> bool:
+    """Whether two runs' tensors hold the same numbers (np.array_equal: -0.0 equals 0.0)."""
+    if isinstance(a, SparseArray) and isinstance(b, SparseArray):
+        return a.shape == b.shape and a.nonzero() == b.nonzero()
+    return np.array_equal(_dense(a), _dense(b))
+
+
+def _dense(a: np.ndarray | SparseArray) -> np.ndarray:
+    return a.dense() if isinstance(a, SparseArray) else a
 
 
 def _differing_rows(a: np.ndarray, b: np.ndarray, name: str) -> list[int]:

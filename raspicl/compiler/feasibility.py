@@ -41,7 +41,9 @@ from raspicl.monitor import (
     ContractReport,
     ContractStream,
     _needs,
+    parse_instructions,
 )
+from raspicl.sparse_weights import SparseWeights
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3
@@ -73,8 +75,9 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
-def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
-            compact: bool = True) -> ContractReport:
+def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: str,
+            chunk: int | None = None, compact: bool = True,
+            plan: CompactPlan | None = None) -> ContractReport:
     """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
     prompts at a time (default: measure_chunk), each residual fed to the streamed monitor as
     the pass makes it (no residual list is held). The report does not depend on the chunk:
@@ -83,18 +86,30 @@ def measure(model, layout: dict, prompts, dtype: str, chunk: int | None = None,
     compact: run the compact plan (raspicl.compact), the pass CompiledModel runs by default;
     it differs from the dense pass only in the order of floating-point sums (a relative 1e-11
     in the measured needs of the bundled programs, far inside the bound_margin^2 the re-tuned
-    constants keep above them) and costs a fraction of it."""
+    constants keep above them) and costs a fraction of it.
+    model: a Transformer, or the compiler's SparseWeights (their compact plan is made from
+    their entries, and the dense model only for the dense pass); plan: the compact plan of
+    `model` in `dtype`, where the caller has made it already."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
-    if model.dtype != tdtype:
-        model = _converted(model, tdtype)
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
     # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
-    plan = CompactPlan(model) if compact and CompactPlan.supports(model) \
-        and bool(torch.isfinite(tokens).all()) else None
+    compact = compact and bool(torch.isfinite(tokens).all())
+    if isinstance(model, SparseWeights):
+        weights = model.to(tdtype)
+        model = weights.shell() if compact else weights.transformer()
+        if compact and plan is None:
+            plan = weights.plan(model)
+    elif model.dtype != tdtype:
+        model = _converted(model, tdtype)
+    if not (compact and CompactPlan.supports(model)):
+        plan = None
+    elif plan is None:
+        plan = CompactPlan(model)
     chunk = chunk or measure_chunk(layout, tokens.shape[1])
+    parsed = parse_instructions(layout)  # parsed once for every chunk
     parts = []
     for start in range(0, len(tokens), chunk):
-        monitor = ContractStream(layout, dtype)
+        monitor = ContractStream(layout, dtype, parsed)
         with torch.no_grad():
             for r in model.stream(tokens[start:start + chunk], plan=plan):
                 monitor.feed(r.double().numpy())

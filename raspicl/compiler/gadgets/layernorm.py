@@ -44,11 +44,13 @@ from raspicl.compiler.gadgets.mlp import UnitSpec
 
 
 def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
-                 eps: float, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 eps: float, width: int | None = None, zeros=np.zeros
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """W_in [d_model, width] and b_in [width] for value-space units under a neutral
-    LayerNorm; columns past len(units) (the MLP's padding to `width`, default none) are 0."""
+    LayerNorm; columns past len(units) (the MLP's padding to `width`, default none) are 0.
+    zeros: what makes W_in's array of zeros (raspicl.sparse_weights.SparseArray: by entries)."""
     E = math.sqrt(eps)
-    W, b = _allocate(units, d_model, width)
+    W, b = _allocate(units, d_model, width, zeros)
     for u, unit in enumerate(units):
         for j, a in unit.w_in.items():
             W[j, u] += a * E
@@ -58,11 +60,13 @@ def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
 
 
 def division_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
-                  anchor: float, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  anchor: float, width: int | None = None, zeros=np.zeros
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """W_in [d_model, width] for units whose pre-activation is (sum w_in v + b_in) / |s| in a
-    dividing block, and b_in (zeros); columns past len(units) are 0 as in neutral_read."""
+    dividing block, and b_in (zeros); columns past len(units) are 0, and `zeros` makes W_in,
+    as in neutral_read."""
     c = anchor * math.sqrt(2.0 / d_model)
-    W, b = _allocate(units, d_model, width)
+    W, b = _allocate(units, d_model, width, zeros)
     for u, unit in enumerate(units):
         for j, a in unit.w_in.items():
             W[j, u] += a * c
@@ -111,10 +115,11 @@ def restore_ln_anchors(D: int, rows: dict[str, int], level: float) -> np.ndarray
     return b_out
 
 
-def _allocate(units: list[UnitSpec], d_model: int,
-              width: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Zero W_in [d_model, width] and b_in [width], width >= len(units) (default: equal)."""
+def _allocate(units: list[UnitSpec], d_model: int, width: int | None,
+              zeros=np.zeros) -> tuple[np.ndarray, np.ndarray]:
+    """Zero W_in [d_model, width] (made by `zeros`) and b_in [width], width >= len(units)
+    (default: equal)."""
     width = len(units) if width is None else width
     if width < len(units):
         raise ValueError(f"{len(units)} units do not fit in an MLP of width {width}")
-    return np.zeros((d_model, width)), np.zeros(width)
+    return zeros((d_model, width)), np.zeros(width)
