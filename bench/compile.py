@@ -7,8 +7,9 @@
 
 Each case runs in a fresh subprocess, so that its peak resident memory is its own. For each
 case it prints the wall time of `compile_program` and its CPU time (time.process_time: the
-figure to compare on a loaded machine, where other processes stretch the wall time), the
-subprocess's peak RSS (getrusage
+figure to compare on a loaded machine, where other processes stretch the wall time), the CPU
+time of building the program before it (`build_s`: `find_program(name).build(**params)`, which
+a user waits for too), the subprocess's peak RSS (getrusage
 ru_maxrss: the high-water mark of the whole process, torch and raspicl included), the RSS right
 before compiling (the baseline of importing raspicl and torch and building the program), the
 difference (what compiling added at its peak), and the number of torch and BLAS threads it
@@ -87,7 +88,9 @@ def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT
     from raspicl.errors import ContractWarning
     from raspicl.registry import find_program
 
+    b0 = time.process_time()
     program = find_program(name).build(**params)
+    build_cpu = time.process_time() - b0
     base = _rss_kib()
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -97,7 +100,7 @@ def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     floor = _floor(cm, program) if floor else {}
     return {"program": name, "params": params, "loops": loops, "seconds": seconds,
-            "cpu_seconds": cpu, **floor,
+            "cpu_seconds": cpu, "build_cpu_seconds": build_cpu, **floor,
             "peak_mb": peak / 1024, "base_mb": base / 1024, "added_mb": (peak - base) / 1024,
             "parameters": cm.summary()["params"], "torch_threads": torch.get_num_threads(),
             "passes": cm.layout["monitor"]["calibration"]["tuning_passes"],
@@ -124,13 +127,14 @@ def _row(r: dict, tag: str = "") -> str:
     size = " ".join(f"{k}={v}" for k, v in r["params"].items())
     return (f"{tag + r['program']:<24} {size:<10} {r['loops']:<6} {r['seconds']:>8.2f} "
             f"{r.get('cpu_seconds', float('nan')):>7.2f} "
+            f"{r.get('build_cpu_seconds', float('nan')):>7.2f} "
             f"{r['peak_mb']:>9.0f} {r['base_mb']:>8.0f} {r['added_mb']:>9.0f} "
             f"{r['parameters']:>10} {r['torch_threads']:>3} {r.get('passes', '?'):>6}"
             + (f" {r['forward_cpu_s']:>8.2f} {r['pass_cpu_s']:>7.2f} "
                f"{r['cpu_seconds'] / r['pass_cpu_s']:>9.1f}" if "pass_cpu_s" in r else ""))
 
 
-HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'cpu_s':>7} "
+HEADER = (f"{'program':<24} {'size':<10} {'loops':<6} {'time_s':>8} {'cpu_s':>7} {'build_s':>7} "
           f"{'peak_MB':>9} {'base_MB':>8} {'added_MB':>9} {'params':>10} {'thr':>3} "
           f"{'passes':>6}")
 FLOOR_HEADER = f" {'fwd_cpu_s':>8} {'pass_cpu':>7} {'cpu/pass':>9}"

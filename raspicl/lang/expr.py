@@ -547,23 +547,30 @@ def _expand(a: Expr, b: Expr, K: np.ndarray, shape: Shape) -> Expr:
     objects = [x for e in (a, b) for x in (e.bias, *e.lin.values(), *e.prod.values())]
     if any(x.dtype == np.dtype(object) for x in objects):
         K = K.astype(np.int64).astype(object)
-    bias = np.einsum("oab,a,b->o", K, a.bias, b.bias)
+    bias = _einsum("oab,a,b->o", K, a.bias, b.bias)
     lin: dict[Read, np.ndarray] = {}
     prod: dict[tuple[Read, Read], np.ndarray] = {}
     for r, L in a.lin.items():
-        _acc(lin, r, np.einsum("oab,ac,b->oc", K, L, b.bias))
+        _acc(lin, r, _einsum("oab,ac,b->oc", K, L, b.bias))
     for r, L in b.lin.items():
-        _acc(lin, r, np.einsum("oab,a,bc->oc", K, a.bias, L))
+        _acc(lin, r, _einsum("oab,a,bc->oc", K, a.bias, L))
     for k, P in a.prod.items():  # a degree two, b constant
-        _acc(prod, k, np.einsum("oab,ace,b->oce", K, P, b.bias))
+        _acc(prod, k, _einsum("oab,ace,b->oce", K, P, b.bias))
     for k, P in b.prod.items():
-        _acc(prod, k, np.einsum("oab,a,bce->oce", K, a.bias, P))
+        _acc(prod, k, _einsum("oab,a,bce->oce", K, a.bias, P))
     for ra, La in a.lin.items():
         for rb, Lb in b.lin.items():
-            _acc(prod, (ra, rb), np.einsum("oab,ac,be->oce", K, La, Lb))
+            _acc(prod, (ra, rb), _einsum("oab,ac,be->oce", K, La, Lb))
     lin = {r: L for r, L in lin.items() if np.any(L != 0)}
     prod = {k: P for k, P in prod.items() if np.any(P != 0)}
     return Expr(a.program, shape, lin, prod, bias, _merge_versions(a, b), caller_location())
+
+
+def _einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
+    """np.einsum contracted pairwise (optimize): the bilinear form K [o, a, b] against two
+    coefficient matrices is a handful of matrix products, not one o·a·b·c·e loop, which made
+    building sherman_morrison at d = 32 take minutes."""
+    return np.einsum(spec, *operands, optimize=True)
 
 
 def divide(a: Expr, s: Expr) -> Expr:
