@@ -70,14 +70,6 @@ RATIOS: dict[str, list[np.ndarray]] = {"float64": [], "float32": []}
 VIOLATIONS: dict[str, list[str]] = {"float64": [], "float32": []}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------- the generator
 
 
@@ -170,7 +162,6 @@ class ContractGen(Gen):
             return None
         return self.add(Step("div", self.name("q"), (Ref(a.name), Ref(s.name)), {}),
                         a.shape, a.bound * 100.0, a.defined & s.defined)
-
 
 
 @st.composite

@@ -51,14 +51,6 @@ TOLERANCE = 1e-6  # as tests/test_properties.py (float64, magnitudes below 1e3)
 HAND = Path(__file__).parent / "hand_fused"  # the one-op-per-line forms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def check_model(
     program: Program,
     config: CompilerConfig | None = None,

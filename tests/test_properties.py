@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
@@ -860,16 +859,6 @@ def _aff_of_x(g: Gen) -> Reg:
 
 
 # ---------------------------------------------------------------------------- checking
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The models here are tiny ([64, <= 7, ~30]): torch's intra-op threads only add overhead,
-    hundreds of times the work itself when the machine is busy. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def compare(program: Program, seed: int, n_prompts: int = PROMPTS,
