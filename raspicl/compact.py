@@ -123,20 +123,31 @@ class Gathered:
         r, c = W.shape
         if not c or (r * c < SPARSE_MIN_ENTRIES and not small):
             return None
-        nz = W != 0
-        per_col = nz.sum(dim=0)
+        cols, rows = torch.nonzero(W.t(), as_tuple=True)
+        return Gathered.of_entries(rows, cols, W[rows, cols], (r, c), small)
+
+    @staticmethod
+    def of_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                   shape: tuple[int, int], small: bool = False) -> Gathered | None:
+        """`of` of the [r, c] matrix whose nonzero entries are vals at (rows, cols), in any
+        order, without the matrix (raspicl.sparse_weights builds plans from entries)."""
+        r, c = shape
+        if not c or (r * c < SPARSE_MIN_ENTRIES and not small):
+            return None
+        per_col = torch.bincount(cols, minlength=c)
         m = int(per_col.max())
         large = r * c >= SPARSE_MIN_ENTRIES and m * c <= SPARSE_DENSITY * r * c
         if m > SPARSE_TERMS or not (large or (small and m * GATHER_COST <= r)):
             return None
         m = max(m, 1)
-        cols, rows = torch.nonzero(W.t(), as_tuple=True)  # by column, then row
+        order = torch.argsort(cols * r + rows)  # by column, then row
+        cols, rows, vals = cols[order], rows[order], vals[order]
         starts = torch.cumsum(per_col, 0) - per_col
-        pos = torch.arange(len(cols), device=W.device) - starts[cols]
-        idx = torch.zeros(m, c, dtype=torch.long, device=W.device)
-        coef = W.new_zeros(m, c)
+        pos = torch.arange(len(cols), device=vals.device) - starts[cols]
+        idx = torch.zeros(m, c, dtype=torch.long, device=vals.device)
+        coef = vals.new_zeros(m, c)
         idx[pos, cols] = rows
-        coef[pos, cols] = W[rows, cols]
+        coef[pos, cols] = vals
         return Gathered(idx, coef)
 
     def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,7 @@ import numpy as np
 import torch
 
 from raspicl.compact import (
-    SPARSE_DENSITY,
     SPARSE_MIN_ENTRIES,
-    SPARSE_TERMS,
     CompactPlan,
     Gathered,
     MLPPlan,
@@ -271,9 +269,8 @@ class SparseWeights:
 
 def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torch.Tensor):
     """For an MLP whose kept W_in or W_out is large and which compact's planner would gather
-    (Gathered.of's rule: at least SPARSE_MIN_ENTRIES entries, at most SPARSE_TERMS nonzeros
-    in any column, at most SPARSE_DENSITY of them nonzero), what _mlp_plan makes, from the
-    entries: (in_rows, units, out_rows, gathered W_in or None, W_in as the plan keeps it,
+    (Gathered.of's rule, applied to the entries by Gathered.of_entries), what _mlp_plan makes,
+    from the entries: (in_rows, units, out_rows, gathered W_in or None, W_in as the plan keeps it,
     the same for W_out); None where the planner itself is to run (small, or neither gathered:
     it may then rearrange the units)."""
     nz_in, nz_out = W_in.values != 0, W_out.values != 0
@@ -292,7 +289,7 @@ def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torc
              (len(units), len(out_rows)))]
     if all(r * c < SPARSE_MIN_ENTRIES for *_, (r, c) in mats):
         return None
-    forms = [_gathered_form(*m) for m in mats]
+    forms = [Gathered.of_entries(*m) for m in mats]
     if all(g is None for g in forms):
         return None
     kept = []
@@ -303,28 +300,6 @@ def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torc
             axes = {0: in_rows, 1: units} if W is W_in else {0: units, 1: out_rows}
             kept.append(W.restricted(axes))
     return in_rows, units, out_rows, forms[0], kept[0], forms[1], kept[1]
-
-
-def _gathered_form(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
-                   shape: tuple[int, int]) -> Gathered | None:
-    """Gathered.of of the [r, c] matrix with these nonzero entries, without the matrix."""
-    r, c = shape
-    if r * c < SPARSE_MIN_ENTRIES:
-        return None
-    per_col = torch.bincount(cols, minlength=c)
-    m = int(per_col.max()) if c else 0
-    if m > SPARSE_TERMS or m * c > SPARSE_DENSITY * r * c:
-        return None
-    m = max(m, 1)
-    order = torch.argsort(cols * r + rows)  # by column, then row
-    cols, rows, vals = cols[order], rows[order], vals[order]
-    starts = torch.cumsum(per_col, 0) - per_col
-    pos = torch.arange(len(cols)) - starts[cols]
-    idx = torch.zeros(m, c, dtype=torch.long)
-    coef = vals.new_zeros(m, c)
-    idx[pos, cols] = rows
-    coef[pos, cols] = vals
-    return Gathered(idx, coef)
 
 
 __all__ = ["Entries", "SparseArray", "SparseWeights"]
