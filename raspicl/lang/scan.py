@@ -410,26 +410,14 @@ def _show(values) -> str:
 
 
 def _equal(got: np.ndarray, want: np.ndarray) -> bool:
-    """Exact sympy values equal to float ones, entry by entry."""
+    """Exact sympy values equal to float ones, entry by entry (raspicl.symbolic.prove_equal:
+    a False may be a zero sympy could not prove, and NaN or an infinity is never equal)."""
     import sympy
 
-    for g, w in zip(got.reshape(-1), np.asarray(want).reshape(-1), strict=True):
-        diff = sympy.sympify(g) - sympy.Rational(float(w))
-        if diff.has(sympy.nan) or not _is_zero(diff):
-            return False
-    return True
+    from raspicl.symbolic import prove_equal  # (it imports the interpreter, which imports lang)
 
-
-def _is_zero(e) -> bool:
-    """e is identically 0 (sympy; a False here may be a zero sympy could not prove)."""
-    import sympy
-
-    if e == 0:
-        return True
-    e = sympy.expand(e)
-    if e == 0 or not e.free_symbols:
-        return bool(e == 0)
-    return bool(sympy.simplify(e) == 0)
+    return all(prove_equal(g, sympy.Rational(float(w)))
+               for g, w in zip(got.reshape(-1), np.asarray(want).reshape(-1), strict=True))
 
 
 def _dry_run(
