@@ -16,7 +16,8 @@ propagated to first order:
 with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - leak: a head's target leads every other token by M = attention_margin (less the scores'
   rounding), so the others share weight <= (T - 1) e^-M and a read is off by at most
-  (T - 1) e^-M 2 max|residual| (any token, defined or not); a clamped offset read at t < k
+  (T - 1) e^-M 2 max|residual| (any token, defined or not, of the residual the block's heads
+  read: the input of the reading instruction's block); a clamped offset read at t < k
   reads token 0 (its head's target there) and is charged token 0's error (under gpt2 its
   LayerNorm ratio there) and the leak;
 - a read through the neutral LayerNorm (value = sqrt(eps) (LN_j - LN_zero)) rounds by
@@ -248,29 +249,43 @@ def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> Con
 class ContractStream:
     """The monitor fed one residual at a time, in the order the forward pass makes them.
 
-    `feed(residual)` keeps only what the walk will read from that residual (the rows of the
-    values written after it, the rows a later write lands on, an MLP input's mean, variance
-    and division sums, the per-prompt largest entry); `report()`, after the last residual,
-    runs the walk on those and returns what check_contract would return on the whole list.
-    The walk cannot start earlier: every read's leak term needs the largest entry of every
-    residual of the pass."""
+    `feed(residual)` keeps what the walk will read from that residual (the rows of the values
+    written after it, the rows a later write lands on, an MLP input's mean, variance and
+    division sums, the per-prompt largest entry) and walks every instruction whose residuals
+    have all been fed, dropping what no instruction still to be walked reads; `report()`,
+    after the last residual, returns what check_contract would return on the whole list.
+    What it holds at once is the values still to be read, not every value of the pass: a
+    shared loop's iterations do not add up. Each head's leak is bounded by the largest entry
+    of the residual that head reads, known once that residual is fed."""
 
     def __init__(self, layout: dict, dtype: str, instructions: list[Instruction] | None = None):
         """instructions: the layout's monitor instructions parsed (`parse_instructions`),
         to share between the streams of one layout (their index arrays are made once)."""
         self.layout, self.dtype = layout, dtype
-        self.instructions = instructions
+        self.instructions = parse_instructions(layout) if instructions is None else instructions
         self.source = _StreamResiduals(layout)
+        self._checker: _Checker | None = None
 
     def feed(self, residual: np.ndarray) -> None:
         self.source.feed(residual)
+        with _quiet():
+            if self._checker is None:  # the batch size is known now
+                self._checker = _Checker(self.layout, self.source, self.dtype,
+                                         self.instructions)
+            self._checker.advance(self.source.fed)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most bytes of arrays the stream and its walk held at once so far."""
+        return self.source.ledger.peak
 
     def report(self) -> ContractReport:
         n = 1 + 2 * len(self.layout["architecture"]["block_order"])
-        if self.source.fed != n:
+        if self.source.fed != n or self._checker is None:
             raise ValueError(f"the monitor was fed {self.source.fed} residuals; the model's "
                              f"forward pass makes {n}")
-        return _walk(self.layout, self.source, self.dtype, self.instructions)
+        with _quiet():
+            return self._checker.finish()
 
 
 def parse_instructions(layout: dict) -> list[Instruction]:
@@ -280,11 +295,18 @@ def parse_instructions(layout: dict) -> list[Instruction]:
 
 def _walk(layout: dict, source, dtype: str,
           parsed: list[Instruction] | None = None) -> ContractReport:
+    """The whole walk over a source that holds every residual already (_ListResiduals)."""
+    with _quiet():
+        checker = _Checker(layout, source, dtype,
+                           parse_instructions(layout) if parsed is None else parsed)
+        checker.advance(len(source.res))
+        return checker.finish()
+
+
+def _quiet() -> np.errstate:
     # inf * 0 and the like arise only where a bound is already infinite or undefined; the
     # result is a refusal (an infinite bound), not a number anyone reads
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _check_contract(layout, source, dtype,
-                               parse_instructions(layout) if parsed is None else parsed)
+    return np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
 def _leak_rows(layout: dict) -> list[int]:
@@ -365,6 +387,10 @@ class _LayerNormReads:
             self._dev[residual] = np.abs(c / np.sqrt(var + self.eps) - 1.0)
         return self._dev[residual]
 
+    def release(self, residual: int) -> None:
+        """The walk no longer reads through residuals[residual]'s LayerNorm."""
+        self._dev.pop(residual, None)
+
     def mean_bound(self, residual: int) -> np.ndarray:
         """|mean| as the LayerNorm may compute it, at every token of residuals[residual]:
         the sum of d_model terms, in any order, is off by at most d_model u sum_j |A_j|, so
@@ -379,6 +405,21 @@ class _LayerNormReads:
                 + 2 * self.ku * self.mean_bound(residual)[:, :, None])
 
 
+class _Ledger:
+    """The bytes of the arrays a walk holds, and the most it held at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        self.now += n
+        self.peak = max(self.peak, self.now)
+
+    def sub(self, n: int) -> None:
+        self.now -= n
+
+
 class _ListResiduals:
     """What the walk reads, taken from the whole list of residuals of a forward pass."""
 
@@ -386,13 +427,15 @@ class _ListResiduals:
         self.layout, self.res = layout, residuals
         self.B = residuals[0].shape[0]
         self.d_model = residuals[0].shape[2]
-        rows = _leak_rows(layout)
-        biggest = np.zeros(self.B)
-        for r in residuals:
-            biggest = np.maximum(biggest, np.nan_to_num(np.abs(r[..., rows]), nan=np.inf)
-                                 .max(axis=(1, 2)))
-        self.biggest = biggest
+        self._rows = _leak_rows(layout)
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.ledger = _Ledger()  # what the walk adds; the list itself is the caller's
+
+    def leak_size(self, residual: int) -> np.ndarray:
+        """Per prompt, the largest |entry| of residuals[residual] over the rows a head's leak
+        can carry (inf where a NaN is, the largest float where an infinity is): [B]."""
+        r = self.res[residual]
+        return np.nan_to_num(np.abs(r[..., self._rows]), nan=np.inf).max(axis=(1, 2))
 
     def value(self, label: str) -> np.ndarray:
         v = self.layout["monitor"]["values"][label]
@@ -418,9 +461,14 @@ class _ListResiduals:
     def release(self, label: str) -> None:
         """The walk no longer needs `label`'s value (nothing to free: the list holds it)."""
 
+    def release_residual(self, residual: int) -> None:
+        """The walk no longer reads residuals[residual]."""
+        self._moments.pop(residual, None)
+
 
 class _StreamResiduals:
-    """What the walk reads, kept from each residual as it is fed (see ContractStream)."""
+    """What the walk reads, kept from each residual as it is fed (see ContractStream), and
+    dropped once the walk has read it (`release`, `release_residual`)."""
 
     def __init__(self, layout: dict):
         self.layout = layout
@@ -429,41 +477,50 @@ class _StreamResiduals:
         self._spans = _spans(_leak_rows(layout))
         self.fed = 0
         self.B: int | None = None
-        self.biggest: np.ndarray | None = None
+        self._leak_size: list[np.ndarray] = []
         self._values: dict[str, np.ndarray] = {}
-        self._old: dict[tuple[int, tuple], np.ndarray] = {}
+        self._old: dict[int, dict[tuple, np.ndarray]] = {}
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._div: dict[int, np.ndarray] = {}
         self._through = _through_layernorm(layout)
         self._abs_sum: dict[int, np.ndarray] = {}
+        self.ledger = _Ledger()
 
     def feed(self, r: np.ndarray) -> None:
         i = self.fed
         if self.B is None:
             self.B = r.shape[0]
-            self.biggest = np.zeros(self.B)
         if r.shape[0] != self.B or r.shape[2] != self.d_model:
             raise ValueError(f"residual {i} has shape {tuple(r.shape)}; the first had batch "
                              f"{self.B} and the model's d_model is {self.d_model}")
-        self.biggest = np.maximum(self.biggest, _largest_in(r, self._spans))
+        self._leak_size.append(_largest_in(r, self._spans))
         mon = self.layout["monitor"]["values"]
         for label in self._values_at.get(i, ()):
-            self._values[label] = r[:, :, mon[label]["rows"]]
+            self._values[label] = self._kept(r[:, :, mon[label]["rows"]])
         for rows in self._landings_at.get(i, ()):
-            self._old[(i, rows)] = r[:, :, list(rows)]
+            self._old.setdefault(i, {})[rows] = self._kept(r[:, :, list(rows)])
         if i in self._moments_at:
-            self._moments[i] = (np.abs(r.mean(axis=2)), r.var(axis=2))
+            self._moments[i] = (self._kept(np.abs(r.mean(axis=2))), self._kept(r.var(axis=2)))
             if self._through:
-                self._abs_sum[i] = np.abs(r).sum(axis=2)
+                self._abs_sum[i] = self._kept(np.abs(r).sum(axis=2))
         if i in self._div_at:
-            self._div[i] = _division_rest(self.layout, r)
+            self._div[i] = self._kept(_division_rest(self.layout, r))
         self.fed += 1
+
+    def _kept(self, a: np.ndarray) -> np.ndarray:
+        self.ledger.add(a.nbytes)
+        return a
+
+    def leak_size(self, residual: int) -> np.ndarray:
+        """Per prompt, the largest |entry| of residuals[residual] over the rows a head's leak
+        can carry (as _ListResiduals.leak_size): [B]."""
+        return self._leak_size[residual]
 
     def value(self, label: str) -> np.ndarray:
         return self._values[label]
 
     def old(self, rows, residual: int) -> np.ndarray:
-        return self._old[(residual, tuple(rows))]
+        return self._old[residual][tuple(rows)]
 
     def moments(self, residual: int) -> tuple[np.ndarray, np.ndarray]:
         return self._moments[residual]
@@ -475,7 +532,19 @@ class _StreamResiduals:
         return self._div[residual]
 
     def release(self, label: str) -> None:
-        self._values.pop(label, None)
+        a = self._values.pop(label, None)
+        if a is not None:
+            self.ledger.sub(a.nbytes)
+
+    def release_residual(self, residual: int) -> None:
+        """The walk no longer reads residuals[residual]: its landings, moments and sums go."""
+        held = list(self._old.pop(residual, {}).values())
+        held += list(self._moments.pop(residual, ()))
+        for table in (self._div, self._abs_sum):
+            if residual in table:
+                held.append(table.pop(residual))
+        for a in held:
+            self.ledger.sub(a.nbytes)
 
 
 def _spans(rows: list[int]) -> list[tuple[int, int]]:
@@ -554,28 +623,67 @@ def _mlp_charge(ku: float, mu: np.ndarray, ln: _LayerNormReads | None, residual:
     return charge
 
 
-def _check_contract(layout: dict, source, dtype: str,
-                    parsed: list[Instruction]) -> ContractReport:
-    mon = layout["monitor"]
-    comp = layout["compiler"]
-    arch = layout["architecture"]
-    T = layout["prompt"]["n_tokens"]
-    B = source.B
-    u = float(np.finfo(dtype).eps)
-    kappa = float(comp["rounding_factor"])
-    roles = layout["prompt"]["roles"]
-    ln = _LayerNormReads(layout, source, u, kappa) if _through_layernorm(layout) else None
-    walk = _Walk(layout, source, u, kappa, B, T, ln)
-    order = arch["block_order"]
-    eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
-    anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
-    p_bits = MANTISSA_BITS[dtype]
-    label = mon["output"]
-    last_use = _last_use(layout)
-    writer: Instruction | None = None  # the last instruction that writes the output
-    for i, ins in enumerate(parsed):
-        if ins.dst == label:
-            writer = ins
+def _ready_at(ins: Instruction) -> int:
+    """How many residuals of the pass must have been fed before `ins` can be walked: its
+    block's attention reads residuals[2 run] (the leak, landings, temporaries, ln1) and
+    writes residuals[2 run + 1]; its MLP reads that one and writes residuals[2 run + 2]. A
+    fused value (no rows) needs only its block's leak."""
+    if ins.stage == "fused":
+        return 2 * ins.run + 1
+    return 2 * ins.run + (2 if ins.stage == "attn" else 3)
+
+
+class _Checker:
+    """One walk of the instructions in program order (module doc), each as soon as the
+    residuals it reads have been fed (`advance`), so that a streamed pass holds only the
+    values still to be read and the residual data of blocks still to be walked."""
+
+    def __init__(self, layout: dict, source, dtype: str, parsed: list[Instruction]):
+        self.layout, self.source, self.parsed = layout, source, parsed
+        mon = layout["monitor"]
+        arch = layout["architecture"]
+        self.T = T = layout["prompt"]["n_tokens"]
+        self.B = B = source.B
+        u = float(np.finfo(dtype).eps)
+        kappa = float(layout["compiler"]["rounding_factor"])
+        self.u, self.kappa = u, kappa
+        self.roles = layout["prompt"]["roles"]
+        self.ln = ln = _LayerNormReads(layout, source, u, kappa) \
+            if _through_layernorm(layout) else None
+        self.walk = _Walk(layout, source, u, kappa, B, T, ln)
+        order = arch["block_order"]
+        self.n_runs = len(order)
+        self.eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
+        self.anchor_of_run = [mon["anchors"][order[r]] for r in range(len(order))]
+        self.p_bits = MANTISSA_BITS[dtype]
+        self.label = mon["output"]
+        self.last_use = _last_use(layout)
+        # per residual, the last instruction that reads it (its block's): its data is
+        # released after that one (the final residual, which the readout reads, never)
+        self.residual_done: dict[int, list[int]] = {}
+        last_of_run: dict[int, int] = {}
+        for i, ins in enumerate(parsed):
+            if ins.stage != "fused":
+                last_of_run[ins.run] = i
+        for run, i in last_of_run.items():
+            self.residual_done.setdefault(i, []).extend([2 * run, 2 * run + 1])
+        self.writer: Instruction | None = None  # the last instruction that writes the output
+        self.next = 0  # the next instruction to walk
+
+    def advance(self, fed: int) -> None:
+        """Walk every instruction, in program order, whose residuals are among the first
+        `fed` of the pass."""
+        while self.next < len(self.parsed) and _ready_at(self.parsed[self.next]) <= fed:
+            self._step(self.next, self.parsed[self.next])
+            self.next += 1
+
+    def _step(self, i: int, ins: Instruction) -> None:
+        walk, source, ln = self.walk, self.source, self.ln
+        T, B = self.T, self.B
+        mon = self.layout["monitor"]
+        if ins.dst == self.label:
+            self.writer = ins
+        walk.run = ins.run
         defined = np.zeros(T, dtype=bool)
         defined[ins.defined] = True
         walk.broken = np.zeros((B, T), dtype=bool)
@@ -585,12 +693,13 @@ def _check_contract(layout: dict, source, dtype: str,
             if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
                 mu = ln.mean_bound(2 * ins.run + 1)      # the anchors +-N
             if ins.divisor is None and ln is None:
-                walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (p_bits + 2),
-                           eps_of_run[ins.run], "its variance * 2^(p+2) must stay below the "
-                           "block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) exactly")
-            charge = _mlp_charge(kappa * u, mu, ln if ins.divisor is None else None,
-                                 2 * ins.run + 1)
-        ops_vals = [walk.operand(ins, r, roles, charge) for r in ins.reads]
+                walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (self.p_bits + 2),
+                           self.eps_of_run[ins.run], "its variance * 2^(p+2) must stay below "
+                           "the block's LayerNorm eps, so that LayerNorm divides by sqrt(eps) "
+                           "exactly")
+            charge = _mlp_charge(self.kappa * self.u, mu,
+                                 ln if ins.divisor is None else None, 2 * ins.run + 1)
+        ops_vals = [walk.operand(ins, r, self.roles, charge) for r in ins.reads]
         if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
             walk.fused[ins.dst] = ins
             val, err = walk.linear_attn(ins, ops_vals)
@@ -601,7 +710,8 @@ def _check_contract(layout: dict, source, dtype: str,
             if ins.divisor is not None:
                 val, err = walk.divide(ins, val, err, defined,
                                        source.division_rest(2 * ins.run + 1), source.d_model,
-                                       var, eps_of_run[ins.run], anchor_of_run[ins.run])
+                                       var, self.eps_of_run[ins.run],
+                                       self.anchor_of_run[ins.run])
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
@@ -610,35 +720,49 @@ def _check_contract(layout: dict, source, dtype: str,
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
-        walk.values[ins.dst] = (val if ins.stage == "fused" else walk.value_of(ins.dst), err)
+        walk.keep(ins.dst, val if ins.stage == "fused" else walk.value_of(ins.dst), err,
+                  own_value=ins.stage == "fused")
         # values no later instruction reads are dropped: the walk holds only live ones
         for r in ({r.value for r in ins.reads} | {ins.divisor, ins.mask}) - {None}:
-            if last_use.get(r) == i:
-                walk.values.pop(r, None)
-                source.release(r)
-        if ins.dst not in last_use and ins.dst != label:
-            walk.values.pop(ins.dst, None)
-            source.release(ins.dst)
-    pos = layout["output"]["positions"]
-    got, err = walk.values[label]
-    if ln is not None:  # gpt2: the readout reads the output through ln_final
-        err = err + ln.term(2 * len(order), got)
-    got, err = got[:, pos], err[:, pos]
-    bound = np.where(np.isfinite(err), err, np.inf)
-    rel = bound / np.maximum(np.abs(got), 1.0)
-    tol = float(mon["tolerance"])
-    by = f" (written by {writer.where()})" if writer is not None else ""
-    bad = ~(rel <= tol)
-    for b in np.flatnonzero(bad.any(axis=(1, 2))):
-        k, j = np.argwhere(bad[b])[0]
-        walk.add(Finding(int(b), int(pos[k]), None, PREDICTION_BOUND, float(rel[b, k, j]),
-                         tol, f"the prediction {label}[{j}]{by} at {token_name(layout, pos[k], b)} "
-                         f"has error bound {bound[b, k, j]:.3g}: relative {rel[b, k, j]:.3g} "
-                         f"exceeds the model's tolerance {tol:g}"))
-    accepted = np.ones(B, dtype=bool)
-    for f in walk.findings:
-        accepted[f.prompt] = False
-    return ContractReport(bound, rel, accepted, walk.findings, walk.needs)
+            if self.last_use.get(r) == i:
+                walk.drop(r)
+        if ins.dst not in self.last_use and ins.dst != self.label:
+            walk.drop(ins.dst)
+        for residual in self.residual_done.get(i, ()):
+            if residual < 2 * self.n_runs:  # the readout reads the last one
+                source.release_residual(residual)
+                if ln is not None:
+                    ln.release(residual)
+
+    def finish(self) -> ContractReport:
+        """The report, once every instruction has been walked."""
+        if self.next != len(self.parsed):
+            raise AssertionError(f"the walk stopped at instruction {self.next} of "
+                                 f"{len(self.parsed)}: not every residual was fed")
+        walk, ln, layout = self.walk, self.ln, self.layout
+        mon = layout["monitor"]
+        label = self.label
+        pos = layout["output"]["positions"]
+        got, err = walk.values[label]
+        if ln is not None:  # gpt2: the readout reads the output through ln_final
+            err = err + ln.term(2 * self.n_runs, got)
+        got, err = got[:, pos], err[:, pos]
+        bound = np.where(np.isfinite(err), err, np.inf)
+        rel = bound / np.maximum(np.abs(got), 1.0)
+        tol = float(mon["tolerance"])
+        by = f" (written by {self.writer.where()})" if self.writer is not None else ""
+        bad = ~(rel <= tol)
+        for b in np.flatnonzero(bad.any(axis=(1, 2))):
+            k, j = np.argwhere(bad[b])[0]
+            walk.add(Finding(int(b), int(pos[k]), None, PREDICTION_BOUND, float(rel[b, k, j]),
+                             tol, f"the prediction {label}[{j}]{by} at "
+                             f"{token_name(layout, pos[k], b)} has error bound "
+                             f"{bound[b, k, j]:.3g}: relative {rel[b, k, j]:.3g} exceeds the "
+                             f"model's tolerance {tol:g}"))
+        accepted = np.ones(self.B, dtype=bool)
+        for f in walk.findings:
+            accepted[f.prompt] = False
+        return ContractReport(bound, rel, accepted, walk.findings, walk.needs)
 
 
 class _Walk:
@@ -660,33 +784,72 @@ class _Walk:
         self.needs: dict[tuple[int, str], float] = {}
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.fused: dict[str, Instruction] = {}  # fused value -> its instruction (no rows)
+        self._held: dict[str, int] = {}  # label -> the bytes `keep` counted for it
         for label, v in self.mon["values"].items():
             if v["kind"] in ("input", "const", "mask"):
                 val = self.value_of(label)
                 err = np.zeros_like(val) if v["kind"] == "mask" else u * np.abs(val)
-                self.values[label] = (val, err)
-        # the leak: what the exp(-M) weight on every other token can carry into a read
-        comp = layout["compiler"]
-        margin = float(comp["attention_margin"])
-        margin -= 4 * kappa * u * margin * T * T  # the scores' rounding (|score| <= 2 M T^2)
-        margin = np.full(B, margin)
-        if ln is not None:  # gpt2: q and k each scaled by a ratio within dev of 1
-            dev = np.zeros(B)
-            for r in range(len(layout["architecture"]["block_order"])):
-                dev = np.maximum(dev, np.nan_to_num(ln.dev(2 * r), nan=np.inf).max(axis=1))
-            margin = margin - 2 * float(comp["attention_margin"]) * T * T * (2 * dev + dev * dev)
-        self.leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 * source.biggest  # [B]
-        # gpt2: a mean's scores, nominally equal over its tokens, are each perturbed by at
-        # most delta (what the margin lost above, the ratios' and the rounding's): a weight
-        # ratio within e^(2 delta) (_place). (The paper target's rounding alone is not
-        # charged: 4 kappa u M T^2 bounds it far too coarsely for float32.)
-        delta = float(comp["attention_margin"]) - margin if ln is not None else np.zeros(B)
-        self.skew = np.expm1(np.minimum(2 * delta, 700.0))  # [B]
+                self.keep(label, val, err)
+        # the leak and a mean's skew of each block's heads, made when the block's first
+        # instruction is walked (_leak_of): run -> ([B], [B])
+        self._per_run: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.run = 0  # the block run of the instruction being walked
+
+    @property
+    def leak(self) -> np.ndarray:
+        """[B]: what the exp(-M) weight on every other token can carry into a read by a head
+        of the current run's block."""
+        return self._leak_of(self.run)[0]
+
+    @property
+    def skew(self) -> np.ndarray:
+        """[B]: the current run's e^(2 delta) - 1 for a mean's weights (see _leak_of)."""
+        return self._leak_of(self.run)[1]
+
+    def _leak_of(self, run: int) -> tuple[np.ndarray, np.ndarray]:
+        """The leak and skew of the heads of block run `run`, which read residuals[2 run]:
+        the others' weight (T - 1) e^-M times twice the largest |entry| of that residual
+        (any token, defined or not: source.leak_size), the margin M less the scores'
+        rounding (|score| <= 2 M T^2) and under gpt2 less what ln1's ratio there, within
+        dev of 1 at every token, can take off the scores of q and k."""
+        if run not in self._per_run:
+            comp = self.layout["compiler"]
+            T, u, kappa = self.T, self.u, self.kappa
+            full = float(comp["attention_margin"])
+            margin = np.full(self.B, full - 4 * kappa * u * full * T * T)
+            if self.ln is not None:
+                dev = np.nan_to_num(self.ln.dev(2 * run), nan=np.inf).max(axis=1)
+                margin = margin - 2 * full * T * T * (2 * dev + dev * dev)
+            leak = (T - 1) * np.exp(-np.minimum(margin, 700.0)) * 2 \
+                * self.source.leak_size(2 * run)
+            # gpt2: a mean's scores, nominally equal over its tokens, are each perturbed by at
+            # most delta (what the margin lost above, the ratios' and the rounding's): a
+            # weight ratio within e^(2 delta) (_place). (The paper target's rounding alone is
+            # not charged: 4 kappa u M T^2 bounds it far too coarsely for float32.)
+            delta = full - margin if self.ln is not None else np.zeros(self.B)
+            self._per_run[run] = (leak, np.expm1(np.minimum(2 * delta, 700.0)))
+        return self._per_run[run]
 
     # -- values and reads
 
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
+
+    def keep(self, label: str, val: np.ndarray, err: np.ndarray,
+             own_value: bool = False) -> None:
+        """Hold a value and its error bound (own_value: the value is the walk's, not one the
+        source holds) until `drop`."""
+        self.drop(label, release=False)
+        self.values[label] = (val, err)
+        self._held[label] = err.nbytes + (val.nbytes if own_value else 0)
+        self.source.ledger.add(self._held[label])
+
+    def drop(self, label: str, release: bool = True) -> None:
+        """No later instruction reads `label`: the walk and its source let it go."""
+        self.values.pop(label, None)
+        self.source.ledger.sub(self._held.pop(label, 0))
+        if release:
+            self.source.release(label)
 
     def operand(self, ins: Instruction, r: Read, roles: list[str],
                 charge) -> tuple[np.ndarray, np.ndarray]:
@@ -992,26 +1155,31 @@ class _Walk:
         [B, T, P], constants k, e [P]): [B, T, P] each (module doc: truncation series, the
         GeLUs' and the pre-activation's rounding)."""
         combos = [(va, 1.0)] if square else [(k * va + vb / k, 0.25), (k * va - vb / k, 0.25)]
+        e = np.abs(e)
+        c = self.truncation[richardson]
+        ku = self.kappa * self.u
+        # the GeLUs' rounding summed over the scales (e, 4/3) and (2e, -1/3) with Richardson,
+        # (e, 1) without: sum |r| / e_s and sum |r|
+        per_e = (4.0 / 3.0 + 1.0 / 6.0) / e if richardson else 1.0 / e
+        weight = 5.0 / 3.0 if richardson else 1.0
+        spread = 2 * mu[:, :, None] * (k + 1 / k)
         err = np.zeros_like(va)
         worst = np.zeros_like(va)
-        scales = [(e, 4.0 / 3.0), (2 * e, 1.0 / 3.0)] if richardson else [(e, 1.0)]
-        c = self.truncation[richardson]
-        spread = 2 * mu[:, :, None] * (k + 1 / k)
         for t, w in combos:
-            x = np.abs(e * t)
+            a = np.abs(t)
+            x = a * e
             worst = np.maximum(worst, x)
-            if richardson:
-                trunc = c[0] * x**4 + c[1] * x**6 + c[2] * x**8
-            else:
-                trunc = c[0] * x**2 + c[1] * x**4
-            err += w * t * t * trunc
+            x2 = x * x
+            if richardson:  # c0 x^4 + c1 x^6 + c2 x^8
+                trunc = x2 * x2 * (c[0] + x2 * (c[1] + c[2] * x2))
+            else:           # c0 x^2 + c1 x^4
+                trunc = x2 * (c[0] + c[1] * x2)
             # dt: the pre-activation's own rounding (weights and the LayerNorm mean, in units
             # of t). It enters the square at second order (first order is in the operands'
-            # errors), and the GeLUs round at the argument they actually get, |t| + dt.
-            dt = self.kappa * self.u * (np.abs(t) + spread)
-            for es, r in scales:  # two units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e
-                err += w * r * (self.kappa * self.u * SQRT_PI_2 * (np.abs(t) + dt) / es
-                                + dt * dt)
+            # errors), and the GeLUs round at the argument they actually get, |t| + dt: two
+            # units of size |W_out| e |t| / 2 = w r sqrt(pi/2) |t| / 2e per scale.
+            dt = ku * (a + spread)
+            err += w * (a * a * trunc + (ku * SQRT_PI_2) * (a + dt) * per_e + weight * dt * dt)
         return err, worst
 
     def divide(self, ins: Instruction, num, err_num, defined, Q, D: int, var, eps: float,

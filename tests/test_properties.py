@@ -1355,15 +1355,26 @@ def test_undefined_token_garbage_does_not_leak_into_defined_tokens():
 
 
 def test_monitor_refuses_a_blown_up_residual():
-    """The monitor's leak term, (T - 1) exp(-M) 2 max|residual| at any token, turns a blown-up
-    entry anywhere into a refusal."""
+    """The monitor's leak term, (T - 1) exp(-M) 2 max|residual| at any token of the residual a
+    block's heads read, turns a blown-up entry there into a refusal; an entry that no head
+    reads (the MLP's input, at a token other than the output's: the MLP works token by token)
+    cannot reach the output, and is not charged to it."""
     p = Program("big", d=1, n=1)
     p.output(p.aff("z", p.x), roles=("query",))
     cm = compile_program(p)
     res = cm.residuals(make_prompts(4, 1, 1, 0))
-    assert cm.contract(res).accepted.all()
-    res[1][0, 0, cm.layout["registers"]["z"]["versions"][-1]["rows"][0]] = 1e300
-    assert list(cm.contract(res).accepted) == [False, True, True, True]
+    clean = cm.contract(res)
+    assert clean.accepted.all()
+    row = cm.layout["registers"]["z"]["versions"][-1]["rows"][0]
+    assert cm.layout["prompt"]["roles"][0] != "query"
+    heads_read = [r.copy() for r in res]
+    heads_read[0][0, 0, row] = 1e300  # the block's input: its heads read every token of it
+    assert list(cm.contract(heads_read).accepted) == [False, True, True, True]
+    mlp_reads = [r.copy() for r in res]
+    mlp_reads[1][0, 0, row] = 1e300  # the MLP's input, at token 0; the output is the query's
+    report = cm.contract(mlp_reads)
+    assert report.accepted.all()
+    np.testing.assert_array_equal(report.bound, clean.bound)
 
 
 # ---------------------------------------------------------------------------- the tally

@@ -88,6 +88,26 @@ def test_stream_keeps_no_residual_and_counts_them():
         short.report()
 
 
+def test_stream_holds_the_live_values_only():
+    """The walk runs as the residuals come and drops what no later instruction reads, so a
+    shared loop's iterations do not add up: per token, the most the stream holds at once is
+    the same at n = 4 and n = 8, and at n = 8 a third of what holding every value of the pass
+    (without its error bound) would take."""
+    held = {}
+    for n in (4, 8):
+        program, cm = compiled("ridge", {"d": 2, "n": n}, "share")
+        stream = ContractStream(cm.layout, "float64")
+        for r in cm.stream(random_prompts(10, 2, n, seed=0)):
+            stream.feed(r)
+        stream.report()
+        T = cm.layout["prompt"]["n_tokens"]
+        every_value = sum(len(v["rows"]) for v in cm.layout["monitor"]["values"].values())
+        held[n] = stream.peak_bytes / (T * 10 * 8)  # float64 rows per prompt and token
+        if n == 8:
+            assert held[n] < every_value / 2, (held[n], every_value)
+    assert held[8] <= 1.1 * held[4], held
+
+
 @pytest.mark.parametrize("name,params", [("gd_step", {"d": 3}), ("ridge", {"d": 2, "n": 3})])
 def test_verify_streamed_errors_equal_full_list(name, params, monkeypatch):
     """verify's errors, chunked and streamed, against the full-list computation on the same

@@ -62,11 +62,13 @@ class Feasibility:
 
 
 def measure_chunk(layout: dict, n_tokens: int) -> int:
-    """Prompts per measuring pass: as many as keep what one chunk holds within
-    config.MEASURE_MEMORY, at most config.MEASURE_CHUNK and at least 1. The streamed monitor
-    (raspicl.monitor.ContractStream) keeps, per prompt and token, the rows of every value and
-    of every landing, and its walk an error bound beside each value (so twice that), while the
-    forward pass holds a few residuals of d_model rows: all float64."""
+    """Prompts in the first measuring pass: as many as keep what one chunk could hold within
+    config.MEASURE_MEMORY, at most config.MEASURE_CHUNK and at least 1. It counts, per
+    prompt and token, the rows of every value and of every landing, twice (the walk keeps an
+    error bound beside each value), as if the streamed monitor held them all at once, and
+    the few residuals of d_model rows the forward pass holds: all float64. The monitor holds
+    far less (raspicl.monitor.ContractStream drops what no later instruction reads), so the
+    later chunks are sized by what the first one measured (`next_chunk`)."""
     mon = layout["monitor"]
     rows = sum(len(v["rows"]) for v in mon["values"].values())
     _, landings, _, _ = _needs(layout)
@@ -75,13 +77,24 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
+def next_chunk(layout: dict, n_tokens: int, peak_bytes: int, prompts: int) -> int:
+    """Prompts per measuring pass after a first pass of `prompts` prompts whose monitor held
+    at most `peak_bytes` at once (ContractStream.peak_bytes): as many as keep that, and the
+    forward pass's few residuals, within config.MEASURE_MEMORY, between 1 and
+    config.MEASURE_CHUNK."""
+    forward = 4 * layout["architecture"]["d_model"] * n_tokens * 8
+    per_prompt = peak_bytes / max(prompts, 1) + forward
+    return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
+
+
 def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: str,
             chunk: int | None = None, compact: bool = True,
             plan: CompactPlan | None = None) -> ContractReport:
     """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
-    prompts at a time (default: measure_chunk), each residual fed to the streamed monitor as
-    the pass makes it (no residual list is held). The report does not depend on the chunk:
-    the monitor judges each prompt on its own and the merged needs are maxima.
+    prompts at a time (default: measure_chunk for the first chunk, next_chunk after), each
+    residual fed to the streamed monitor as the pass makes it (no residual list is held). The
+    report does not depend on the chunk: the monitor judges each prompt on its own and the
+    merged needs are maxima.
 
     compact: run the compact plan (raspicl.compact), the pass CompiledModel runs by default;
     it differs from the dense pass only in the order of floating-point sums (a relative 1e-11
@@ -105,15 +118,20 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
         plan = None
     elif plan is None:
         plan = CompactPlan(model)
-    chunk = chunk or measure_chunk(layout, tokens.shape[1])
+    size = chunk or measure_chunk(layout, tokens.shape[1])
     parsed = parse_instructions(layout)  # parsed once for every chunk
     parts = []
-    for start in range(0, len(tokens), chunk):
+    start = 0
+    while start < len(tokens):
         monitor = ContractStream(layout, dtype, parsed)
+        part = tokens[start:start + size]
         with torch.no_grad():
-            for r in model.stream(tokens[start:start + chunk], plan=plan):
+            for r in model.stream(part, plan=plan):
                 monitor.feed(r.double().numpy())
         parts.append((start, monitor.report()))
+        start += len(part)
+        if chunk is None:
+            size = next_chunk(layout, tokens.shape[1], monitor.peak_bytes, len(part))
     return _merge(parts)
 
 
