@@ -582,8 +582,9 @@ def _largest(a: np.ndarray) -> np.ndarray:
 
 def _last_use(layout: dict) -> dict[str, int]:
     """The index of the last instruction that reads each value (as operand, divisor or mask);
-    a read of a fused value is also a read of the values it stands for (its readers compute it
-    from them, and so does the walk: _Walk.read); the output value is never released."""
+    a read of a fused value (an operand or a divisor) is also a read of the values it stands
+    for (its readers compute it from them, and so does the walk: _Walk.read, _Walk.divide);
+    the output value is never released."""
     last: dict[str, int] = {}
     stands_for: dict[str, set[str]] = {}  # fused value -> the stored values it reads
     for i, rec in enumerate(layout["monitor"]["instructions"]):
@@ -597,6 +598,8 @@ def _last_use(layout: dict) -> dict[str, int]:
         for key in ("divisor", "mask"):
             if rec.get(key) is not None:
                 last[rec[key]] = i
+                for s in stands_for.get(rec[key], ()):  # a fused divisor is read as well
+                    last[s] = i
     last.pop(layout["monitor"]["output"], None)
     return last
 
@@ -627,9 +630,9 @@ def _ready_at(ins: Instruction) -> int:
     """How many residuals of the pass must have been fed before `ins` can be walked: its
     block's attention reads residuals[2 run] (the leak, landings, temporaries, ln1) and
     writes residuals[2 run + 1]; its MLP reads that one and writes residuals[2 run + 2]. A
-    fused value (no rows) needs only its block's leak."""
+    fused value (no rows) needs none: its readers compute it."""
     if ins.stage == "fused":
-        return 2 * ins.run + 1
+        return 0
     return 2 * ins.run + (2 if ins.stage == "attn" else 3)
 
 
@@ -681,6 +684,11 @@ class _Checker:
         walk, source, ln = self.walk, self.source, self.ln
         T, B = self.T, self.B
         mon = self.layout["monitor"]
+        if ins.stage == "fused":
+            # no rows: each reader computes it from its reads, in the reader's block, and the
+            # walk does the same where it is read (_Walk.read, _Walk.divide)
+            walk.fused[ins.dst] = ins
+            return
         if ins.dst == self.label:
             self.writer = ins
         walk.run = ins.run
@@ -700,10 +708,7 @@ class _Checker:
             charge = _mlp_charge(self.kappa * self.u, mu,
                                  ln if ins.divisor is None else None, 2 * ins.run + 1)
         ops_vals = [walk.operand(ins, r, self.roles, charge) for r in ins.reads]
-        if ins.stage == "fused":  # no rows: its readers compute it (compiler/fusion.py)
-            walk.fused[ins.dst] = ins
-            val, err = walk.linear_attn(ins, ops_vals)
-        elif ins.stage == "attn":
+        if ins.stage == "attn":
             val, err = walk.linear_attn(ins, ops_vals)
         else:
             val, err = walk.mlp(ins, ops_vals, defined, mu)
@@ -715,13 +720,11 @@ class _Checker:
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
-        if ins.stage != "fused":
-            err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
+        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
-        walk.keep(ins.dst, val if ins.stage == "fused" else walk.value_of(ins.dst), err,
-                  own_value=ins.stage == "fused")
+        walk.keep(ins.dst, walk.value_of(ins.dst), err)
         # values no later instruction reads are dropped: the walk holds only live ones
         for r in ({r.value for r in ins.reads} | {ins.divisor, ins.mask}) - {None}:
             if self.last_use.get(r) == i:
@@ -835,14 +838,12 @@ class _Walk:
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
 
-    def keep(self, label: str, val: np.ndarray, err: np.ndarray,
-             own_value: bool = False) -> None:
-        """Hold a value and its error bound (own_value: the value is the walk's, not one the
-        source holds) until `drop`."""
+    def keep(self, label: str, val: np.ndarray, err: np.ndarray) -> None:
+        """Hold a value (the source's) and its error bound until `drop`."""
         self.drop(label, release=False)
         self.values[label] = (val, err)
-        self._held[label] = err.nbytes + (val.nbytes if own_value else 0)
-        self.source.ledger.add(self._held[label])
+        self._held[label] = err.nbytes
+        self.source.ledger.add(err.nbytes)
 
     def drop(self, label: str, release: bool = True) -> None:
         """No later instruction reads `label`: the walk and its source let it go."""
@@ -1186,7 +1187,11 @@ class _Walk:
                anchor: float):
         """The quotient num / |s| as the dividing LayerNorm computes it (module doc); Q: the
         sum of squares of the MLP input's non-anchor rows about its mean, D: d_model."""
-        s_val, s_err = self.values[ins.divisor]
+        if ins.divisor in self.fused:  # the division's own heads compute it: read it so
+            s_val, s_err = self.read(Read(ins.divisor, {"kind": "here"}),
+                                     self.layout["prompt"]["roles"])
+        else:
+            s_val, s_err = self.values[ins.divisor]
         s = np.abs(s_val[:, :, 0])
         es = s_err[:, :, 0]
         inv = 1.0 / s
