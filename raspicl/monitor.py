@@ -1219,20 +1219,22 @@ def _stacked(reads, part: int) -> np.ndarray:
 @dataclass
 class _Terms:
     """A list of terms prepared for the walk: per term its output, coefficient c (|c|) and
-    operands as columns of the reads side by side (_stacked); `add` sums them into their
-    outputs."""
+    operands as columns of the reads side by side (_stacked), the terms ordered by their rank
+    among their output's terms and then by output; `add` sums them into their outputs."""
 
     outs: np.ndarray
     c: np.ndarray
     abs_c: np.ndarray
     comps: list[np.ndarray]  # per operand, [terms] columns of the stacked reads
-    rounds: list[tuple[np.ndarray, np.ndarray]]  # (terms, their outputs): no output twice
+    # per rank j: the terms that are their output's j-th (a run of columns) and those outputs
+    # (no output twice; a slice where they are consecutive)
+    rounds: list[tuple[slice, slice | np.ndarray]]
 
     def add(self, target: np.ndarray, terms: np.ndarray) -> None:
-        """target[:, :, outs[i]] += terms[:, :, i] for every i in order, bit for bit as that
-        loop: round j adds every output's j-th term at once, so each output still sums its
-        terms one at a time in their order."""
-        for sel, outs in self.rounds:
+        """target[:, :, outs[i]] += terms[:, :, i] for every term i, bit for bit as a loop over
+        the terms in their given order: round j adds every output's j-th term at once, so each
+        output still sums its terms one at a time in their order."""
+        for sel, outs in self.rounds:  # slices add in place, without gathering a copy
             target[:, :, outs] += terms[:, :, sel]
 
 
@@ -1247,15 +1249,22 @@ def _terms(key: tuple[dict, str] | None, terms, reads, operands) -> _Terms:
     per = [operands(t) for t in terms]
     comps = [np.array([k if r is None else offsets[r] + k for r, k in (p[j] for p in per)],
                       dtype=np.int64) for j in range(len(per[0]))]
+    # each term's rank among its output's terms, in the given order
     order = np.argsort(outs, kind="stable")
     sorted_outs = outs[order]
     starts = np.flatnonzero(np.r_[True, sorted_outs[1:] != sorted_outs[:-1]])
     rank = np.empty(len(outs), dtype=np.int64)
     rank[order] = np.arange(len(outs)) - np.repeat(starts, np.diff(np.r_[starts, len(outs)]))
+    # the terms by rank, then output: round j's terms are a run of columns
+    by_round = np.lexsort((outs, rank))
+    outs, c, rank = outs[by_round], c[by_round], rank[by_round]
+    comps = [col[by_round] for col in comps]
     rounds = []
-    for j in range(int(rank.max()) + 1):
-        sel = np.flatnonzero(rank == j)
-        rounds.append((sel, outs[sel]))
+    bounds = np.r_[np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]]), len(rank)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        o = outs[lo:hi]
+        run = o[-1] - o[0] + 1 == len(o)  # sorted and unique: consecutive iff the span fits
+        rounds.append((slice(int(lo), int(hi)), slice(int(o[0]), int(o[-1]) + 1) if run else o))
     out = _Terms(outs, c, np.abs(c), comps, rounds)
     if key is not None:
         key[0][key[1]] = out
