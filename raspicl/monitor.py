@@ -477,7 +477,8 @@ class _StreamResiduals:
         self._spans = _spans(_leak_rows(layout))
         self.fed = 0
         self.B: int | None = None
-        self._leak_size: list[np.ndarray] = []
+        # per attention input (residuals[2 run], what a block's heads read): the leak's size
+        self._leak_size: dict[int, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
         self._old: dict[int, dict[tuple, np.ndarray]] = {}
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -493,7 +494,8 @@ class _StreamResiduals:
         if r.shape[0] != self.B or r.shape[2] != self.d_model:
             raise ValueError(f"residual {i} has shape {tuple(r.shape)}; the first had batch "
                              f"{self.B} and the model's d_model is {self.d_model}")
-        self._leak_size.append(_largest_in(r, self._spans))
+        if i % 2 == 0:  # (an MLP's input and the last residual no head reads)
+            self._leak_size[i] = _largest_in(r, self._spans)
         mon = self.layout["monitor"]["values"]
         for label in self._values_at.get(i, ()):
             self._values[label] = self._kept(r[:, :, mon[label]["rows"]])
