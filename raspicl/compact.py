@@ -51,6 +51,14 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
+# A matrix too long in its columns to gather but whose rows hold at most SPARSE_TERMS
+# nonzeros, m at most, is applied row by row as scattered sums (Scattered) where
+# m * SCATTER_COST <= its columns: each term is one index_add_ of a token column, which costs
+# about as much as SCATTER_COST dense multiply-adds per row (one thread, float64, 180 tokens:
+# a product gadget's W_out of 4482 units by 1057 rows, m = 2, took 6.1 ms scattered against
+# 46 ms dense; one of 8256 units by 32 rows, m = 1, 4.9 ms against 5.7 ms: break-even near
+# 28; 64 keeps a clear gain).
+SCATTER_COST = 64
 # For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
 # columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
 # gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
@@ -94,8 +102,8 @@ class AttnPlan:
     out_rows: torch.Tensor
     b_o: torch.Tensor
     scale: float  # sqrt(d_head) of the full head, as the dense pass divides by
-    sparse_v: Gathered | None = None  # W_v and W_o gathered (large move heads)
-    sparse_o: Gathered | None = None
+    sparse_v: Gathered | Scattered | None = None  # W_v, W_o gathered (large move heads)
+    sparse_o: Gathered | Scattered | None = None
 
 
 @dataclass
@@ -139,23 +147,19 @@ class Gathered:
         large = r * c >= SPARSE_MIN_ENTRIES and m * c <= SPARSE_DENSITY * r * c
         if m > SPARSE_TERMS or not (large or (small and m * GATHER_COST <= r)):
             return None
-        m = max(m, 1)
-        order = torch.argsort(cols * r + rows)  # by column, then row
-        cols, rows, vals = cols[order], rows[order], vals[order]
-        starts = torch.cumsum(per_col, 0) - per_col
-        pos = torch.arange(len(cols), device=vals.device) - starts[cols]
-        idx = torch.zeros(m, c, dtype=torch.long, device=vals.device)
-        coef = vals.new_zeros(m, c)
-        idx[pos, cols] = rows
-        coef[pos, cols] = vals
+        idx, coef = _by_first(cols, rows, vals, per_col, max(m, 1), c, r)
         return Gathered(idx, coef)
 
     def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
-        out = b.expand(x.shape[0], -1).clone()
+        """x [N, r] @ W + b, summing each column's terms in row order after the bias.
+        Computed transposed, [c, N], on whole rows of x transposed (a gather of rows is a
+        few times cheaper than one of columns), with the same operations on every entry as
+        in x's layout; returned as a contiguous [N, c]."""
+        x_t = x.t().contiguous()
+        out = b[:, None].expand(-1, x.shape[0]).clone()
         for i in range(self.idx.shape[0]):
-            out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
-        return out
+            out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
+        return out.t().contiguous()
 
     def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
                 tmp: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,6 +181,103 @@ class Gathered:
 
 
 @dataclass
+class Scattered:
+    """A matrix W [r, c] mostly zero, kept by rows: row i adds coef[k, i] * x[:, i] to column
+    idx[k, i] of the product, for k < m (m = the most nonzeros of any row; shorter rows are
+    padded with coefficient 0 on column 0, which adds an exact zero). The form of a matrix
+    whose columns are too long to gather but whose rows are short: a product gadget's W_out,
+    where each unit writes one or two rows and a dot product's row sums a hundred units."""
+
+    idx: torch.Tensor  # [m, r] long: the columns row i writes
+    coef: torch.Tensor  # [m, r]
+    n_cols: int  # c
+    has_bias: bool = True  # apply_t adds its bias (False: the bias is all zero)
+
+    @staticmethod
+    def of(W: torch.Tensor) -> Scattered | None:
+        """W's scattered form (its nonzero entries, row by row in column order), or None where
+        another form is the cheaper one (W small, some row with more than SPARSE_TERMS
+        nonzeros or more than columns / SCATTER_COST, or W denser than SPARSE_DENSITY)."""
+        r, c = W.shape
+        if not r or r * c < SPARSE_MIN_ENTRIES:
+            return None
+        rows, cols = torch.nonzero(W, as_tuple=True)
+        return Scattered.of_entries(rows, cols, W[rows, cols], (r, c))
+
+    @staticmethod
+    def of_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                   shape: tuple[int, int]) -> Scattered | None:
+        """`of` of the [r, c] matrix whose nonzero entries are vals at (rows, cols), in any
+        order, without the matrix."""
+        r, c = shape
+        if not r or r * c < SPARSE_MIN_ENTRIES:
+            return None
+        per_row = torch.bincount(rows, minlength=r)
+        m = int(per_row.max())
+        if m > SPARSE_TERMS or m * r > SPARSE_DENSITY * r * c or m * SCATTER_COST > c:
+            return None
+        idx, coef = _by_first(rows, cols, vals, per_row, max(m, 1), r, c)
+        return Scattered(idx, coef, c)
+
+    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x [N, r] @ W + b: the bias, then each row's k-th term for k = 0, 1, ... added into
+        its column (index_add_, in row order)."""
+        out = b.expand(x.shape[0], -1).clone()
+        for k in range(self.idx.shape[0]):
+            out.index_add_(1, self.idx[k], x * self.coef[k])
+        return out
+
+    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
+                tmp: torch.Tensor | None = None) -> torch.Tensor:
+        """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the terms of
+        `apply`, each row of x_t scaled and added into its column's row of the output. out:
+        a [c, N] buffer for the result, tmp: an [r, N] one for the scaled rows (None: new
+        tensors)."""
+        N = x_t.shape[1]
+        if out is None:
+            out = x_t.new_empty(self.n_cols, N)
+        if self.has_bias:
+            out.copy_(b[:, None].expand(-1, N))
+        else:
+            out.zero_()
+        for k in range(self.idx.shape[0]):
+            term = torch.mul(x_t, self.coef[k][:, None], out=tmp) if tmp is not None \
+                else x_t * self.coef[k][:, None]
+            out.index_add_(0, self.idx[k], term)
+        return out
+
+
+def _by_first(major: torch.Tensor, minor: torch.Tensor, vals: torch.Tensor,
+              per_major: torch.Tensor, m: int, n_major: int,
+              n_minor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries (major, minor, vals) laid out as idx, coef [m, n_major]: major index j's
+    entries in minor order at idx[:, j], coef[:, j], padded with (0, 0.0)."""
+    order = torch.argsort(major * n_minor + minor)  # by major, then minor
+    major, minor, vals = major[order], minor[order], vals[order]
+    starts = torch.cumsum(per_major, 0) - per_major
+    pos = torch.arange(len(major), device=vals.device) - starts[major]
+    idx = torch.zeros(m, n_major, dtype=torch.long, device=vals.device)
+    coef = vals.new_zeros(m, n_major)
+    idx[pos, major] = minor
+    coef[pos, major] = vals
+    return idx, coef
+
+
+def sparse_form(W: torch.Tensor) -> Gathered | Scattered | None:
+    """The form a plan applies W in: gathered by columns where its columns are short,
+    else scattered by rows where its rows are, else None (a dense product)."""
+    g = Gathered.of(W)
+    return g if g is not None else Scattered.of(W)
+
+
+def sparse_form_of_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                           shape: tuple[int, int]) -> Gathered | Scattered | None:
+    """`sparse_form` of the matrix whose nonzero entries are vals at (rows, cols)."""
+    g = Gathered.of_entries(rows, cols, vals, shape)
+    return g if g is not None else Scattered.of_entries(rows, cols, vals, shape)
+
+
+@dataclass
 class MLPPlan:
     ln_w: torch.Tensor
     ln_b: torch.Tensor
@@ -187,8 +288,8 @@ class MLPPlan:
     W_out: torch.Tensor  # [units, len(out_rows)]
     out_rows: torch.Tensor
     b_out: torch.Tensor
-    sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
-    sparse_out: Gathered | None = None  # W_out gathered by written rows
+    sparse_in: Gathered | Scattered | None = None  # W_in by units (large, mostly-zero MLPs)
+    sparse_out: Gathered | Scattered | None = None  # W_out by written rows (or by units)
 
 
 def _attn_plan(attn) -> AttnPlan:
@@ -245,23 +346,23 @@ def _mlp_plan(block) -> MLPPlan:
                    _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
 
 
-def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
-    return [Gathered.of(W) for W in Ws]
+def _gathered(*Ws: torch.Tensor) -> list[Gathered | Scattered | None]:
+    return [sparse_form(W) for W in Ws]
 
 
-def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
+def _unless(W: torch.Tensor, g: Gathered | Scattered | None) -> torch.Tensor:
     """W itself, or, where its gathered form replaces it, an empty [0, columns] stand-in (the
     dense copy of a large sparse matrix would be most of the plan's memory)."""
     return W if g is None else W.new_zeros(0, W.shape[1])
 
 
-def _entries(W: torch.Tensor, g: Gathered | None) -> int:
+def _entries(W: torch.Tensor, g: Gathered | Scattered | None) -> int:
     """The weight entries one token multiplies by W (its gathered terms where it has them)."""
     return W.numel() if g is None else g.idx.numel()
 
 
 def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-             sparse: Gathered | None) -> torch.Tensor:
+             sparse: Gathered | Scattered | None) -> torch.Tensor:
     """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
     if sparse is None:
         return _affine(x, W, b)

@@ -14,9 +14,10 @@ tensors (embeddings, biases) dense; `SparseWeights` holds the result and gives
   mapped back. Every row the restriction leaves out is zero in all of that sublayer's tensors,
   which the planners drop anyway, so the plan equals CompactPlan(transformer()) tensor for
   tensor (tests/test_sparse_weights.py checks it on the bundled programs). An MLP whose kept
-  matrix is large and which the planner would gather (compact.Gathered) is gathered here
-  straight from its entries (`_gathered_mlp`, the planner's rule): its kept matrix alone can
-  hold ~9 M entries (sherman_morrison d = 32) of which 25 000 are nonzero;
+  matrix is large and which the planner would gather or scatter (compact.Gathered,
+  compact.Scattered) is given that form here straight from its entries (`_gathered_mlp`, the
+  planner's rule: compact.sparse_form): its kept matrix alone can hold ~9 M entries
+  (sherman_morrison d = 32) of which 25 000 are nonzero;
 - `shell()`: a Transformer whose embedding and readout are real and whose blocks are on the
   meta device (no memory): what running the plan needs (Transformer.stream with a plan reads
   no block tensor).
@@ -36,10 +37,10 @@ import torch
 from raspicl.compact import (
     SPARSE_MIN_ENTRIES,
     CompactPlan,
-    Gathered,
     MLPPlan,
     _attn_plan,
     _mlp_plan,
+    sparse_form_of_entries,
 )
 from raspicl.model import LayerNorm, ModelConfig, Transformer
 
@@ -268,8 +269,9 @@ class SparseWeights:
 
 
 def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torch.Tensor):
-    """For an MLP whose kept W_in or W_out is large and which compact's planner would gather
-    (Gathered.of's rule, applied to the entries by Gathered.of_entries), what _mlp_plan makes,
+    """For an MLP whose kept W_in or W_out is large and which compact's planner would gather or
+    scatter (compact.sparse_form's rule, applied to the entries by sparse_form_of_entries),
+    what _mlp_plan makes,
     from the entries: (in_rows, units, out_rows, gathered W_in or None, W_in as the plan keeps it,
     the same for W_out); None where the planner itself is to run (small, or neither gathered:
     it may then rearrange the units)."""
@@ -289,7 +291,7 @@ def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torc
              (len(units), len(out_rows)))]
     if all(r * c < SPARSE_MIN_ENTRIES for *_, (r, c) in mats):
         return None
-    forms = [Gathered.of_entries(*m) for m in mats]
+    forms = [sparse_form_of_entries(*m) for m in mats]
     if all(g is None for g in forms):
         return None
     kept = []
