@@ -68,6 +68,22 @@ class SparseArray:
         for idx in zip(*np.nonzero(block), strict=True):
             self.entries[prefix + tuple(int(i) for i in idx)] = float(block[idx])
 
+    def set_entries(self, prefix: tuple[int, ...],
+                    entries: dict[tuple[int, ...], float]) -> None:
+        """a[prefix] = the block of zeros with `entries` written: set_block of that block,
+        without it (its nonzero entries, in the block's row-major order)."""
+        for idx in sorted(entries):
+            if entries[idx] != 0.0:
+                self.entries[prefix + idx] = float(entries[idx])
+
+    def add_terms(self, terms) -> None:
+        """a[index] += value for each (index, value) of `terms` in order: the same float
+        operations as the item-by-item `+=` (a sum starts at the array's 0.0), without a
+        method call per entry (a large MLP's W_in has ~10^5 of them)."""
+        entries = self.entries
+        for index, value in terms:
+            entries[index] = float(entries.get(index, 0.0) + value)
+
     def nonzero(self) -> dict[tuple[int, ...], float]:
         """The entries that are not zero (what np.array_equal of two dense arrays compares)."""
         return {k: v for k, v in self.entries.items() if v != 0.0}
