@@ -292,7 +292,10 @@ class MLPPlan:
     sparse_out: Gathered | Scattered | None = None  # W_out by written rows (or by units)
 
 
-def _attn_plan(attn) -> AttnPlan:
+def _attn_plan(attn, d_head: int | None = None) -> AttnPlan:
+    """The attention's plan. W_Q and W_K, W_V may be given on rows of their own and, like
+    W_O, on fewer head columns than d_head (the head width the scores are divided by;
+    default: W_Q's), where the rest are zero (raspicl.sparse_weights restricts them so)."""
     W_Q, W_K, W_V, W_O = attn.W_Q, attn.W_K, attn.W_V, attn.W_O
     kept = []  # (head, score columns, value columns)
     written = _nz(attn.b_O, ())
@@ -305,14 +308,13 @@ def _attn_plan(attn) -> AttnPlan:
         written |= _nz(W_O[h][v_cols], (0,))
         kept.append((h, _idx(q_cols & k_cols), v_cols))
     out_rows = _idx(written)
-    D = W_Q.shape[1]
     c = max((len(sc) for _, sc, _ in kept), default=0)
     cv = max((len(vc) for _, _, vc in kept), default=0)
     H = len(kept)
 
     def side_by_side(W, b, cols_of, width):
         """W [H_all, D, dh] and b [H_all, dh] on each kept head's columns, zero-padded."""
-        Wc = W.new_zeros(D, H * width)
+        Wc = W.new_zeros(W.shape[1], H * width)
         bc = b.new_zeros(H * width)
         for i, (h, sc, vc) in enumerate(kept):
             cols = cols_of(sc, vc)
@@ -330,7 +332,7 @@ def _attn_plan(attn) -> AttnPlan:
     g_v, g_o = _gathered(W_v, W_o)
     W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
+                    attn.b_O[out_rows].clone(), math.sqrt(d_head or W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:

@@ -194,7 +194,7 @@ def _sum_terms(X: np.ndarray, cols: np.ndarray, outs: np.ndarray, coef: np.ndarr
     (its zeros multiply the NaN too), and is set so; a row with an infinity and no NaN runs
     the matmul, whose zeros spread NaN (0 * inf): its entries are inf or NaN whatever the
     order of the sum. Object (sympy) runs and outputs with several terms run the matmul."""
-    if X.dtype == _OBJECT or len(np.unique(outs)) < len(outs):
+    if X.dtype == _OBJECT or np.bincount(outs, minlength=1).max() > 1:
         return X @ matrix()
     out = np.zeros((X.shape[0], width), dtype=X.dtype)
     with np.errstate(invalid="ignore", over="ignore"):  # (the matmul's rows below warn not)

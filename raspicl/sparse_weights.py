@@ -235,24 +235,31 @@ class SparseWeights:
         return self.dense[name] if name in self.dense else torch.zeros(shape, dtype=self.dtype)
 
     def _attn(self, p: str):
-        """The attention plan, from its tensors on the rows they touch: W_Q, W_K and W_V
-        share one set of rows (the planner lays their columns side by side), W_O and b_O
-        another."""
+        """The attention plan, from its tensors on the rows and head columns they touch: W_Q
+        and W_K on their rows, W_V on its own (the planner lays each one's kept columns side
+        by side), W_O and b_O on the rows they write; the query and key columns on those
+        any head's W_Q, W_K, b_Q or b_K uses, the value columns on those W_V, b_V or W_O
+        uses (a column outside is zero in all of them, which the planner drops anyway)."""
         cfg = self.cfg
         H, D, dh = cfg.n_heads, cfg.d_model, cfg.d_head
-        qkv = [self.entries[p + n] for n in ("attn.W_Q", "attn.W_K", "attn.W_V")]
+        W_Q, W_K, W_V = (self.entries[p + n] for n in ("attn.W_Q", "attn.W_K", "attn.W_V"))
         W_O = self.entries[p + "attn.W_O"]
         b_O = self._vector(p + "attn.b_O", (D,))
-        read = torch.unique(torch.cat([e.used(1) for e in qkv]))
+        b_Q, b_K, b_V = (self._vector(p + "attn." + b, (H, dh)) for b in ("b_Q", "b_K", "b_V"))
+        read_qk = torch.unique(torch.cat([W_Q.used(1), W_K.used(1)]))
+        read_v = W_V.used(1)
         written = torch.unique(torch.cat([W_O.used(2), torch.nonzero(b_O).flatten()]))
-        ns = SimpleNamespace(**{n: e.restricted({1: read}) for n, e in
-                                zip(("W_Q", "W_K", "W_V"), qkv, strict=True)},
-                             W_O=W_O.restricted({2: written}), b_O=b_O[written],
-                             **{b: self._vector(p + "attn." + b, (H, dh))
-                                for b in ("b_Q", "b_K", "b_V")})
-        plan = _attn_plan(ns)
-        return replace(plan, q_rows=read[plan.q_rows], k_rows=read[plan.k_rows],
-                       v_rows=read[plan.v_rows], out_rows=written[plan.out_rows])
+        qk_cols = torch.unique(torch.cat([W_Q.used(2), W_K.used(2), _nonzero_cols(b_Q),
+                                          _nonzero_cols(b_K)]))
+        v_cols = torch.unique(torch.cat([W_V.used(2), W_O.used(1), _nonzero_cols(b_V)]))
+        ns = SimpleNamespace(W_Q=W_Q.restricted({1: read_qk, 2: qk_cols}),
+                             W_K=W_K.restricted({1: read_qk, 2: qk_cols}),
+                             W_V=W_V.restricted({1: read_v, 2: v_cols}),
+                             W_O=W_O.restricted({1: v_cols, 2: written}), b_O=b_O[written],
+                             b_Q=b_Q[:, qk_cols], b_K=b_K[:, qk_cols], b_V=b_V[:, v_cols])
+        plan = _attn_plan(ns, d_head=dh)
+        return replace(plan, q_rows=read_qk[plan.q_rows], k_rows=read_qk[plan.k_rows],
+                       v_rows=read_v[plan.v_rows], out_rows=written[plan.out_rows])
 
     def _mlp(self, p: str):
         """The MLP plan, from W_in on the rows it reads, W_out and b_out on the rows they
@@ -282,6 +289,11 @@ class SparseWeights:
             ln2=SimpleNamespace(w=ln_w, b=ln_b, eps=cfg.ln_eps[layer]))
         plan = _mlp_plan(ns)
         return replace(plan, in_rows=read[plan.in_rows], out_rows=written[plan.out_rows])
+
+
+def _nonzero_cols(b: torch.Tensor) -> torch.Tensor:
+    """The columns where a [heads, d_head] bias is nonzero in some head."""
+    return torch.nonzero((b != 0).any(dim=0)).flatten()
 
 
 def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torch.Tensor):
