@@ -73,6 +73,32 @@ GATHER_COST = 8
 TRANSPOSED_MIN_TOKENS = 512
 
 
+class Scratch:
+    """Named buffers a pass writes its intermediates into, kept from call to call (regrown
+    when a call needs more): a new large tensor per operation costs the allocator fresh pages
+    each time, which measured about a quarter of the transposed pass's time (sherman_morrison
+    d = 4, batch 1024, float64) and a quarter of the streamed pass's (d = 32, feasibility's
+    chunks). They hold a few times the residual's size after a call. One pass at a time: two
+    threads running the same plan at once would write into each other's buffers."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
+        return self.shaped(name, (rows, like.shape[-1]), like)
+
+    def shaped(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer of `shape` (contiguous) of like's dtype and device."""
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+            self._bufs[name] = buf
+        return buf[:n].view(shape)
+
+
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Mask of the indices along the remaining dim where t is not all zero over `dims`."""
     return (t != 0).any(dim=dims) if dims else t != 0
@@ -150,16 +176,29 @@ class Gathered:
         idx, coef = _by_first(cols, rows, vals, per_col, max(m, 1), c, r)
         return Gathered(idx, coef)
 
-    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, b: torch.Tensor, scratch: Scratch | None = None,
+              name: str = "") -> torch.Tensor:
         """x [N, r] @ W + b, summing each column's terms in row order after the bias.
         Computed transposed, [c, N], on whole rows of x transposed (a gather of rows is a
         few times cheaper than one of columns), with the same operations on every entry as
-        in x's layout; returned as a contiguous [N, c]."""
-        x_t = x.t().contiguous()
-        out = b[:, None].expand(-1, x.shape[0]).clone()
+        in x's layout; returned as a contiguous [N, c] (in scratch's buffer `name`, its
+        intermediates in others, where scratch is given)."""
+        N, r = x.shape
+        c = self.idx.shape[1]
+        if scratch is None:
+            x_t, out_t, term = x.t().contiguous(), x.new_empty(c, N), None
+            out = x.new_empty(N, c)
+        else:
+            x_t = scratch.shaped("gathered x", (r, N), x).copy_(x.t())
+            out_t = scratch.shaped("gathered out", (c, N), x)
+            term = scratch.shaped("gathered term", (c, N), x)
+            out = scratch.shaped(name, (N, c), x)
+        out_t.copy_(b[:, None].expand(-1, N))
         for i in range(self.idx.shape[0]):
-            out.addcmul_(x_t.index_select(0, self.idx[i]), self.coef[i][:, None])
-        return out.t().contiguous()
+            t = torch.index_select(x_t, 0, self.idx[i], out=term) if term is not None \
+                else x_t.index_select(0, self.idx[i])
+            out_t.addcmul_(t, self.coef[i][:, None])
+        return out.copy_(out_t.t())
 
     def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
                 tmp: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,12 +258,21 @@ class Scattered:
         idx, coef = _by_first(rows, cols, vals, per_row, max(m, 1), r, c)
         return Scattered(idx, coef, c)
 
-    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, b: torch.Tensor, scratch: Scratch | None = None,
+              name: str = "") -> torch.Tensor:
         """x [N, r] @ W + b: the bias, then each row's k-th term for k = 0, 1, ... added into
-        its column (index_add_, in row order)."""
-        out = b.expand(x.shape[0], -1).clone()
+        its column (index_add_, in row order); in scratch's buffer `name` (its scaled terms
+        in another) where scratch is given."""
+        N, r = x.shape
+        if scratch is None:
+            out, tmp = x.new_empty(N, self.n_cols), None
+        else:
+            out = scratch.shaped(name, (N, self.n_cols), x)
+            tmp = scratch.shaped("scattered term", (N, r), x)
+        out.copy_(b.expand(N, -1))
         for k in range(self.idx.shape[0]):
-            out.index_add_(1, self.idx[k], x * self.coef[k])
+            term = torch.mul(x, self.coef[k], out=tmp) if tmp is not None else x * self.coef[k]
+            out.index_add_(1, self.idx[k], term)
         return out
 
     def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
@@ -364,12 +412,17 @@ def _entries(W: torch.Tensor, g: Gathered | Scattered | None) -> int:
 
 
 def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-             sparse: Gathered | Scattered | None) -> torch.Tensor:
-    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
-    if sparse is None:
-        return _affine(x, W, b)
+             sparse: Gathered | Scattered | None, scratch: Scratch | None = None,
+             name: str = "") -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], through W's sparse form if it has one;
+    into scratch's buffer `name` where scratch is given (else a new tensor)."""
     B, T, r = x.shape
-    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
+    if sparse is None:
+        if scratch is None:
+            return _affine(x, W, b)
+        out = scratch.shaped(name, (B * T, W.shape[1]), x)
+        return torch.addmm(b, x.reshape(B * T, r), W, out=out).view(B, T, -1)
+    return sparse.apply(x.reshape(B * T, r), b, scratch, name).view(B, T, -1)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -463,6 +516,7 @@ class CompactPlan:
         self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
         self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
+        self._scratch = Scratch()  # the streamed MLPs' intermediates
         self._key = key
 
     def bind(self, model: Transformer) -> None:
@@ -520,10 +574,14 @@ class CompactPlan:
         p = self.mlps[self.order[run]]
         if not len(p.out_rows):
             return resid
+        B, T, _ = resid.shape
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
-        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
-                         inplace)
+        buf = self._scratch  # the intermediates: pre-activations, GeLUs, output rows
+        x = torch.index_select(x, 2, p.in_rows, out=buf.shaped("mlp in", (B, T, len(p.in_rows)),
+                                                               x))
+        h = torch.ops.aten.gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf, "mlp units"))
+        out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
+        return _add_rows(resid, p.out_rows, out, inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D], written over

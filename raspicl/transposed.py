@@ -17,7 +17,7 @@ the same kept rows, heads and units, but faster:
 - a fixed (position-only) attention pattern's weights below PATTERN_FLOOR, the leak, are set to
   zero, after which a move's pattern is a gather of one token per row;
 - each MLP's LayerNorm is computed on the rows its units read (`_layer_norm_t`);
-- the intermediates go into scratch buffers kept between calls (`_Scratch`), and a large batch
+- the intermediates go into scratch buffers kept between calls (`Scratch`), and a large batch
   runs CHUNK_TOKENS tokens' worth of prompts at a time, so that they stay in cache.
 
 A unit pair is an identity of the exact function, a dropped pattern weight is a leak inside the
@@ -34,7 +34,15 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from raspicl.compact import AttnPlan, CompactPlan, Gathered, MLPPlan, Scattered, _softmax_scores
+from raspicl.compact import (
+    AttnPlan,
+    CompactPlan,
+    Gathered,
+    MLPPlan,
+    Scattered,
+    Scratch,
+    _softmax_scores,
+)
 
 SQRT_HALF = math.sqrt(0.5)
 # y erf(y / sqrt 2) = sqrt(2 / pi) y^2 (1 - y^2 / 6 + y^4 / 40 - y^6 / 336 + ...), an
@@ -180,7 +188,7 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
 
 def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
                sparse: Gathered | Scattered | None, out: torch.Tensor,
-               scratch: _Scratch) -> torch.Tensor:
+               scratch: Scratch) -> torch.Tensor:
     """(x @ W + b) transposed, [c, N], into `out`, from x_t = x transposed [r, N] (any
     strides): one W^T x_t product, whose long side N is the one BLAS runs fastest along, or
     W's sparse form on whole rows of x_t (its terms in the scratch buffer "term": [c, N]
@@ -210,27 +218,6 @@ def _layer_norm_t(r2: torch.Tensor, p: TransposedMLP, dev: torch.Tensor,
     return x_t if p.b_ln is None else x_t.add_(p.b_ln)
 
 
-class _Scratch:
-    """Named buffers the transposed pass writes its [rows, tokens] intermediates into, kept
-    from call to call (regrown when a call needs more): a new large tensor per operation
-    costs the allocator fresh pages each time, which measured about a quarter of the pass's
-    time (sherman_morrison d = 4, batch 1024, float64). They hold a few times the residual's
-    size after a call."""
-
-    def __init__(self):
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
-        N = like.shape[-1]
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < rows * N or buf.dtype != like.dtype \
-                or buf.device != like.device:
-            buf = torch.empty(rows * N, dtype=like.dtype, device=like.device)
-            self._bufs[name] = buf
-        return buf[:rows * N].view(rows, N)
-
-
 class TransposedPass:
     """The transposed pass of one CompactPlan (see the module doc), built from the plan's kept
     heads and units on first use."""
@@ -240,7 +227,7 @@ class TransposedPass:
         self.attns = [_transposed_attn(a) for a in plan.attns]
         self.mlps = [_transposed_mlp(m) for m in plan.mlps]
         self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._scratch = _Scratch()
+        self._scratch = Scratch()
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D], written over

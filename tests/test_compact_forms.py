@@ -15,6 +15,7 @@ from raspicl.compact import (
     SPARSE_TERMS,
     Gathered,
     Scattered,
+    Scratch,
     sparse_form,
     sparse_form_of_entries,
 )
@@ -91,3 +92,21 @@ def test_gathered_transposed_gather_is_bitwise_the_column_gather():
             want.addcmul_(x[:, idx[i]], coef[i])
         got = g.apply(x, b)
         assert got.is_contiguous() and torch.equal(got, want)
+
+
+def test_forms_into_scratch_buffers_equal_new_tensors():
+    """apply into a Scratch's buffers (the streamed MLP's) gives the numbers of apply into new
+    tensors, call after call, as the buffers are reused and regrown."""
+    gen = torch.Generator().manual_seed(7)
+    W = _rows_sparse(1200, 600, 2, seed=8)
+    s = Scattered.of(W)
+    g = Gathered(torch.randint(0, 1200, (3, 700), generator=gen),
+                 torch.randn(3, 700, generator=gen, dtype=torch.float64))
+    scratch = Scratch()
+    for n in (5, 40, 3):
+        x = torch.randn(n, 1200, generator=gen, dtype=torch.float64)
+        for form, c in ((s, 600), (g, 700)):
+            b = torch.randn(c, generator=gen, dtype=torch.float64)
+            want = form.apply(x, b)
+            got = form.apply(x, b, scratch, "out")
+            assert torch.equal(got, want) and got.shape == (n, c)
