@@ -9,7 +9,9 @@ the same kept rows, heads and units, but faster:
   whole rows (contiguous gathers, in-place adds), and every output is computed transposed,
   [written rows, T B]: a product is one W^T x^T, whose long side (every token of every prompt)
   is the one BLAS runs fastest along, or, for a matrix with few nonzeros per column, a sum of
-  gathered rows (`Gathered.apply_t`, for small matrices too: compact.GATHER_COST);
+  gathered rows (`Gathered.apply_t`, for small matrices too: compact.GATHER_COST), or, for
+  one the plan scatters (few nonzeros per row), of scaled rows added into their columns'
+  rows (`Scattered.apply_t`);
 - two MLP units whose inputs are exact negatives of each other are one unit (`_mirrored`):
   with equal output rows (the product gadget) it outputs GeLU(y) + GeLU(-y) = y erf(y / sqrt 2)
   (`mirrored_gelu_`: its series where every |y| <= SERIES_MAX), with negated output rows
