@@ -59,6 +59,13 @@ SPARSE_DENSITY = 0.05
 # 46 ms dense; one of 8256 units by 32 rows, m = 1, 4.9 ms against 5.7 ms: break-even near
 # 28; 64 keeps a clear gain).
 SCATTER_COST = 64
+# The streamed MLP writes its intermediates into scratch buffers kept on the plan (Scratch)
+# where its pre-activations have at least SCRATCH_MIN_ENTRIES entries (tokens x units): large
+# new tensors come as fresh pages from the system each time (sherman_morrison d = 32: ~60 000
+# page faults, 0.13 s of system time, per feasibility pass), while small ones come from the
+# allocator's heap, where a buffer's bookkeeping costs more than it saves (ridge d = 2 n = 32,
+# chunks of 20 prompts: ~14% slower through buffers). 2^17 entries = 1 MiB in float64.
+SCRATCH_MIN_ENTRIES = 2**17
 # For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
 # columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
 # gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
@@ -576,11 +583,16 @@ class CompactPlan:
             return resid
         B, T, _ = resid.shape
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        buf = self._scratch  # the intermediates: pre-activations, GeLUs, output rows
-        x = torch.index_select(x, 2, p.in_rows, out=buf.shaped("mlp in", (B, T, len(p.in_rows)),
-                                                               x))
-        h = torch.ops.aten.gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf, "mlp units"))
-        out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
+        if B * T * len(p.b_in) < SCRATCH_MIN_ENTRIES:  # small: new tensors cost less
+            h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+            out = _product(h, p.W_out, p.b_out, p.sparse_out)
+        else:  # the intermediates (pre-activations, GeLUs, output rows) into scratch buffers
+            buf = self._scratch
+            x = torch.index_select(x, 2, p.in_rows,
+                                   out=buf.shaped("mlp in", (B, T, len(p.in_rows)), x))
+            h = torch.ops.aten.gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf,
+                                              "mlp units"))
+            out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
         return _add_rows(resid, p.out_rows, out, inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
