@@ -62,16 +62,11 @@ class SparseArray:
     def __setitem__(self, index: tuple[int, ...], value: float) -> None:
         self.entries[index] = float(value)
 
-    def set_block(self, prefix: tuple[int, ...], block: np.ndarray) -> None:
-        """a[prefix] = block, for a dense `block` mostly zero (its nonzero entries only: the
-        zeros it would write are the array's own)."""
-        for idx in zip(*np.nonzero(block), strict=True):
-            self.entries[prefix + tuple(int(i) for i in idx)] = float(block[idx])
-
     def set_entries(self, prefix: tuple[int, ...],
                     entries: dict[tuple[int, ...], float]) -> None:
-        """a[prefix] = the block of zeros with `entries` written: set_block of that block,
-        without it (its nonzero entries, in the block's row-major order)."""
+        """a[prefix] = the block of zeros with `entries` written (a head's W_Q or W_K,
+        gadgets.attention.pattern_entries), for a block mostly zero: its nonzero entries, in
+        the block's row-major order (the zeros it would write are the array's own)."""
         for idx in sorted(entries):
             if entries[idx] != 0.0:
                 self.entries[prefix + idx] = float(entries[idx])
