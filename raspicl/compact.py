@@ -66,6 +66,11 @@ SCATTER_COST = 64
 # allocator's heap, where a buffer's bookkeeping costs more than it saves (ridge d = 2 n = 32,
 # chunks of 20 prompts: ~14% slower through buffers). 2^17 entries = 1 MiB in float64.
 SCRATCH_MIN_ENTRIES = 2**17
+# ... and keeps no buffer of more than SCRATCH_MAX_ENTRIES entries (32 MiB in float64; a
+# feasibility chunk of sherman_morrison d = 32 needs 1.5 M): the streamed pass is not
+# chunked, and one call on many prompts would otherwise leave its intermediates' size behind.
+# Condition: SCRATCH_MIN_ENTRIES <= SCRATCH_MAX_ENTRIES.
+SCRATCH_MAX_ENTRIES = 2**22
 # For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
 # columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
 # gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
@@ -86,10 +91,13 @@ class Scratch:
     each time, which measured about a quarter of the transposed pass's time (sherman_morrison
     d = 4, batch 1024, float64) and a quarter of the streamed pass's (d = 32, feasibility's
     chunks). They hold a few times the residual's size after a call. One pass at a time: two
-    threads running the same plan at once would write into each other's buffers."""
+    threads running the same plan at once would write into each other's buffers.
+    max_entries: a buffer larger than this is made for the call and not kept (None: no
+    limit), so that one large call leaves no large buffer behind."""
 
-    def __init__(self):
+    def __init__(self, max_entries: int | None = None):
         self._bufs: dict[str, torch.Tensor] = {}
+        self.max_entries = max_entries
 
     def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
         """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
@@ -98,6 +106,8 @@ class Scratch:
     def shaped(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A buffer of `shape` (contiguous) of like's dtype and device."""
         n = math.prod(shape)
+        if self.max_entries is not None and n > self.max_entries:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < n or buf.dtype != like.dtype \
                 or buf.device != like.device:
@@ -523,7 +533,7 @@ class CompactPlan:
         self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
         self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
-        self._scratch = Scratch()  # the streamed MLPs' intermediates
+        self._scratch = Scratch(SCRATCH_MAX_ENTRIES)  # the streamed MLPs' intermediates
         self._key = key
 
     def bind(self, model: Transformer) -> None:

@@ -110,3 +110,13 @@ def test_forms_into_scratch_buffers_equal_new_tensors():
             want = form.apply(x, b)
             got = form.apply(x, b, scratch, "out")
             assert torch.equal(got, want) and got.shape == (n, c)
+
+
+def test_scratch_keeps_no_buffer_above_its_limit():
+    scratch = Scratch(max_entries=100)
+    like = torch.zeros(1, dtype=torch.float64)
+    small = scratch.shaped("a", (10, 10), like)
+    assert scratch.shaped("a", (5, 20), like).data_ptr() == small.data_ptr()  # reused
+    big = scratch.shaped("a", (11, 10), like)
+    assert big.shape == (11, 10) and big.data_ptr() != small.data_ptr()
+    assert scratch.shaped("a", (10, 10), like).data_ptr() == small.data_ptr()  # not replaced
