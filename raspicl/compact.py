@@ -257,7 +257,10 @@ class Scattered:
         r, c = W.shape
         if not r or r * c < SPARSE_MIN_ENTRIES:
             return None
-        rows, cols = torch.nonzero(W, as_tuple=True)
+        nz = W != 0
+        if not _scatters(int(nz.sum(dim=1).max()), c):  # (before listing a dense W's entries)
+            return None
+        rows, cols = torch.nonzero(nz, as_tuple=True)
         return Scattered.of_entries(rows, cols, W[rows, cols], (r, c))
 
     @staticmethod
@@ -270,7 +273,7 @@ class Scattered:
             return None
         per_row = torch.bincount(rows, minlength=r)
         m = int(per_row.max())
-        if m > SPARSE_TERMS or m * r > SPARSE_DENSITY * r * c or m * SCATTER_COST > c:
+        if not _scatters(m, c):
             return None
         idx, coef = _by_first(rows, cols, vals, per_row, max(m, 1), r, c)
         return Scattered(idx, coef, c)
@@ -310,6 +313,13 @@ class Scattered:
                 else x_t * self.coef[k][:, None]
             out.index_add_(0, self.idx[k], term)
         return out
+
+
+def _scatters(m: int, c: int) -> bool:
+    """Whether a large matrix of c columns whose rows hold at most m nonzeros is scattered
+    (Scattered.of's rule: m <= SPARSE_TERMS, m * SCATTER_COST <= c, and so m <= SPARSE_DENSITY
+    c)."""
+    return m <= SPARSE_TERMS and m * SCATTER_COST <= c and m <= SPARSE_DENSITY * c
 
 
 def _by_first(major: torch.Tensor, minor: torch.Tensor, vals: torch.Tensor,
