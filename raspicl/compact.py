@@ -51,6 +51,26 @@ SMALL_SCORE_WIDTH = 4
 SPARSE_MIN_ENTRIES = 2**16
 SPARSE_TERMS = 8
 SPARSE_DENSITY = 0.05
+# A matrix too long in its columns to gather but whose rows hold at most SPARSE_TERMS
+# nonzeros, m at most, is applied row by row as scattered sums (Scattered) where
+# m * SCATTER_COST <= its columns: each term is one index_add_ of a token column, which costs
+# about as much as SCATTER_COST dense multiply-adds per row (one thread, float64, 180 tokens:
+# a product gadget's W_out of 4482 units by 1057 rows, m = 2, took 6.1 ms scattered against
+# 46 ms dense; one of 8256 units by 32 rows, m = 1, 4.9 ms against 5.7 ms: break-even near
+# 28; 64 keeps a clear gain).
+SCATTER_COST = 64
+# The streamed MLP writes its intermediates into scratch buffers kept on the plan (Scratch)
+# where its pre-activations have at least SCRATCH_MIN_ENTRIES entries (tokens x units): large
+# new tensors come as fresh pages from the system each time (sherman_morrison d = 32: ~60 000
+# page faults, 0.13 s of system time, per feasibility pass), while small ones come from the
+# allocator's heap, where a buffer's bookkeeping costs more than it saves (ridge d = 2 n = 32,
+# chunks of 20 prompts: ~14% slower through buffers). 2^17 entries = 1 MiB in float64.
+SCRATCH_MIN_ENTRIES = 2**17
+# ... and keeps no buffer of more than SCRATCH_MAX_ENTRIES entries (32 MiB in float64; a
+# feasibility chunk of sherman_morrison d = 32 needs 1.5 M): the streamed pass is not
+# chunked, and one call on many prompts would otherwise leave its intermediates' size behind.
+# Condition: SCRATCH_MIN_ENTRIES <= SCRATCH_MAX_ENTRIES.
+SCRATCH_MAX_ENTRIES = 2**22
 # For the transposed pass (raspicl.transposed) a smaller matrix is gathered too where its
 # columns' most nonzeros m satisfy m * GATHER_COST <= rows: there a gathered term (a row of x_t
 # gathered and multiply-added) costs about as much as GATHER_COST dense multiply-adds per
@@ -63,6 +83,37 @@ GATHER_COST = 8
 # cost more than they save on few tokens (one thread: the two broke even at 200-770 tokens
 # for the three bench programs; at batch 1 the streamed pass took 0.35-0.4 of the time).
 TRANSPOSED_MIN_TOKENS = 512
+
+
+class Scratch:
+    """Named buffers a pass writes its intermediates into, kept from call to call (regrown
+    when a call needs more): a new large tensor per operation costs the allocator fresh pages
+    each time, which measured about a quarter of the transposed pass's time (sherman_morrison
+    d = 4, batch 1024, float64) and a quarter of the streamed pass's (d = 32, feasibility's
+    chunks). They hold a few times the residual's size after a call. One pass at a time: two
+    threads running the same plan at once would write into each other's buffers.
+    max_entries: a buffer larger than this is made for the call and not kept (None: no
+    limit), so that one large call leaves no large buffer behind."""
+
+    def __init__(self, max_entries: int | None = None):
+        self._bufs: dict[str, torch.Tensor] = {}
+        self.max_entries = max_entries
+
+    def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
+        return self.shaped(name, (rows, like.shape[-1]), like)
+
+    def shaped(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer of `shape` (contiguous) of like's dtype and device."""
+        n = math.prod(shape)
+        if self.max_entries is not None and n > self.max_entries:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+            self._bufs[name] = buf
+        return buf[:n].view(shape)
 
 
 def _nz(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -94,8 +145,8 @@ class AttnPlan:
     out_rows: torch.Tensor
     b_o: torch.Tensor
     scale: float  # sqrt(d_head) of the full head, as the dense pass divides by
-    sparse_v: Gathered | None = None  # W_v and W_o gathered (large move heads)
-    sparse_o: Gathered | None = None
+    sparse_v: Gathered | Scattered | None = None  # W_v, W_o gathered (large move heads)
+    sparse_o: Gathered | Scattered | None = None
 
 
 @dataclass
@@ -139,23 +190,32 @@ class Gathered:
         large = r * c >= SPARSE_MIN_ENTRIES and m * c <= SPARSE_DENSITY * r * c
         if m > SPARSE_TERMS or not (large or (small and m * GATHER_COST <= r)):
             return None
-        m = max(m, 1)
-        order = torch.argsort(cols * r + rows)  # by column, then row
-        cols, rows, vals = cols[order], rows[order], vals[order]
-        starts = torch.cumsum(per_col, 0) - per_col
-        pos = torch.arange(len(cols), device=vals.device) - starts[cols]
-        idx = torch.zeros(m, c, dtype=torch.long, device=vals.device)
-        coef = vals.new_zeros(m, c)
-        idx[pos, cols] = rows
-        coef[pos, cols] = vals
+        idx, coef = _by_first(cols, rows, vals, per_col, max(m, 1), c, r)
         return Gathered(idx, coef)
 
-    def apply(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """x [N, r] @ W + b, summing each column's terms in row order after the bias."""
-        out = b.expand(x.shape[0], -1).clone()
+    def apply(self, x: torch.Tensor, b: torch.Tensor, scratch: Scratch | None = None,
+              name: str = "") -> torch.Tensor:
+        """x [N, r] @ W + b, summing each column's terms in row order after the bias.
+        Computed transposed, [c, N], on whole rows of x transposed (a gather of rows is a
+        few times cheaper than one of columns), with the same operations on every entry as
+        in x's layout; returned as a contiguous [N, c] (in scratch's buffer `name`, its
+        intermediates in others, where scratch is given)."""
+        N, r = x.shape
+        c = self.idx.shape[1]
+        if scratch is None:
+            x_t, out_t, term = x.t().contiguous(), x.new_empty(c, N), None
+            out = x.new_empty(N, c)
+        else:
+            x_t = scratch.shaped("gathered x", (r, N), x).copy_(x.t())
+            out_t = scratch.shaped("gathered out", (c, N), x)
+            term = scratch.shaped("gathered term", (c, N), x)
+            out = scratch.shaped(name, (N, c), x)
+        out_t.copy_(b[:, None].expand(-1, N))
         for i in range(self.idx.shape[0]):
-            out.addcmul_(x.index_select(1, self.idx[i]), self.coef[i])
-        return out
+            t = torch.index_select(x_t, 0, self.idx[i], out=term) if term is not None \
+                else x_t.index_select(0, self.idx[i])
+            out_t.addcmul_(t, self.coef[i][:, None])
+        return out.copy_(out_t.t())
 
     def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
                 tmp: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,6 +237,122 @@ class Gathered:
 
 
 @dataclass
+class Scattered:
+    """A matrix W [r, c] mostly zero, kept by rows: row i adds coef[k, i] * x[:, i] to column
+    idx[k, i] of the product, for k < m (m = the most nonzeros of any row; shorter rows are
+    padded with coefficient 0 on column 0, which adds an exact zero). The form of a matrix
+    whose columns are too long to gather but whose rows are short: a product gadget's W_out,
+    where each unit writes one or two rows and a dot product's row sums a hundred units."""
+
+    idx: torch.Tensor  # [m, r] long: the columns row i writes
+    coef: torch.Tensor  # [m, r]
+    n_cols: int  # c
+    has_bias: bool = True  # apply_t adds its bias (False: the bias is all zero)
+
+    @staticmethod
+    def of(W: torch.Tensor) -> Scattered | None:
+        """W's scattered form (its nonzero entries, row by row in column order), or None where
+        another form is the cheaper one (W small, some row with more than SPARSE_TERMS
+        nonzeros or more than columns / SCATTER_COST, or W denser than SPARSE_DENSITY)."""
+        r, c = W.shape
+        if not r or r * c < SPARSE_MIN_ENTRIES:
+            return None
+        nz = W != 0
+        if not _scatters(int(nz.sum(dim=1).max()), c):  # (before listing a dense W's entries)
+            return None
+        rows, cols = torch.nonzero(nz, as_tuple=True)
+        return Scattered.of_entries(rows, cols, W[rows, cols], (r, c))
+
+    @staticmethod
+    def of_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                   shape: tuple[int, int]) -> Scattered | None:
+        """`of` of the [r, c] matrix whose nonzero entries are vals at (rows, cols), in any
+        order, without the matrix."""
+        r, c = shape
+        if not r or r * c < SPARSE_MIN_ENTRIES:
+            return None
+        per_row = torch.bincount(rows, minlength=r)
+        m = int(per_row.max())
+        if not _scatters(m, c):
+            return None
+        idx, coef = _by_first(rows, cols, vals, per_row, max(m, 1), r, c)
+        return Scattered(idx, coef, c)
+
+    def apply(self, x: torch.Tensor, b: torch.Tensor, scratch: Scratch | None = None,
+              name: str = "") -> torch.Tensor:
+        """x [N, r] @ W + b: the bias, then each row's k-th term for k = 0, 1, ... added into
+        its column (index_add_, in row order); in scratch's buffer `name` (its scaled terms
+        in another) where scratch is given."""
+        N, r = x.shape
+        if scratch is None:
+            out, tmp = x.new_empty(N, self.n_cols), None
+        else:
+            out = scratch.shaped(name, (N, self.n_cols), x)
+            tmp = scratch.shaped("scattered term", (N, r), x)
+        out.copy_(b.expand(N, -1))
+        for k in range(self.idx.shape[0]):
+            term = torch.mul(x, self.coef[k], out=tmp) if tmp is not None else x * self.coef[k]
+            out.index_add_(1, self.idx[k], term)
+        return out
+
+    def apply_t(self, x_t: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
+                tmp: torch.Tensor | None = None) -> torch.Tensor:
+        """(x @ W + b) transposed, [c, N], from x_t = x transposed [r, N]: the terms of
+        `apply`, each row of x_t scaled and added into its column's row of the output. out:
+        a [c, N] buffer for the result, tmp: an [r, N] one for the scaled rows (None: new
+        tensors)."""
+        N = x_t.shape[1]
+        if out is None:
+            out = x_t.new_empty(self.n_cols, N)
+        if self.has_bias:
+            out.copy_(b[:, None].expand(-1, N))
+        else:
+            out.zero_()
+        for k in range(self.idx.shape[0]):
+            term = torch.mul(x_t, self.coef[k][:, None], out=tmp) if tmp is not None \
+                else x_t * self.coef[k][:, None]
+            out.index_add_(0, self.idx[k], term)
+        return out
+
+
+def _scatters(m: int, c: int) -> bool:
+    """Whether a large matrix of c columns whose rows hold at most m nonzeros is scattered
+    (Scattered.of's rule: m <= SPARSE_TERMS, m * SCATTER_COST <= c, and so m <= SPARSE_DENSITY
+    c)."""
+    return m <= SPARSE_TERMS and m * SCATTER_COST <= c and m <= SPARSE_DENSITY * c
+
+
+def _by_first(major: torch.Tensor, minor: torch.Tensor, vals: torch.Tensor,
+              per_major: torch.Tensor, m: int, n_major: int,
+              n_minor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries (major, minor, vals) laid out as idx, coef [m, n_major]: major index j's
+    entries in minor order at idx[:, j], coef[:, j], padded with (0, 0.0)."""
+    order = torch.argsort(major * n_minor + minor)  # by major, then minor
+    major, minor, vals = major[order], minor[order], vals[order]
+    starts = torch.cumsum(per_major, 0) - per_major
+    pos = torch.arange(len(major), device=vals.device) - starts[major]
+    idx = torch.zeros(m, n_major, dtype=torch.long, device=vals.device)
+    coef = vals.new_zeros(m, n_major)
+    idx[pos, major] = minor
+    coef[pos, major] = vals
+    return idx, coef
+
+
+def sparse_form(W: torch.Tensor) -> Gathered | Scattered | None:
+    """The form a plan applies W in: gathered by columns where its columns are short,
+    else scattered by rows where its rows are, else None (a dense product)."""
+    g = Gathered.of(W)
+    return g if g is not None else Scattered.of(W)
+
+
+def sparse_form_of_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                           shape: tuple[int, int]) -> Gathered | Scattered | None:
+    """`sparse_form` of the matrix whose nonzero entries are vals at (rows, cols)."""
+    g = Gathered.of_entries(rows, cols, vals, shape)
+    return g if g is not None else Scattered.of_entries(rows, cols, vals, shape)
+
+
+@dataclass
 class MLPPlan:
     ln_w: torch.Tensor
     ln_b: torch.Tensor
@@ -187,11 +363,14 @@ class MLPPlan:
     W_out: torch.Tensor  # [units, len(out_rows)]
     out_rows: torch.Tensor
     b_out: torch.Tensor
-    sparse_in: Gathered | None = None  # W_in gathered by units (large, mostly-zero MLPs)
-    sparse_out: Gathered | None = None  # W_out gathered by written rows
+    sparse_in: Gathered | Scattered | None = None  # W_in by units (large, mostly-zero MLPs)
+    sparse_out: Gathered | Scattered | None = None  # W_out by written rows (or by units)
 
 
-def _attn_plan(attn) -> AttnPlan:
+def _attn_plan(attn, d_head: int | None = None) -> AttnPlan:
+    """The attention's plan. W_Q and W_K, W_V may be given on rows of their own and, like
+    W_O, on fewer head columns than d_head (the head width the scores are divided by;
+    default: W_Q's), where the rest are zero (raspicl.sparse_weights restricts them so)."""
     W_Q, W_K, W_V, W_O = attn.W_Q, attn.W_K, attn.W_V, attn.W_O
     kept = []  # (head, score columns, value columns)
     written = _nz(attn.b_O, ())
@@ -204,14 +383,13 @@ def _attn_plan(attn) -> AttnPlan:
         written |= _nz(W_O[h][v_cols], (0,))
         kept.append((h, _idx(q_cols & k_cols), v_cols))
     out_rows = _idx(written)
-    D = W_Q.shape[1]
     c = max((len(sc) for _, sc, _ in kept), default=0)
     cv = max((len(vc) for _, _, vc in kept), default=0)
     H = len(kept)
 
     def side_by_side(W, b, cols_of, width):
         """W [H_all, D, dh] and b [H_all, dh] on each kept head's columns, zero-padded."""
-        Wc = W.new_zeros(D, H * width)
+        Wc = W.new_zeros(W.shape[1], H * width)
         bc = b.new_zeros(H * width)
         for i, (h, sc, vc) in enumerate(kept):
             cols = cols_of(sc, vc)
@@ -229,7 +407,7 @@ def _attn_plan(attn) -> AttnPlan:
     g_v, g_o = _gathered(W_v, W_o)
     W_v, W_o = _unless(W_v, g_v), _unless(W_o, g_o)
     return AttnPlan(H, q_rows, W_q, b_q, k_rows, W_k, b_k, v_rows, W_v, b_v, W_o, out_rows,
-                    attn.b_O[out_rows].clone(), math.sqrt(W_Q.shape[-1]), g_v, g_o)
+                    attn.b_O[out_rows].clone(), math.sqrt(d_head or W_Q.shape[-1]), g_v, g_o)
 
 
 def _mlp_plan(block) -> MLPPlan:
@@ -245,28 +423,33 @@ def _mlp_plan(block) -> MLPPlan:
                    _unless(W_out, g_out), out_rows, mlp.b_out[out_rows].clone(), g_in, g_out)
 
 
-def _gathered(*Ws: torch.Tensor) -> list[Gathered | None]:
-    return [Gathered.of(W) for W in Ws]
+def _gathered(*Ws: torch.Tensor) -> list[Gathered | Scattered | None]:
+    return [sparse_form(W) for W in Ws]
 
 
-def _unless(W: torch.Tensor, g: Gathered | None) -> torch.Tensor:
+def _unless(W: torch.Tensor, g: Gathered | Scattered | None) -> torch.Tensor:
     """W itself, or, where its gathered form replaces it, an empty [0, columns] stand-in (the
     dense copy of a large sparse matrix would be most of the plan's memory)."""
     return W if g is None else W.new_zeros(0, W.shape[1])
 
 
-def _entries(W: torch.Tensor, g: Gathered | None) -> int:
+def _entries(W: torch.Tensor, g: Gathered | Scattered | None) -> int:
     """The weight entries one token multiplies by W (its gathered terms where it has them)."""
     return W.numel() if g is None else g.idx.numel()
 
 
 def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-             sparse: Gathered | None) -> torch.Tensor:
-    """x @ W + b over the last dim of x [B, T, r], through W's gathered form if it has one."""
-    if sparse is None:
-        return _affine(x, W, b)
+             sparse: Gathered | Scattered | None, scratch: Scratch | None = None,
+             name: str = "") -> torch.Tensor:
+    """x @ W + b over the last dim of x [B, T, r], through W's sparse form if it has one;
+    into scratch's buffer `name` where scratch is given (else a new tensor)."""
     B, T, r = x.shape
-    return sparse.apply(x.reshape(B * T, r), b).view(B, T, -1)
+    if sparse is None:
+        if scratch is None:
+            return _affine(x, W, b)
+        out = scratch.shaped(name, (B * T, W.shape[1]), x)
+        return torch.addmm(b, x.reshape(B * T, r), W, out=out).view(B, T, -1)
+    return sparse.apply(x.reshape(B * T, r), b, scratch, name).view(B, T, -1)
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -360,6 +543,7 @@ class CompactPlan:
         self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
         self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
+        self._scratch = Scratch(SCRATCH_MAX_ENTRIES)  # the streamed MLPs' intermediates
         self._key = key
 
     def bind(self, model: Transformer) -> None:
@@ -417,10 +601,19 @@ class CompactPlan:
         p = self.mlps[self.order[run]]
         if not len(p.out_rows):
             return resid
+        B, T, _ = resid.shape
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
-        h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
-        return _add_rows(resid, p.out_rows, _product(h, p.W_out, p.b_out, p.sparse_out),
-                         inplace)
+        if B * T * len(p.b_in) < SCRATCH_MIN_ENTRIES:  # small: new tensors cost less
+            h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+            out = _product(h, p.W_out, p.b_out, p.sparse_out)
+        else:  # the intermediates (pre-activations, GeLUs, output rows) into scratch buffers
+            buf = self._scratch
+            x = torch.index_select(x, 2, p.in_rows,
+                                   out=buf.shaped("mlp in", (B, T, len(p.in_rows)), x))
+            h = torch.ops.aten.gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf,
+                                              "mlp units"))
+            out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
+        return _add_rows(resid, p.out_rows, out, inplace)
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D], written over

@@ -148,7 +148,8 @@ def _live_after(ops) -> list[set[str]]:
 
 def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
     """bias + linear + products over the reads, each sum one 2-D matrix product over the
-    B*T rows (a batched 3-D product gives the same numbers, and is far slower)."""
+    B*T rows (a batched 3-D product gives the same numbers, and is far slower), or its
+    elementwise equal where each output takes one term (_sum_terms)."""
     B, T = values[0].shape[:2] if values else (0, 0)
     width = op.dst.width
     offsets = np.cumsum([0] + [v.shape[2] for v in values])
@@ -159,17 +160,53 @@ def _apply(op: Op, values: list[np.ndarray], dtype) -> np.ndarray:
     out = np.full((B * T, width), zero, dtype=dtype) + _cast(op.bias, dtype)
     lin = op.linear
     if len(lin):
-        M = np.zeros((width, V.shape[2]), dtype=_OBJECT if obj else np.float64)
-        np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), _cast(lin.coef, dtype))
-        out = out + V2 @ M.T
+        def linear_matrix() -> np.ndarray:  # [width, reads]; add.at sums repeated terms
+            M = np.zeros((width, V.shape[2]), dtype=_OBJECT if obj else np.float64)
+            np.add.at(M, (lin.out, offsets[lin.read] + lin.comp), _cast(lin.coef, dtype))
+            return M.T
+
+        out = out + _sum_terms(V2, offsets[lin.read] + lin.comp, lin.out, lin.coef, width,
+                               dtype, linear_matrix)
     pr = op.products
     if len(pr):
         a = V2[:, offsets[pr.read_a] + pr.comp_a]
         b = V2[:, offsets[pr.read_b] + pr.comp_b]
-        S = np.zeros((len(pr), width), dtype=_OBJECT if obj else np.float64)
-        S[np.arange(len(pr)), pr.out] = _cast(pr.coef, dtype)
-        out = out + (a * b) @ S
+
+        def product_matrix() -> np.ndarray:  # [products, width]
+            S = np.zeros((len(pr), width), dtype=_OBJECT if obj else np.float64)
+            S[np.arange(len(pr)), pr.out] = _cast(pr.coef, dtype)
+            return S
+
+        out = out + _sum_terms(a * b, np.arange(len(pr)), pr.out, pr.coef, width, dtype,
+                               product_matrix)
     return out.reshape(B, T, width)
+
+
+def _sum_terms(X: np.ndarray, cols: np.ndarray, outs: np.ndarray, coef: np.ndarray, width: int,
+               dtype, matrix) -> np.ndarray:
+    """The sum over terms i of coef[i] X[:, cols[i]] into output outs[i], [N, width], with the
+    numbers of X @ matrix() (the terms as a [k, width] matrix, built only where it is used).
+    Where every output takes one term at most (a diagonal map, an elementwise product) and
+    a row of X is finite, the matmul's entry is that one term rounded once (with or without
+    FMA: the matrix's other entries add exact zeros), so the terms are multiplied elementwise
+    there (an output -0 here may be +0 in the matmul; _apply adds it to a bias that is never
+    -0, which gives the same). A row of X with a NaN is NaN at every output in the matmul
+    (its zeros multiply the NaN too), and is set so; a row with an infinity and no NaN runs
+    the matmul, whose zeros spread NaN (0 * inf): its entries are inf or NaN whatever the
+    order of the sum. Object (sympy) runs and outputs with several terms run the matmul."""
+    if X.dtype == _OBJECT or np.bincount(outs, minlength=1).max() > 1:
+        return X @ matrix()
+    out = np.zeros((X.shape[0], width), dtype=X.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # (the matmul's rows below warn not)
+        out[:, outs] = X[:, cols] * _cast(coef, dtype)
+    finite = np.isfinite(X)
+    if not finite.all():
+        nan = np.isnan(X).any(axis=1)
+        out[nan] = np.nan
+        inf = ~finite.all(axis=1) & ~nan
+        if inf.any():
+            out[inf] = X[inf] @ matrix()
+    return out
 
 
 def expr_value(e, state: dict[str, np.ndarray], roles, nan) -> np.ndarray:

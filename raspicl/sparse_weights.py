@@ -14,9 +14,10 @@ tensors (embeddings, biases) dense; `SparseWeights` holds the result and gives
   mapped back. Every row the restriction leaves out is zero in all of that sublayer's tensors,
   which the planners drop anyway, so the plan equals CompactPlan(transformer()) tensor for
   tensor (tests/test_sparse_weights.py checks it on the bundled programs). An MLP whose kept
-  matrix is large and which the planner would gather (compact.Gathered) is gathered here
-  straight from its entries (`_gathered_mlp`, the planner's rule): its kept matrix alone can
-  hold ~9 M entries (sherman_morrison d = 32) of which 25 000 are nonzero;
+  matrix is large and which the planner would gather or scatter (compact.Gathered,
+  compact.Scattered) is given that form here straight from its entries (`_gathered_mlp`, the
+  planner's rule: compact.sparse_form): its kept matrix alone can hold ~9 M entries
+  (sherman_morrison d = 32) of which 25 000 are nonzero;
 - `shell()`: a Transformer whose embedding and readout are real and whose blocks are on the
   meta device (no memory): what running the plan needs (Transformer.stream with a plan reads
   no block tensor).
@@ -36,10 +37,10 @@ import torch
 from raspicl.compact import (
     SPARSE_MIN_ENTRIES,
     CompactPlan,
-    Gathered,
     MLPPlan,
     _attn_plan,
     _mlp_plan,
+    sparse_form_of_entries,
 )
 from raspicl.model import LayerNorm, ModelConfig, Transformer
 
@@ -61,11 +62,22 @@ class SparseArray:
     def __setitem__(self, index: tuple[int, ...], value: float) -> None:
         self.entries[index] = float(value)
 
-    def set_block(self, prefix: tuple[int, ...], block: np.ndarray) -> None:
-        """a[prefix] = block, for a dense `block` mostly zero (its nonzero entries only: the
-        zeros it would write are the array's own)."""
-        for idx in zip(*np.nonzero(block), strict=True):
-            self.entries[prefix + tuple(int(i) for i in idx)] = float(block[idx])
+    def set_entries(self, prefix: tuple[int, ...],
+                    entries: dict[tuple[int, ...], float]) -> None:
+        """a[prefix] = the block of zeros with `entries` written (a head's W_Q or W_K,
+        gadgets.attention.pattern_entries), for a block mostly zero: its nonzero entries, in
+        the block's row-major order (the zeros it would write are the array's own)."""
+        for idx in sorted(entries):
+            if entries[idx] != 0.0:
+                self.entries[prefix + idx] = float(entries[idx])
+
+    def add_terms(self, terms) -> None:
+        """a[index] += value for each (index, value) of `terms` in order: the same float
+        operations as the item-by-item `+=` (a sum starts at the array's 0.0), without a
+        method call per entry (a large MLP's W_in has ~10^5 of them)."""
+        entries = self.entries
+        for index, value in terms:
+            entries[index] = float(entries.get(index, 0.0) + value)
 
     def nonzero(self) -> dict[tuple[int, ...], float]:
         """The entries that are not zero (what np.array_equal of two dense arrays compares)."""
@@ -218,24 +230,31 @@ class SparseWeights:
         return self.dense[name] if name in self.dense else torch.zeros(shape, dtype=self.dtype)
 
     def _attn(self, p: str):
-        """The attention plan, from its tensors on the rows they touch: W_Q, W_K and W_V
-        share one set of rows (the planner lays their columns side by side), W_O and b_O
-        another."""
+        """The attention plan, from its tensors on the rows and head columns they touch: W_Q
+        and W_K on their rows, W_V on its own (the planner lays each one's kept columns side
+        by side), W_O and b_O on the rows they write; the query and key columns on those
+        any head's W_Q, W_K, b_Q or b_K uses, the value columns on those W_V, b_V or W_O
+        uses (a column outside is zero in all of them, which the planner drops anyway)."""
         cfg = self.cfg
         H, D, dh = cfg.n_heads, cfg.d_model, cfg.d_head
-        qkv = [self.entries[p + n] for n in ("attn.W_Q", "attn.W_K", "attn.W_V")]
+        W_Q, W_K, W_V = (self.entries[p + n] for n in ("attn.W_Q", "attn.W_K", "attn.W_V"))
         W_O = self.entries[p + "attn.W_O"]
         b_O = self._vector(p + "attn.b_O", (D,))
-        read = torch.unique(torch.cat([e.used(1) for e in qkv]))
+        b_Q, b_K, b_V = (self._vector(p + "attn." + b, (H, dh)) for b in ("b_Q", "b_K", "b_V"))
+        read_qk = torch.unique(torch.cat([W_Q.used(1), W_K.used(1)]))
+        read_v = W_V.used(1)
         written = torch.unique(torch.cat([W_O.used(2), torch.nonzero(b_O).flatten()]))
-        ns = SimpleNamespace(**{n: e.restricted({1: read}) for n, e in
-                                zip(("W_Q", "W_K", "W_V"), qkv, strict=True)},
-                             W_O=W_O.restricted({2: written}), b_O=b_O[written],
-                             **{b: self._vector(p + "attn." + b, (H, dh))
-                                for b in ("b_Q", "b_K", "b_V")})
-        plan = _attn_plan(ns)
-        return replace(plan, q_rows=read[plan.q_rows], k_rows=read[plan.k_rows],
-                       v_rows=read[plan.v_rows], out_rows=written[plan.out_rows])
+        qk_cols = torch.unique(torch.cat([W_Q.used(2), W_K.used(2), _nonzero_cols(b_Q),
+                                          _nonzero_cols(b_K)]))
+        v_cols = torch.unique(torch.cat([W_V.used(2), W_O.used(1), _nonzero_cols(b_V)]))
+        ns = SimpleNamespace(W_Q=W_Q.restricted({1: read_qk, 2: qk_cols}),
+                             W_K=W_K.restricted({1: read_qk, 2: qk_cols}),
+                             W_V=W_V.restricted({1: read_v, 2: v_cols}),
+                             W_O=W_O.restricted({1: v_cols, 2: written}), b_O=b_O[written],
+                             b_Q=b_Q[:, qk_cols], b_K=b_K[:, qk_cols], b_V=b_V[:, v_cols])
+        plan = _attn_plan(ns, d_head=dh)
+        return replace(plan, q_rows=read_qk[plan.q_rows], k_rows=read_qk[plan.k_rows],
+                       v_rows=read_v[plan.v_rows], out_rows=written[plan.out_rows])
 
     def _mlp(self, p: str):
         """The MLP plan, from W_in on the rows it reads, W_out and b_out on the rows they
@@ -267,9 +286,15 @@ class SparseWeights:
         return replace(plan, in_rows=read[plan.in_rows], out_rows=written[plan.out_rows])
 
 
+def _nonzero_cols(b: torch.Tensor) -> torch.Tensor:
+    """The columns where a [heads, d_head] bias is nonzero in some head."""
+    return torch.nonzero((b != 0).any(dim=0)).flatten()
+
+
 def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torch.Tensor):
-    """For an MLP whose kept W_in or W_out is large and which compact's planner would gather
-    (Gathered.of's rule, applied to the entries by Gathered.of_entries), what _mlp_plan makes,
+    """For an MLP whose kept W_in or W_out is large and which compact's planner would gather or
+    scatter (compact.sparse_form's rule, applied to the entries by sparse_form_of_entries),
+    what _mlp_plan makes,
     from the entries: (in_rows, units, out_rows, gathered W_in or None, W_in as the plan keeps it,
     the same for W_out); None where the planner itself is to run (small, or neither gathered:
     it may then rearrange the units)."""
@@ -289,7 +314,7 @@ def _gathered_mlp(W_in: Entries, b_in: torch.Tensor, W_out: Entries, b_out: torc
              (len(units), len(out_rows)))]
     if all(r * c < SPARSE_MIN_ENTRIES for *_, (r, c) in mats):
         return None
-    forms = [Gathered.of_entries(*m) for m in mats]
+    forms = [sparse_form_of_entries(*m) for m in mats]
     if all(g is None for g in forms):
         return None
     kept = []

@@ -9,7 +9,9 @@ the same kept rows, heads and units, but faster:
   whole rows (contiguous gathers, in-place adds), and every output is computed transposed,
   [written rows, T B]: a product is one W^T x^T, whose long side (every token of every prompt)
   is the one BLAS runs fastest along, or, for a matrix with few nonzeros per column, a sum of
-  gathered rows (`Gathered.apply_t`, for small matrices too: compact.GATHER_COST);
+  gathered rows (`Gathered.apply_t`, for small matrices too: compact.GATHER_COST), or, for
+  one the plan scatters (few nonzeros per row), of scaled rows added into their columns'
+  rows (`Scattered.apply_t`);
 - two MLP units whose inputs are exact negatives of each other are one unit (`_mirrored`):
   with equal output rows (the product gadget) it outputs GeLU(y) + GeLU(-y) = y erf(y / sqrt 2)
   (`mirrored_gelu_`: its series where every |y| <= SERIES_MAX), with negated output rows
@@ -17,7 +19,7 @@ the same kept rows, heads and units, but faster:
 - a fixed (position-only) attention pattern's weights below PATTERN_FLOOR, the leak, are set to
   zero, after which a move's pattern is a gather of one token per row;
 - each MLP's LayerNorm is computed on the rows its units read (`_layer_norm_t`);
-- the intermediates go into scratch buffers kept between calls (`_Scratch`), and a large batch
+- the intermediates go into scratch buffers kept between calls (`Scratch`), and a large batch
   runs CHUNK_TOKENS tokens' worth of prompts at a time, so that they stay in cache.
 
 A unit pair is an identity of the exact function, a dropped pattern weight is a leak inside the
@@ -29,12 +31,20 @@ bounds; tests/test_compact_gelu.py holds the pairs' GeLUs against mpmath).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from raspicl.compact import AttnPlan, CompactPlan, Gathered, MLPPlan, _softmax_scores
+from raspicl.compact import (
+    AttnPlan,
+    CompactPlan,
+    Gathered,
+    MLPPlan,
+    Scattered,
+    Scratch,
+    _softmax_scores,
+)
 
 SQRT_HALF = math.sqrt(0.5)
 # y erf(y / sqrt 2) = sqrt(2 / pi) y^2 (1 - y^2 / 6 + y^4 / 40 - y^6 / 336 + ...), an
@@ -74,8 +84,8 @@ class TransposedMLP:
     W_out: torch.Tensor  # [units, len(out_rows)]; [0, ...] where sparse_out replaces it
     out_rows: torch.Tensor
     b_out: torch.Tensor
-    sparse_in: Gathered | None
-    sparse_out: Gathered | None
+    sparse_in: Gathered | Scattered | None
+    sparse_out: Gathered | Scattered | None
     n_pairs: int
     n_linear: int
     eps: float
@@ -89,8 +99,8 @@ class TransposedAttn:
     matrices gathered where that is cheaper)."""
 
     plan: AttnPlan
-    sparse_v: Gathered | None
-    sparse_o: Gathered | None
+    sparse_v: Gathered | Scattered | None
+    sparse_o: Gathered | Scattered | None
 
 
 def _transposed_attn(a: AttnPlan) -> TransposedAttn:
@@ -113,13 +123,15 @@ def _transposed_mlp(m: MLPPlan) -> TransposedMLP:
                          b if bool(b.any()) else None)
 
 
-def _gathered(W: torch.Tensor, b: torch.Tensor, have: Gathered | None) -> Gathered | None:
-    """W's gathered form for `apply_t` (the plan's own where it has one, else one for a small W
-    where it is cheaper: Gathered.of(small=True)), told whether its bias b is zero."""
+def _gathered(W: torch.Tensor, b: torch.Tensor,
+              have: Gathered | Scattered | None) -> Gathered | Scattered | None:
+    """W's sparse form for `apply_t` (the plan's own where it has one, else a gathered one for
+    a small W where it is cheaper: Gathered.of(small=True)), told whether its bias b is
+    zero."""
     g = have if have is not None else Gathered.of(W, small=True)
     if g is None:
         return None
-    return Gathered(g.idx, g.coef, g.first_ones, bool(b.any()))
+    return replace(g, has_bias=bool(b.any()))
 
 
 def mirrored_gelu_(y: torch.Tensor, buf: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,13 +188,17 @@ def _mirrored(W_in: torch.Tensor, b_in: torch.Tensor,
 
 
 
-def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor, sparse: Gathered | None,
-               out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """(x @ W + b) transposed, [c, N], into `out` (tmp: a [c, N] buffer for a gathered term),
-    from x_t = x transposed [r, N] (any strides): one W^T x_t product, whose long side N is
-    the one BLAS runs fastest along, or W's gathered form on whole rows of x_t."""
-    if sparse is not None:
-        return sparse.apply_t(x_t, b, out, tmp)
+def _product_t(x_t: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+               sparse: Gathered | Scattered | None, out: torch.Tensor,
+               scratch: Scratch) -> torch.Tensor:
+    """(x @ W + b) transposed, [c, N], into `out`, from x_t = x transposed [r, N] (any
+    strides): one W^T x_t product, whose long side N is the one BLAS runs fastest along, or
+    W's sparse form on whole rows of x_t (its terms in the scratch buffer "term": [c, N]
+    for a gathered form, [r, N] for a scattered one)."""
+    if isinstance(sparse, Gathered):
+        return sparse.apply_t(x_t, b, out, scratch("term", out.shape[0], x_t))
+    if isinstance(sparse, Scattered):
+        return sparse.apply_t(x_t, b, out, scratch("term", x_t.shape[0], x_t))
     return torch.addmm(b[:, None], W.t(), x_t, out=out)
 
 
@@ -204,27 +220,6 @@ def _layer_norm_t(r2: torch.Tensor, p: TransposedMLP, dev: torch.Tensor,
     return x_t if p.b_ln is None else x_t.add_(p.b_ln)
 
 
-class _Scratch:
-    """Named buffers the transposed pass writes its [rows, tokens] intermediates into, kept
-    from call to call (regrown when a call needs more): a new large tensor per operation
-    costs the allocator fresh pages each time, which measured about a quarter of the pass's
-    time (sherman_morrison d = 4, batch 1024, float64). They hold a few times the residual's
-    size after a call."""
-
-    def __init__(self):
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def __call__(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """A [rows, N] buffer (N = like's last dim) of like's dtype and device."""
-        N = like.shape[-1]
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < rows * N or buf.dtype != like.dtype \
-                or buf.device != like.device:
-            buf = torch.empty(rows * N, dtype=like.dtype, device=like.device)
-            self._bufs[name] = buf
-        return buf[:rows * N].view(rows, N)
-
-
 class TransposedPass:
     """The transposed pass of one CompactPlan (see the module doc), built from the plan's kept
     heads and units on first use."""
@@ -234,7 +229,7 @@ class TransposedPass:
         self.attns = [_transposed_attn(a) for a in plan.attns]
         self.mlps = [_transposed_mlp(m) for m in plan.mlps]
         self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._scratch = _Scratch()
+        self._scratch = Scratch()
 
     def last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D], written over
@@ -280,7 +275,7 @@ class TransposedPass:
         x_t = torch.index_select(r2, 0, p.v_rows, out=buf("x", len(p.v_rows), r2))
         width = p.b_v.shape[0]
         v_t = _product_t(x_t, p.W_v, p.b_v, t.sparse_v, buf("v", width, r2),
-                         buf("term", width, r2)).view(H, -1, T, B)  # [H, cv, T, B]
+                         buf).view(H, -1, T, B)  # [H, cv, T, B]
         if self.plan.fixed[layer]:
             pat, src = self._fixed(layer, T, r3.dtype, r3.device)  # [H, T, T], [H, T]
             z_t = buf("z", width, r2).view(H, -1, T, B)
@@ -294,23 +289,21 @@ class TransposedPass:
             z_t = (scores @ v_t.permute(3, 0, 2, 1)).permute(1, 3, 2, 0)  # [H, cv, T, B]
         c = len(p.out_rows)
         return _product_t(z_t.reshape(-1, T * B), p.W_o, p.b_o, t.sparse_o, buf("o", c, r2),
-                          buf("term", c, r2))
+                          buf)
 
     def _mlp_out(self, p: TransposedMLP, x_t: torch.Tensor) -> torch.Tensor:
         """The MLP's output at its written rows, [len(out_rows), N], from its LayerNorm's
         output at the rows its units read, x_t [len(in_rows), N]."""
         buf = self._scratch
         units = p.b_in.shape[0]
-        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in, buf("h", units, x_t),
-                         buf("term", units, x_t))
+        h_t = _product_t(x_t, p.W_in, p.b_in, p.sparse_in, buf("h", units, x_t), buf)
         paired = p.n_pairs + p.n_linear
         if p.n_pairs:  # y erf(y / sqrt 2), y = the pair's pre-activation
             mirrored_gelu_(h_t[:p.n_pairs], buf("erf", p.n_pairs, x_t))
         if paired < units:  # (a linear pair's unit passes y on as it is)
             h_t[paired:] = F.gelu(h_t[paired:])
         c = len(p.out_rows)
-        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out, buf("out", c, x_t),
-                          buf("term", c, x_t))
+        return _product_t(h_t, p.W_out, p.b_out, p.sparse_out, buf("out", c, x_t), buf)
 
     def _fixed(self, layer: int, T: int, dtype: torch.dtype,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

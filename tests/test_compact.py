@@ -7,7 +7,8 @@ divides GeLU outputs by e^2 with e down to ~1e-3, and the division anchors ampli
 ~1e6), and every prediction within the sum of the two passes' error bounds of the dense one
 (each pass lies within its own bound of the exact value). float32: the predictions within
 that sum of bounds. The same for the transposed pass `CompactPlan.last`, which predict and run
-make when no monitor reads the residuals.
+make when no monitor reads the residuals. A larger program (LARGE) runs the sparse forms of
+its product gadgets' matrices (compact.Gathered, compact.Scattered) in both passes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from raspicl.verify import compile_checked
 RESIDUAL_TOLERANCE = 1e-9
 CASES = [("gd_step", {"d": 3}, "unroll"), ("sherman_morrison", {"d": 3}, "unroll"),
          ("ridge", {"d": 2, "n": 3}, "unroll"), ("ridge", {"d": 2, "n": 3}, "share")]
+# a program large enough that its first MLP's W_out is applied scattered (compact.Scattered)
+# and a later one's W_in gathered (compact.Gathered)
+LARGE = ("sherman_morrison", {"d": 12}, "unroll")
 
 
 def compiled(name, params, loops, dtype="float64"):
@@ -57,9 +61,12 @@ def transposed_always(monkeypatch):
     monkeypatch.setattr(compact, "TRANSPOSED_MIN_TOKENS", 0)
 
 
-@pytest.mark.parametrize("name,params,loops", CASES)
+@pytest.mark.parametrize("name,params,loops", [*CASES, LARGE])
 def test_compact_matches_dense_float64(name, params, loops, transposed_always):
     program, cm = compiled(name, params, loops)
+    if (name, params, loops) == LARGE:
+        forms = {type(f) for m in cm.plan().mlps for f in (m.sparse_in, m.sparse_out)}
+        assert {compact.Scattered, compact.Gathered} <= forms
     dense = dense_of(cm)
     prompts = random_prompts(64, program.d, program.n, seed=11)
     a = cm.residuals(prompts, check="ignore")

@@ -10,7 +10,12 @@ import torch
 from raspicl.arch import anchor_levels
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.fusion import compose, definitions
-from raspicl.compiler.gadgets.attention import HeadSpec, pattern_weights, place_key
+from raspicl.compiler.gadgets.attention import (
+    HeadSpec,
+    pattern_entries,
+    pattern_weights,
+    place_key,
+)
 from raspicl.compiler.gadgets.layernorm import (
     division_read,
     ln_anchor_biases,
@@ -491,12 +496,13 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
     WO = zeros((n_heads, d_head, D))
     heads = sorted(block.heads.items(), key=lambda kv: kv[0])
     for h, (_, head) in enumerate(heads):
-        wq, wk = pattern_weights(head.place, rows, D, d_head, n_ctx, config.attention_margin)
         if through_ln:
-            WQ[h], WK[h] = wq, wk
+            WQ[h], WK[h] = pattern_weights(head.place, rows, D, d_head, n_ctx,
+                                           config.attention_margin)
         else:
-            WQ.set_block((h,), wq)
-            WK.set_block((h,), wk)
+            wq, wk = pattern_entries(head.place, rows, d_head, config.attention_margin, n_ctx)
+            WQ.set_entries((h,), wq)
+            WK.set_entries((h,), wk)
         order = sorted(range(len(head.columns)), key=lambda c: head.columns[c])
         new_col = {old: new for new, old in enumerate(order)}
         for old, src in enumerate(head.columns):
@@ -518,9 +524,12 @@ def _block_tensors(block: BlockSpec, rows: dict[str, int], D: int, n_heads: int,
         if block.divisor is not None:  # the division anchors alone in ln2 (layernorm.py)
             out["mlp.b_out"] = restore_ln_anchors(D, rows, levels[2])
     W_out = zeros((d_mlp, D))
-    for u, unit in enumerate(block.units):
-        for r, w in unit.w_out.items():
-            W_out[u, r] += w
+    out_terms = (((u, r), w) for u, unit in enumerate(block.units) for r, w in unit.w_out.items())
+    if through_ln:
+        for index, w in out_terms:
+            W_out[index] += w
+    else:
+        W_out.add_terms(out_terms)  # the same `+=`, by entries
     return {
         "attn.W_Q": WQ, "attn.W_K": WK, "attn.W_V": WV, "attn.W_O": WO, "attn.b_O": bO,
         "mlp.W_in": W_in, "mlp.b_in": b_in, "mlp.W_out": W_out, **out,

@@ -74,6 +74,20 @@ def pattern_weights(place: Where, rows: dict[str, int], d_model: int, d_head: in
     """W_Q and W_K [d_model, d_head] of a head whose scores follow `place` (see module doc)."""
     wq = np.zeros((d_model, d_head))
     wk = np.zeros((d_model, d_head))
+    for w, entries in zip((wq, wk), pattern_entries(place, rows, d_head, margin, n_ctx),
+                          strict=True):
+        for index, v in entries.items():
+            w[index] = v
+    return wq, wk
+
+
+def pattern_entries(place: Where, rows: dict[str, int], d_head: int, margin: float,
+                    n_ctx: int) -> tuple[dict[tuple[int, int], float],
+                                         dict[tuple[int, int], float]]:
+    """`pattern_weights` by entries, {(row, column): value} for W_Q and for W_K (the values
+    it writes, explicit zeros included), without the [d_model, d_head] arrays."""
+    wq: dict[tuple[int, int], float] = {}
+    wk: dict[tuple[int, int], float] = {}
     s = math.sqrt(d_head) * margin
     one, pos, pos_sq = rows["one"], rows["pos"], rows["pos_sq"]
     P = float(n_ctx)

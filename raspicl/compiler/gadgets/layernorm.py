@@ -51,10 +51,21 @@ def neutral_read(units: list[UnitSpec], rows: dict[str, int], d_model: int,
     zeros: what makes W_in's array of zeros (raspicl.sparse_weights.SparseArray: by entries)."""
     E = math.sqrt(eps)
     W, b = _allocate(units, d_model, width, zeros)
+    zero = rows["zero"]
+
+    def terms():  # W[j, u] += a E, W[zero, u] -= a E (x - y is x + (-y) exactly)
+        for u, unit in enumerate(units):
+            for j, a in unit.w_in.items():
+                t = a * E
+                yield (j, u), t
+                yield (zero, u), -t
+
+    if hasattr(W, "add_terms"):  # raspicl.sparse_weights.SparseArray: by entries
+        W.add_terms(terms())
+    else:
+        for index, t in terms():
+            W[index] += t
     for u, unit in enumerate(units):
-        for j, a in unit.w_in.items():
-            W[j, u] += a * E
-            W[rows["zero"], u] -= a * E
         b[u] = unit.b_in
     return W, b
 
