@@ -1143,9 +1143,14 @@ class _Walk:
                      for kind, idx in groups.items()}
             ins.cache["pair kinds"] = kinds
             ins.cache["pair limits"] = np.array([SERIES_LIMIT[p.richardson] for p in pairs])
+        # at the defined tokens only: elsewhere the result's bound is NaN and nothing is
+        # checked (every entry is computed on its own, so the others come out the same)
+        tok = np.flatnonzero(defined)
+        at = (slice(None),) if len(tok) == T else (tok[:, None],)
         for (square, richardson), (idx, a, b, k, e) in kinds.items():
-            err[:, :, idx], worst[:, :, idx] = self._pair_errors(
-                values[:, :, a], values[:, :, b], k, e, square, richardson, mu)
+            err[(slice(None), *at, idx)], worst[(slice(None), *at, idx)] = self._pair_errors(
+                values[(slice(None), *at, a)], values[(slice(None), *at, b)], k, e, square,
+                richardson, mu[:, tok] if len(tok) < T else mu)
         limits = ins.cache["pair limits"]
         self.check_each(ins, defined, PRODUCT_RANGE, worst, limits,
                         "beyond it the gadget's series no longer bounds its error: an operand "
