@@ -14,7 +14,11 @@ ru_maxrss: the high-water mark of the whole process, torch and raspicl included)
 before compiling (the baseline of importing raspicl and torch and building the program), the
 difference (what compiling added at its peak), and the number of torch and BLAS threads it
 used, and the feasibility passes the compile ran (`passes`: each one runs the model on the
-calibration prompts; a pass whose findings re-tune a constant is followed by another). Threads
+calibration prompts; a pass whose findings re-tune a constant is followed by another). The
+garbage collector runs once right before the timed compile: otherwise whether one full
+collection over every object of the process (torch's and the imports', about 0.1 s) falls
+inside a small compile depends on how many objects came before it (gd_step d = 4: 0.06 s, or
+0.17 s with one). Threads
 are pinned to 1 (torch.set_num_threads and the OMP/OPENBLAS/MKL variables) unless
 --threads says otherwise: on a small shared machine more threads make these small matmuls
 slower, not faster.
@@ -76,6 +80,7 @@ def _floor(cm, program) -> dict:
 def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT,
             floor: bool = False) -> dict:
     """Compile one case in this process and return its figures (call in a fresh process)."""
+    import gc
     import resource
     import time
     import warnings
@@ -92,6 +97,7 @@ def run_one(name: str, params: dict, loops: str, threads: int, root: Path = ROOT
     program = find_program(name).build(**params)
     build_cpu = time.process_time() - b0
     base = _rss_kib()
+    gc.collect()  # the imports' garbage is collected here, not by a full collection inside
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ContractWarning)

@@ -29,6 +29,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -84,6 +85,7 @@ def run(name: str, params: dict, loops: str) -> dict[str, float]:
     """One compile's stages (CPU seconds) and its passes."""
     SPENT.clear()
     program = find_program(name).build(**params)
+    gc.collect()  # as bench/compile.py: no full collection of earlier garbage inside
     c0 = time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ContractWarning)

@@ -309,6 +309,25 @@ def _quiet() -> np.errstate:
     return np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
+def walk_scratch_rows(layout: dict) -> int:
+    """Per prompt and token, about the most float64 rows the walk of one instruction has in
+    flight at once beside what the stream holds (ContractStream.peak_bytes): its operands and
+    their error bounds side by side, its value, error and magnitude and their temporaries, a
+    product's pair errors and series, the arrays of its terms. What sizes a chunk besides the
+    values held (compiler/feasibility.py)."""
+    mon = layout["monitor"]
+    width = {rec["dst"]: len(rec["bias"]) for rec in mon["instructions"]}
+    for label, v in mon["values"].items():
+        width.setdefault(label, len(v["rows"]))
+    most = 0
+    for rec in mon["instructions"]:
+        reads = sum(width.get(r["value"], 0) for r in rec["reads"])
+        terms = len(rec["linear"]) + len(rec.get("gated", []))
+        most = max(most, 2 * reads + 6 * len(rec["bias"]) + 8 * len(rec.get("pairs", []))
+                   + 4 * len(rec.get("products", [])) + 3 * terms)
+    return most
+
+
 def _leak_rows(layout: dict) -> list[int]:
     """The rows whose size bounds what a head's leak can carry (every row but the anchors)."""
     skip = {layout["fixed_rows"].get(n) for n in ("anchor_pos", "anchor_neg") + LN_ANCHOR_ROWS}

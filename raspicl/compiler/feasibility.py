@@ -42,6 +42,7 @@ from raspicl.monitor import (
     ContractStream,
     _needs,
     parse_instructions,
+    walk_scratch_rows,
 )
 from raspicl.sparse_weights import SparseWeights
 
@@ -66,24 +67,30 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     config.MEASURE_MEMORY, at most config.MEASURE_CHUNK and at least 1. It counts, per
     prompt and token, the rows of every value and of every landing, twice (the walk keeps an
     error bound beside each value), as if the streamed monitor held them all at once, and
-    the few residuals of d_model rows the forward pass holds: all float64. The monitor holds
+    what the pass needs beside them (`_beside`): all float64. The monitor holds
     far less (raspicl.monitor.ContractStream drops what no later instruction reads), so the
     later chunks are sized by what the first one measured (`next_chunk`)."""
     mon = layout["monitor"]
     rows = sum(len(v["rows"]) for v in mon["values"].values())
     _, landings, _, _ = _needs(layout)
     rows += sum(len(r) for group in landings.values() for r in group)
-    per_prompt = (2 * rows + 4 * layout["architecture"]["d_model"]) * n_tokens * 8
+    per_prompt = 2 * rows * n_tokens * 8 + _beside(layout, n_tokens)
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
+
+
+def _beside(layout: dict, n_tokens: int) -> int:
+    """Bytes per prompt a measuring pass needs beside what the monitor holds: the forward
+    pass's few residuals of d_model rows and one instruction's walk in flight
+    (monitor.walk_scratch_rows), float64."""
+    return (4 * layout["architecture"]["d_model"] + walk_scratch_rows(layout)) * n_tokens * 8
 
 
 def next_chunk(layout: dict, n_tokens: int, peak_bytes: int, prompts: int) -> int:
     """Prompts per measuring pass after a first pass of `prompts` prompts whose monitor held
-    at most `peak_bytes` at once (ContractStream.peak_bytes): as many as keep that, and the
-    forward pass's few residuals, within config.MEASURE_MEMORY, between 1 and
+    at most `peak_bytes` at once (ContractStream.peak_bytes): as many as keep that, and what
+    the pass needs beside it (`_beside`), within config.MEASURE_MEMORY, between 1 and
     config.MEASURE_CHUNK."""
-    forward = 4 * layout["architecture"]["d_model"] * n_tokens * 8
-    per_prompt = peak_bytes / max(prompts, 1) + forward
+    per_prompt = peak_bytes / max(prompts, 1) + _beside(layout, n_tokens)
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
