@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, replace
 CALIBRATION_CHUNK = 64
 # Compile-time feasibility (compiler/feasibility.py) runs the compiled model's compact plan on
 # the calibration prompts and feeds each residual to the streamed monitor, a chunk of prompts at
-# a time: at most MEASURE_CHUNK prompts, and fewer where what the monitor keeps for a chunk
-# (per prompt and token: the rows of every value and landing, twice over for the walk's error
-# bounds, plus four residuals of d_model rows, float64; feasibility.measure_chunk) would exceed
-# MEASURE_MEMORY bytes. The report does not depend on the chunk; memory grows with it (24 MiB
-# keeps ridge d = 2 n = 32 at about 50 MB above the imports, 64 MiB took 250 MB), and a small
-# chunk pays the monitor's per-instruction overhead once per chunk.
+# a time: at most MEASURE_CHUNK prompts, and fewer where what a chunk needs would exceed
+# MEASURE_MEMORY bytes: for the first chunk, every value and landing held at once with its
+# error bound, for the later ones what the first one held at most, plus, for each, four
+# residuals and one instruction's walk in flight (float64; feasibility.measure_chunk,
+# next_chunk). The report does not depend on the chunk; memory grows with it (24 MiB keeps
+# ridge d = 2 n = 32 within about 70 MB above the imports, shared or unrolled within 100 MB),
+# and a small chunk pays the monitor's per-instruction overhead once per chunk.
 # Condition: MEASURE_CHUNK >= 1, MEASURE_MEMORY > 0.
 MEASURE_CHUNK = 128
 MEASURE_MEMORY = 24 * 2**20

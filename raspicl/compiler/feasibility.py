@@ -74,7 +74,12 @@ def measure_chunk(layout: dict, n_tokens: int) -> int:
     rows = sum(len(v["rows"]) for v in mon["values"].values())
     _, landings, _, _ = _needs(layout)
     rows += sum(len(r) for group in landings.values() for r in group)
-    per_prompt = 2 * rows * n_tokens * 8 + _beside(layout, n_tokens)
+    return _prompts_within(2 * rows * n_tokens * 8 + _beside(layout, n_tokens))
+
+
+def _prompts_within(per_prompt: float) -> int:
+    """How many prompts of `per_prompt` bytes config.MEASURE_MEMORY holds, between 1 and
+    config.MEASURE_CHUNK."""
     return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
 
 
@@ -90,8 +95,7 @@ def next_chunk(layout: dict, n_tokens: int, peak_bytes: int, prompts: int) -> in
     at most `peak_bytes` at once (ContractStream.peak_bytes): as many as keep that, and what
     the pass needs beside it (`_beside`), within config.MEASURE_MEMORY, between 1 and
     config.MEASURE_CHUNK."""
-    per_prompt = peak_bytes / max(prompts, 1) + _beside(layout, n_tokens)
-    return int(max(1, min(MEASURE_CHUNK, MEASURE_MEMORY // max(per_prompt, 1))))
+    return _prompts_within(peak_bytes / max(prompts, 1) + _beside(layout, n_tokens))
 
 
 def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: str,
