@@ -446,15 +446,14 @@ class _ListResiduals:
         self.layout, self.res = layout, residuals
         self.B = residuals[0].shape[0]
         self.d_model = residuals[0].shape[2]
-        self._rows = _leak_rows(layout)
+        self._spans = _spans(_leak_rows(layout))
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.ledger = _Ledger()  # what the walk adds; the list itself is the caller's
 
     def leak_size(self, residual: int) -> np.ndarray:
         """Per prompt, the largest |entry| of residuals[residual] over the rows a head's leak
         can carry (inf where a NaN is, the largest float where an infinity is): [B]."""
-        r = self.res[residual]
-        return np.nan_to_num(np.abs(r[..., self._rows]), nan=np.inf).max(axis=(1, 2))
+        return _largest_in(self.res[residual], self._spans)
 
     def value(self, label: str) -> np.ndarray:
         v = self.layout["monitor"]["values"][label]
