@@ -70,10 +70,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raspicl.arch import LN_ANCHOR_ROWS, anchor_levels, arch_of_layout
+from raspicl.contract.adjoint import DiagEdge, PlaceEdge, ProductEdge, Tape, TermsEdge
 from raspicl.guards import token_name
 from raspicl.lang.reads import compose, place_from_record, place_record
 
 SQRT_PI_2 = math.sqrt(math.pi / 2)
+HERE = {"kind": "here"}
+# when the walk tightens the forward bound by the adjoint's (check_contract)
+ADJOINT_MODES = ("needed", "always", "off")
 # An instruction's linear or product terms are walked one at a time up to this many, and as
 # arrays (_Terms) beyond: the same sums bit for bit either way, the loop cheaper for a few.
 LOOP_TERMS = 8
@@ -92,6 +96,7 @@ NEUTRAL_VARIANCE = "neutral LayerNorm variance"
 PRODUCT_RANGE = "product gadget |e t|"
 CLOSED_GATE = "closed gate |a - b|"
 DIVISOR = "1 / |divisor|"
+DIVISOR_ERROR = "divisor error bound / |divisor|"
 DIVISION_REST = "division Q/s^2"  # measured only (the anchor it needs), never a finding
 PREDICTION_BOUND = "prediction error bound"
 
@@ -240,10 +245,14 @@ class ContractReport:
 # ---------------------------------------------------------------------- the walk
 
 
-def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str) -> ContractReport:
+def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str,
+                   adjoint: str = "needed") -> ContractReport:
     """Walk the monitor record over one forward pass (`residuals` as CompiledModel.residuals
-    returns them, float64 numpy) of a model running in `dtype` ('float64' or 'float32')."""
-    return _walk(layout, _ListResiduals(layout, residuals), dtype)
+    returns them, float64 numpy) of a model running in `dtype` ('float64' or 'float32');
+    adjoint: 'needed' tightens the bound by the adjoint's (raspicl.contract.adjoint) wherever
+    the forward enclosure alone exceeds the tolerance, 'always' everywhere (the tightest
+    bound: what bench/contract.py reports), 'off' never."""
+    return _walk(layout, _ListResiduals(layout, residuals), dtype, adjoint=adjoint)
 
 
 class ContractStream:
@@ -258,10 +267,12 @@ class ContractStream:
     shared loop's iterations do not add up. Each head's leak is bounded by the largest entry
     of the residual that head reads, known once that residual is fed."""
 
-    def __init__(self, layout: dict, dtype: str, instructions: list[Instruction] | None = None):
+    def __init__(self, layout: dict, dtype: str, instructions: list[Instruction] | None = None,
+                 adjoint: str = "needed"):
         """instructions: the layout's monitor instructions parsed (`parse_instructions`),
-        to share between the streams of one layout (their index arrays are made once)."""
-        self.layout, self.dtype = layout, dtype
+        to share between the streams of one layout (their index arrays are made once);
+        adjoint: as check_contract's."""
+        self.layout, self.dtype, self.adjoint = layout, dtype, adjoint
         self.instructions = parse_instructions(layout) if instructions is None else instructions
         self.source = _StreamResiduals(layout)
         self._checker: _Checker | None = None
@@ -271,7 +282,7 @@ class ContractStream:
         with _quiet():
             if self._checker is None:  # the batch size is known now
                 self._checker = _Checker(self.layout, self.source, self.dtype,
-                                         self.instructions)
+                                         self.instructions, self.adjoint)
             self._checker.advance(self.source.fed)
 
     @property
@@ -293,14 +304,26 @@ def parse_instructions(layout: dict) -> list[Instruction]:
     return [Instruction.from_dict(rec) for rec in layout["monitor"]["instructions"]]
 
 
-def _walk(layout: dict, source, dtype: str,
-          parsed: list[Instruction] | None = None) -> ContractReport:
+def _walk(layout: dict, source, dtype: str, parsed: list[Instruction] | None = None,
+          adjoint: str = "needed") -> ContractReport:
     """The whole walk over a source that holds every residual already (_ListResiduals)."""
     with _quiet():
         checker = _Checker(layout, source, dtype,
-                           parse_instructions(layout) if parsed is None else parsed)
+                           parse_instructions(layout) if parsed is None else parsed, adjoint)
         checker.advance(len(source.res))
         return checker.finish()
+
+
+def walk_with_tape(layout: dict, residuals: list[np.ndarray], dtype: str,
+                   adjoint: str = "always"):
+    """check_contract's report, with the walk's tape and, per value it kept, its forward
+    error bound and tape node ({label: (err, node)}): what the tests hold the tape to."""
+    with _quiet():
+        checker = _Checker(layout, _ListResiduals(layout, residuals), dtype,
+                           parse_instructions(layout), adjoint)
+        checker.walk.log = {}
+        checker.advance(len(residuals))
+        return checker.finish(), checker.walk.tape, checker.walk.log
 
 
 def _quiet() -> np.errstate:
@@ -661,7 +684,8 @@ class _Checker:
     residuals it reads have been fed (`advance`), so that a streamed pass holds only the
     values still to be read and the residual data of blocks still to be walked."""
 
-    def __init__(self, layout: dict, source, dtype: str, parsed: list[Instruction]):
+    def __init__(self, layout: dict, source, dtype: str, parsed: list[Instruction],
+                 adjoint: str = "needed"):
         self.layout, self.source, self.parsed = layout, source, parsed
         mon = layout["monitor"]
         arch = layout["architecture"]
@@ -673,7 +697,9 @@ class _Checker:
         self.roles = layout["prompt"]["roles"]
         self.ln = ln = _LayerNormReads(layout, source, u, kappa) \
             if _through_layernorm(layout) else None
-        self.walk = _Walk(layout, source, u, kappa, B, T, ln)
+        if adjoint not in ADJOINT_MODES:
+            raise ValueError(f"adjoint must be one of {ADJOINT_MODES}, got {adjoint!r}")
+        self.walk = _Walk(layout, source, u, kappa, B, T, ln, adjoint)
         order = arch["block_order"]
         self.n_runs = len(order)
         self.eps_of_run = [arch["layernorm"]["eps"][order[r]] for r in range(len(order))]
@@ -692,6 +718,7 @@ class _Checker:
             self.residual_done.setdefault(i, []).extend([2 * run, 2 * run + 1])
         self.writer: Instruction | None = None  # the last instruction that writes the output
         self.next = 0  # the next instruction to walk
+        self.adjoint = adjoint
 
     def advance(self, fed: int) -> None:
         """Walk every instruction, in program order, whose residuals are among the first
@@ -729,22 +756,27 @@ class _Checker:
                                  ln if ins.divisor is None else None, 2 * ins.run + 1)
         ops_vals = [walk.operand(ins, r, self.roles, charge) for r in ins.reads]
         if ins.stage == "attn":
-            val, err = walk.linear_attn(ins, ops_vals)
+            val, err, nid = walk.linear_attn(ins, ops_vals)
         else:
-            val, err = walk.mlp(ins, ops_vals, defined, mu)
+            val, err, nid = walk.mlp(ins, ops_vals, defined, mu)
             if ins.divisor is not None:
-                val, err = walk.divide(ins, val, err, defined,
-                                       source.division_rest(2 * ins.run + 1), source.d_model,
-                                       var, self.eps_of_run[ins.run],
-                                       self.anchor_of_run[ins.run])
+                val, err, nid = walk.divide(ins, val, err, nid, defined,
+                                            source.division_rest(2 * ins.run + 1),
+                                            source.d_model, var, self.eps_of_run[ins.run],
+                                            self.anchor_of_run[ins.run])
         # the write lands on what its rows held at the sublayer's input: a value cleared in the
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
-        err = err + walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
+        land = walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
+        err = err + land
+        walk.tape.charge(nid, land)
         # no bound where a precondition failed; none needed where the value is undefined
         err = np.where(walk.broken[:, :, None], np.inf, err)
         err = np.where(defined[None, :, None], err, np.nan)
-        walk.keep(ins.dst, walk.value_of(ins.dst), err)
+        beta = walk.tape.nodes[nid].beta
+        walk.tape.set_beta(nid, np.where(defined[None, :, None], np.where(
+            walk.broken[:, :, None], np.inf, 0.0 if beta is None else beta), np.nan))
+        walk.keep(ins.dst, walk.value_of(ins.dst), err, nid)
         # values no later instruction reads are dropped: the walk holds only live ones
         for r in ({r.value for r in ins.reads} | {ins.divisor, ins.mask}) - {None}:
             if self.last_use.get(r) == i:
@@ -766,11 +798,14 @@ class _Checker:
         mon = layout["monitor"]
         label = self.label
         pos = layout["output"]["positions"]
-        got, err = walk.values[label]
+        got, err, nid = walk.values[label]
         if ln is not None:  # gpt2: the readout reads the output through ln_final
-            err = err + ln.term(2 * self.n_runs, got)
+            final = ln.term(2 * self.n_runs, got)
+            err = err + final
+            nid = walk.tape.node(err.shape[2], final, [PlaceEdge(nid, HERE)])
         got, err = got[:, pos], err[:, pos]
         bound = np.where(np.isfinite(err), err, np.inf)
+        bound = self._tightened(bound, got, nid, pos)
         rel = bound / np.maximum(np.abs(got), 1.0)
         tol = float(mon["tolerance"])
         by = f" (written by {self.writer.where()})" if self.writer is not None else ""
@@ -787,12 +822,41 @@ class _Checker:
             accepted[f.prompt] = False
         return ContractReport(bound, rel, accepted, walk.findings, walk.needs)
 
+    def _tightened(self, bound: np.ndarray, got: np.ndarray, out: int, pos) -> np.ndarray:
+        """The smaller of the forward bound ([B, positions, d_out]) and the adjoint bound
+        (raspicl.contract.adjoint) wherever the forward one is finite, for the prompts with
+        no finding so far (a refused prompt keeps its forward bound). adjoint 'needed': only
+        at the positions where some such prompt's forward bound exceeds the tolerance;
+        'always': at every position."""
+        if self.adjoint == "off":
+            return bound
+        refused = {f.prompt for f in self.walk.findings}
+        live = np.array([b not in refused for b in range(self.B)], dtype=bool)
+        live &= np.isfinite(bound).all(axis=(1, 2))
+        if self.adjoint == "needed":
+            tol = float(self.layout["monitor"]["tolerance"])
+            over = bound > tol * np.maximum(np.abs(got), 1.0)  # [B, K, J]
+            live &= over.any(axis=(1, 2))
+            wanted = over[live].any(axis=0)  # [K, J]
+        else:
+            wanted = np.ones(bound.shape[1:], dtype=bool)
+        prompts = np.flatnonzero(live)
+        if not len(prompts) or not wanted.any():
+            return bound
+        ks, js = np.nonzero(wanted)
+        positions = [int(pos[k]) for k in ks]
+        adj = self.walk.tape.adjoint_bound(out, positions, [int(j) for j in js], prompts)
+        fwd = bound[prompts][:, ks, js]
+        bound = bound.copy()
+        bound[prompts[:, None], ks[None, :], js[None, :]] = np.minimum(fwd, adj)
+        return bound
+
 
 class _Walk:
     """The state of one walk: every live value's compiled content and error bound so far."""
 
     def __init__(self, layout: dict, source, u: float, kappa: float, B: int, T: int,
-                 ln: _LayerNormReads | None = None):
+                 ln: _LayerNormReads | None = None, adjoint: str = "needed"):
         self.layout = layout
         self.ln = ln
         # the product gadget's truncation series for the layout's GeLU (raspicl.arch)
@@ -808,11 +872,14 @@ class _Walk:
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.fused: dict[str, Instruction] = {}  # fused value -> its instruction (no rows)
         self._held: dict[str, int] = {}  # label -> the bytes `keep` counted for it
+        self.log: dict | None = None  # walk_with_tape: label -> (err, node) of every kept value
+        # every error the walk bounds, as the adjoint's tape records it
+        self.tape = Tape(B, T, source.ledger, enabled=adjoint != "off")
         for label, v in self.mon["values"].items():
             if v["kind"] in ("input", "const", "mask"):
                 val = self.value_of(label)
                 err = np.zeros_like(val) if v["kind"] == "mask" else u * np.abs(val)
-                self.keep(label, val, err)
+                self.keep(label, val, err, self.tape.node(val.shape[2], err))
         # the leak and a mean's skew of each block's heads, made when the block's first
         # instruction is walked (_leak_of): run -> ([B], [B])
         self._per_run: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -858,10 +925,12 @@ class _Walk:
     def value_of(self, label: str) -> np.ndarray:
         return self.source.value(label)
 
-    def keep(self, label: str, val: np.ndarray, err: np.ndarray) -> None:
-        """Hold a value (the source's) and its error bound until `drop`."""
+    def keep(self, label: str, val: np.ndarray, err: np.ndarray, nid: int) -> None:
+        """Hold a value (the source's), its error bound and its tape node until `drop`."""
         self.drop(label, release=False)
-        self.values[label] = (val, err)
+        self.values[label] = (val, err, nid)
+        if self.log is not None:
+            self.log[label] = (err, nid)
         self._held[label] = err.nbytes
         self.source.ledger.add(err.nbytes)
 
@@ -873,28 +942,34 @@ class _Walk:
             self.source.release(label)
 
     def operand(self, ins: Instruction, r: Read, roles: list[str],
-                charge) -> tuple[np.ndarray, np.ndarray]:
-        """One operand of `ins` as its sublayer reads it: [B, T, w] value and error bound.
-        An attention (and an MLP's remote operand, which its block's attention moves into a
-        temporary) reads through ln1 under gpt2, at each value's own token; the temporary
-        lands on what its rows held, and the MLP reads it, one value, with `charge`
+                charge) -> tuple[np.ndarray, np.ndarray, int]:
+        """One operand of `ins` as its sublayer reads it: [B, T, w] value and error bound, and
+        its tape node. An attention (and an MLP's remote operand, which its block's attention
+        moves into a temporary) reads through ln1 under gpt2, at each value's own token; the
+        temporary lands on what its rows held, and the MLP reads it, one value, with `charge`
         (_mlp_charge); an MLP's read at the current token is charged by `read`, which charges
         a fused value's reads, not the value (its W_in computes it from them)."""
         if ins.stage == "fused":  # computed where its readers read it (read)
             return self.read(r, roles)
         if ins.stage == "attn" or r.temp_rows:
-            v, e = self.read(r, roles, 2 * ins.run if self.ln is not None else None)
+            v, e, nid = self.read(r, roles, 2 * ins.run if self.ln is not None else None)
+            extra = None
             if r.temp_rows:
-                e = e + self.landing(r.temp_rows, 2 * ins.run, r.temp_cleared)
-            return v, (e if charge is None else e + charge(v))
+                extra = self.landing(r.temp_rows, 2 * ins.run, r.temp_cleared)
+            if charge is not None:
+                c = charge(v)
+                extra = c if extra is None else extra + c
+            if extra is None:
+                return v, e, nid
+            return v, e + extra, self.tape.node(v.shape[2], extra, [PlaceEdge(nid, HERE)])
         return self.read(r, roles, charge=charge)
 
     def read(self, r: Read, roles: list[str], through: int | None = None,
-             charge=None) -> tuple[np.ndarray, np.ndarray]:
-        """The operand's compiled value and error bound as read at each token: [B, T, w];
-        through: the residual whose LayerNorm the value is read through at its own token
-        (gpt2's ln1 of the reading attention), None for a plain read; charge: what a read at
-        the current token through an MLP's LayerNorm adds (_mlp_charge), None for none.
+             charge=None) -> tuple[np.ndarray, np.ndarray, int]:
+        """The operand's compiled value and error bound as read at each token: [B, T, w], and
+        its tape node; through: the residual whose LayerNorm the value is read through at its
+        own token (gpt2's ln1 of the reading attention), None for a plain read; charge: what a
+        read at the current token through an MLP's LayerNorm adds (_mlp_charge), None for none.
 
         A fused value has no rows: its reader computes it from its reads, each read at the
         composed place by heads of its own (or W_in) and through the reader's LayerNorm at
@@ -914,20 +989,31 @@ class _Walk:
                                                           and int(r.place["k"]) == 0)):
             raise ValueError(f"an MLP reads {r.value!r} at {r.place} without a temporary: "
                              "only reads at the current token can be (a layout fault)")
-        val, err = self.values[r.value]
+        val, err, nid = self.values[r.value]
+        pre = None  # what the read adds at the value's own token
         if through is not None:
-            err = err + self.ln.term(through, val)
+            pre = self.ln.term(through, val)
         if charge is not None:
-            err = err + charge(val)
+            c = charge(val)
+            pre = c if pre is None else pre + c
+        if pre is not None:
+            err = err + pre
         if kind == "here":
-            return val, err
-        v, e = self._place(val, err, r, roles)
+            if pre is None:
+                return val, err, nid
+            return val, err, self.tape.node(val.shape[2], None, [PlaceEdge(nid, HERE, None,
+                                                                           pre)])
+        v, e, skew = self._placed(val, err, r, roles)
         so_far = np.maximum.accumulate(np.abs(val), axis=1)
         v = np.where(np.isnan(v), so_far, v)
-        return v, e + self.leak[:, None, None]
+        post = np.broadcast_to(self.leak[:, None, None], e.shape)
+        if skew is not None:
+            post = post + skew
+        edge = PlaceEdge(nid, r.place, self._role_sel(r.place, roles), pre)
+        return v, e + post, self.tape.node(v.shape[2], post, [edge])
 
     def _fused_read(self, ins: Instruction, place: dict, roles: list[str],
-                    through: int | None, charge) -> tuple[np.ndarray, np.ndarray]:
+                    through: int | None, charge) -> tuple[np.ndarray, np.ndarray, int]:
         """A fused value read at `place` as its reader computes it: its linear map and bias
         over its reads, each at the composed place (compiler/fusion.compose) and read
         (`read`) as the reader reads it. Its error is NaN where the two-step read is
@@ -940,21 +1026,35 @@ class _Walk:
                                  f"not compose with a read of {ins.dst!r} at {place} (a layout "
                                  "fault: fusion keeps only values whose reads compose)")
             parts.append(self.read(Read(r.value, at), roles, through, charge))
-        val, err = self.linear_attn(ins, parts)
+        val, err, nid = self.linear_attn(ins, parts)
         _, _, mag = self._linear(ins.linear, parts, len(ins.bias), (ins.cache, "linear"))
         defined = np.where(np.isin(np.arange(self.T), ins.defined), 0.0, np.nan)
         undefined = np.broadcast_to(defined[None, :, None], (self.B, self.T, 1))
         if place["kind"] != "here":
             undefined = self._place(undefined, undefined, Read(ins.dst, place), roles)[1]
         err = err + undefined
-        return np.where(np.isnan(err), mag + np.abs(np.asarray(ins.bias)), val), err
+        self.tape.charge(nid, np.broadcast_to(undefined, err.shape))
+        return np.where(np.isnan(err), mag + np.abs(np.asarray(ins.bias)), val), err, nid
+
+    def _role_sel(self, place: dict, roles: list[str]) -> np.ndarray | None:
+        """A mean's role as [T] weights, 1.0 at its tokens (None for other places)."""
+        if place["kind"] != "mean":
+            return None
+        return np.array([role == place["role"] for role in roles], dtype=np.float64)
 
     def _place(self, val, err, r: Read, roles: list[str]):
         """val and err as read at r's place (not 'here'); NaN where it is undefined."""
+        v, e, skew = self._placed(val, err, r, roles)
+        return v, (e if skew is None else e + skew)
+
+    def _placed(self, val, err, r: Read, roles: list[str]):
+        """_place with a mean's weight skew apart: (value, the errors placed, the skew's
+        charge or None)."""
         kind = r.place["kind"]
         T = self.T
         v = np.full_like(val, np.nan)
         e = np.full_like(err, np.nan)
+        skew = None
         if kind == "offset":
             k = int(r.place["k"])
             if k < T:
@@ -966,7 +1066,7 @@ class _Walk:
             if i < T:
                 v[:, i:], e[:, i:] = val[:, i:i + 1], err[:, i:i + 1]
         elif kind == "mean":
-            sel = np.array([role == r.place["role"] for role in roles], dtype=np.float64)
+            sel = self._role_sel(r.place, roles)
             count = np.cumsum(sel)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cv = np.cumsum(np.nan_to_num(val, nan=0.0) * sel[None, :, None], axis=1)
@@ -976,10 +1076,12 @@ class _Walk:
                 ca = np.cumsum(np.abs(np.nan_to_num(val, nan=0.0)) * sel[None, :, None], axis=1)
                 ok = count > 0
                 v[:, ok] = (cv / count[None, :, None])[:, ok]
-                e[:, ok] = ((ce + self.skew[:, None, None] * ca) / count[None, :, None])[:, ok]
+                e[:, ok] = (ce / count[None, :, None])[:, ok]
+                skew = np.full_like(err, np.nan)
+                skew[:, ok] = ((self.skew[:, None, None] * ca) / count[None, :, None])[:, ok]
         else:
             raise ValueError(f"unknown place {r.place!r}")
-        return v, e
+        return v, e, skew
 
     def landing(self, rows, residual: int, cleared=None) -> np.ndarray:
         """The rounding of writing into `rows` over what they hold in residuals[residual]:
@@ -1043,7 +1145,7 @@ class _Walk:
         mag = np.zeros((B, T, width))
         if len(terms) <= LOOP_TERMS:  # a few terms: one at a time costs less
             for o, c, r, k in terms:
-                v, e = reads[r]
+                v, e = reads[r][0], reads[r][1]
                 val[:, :, o] += c * v[:, :, k]
                 err[:, :, o] += abs(c) * e[:, :, k]
                 mag[:, :, o] += abs(c) * np.abs(v[:, :, k])
@@ -1056,7 +1158,21 @@ class _Walk:
         tm.add(mag, tm.abs_c * np.abs(v))
         return val, err, mag
 
+    def _terms_edge(self, ins: Instruction, name: str, terms, reads,
+                    factor: np.ndarray | None = None) -> TermsEdge:
+        """The tape edge of a linear term list (o, c, read, comp) over `reads` (triples)."""
+        key = "edge " + name
+        if key not in ins.cache:
+            offsets = np.cumsum([0] + [r[0].shape[2] for r in reads])
+            ins.cache[key] = (np.array([int(t[0]) for t in terms], dtype=np.int64),
+                              np.array([offsets[t[2]] + t[3] for t in terms], dtype=np.int64),
+                              np.array([float(t[1]) for t in terms]))
+        outs, comps, c = ins.cache[key]
+        return TermsEdge([r[2] for r in reads], outs, comps, c, factor)
+
     def linear_attn(self, ins: Instruction, reads):
+        """A linear map (a head's move, or a fused value as its reader computes it): value,
+        error bound and tape node."""
         width = len(ins.bias)
         bias = np.asarray(ins.bias)
         val, err, mag = self._linear(ins.linear, reads, width, (ins.cache, "linear"))
@@ -1064,14 +1180,23 @@ class _Walk:
         for o, c, _, _ in ins.linear:
             coef[o] += abs(c)
         leak = self.leak[:, None, None] * (1.0 + coef)[None, None, :]
-        return val + bias, err + self.kappa * self.u * (mag + np.abs(bias)) + leak
+        local = self.kappa * self.u * (mag + np.abs(bias)) + leak
+        nid = self.tape.node(width, local, [self._terms_edge(ins, "linear", ins.linear, reads)])
+        return val + bias, err + local, nid
 
     def mlp(self, ins: Instruction, reads, defined: np.ndarray, mu: np.ndarray):
+        """An MLP's instruction (linear terms, a gate, products): value, error bound and tape
+        node. Its propagated error is the reads' errors through the signed linearisation at
+        the compiled operands (edges); its local charge: rounding, the gadgets' own errors,
+        the leak and the products' second-order remainder (module doc)."""
         width = len(ins.bias)
         bias = np.asarray(ins.bias)
         ku = self.kappa * self.u
         val, err, mag = self._linear(ins.linear, reads, width, (ins.cache, "linear"))
-        if ins.mask is not None:
+        local = np.zeros_like(err)
+        if ins.mask is None:
+            edges = [self._terms_edge(ins, "linear", ins.linear, reads)]
+        else:
             m = self.values[ins.mask][0][:, :, 0] > 0.5  # [B, T]
             gval, gerr, gmag = self._linear(ins.gated, reads, width, (ins.cache, "gated"))
             gbias = np.asarray(ins.gated_bias)
@@ -1088,29 +1213,30 @@ class _Walk:
             both = ins.cache.setdefault("both", _merge(ins.linear, ins.gated))
             _, err_open, _ = self._linear(both, reads, width, (ins.cache, "open"))
             err = np.where(m[:, :, None], err_open, err)
+            mf = m.astype(np.float64)
+            edges = [self._terms_edge(ins, "linear", ins.linear, reads, 1.0 - mf),
+                     self._terms_edge(ins, "open", both, reads, mf)]
             gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
-            err = err + ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
+            local += ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
             if self.ln is not None:  # gpt2: the open gate reads its mask 1 through ln2
                 C = 2.0 * np.asarray([b if b > 0 else 1.0 for b in ins.gate_bound])
                 off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
-                err = err + np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
+                local += np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
             val = val + np.where(m[:, :, None], z, 0.0)
         if ins.products or ins.pairs:
             values, errors = _stacked(reads, 0), _stacked(reads, 1)
-            offsets = np.cumsum([0] + [r[0].shape[2] for r in reads])
-        if 0 < len(ins.products) <= LOOP_TERMS:  # a few terms: one at a time costs less
-            for o, c, ra, ca, rb, cb in ins.products:
-                va, ea = values[:, :, offsets[ra] + ca], errors[:, :, offsets[ra] + ca]
-                vb, eb = values[:, :, offsets[rb] + cb], errors[:, :, offsets[rb] + cb]
-                val[:, :, o] += c * va * vb
-                err[:, :, o] += abs(c) * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb)
-        elif ins.products:
+        if ins.products:
+            # a_eff b_eff - a b = v_a e_b + v_b e_a + r, |r| <= 3 E_a E_b: the operands the
+            # gadget multiplies and the exact ones are each within E of the compiled values
+            # v (contract doc); the linear part is the product edge, r a local charge
             tm = _terms((ins.cache, "products"), ins.products, reads,
                         lambda t: [(t[2], t[3]), (t[4], t[5])])
             a, b = tm.comps
             va, ea, vb, eb = values[:, :, a], errors[:, :, a], values[:, :, b], errors[:, :, b]
             tm.add(val, tm.c * va * vb)
-            tm.add(err, tm.abs_c * (np.abs(va) * eb + np.abs(vb) * ea + ea * eb))
+            tm.add(err, tm.abs_c * (np.abs(va) * eb + np.abs(vb) * ea))
+            tm.add(local, tm.abs_c * (3.0 * ea * eb))
+            edges.append(ProductEdge([r[2] for r in reads], tm.outs, tm.c, a, b, values))
         if ins.pairs:
             own = self._product_error(ins, ins.pairs, values, reads, defined, mu)
             terms = ins.cache.get("pair terms")
@@ -1120,9 +1246,10 @@ class _Walk:
                 ins.cache["pair terms"] = terms
             if terms:
                 tm = _terms((ins.cache, "pairs"), terms, None, lambda t: [(None, t[2])])
-                tm.add(err, tm.c * own[:, :, tm.comps[0]])
-        err = err + ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None]))
-        return val + bias, err + self.leak[:, None, None]
+                tm.add(local, tm.c * own[:, :, tm.comps[0]])
+        local += ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None])) + self.leak[:, None, None]
+        nid = self.tape.node(width, local, edges)
+        return val + bias, err + local, nid
 
     def _check_gate(self, ins: Instruction, where: np.ndarray, z: np.ndarray,
                     bound: float) -> None:
@@ -1208,32 +1335,52 @@ class _Walk:
             err += w * (a * a * trunc + (ku * SQRT_PI_2) * (a + dt) * per_e + weight * dt * dt)
         return err, worst
 
-    def divide(self, ins: Instruction, num, err_num, defined, Q, D: int, var, eps: float,
-               anchor: float):
+    def divide(self, ins: Instruction, num, err_num, nid_num: int, defined, Q, D: int, var,
+               eps: float, anchor: float):
         """The quotient num / |s| as the dividing LayerNorm computes it (module doc); Q: the
-        sum of squares of the MLP input's non-anchor rows about its mean, D: d_model."""
+        sum of squares of the MLP input's non-anchor rows about its mean, D: d_model.
+
+        With n, S the numerator and |divisor| the gadget uses, n0, S0 the exact ones and
+        n^, S^ the compiled values (|n - n0| <= E_n, |S^ - S0| <= E_s < S^):
+            n / S^ - n0 / S0 = e_n / S^ - q^ (S^ - S0) / S^ + (q^ - q0) (S^ - S0) / S^
+        exactly, q^ = n^ / S^, |q^ - q0| <= E_n / S^ + (|n^| + E_n) E_s / (S^ (S^ - E_s)):
+        the first two terms are the tape's edges, the last a local charge. A divisor whose
+        bound exceeds half its size (E_s > S^ / 2) is a finding: the enclosure needs
+        E_s < S^, and beyond half of it the quotient's bound is no longer worth a number."""
         if ins.divisor in self.fused:  # the division's own heads compute it: read it so
-            s_val, s_err = self.read(Read(ins.divisor, {"kind": "here"}),
-                                     self.layout["prompt"]["roles"])
+            s_val, s_err, s_nid = self.read(Read(ins.divisor, {"kind": "here"}),
+                                            self.layout["prompt"]["roles"])
         else:
-            s_val, s_err = self.values[ins.divisor]
+            s_val, s_err, s_nid = self.values[ins.divisor]
         s = np.abs(s_val[:, :, 0])
         es = s_err[:, :, 0]
         inv = 1.0 / s
         self.check(ins, defined, DIVISOR,
                    np.where((s > 0) & np.isfinite(s), inv, np.inf),
                    np.finfo(np.float64).max, "the divisor is zero or not finite")
+        self.check(ins, defined, DIVISOR_ERROR, np.nan_to_num(es * inv, nan=np.inf), 0.5,
+                   "the divisor's error bound is no longer small beside the divisor itself, "
+                   "so no bound on the quotient holds")
         key = (ins.op, DIVISION_REST)
         qs = np.where(defined[None, :], Q * inv * inv, 0.0)
         self.needs[key] = max(self.needs.get(key, 0.0),
                               float(np.nan_to_num(qs, nan=np.inf).max(initial=0.0)))
         ratio = anchor * s * math.sqrt(2.0 / D) / np.sqrt(var + eps)
         q = num * inv[:, :, None]
-        err = (err_num * inv[:, :, None] + np.abs(num) * (es * inv * inv)[:, :, None]
-               + np.abs(q) * np.abs(ratio - 1.0)[:, :, None]
-               + self.kappa * self.u * np.abs(q))
-        return q, err
-
+        aq = np.abs(q)
+        inv3, es3 = inv[:, :, None], es[:, :, None]
+        first = err_num * inv3 + aq * (es * inv)[:, :, None]
+        remainder = es3 * inv3 * (err_num * inv3
+                                  + (np.abs(num) + err_num) * es3 * inv3 / (s - es)[:, :, None])
+        # the LayerNorm's ratio and its rounding act on n / S^, within 2 E_n / S^ of |q^|
+        scale = (np.abs(ratio - 1.0) + self.kappa * self.u)[:, :, None]
+        local = remainder + (aq + 2 * err_num * inv3) * scale
+        w = q.shape[2]
+        sign = np.sign(s_val[:, :, 0])
+        edges = [DiagEdge(nid_num, np.broadcast_to(inv3, q.shape), np.arange(w)),
+                 DiagEdge(s_nid, -q * (sign * inv)[:, :, None], np.zeros(w, dtype=np.int64))]
+        nid = self.tape.node(w, local, edges)
+        return q, first + local, nid
 
 def _stacked(reads, part: int) -> np.ndarray:
     """The reads' values (part 0) or error bounds (1) side by side: [B, T, sum of widths]."""
