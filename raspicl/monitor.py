@@ -544,8 +544,7 @@ class _StreamResiduals:
             self._old.setdefault(i, {})[rows] = self._kept(r[:, :, list(rows)])
         if i in self._moments_at:
             self._moments[i] = (self._kept(np.abs(r.mean(axis=2))), self._kept(r.var(axis=2)))
-            if self._through:
-                self._abs_sum[i] = self._kept(np.abs(r).sum(axis=2))
+            self._abs_sum[i] = self._kept(np.abs(r).sum(axis=2))
         if i in self._div_at:
             self._div[i] = self._kept(_division_rest(self.layout, r))
         self.fed += 1
@@ -745,8 +744,10 @@ class _Checker:
         charge = None  # what the MLP's LayerNorm adds to a read of v at the current token
         if ins.stage not in ("attn", "fused"):
             mu, var = source.moments(2 * ins.run + 1)
-            if ln is not None and ins.divisor is None:  # gpt2: the mean as computed beside
-                mu = ln.mean_bound(2 * ins.run + 1)      # the anchors +-N
+            # the mean as the LayerNorm computes it: its sum of d_model entries rounds by at
+            # most u sum_j |A_j|, which the anchors (+-N under gpt2, a division's +-N |s|)
+            # dominate; the zero row cancels it only to first order (_LayerNormReads)
+            mu = mu + self.u * source.abs_sum(2 * ins.run + 1)
             if ins.divisor is None and ln is None:
                 walk.check(ins, defined, NEUTRAL_VARIANCE, var * 2.0 ** (self.p_bits + 2),
                            self.eps_of_run[ins.run], "its variance * 2^(p+2) must stay below "
@@ -1048,8 +1049,8 @@ class _Walk:
         return v, (e if skew is None else e + skew)
 
     def _placed(self, val, err, r: Read, roles: list[str]):
-        """_place with a mean's weight skew apart: (value, the errors placed, the skew's
-        charge or None)."""
+        """_place with a mean's own charge apart: (value, the errors placed, the charge of
+        its weights' skew and its summation's rounding, or None)."""
         kind = r.place["kind"]
         T = self.T
         v = np.full_like(val, np.nan)
@@ -1077,8 +1078,13 @@ class _Walk:
                 ok = count > 0
                 v[:, ok] = (cv / count[None, :, None])[:, ok]
                 e[:, ok] = (ce / count[None, :, None])[:, ok]
+                # and the head sums count weighted terms: each token's value projection
+                # (kappa u), its weight and product (2 u) and the sum itself ((count - 1) u)
+                # round relative to the terms, not to their mean, which may cancel
+                summed = self.skew[:, None, None] + self.u * (self.kappa + count + 1.0)[
+                    None, :, None]
                 skew = np.full_like(err, np.nan)
-                skew[:, ok] = ((self.skew[:, None, None] * ca) / count[None, :, None])[:, ok]
+                skew[:, ok] = (summed * ca / count[None, :, None])[:, ok]
         else:
             raise ValueError(f"unknown place {r.place!r}")
         return v, e, skew
