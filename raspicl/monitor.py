@@ -874,6 +874,7 @@ class _Walk:
         self.fused: dict[str, Instruction] = {}  # fused value -> its instruction (no rows)
         self._held: dict[str, int] = {}  # label -> the bytes `keep` counted for it
         self.log: dict | None = None  # walk_with_tape: label -> (err, node) of every kept value
+        self.parts: list | None = None  # (node, label, beta) of the MLP's charges, if asked
         # every error the walk bounds, as the adjoint's tape records it
         self.tape = Tape(B, T, source.ledger, enabled=adjoint != "off")
         for label, v in self.mon["values"].items():
@@ -1176,6 +1177,13 @@ class _Walk:
         outs, comps, c = ins.cache[key]
         return TermsEdge([r[2] for r in reads], outs, comps, c, factor)
 
+    def _part(self, label: str, beta: np.ndarray) -> np.ndarray:
+        """beta, one part of a node's local charge; recorded (label, beta) in `parts` where a
+        diagnosis asks for it (bench/contract_charges.py)."""
+        if self.parts is not None:
+            self.parts.append((len(self.tape.nodes), label, beta))
+        return beta
+
     def linear_attn(self, ins: Instruction, reads):
         """A linear map (a head's move, or a fused value as its reader computes it): value,
         error bound and tape node."""
@@ -1223,11 +1231,12 @@ class _Walk:
             edges = [self._terms_edge(ins, "linear", ins.linear, reads, 1.0 - mf),
                      self._terms_edge(ins, "open", both, reads, mf)]
             gb = np.asarray([max(b, 0.0) for b in ins.gate_bound])
-            local += ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None]))
+            local += self._part("gate rounding",
+                                ku * (gmag + np.abs(gbias) + 2 * gb * (1 + 2 * mu[:, :, None])))
             if self.ln is not None:  # gpt2: the open gate reads its mask 1 through ln2
                 C = 2.0 * np.asarray([b if b > 0 else 1.0 for b in ins.gate_bound])
                 off = self.ln.term(2 * ins.run + 1, self.values[ins.mask][0])  # [B, T, 1]
-                local += np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0)
+                local += self._part("gate ln2", np.where(m[:, :, None], GATE_SLOPE * C * off, 0.0))
             val = val + np.where(m[:, :, None], z, 0.0)
         if ins.products or ins.pairs:
             values, errors = _stacked(reads, 0), _stacked(reads, 1)
@@ -1241,7 +1250,9 @@ class _Walk:
             va, ea, vb, eb = values[:, :, a], errors[:, :, a], values[:, :, b], errors[:, :, b]
             tm.add(val, tm.c * va * vb)
             tm.add(err, tm.abs_c * (np.abs(va) * eb + np.abs(vb) * ea))
-            tm.add(local, tm.abs_c * (3.0 * ea * eb))
+            rem = np.zeros_like(local)
+            tm.add(rem, tm.abs_c * (3.0 * ea * eb))
+            local += self._part("product remainder", rem)
             edges.append(ProductEdge([r[2] for r in reads], tm.outs, tm.c, a, b, values))
         if ins.pairs:
             own = self._product_error(ins, ins.pairs, values, reads, defined, mu)
@@ -1252,8 +1263,11 @@ class _Walk:
                 ins.cache["pair terms"] = terms
             if terms:
                 tm = _terms((ins.cache, "pairs"), terms, None, lambda t: [(None, t[2])])
-                tm.add(local, tm.c * own[:, :, tm.comps[0]])
-        local += ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None])) + self.leak[:, None, None]
+                gadget = np.zeros_like(local)
+                tm.add(gadget, tm.c * own[:, :, tm.comps[0]])
+                local += self._part("product gadget", gadget)
+        local += self._part("mlp rounding", ku * (mag + np.abs(bias) * (1 + 2 * mu[:, :, None])))
+        local += self._part("leak", np.broadcast_to(self.leak[:, None, None], local.shape))
         nid = self.tape.node(width, local, edges)
         return val + bias, err + local, nid
 
