@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import raspicl.monitor as monitor  # noqa: E402
+import raspicl.contract.forward as monitor  # noqa: E402
 from raspicl import interpret  # noqa: E402
 from raspicl.compiler import CompilerConfig, compile_program  # noqa: E402
 from raspicl.contract.adjoint import PlaceEdge, Tape  # noqa: E402

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from raspicl.compact import CompactPlan
+from raspicl.contract import ContractReport, ContractStream, Finding, check_contract
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
 from raspicl.interpret import value_at
 from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
-from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
 from raspicl.sparse_weights import SparseWeights
 

@@ -36,10 +36,10 @@ import torch
 from raspicl.compiled import CompiledModel
 from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.compiler.bounds import Domain
+from raspicl.contract import ContractStream
 from raspicl.errors import ContractWarning
 from raspicl.guards import check_prompt
 from raspicl.interpret import interpret
-from raspicl.monitor import ContractStream
 from raspicl.prompts import Prompts, random_prompts
 from raspicl.registry import ProgramFile
 

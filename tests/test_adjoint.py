@@ -20,9 +20,9 @@ import pytest
 
 from raspicl import interpret
 from raspicl.compiler import compile_program
+from raspicl.contract import check_contract, walk_with_tape
 from raspicl.contract.adjoint import PlaceEdge
 from raspicl.errors import ContractWarning
-from raspicl.monitor import check_contract, walk_with_tape
 from raspicl.prompts import PromptDistribution
 from raspicl.registry import find_program
 

@@ -15,8 +15,8 @@ import pytest
 
 import raspicl.verify as verify_mod
 from raspicl import interpret, random_prompts
+from raspicl.contract import ContractStream, check_contract
 from raspicl.errors import DomainWarning
-from raspicl.monitor import ContractStream, check_contract
 from raspicl.prompts import Prompts
 from raspicl.registry import find_program
 from raspicl.verify import compile_checked, rel_err, verify_program

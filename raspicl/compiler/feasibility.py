@@ -31,19 +31,19 @@ from raspicl.compiler.assemble import Tuning
 from raspicl.compiler.config import MEASURE_CHUNK, MEASURE_MEMORY, CompilerConfig
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
-from raspicl.errors import CompileError, ContractWarning
-from raspicl.model import Transformer
-from raspicl.monitor import (
+from raspicl.contract import (
     CLOSED_GATE,
     DIVISION_REST,
     NEUTRAL_VARIANCE,
     PREDICTION_BOUND,
     ContractReport,
     ContractStream,
-    _needs,
     parse_instructions,
     walk_scratch_rows,
 )
+from raspicl.contract.residuals import walk_reads
+from raspicl.errors import CompileError, ContractWarning
+from raspicl.model import Transformer
 from raspicl.prompts import Prompts
 from raspicl.sparse_weights import SparseWeights
 
@@ -76,7 +76,7 @@ def measure_chunk(layout: dict, n_tokens: int, adjoint: str = "off") -> int:
     sherman_morrison, batch_gd, both targets), counted here as 2."""
     mon = layout["monitor"]
     rows = sum(len(v["rows"]) for v in mon["values"].values())
-    _, landings, _, _ = _needs(layout)
+    _, landings, _, _ = walk_reads(layout)
     rows += sum(len(r) for group in landings.values() for r in group)
     per_prompt = 2 * rows * n_tokens * 8 + _beside(layout, n_tokens)
     if adjoint != "off":
