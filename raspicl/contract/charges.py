@@ -31,11 +31,11 @@ PRODUCT_REMAINDER = 3.0
 
 
 def product_pairs(va: np.ndarray, vb: np.ndarray, k: np.ndarray, e: np.ndarray, square: bool,
-                  richardson: bool, mu: np.ndarray, ku: float,
+                  richardson: bool, mu: np.ndarray, u: float, kappa: float,
                   truncation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The own error of P product gadgets of one kind and their largest |e t| ([B, T, P]
     each), for operands va, vb [B, T, P], balances k and scales e [P], the MLP input's |mean|
-    mu [B, T] and ku = kappa u.
+    mu [B, T], the dtype's epsilon u and kappa.
 
     A gadget is sq(k a + b / k) - sq(k a - b / k) over 4 (or sq(a) for a square), with
     sq_e(t) = sqrt(pi/2) (GeLU(e t) + GeLU(-e t)) / e^2 = t^2 (1 - (et)^2 / 6 + ...); with
@@ -44,11 +44,15 @@ def product_pairs(va: np.ndarray, vb: np.ndarray, k: np.ndarray, e: np.ndarray, 
     - truncation |w| t^2 (c0 x^4 + c1 x^6 + c2 x^8) with x = e t (c0 x^2 + c1 x^4 without
       Richardson): an alternating series, bounded by its leading terms while x is within
       SERIES_LIMIT (`truncation` gives the GeLU's coefficients: raspicl.arch);
-    - the GeLUs' rounding: two units of size |W_out| e |t| / 2 = |w r| sqrt(pi/2) |t| / 2e per
-      scale e_s (Richardson weight r), each rounded at ku: ku sqrt(pi/2) |t| sum |r| / e_s;
-    - the pre-activation's own rounding dt = ku (|t| + 2 mu (k + 1/k)) (its weights and the
-      LayerNorm mean), at second order |w| sum |r| dt^2, and in the GeLUs' argument (|t| + dt).
+    - the units' rounding: two units of size |W_out| e |t| / 2 = |w r| sqrt(pi/2) |t| / 2e per
+      scale e_s (Richardson weight r), each rounded in its GeLU (kappa u), its product by
+      W_out (u) and the output's sum, whose partial sums the large, cancelling units reach (u
+      each): (kappa + 2) u sqrt(pi/2) |t| sum |r| / e_s (tests/test_charges.py runs the
+      gadget in float32 and float64 against mpmath: kappa u alone was exceeded by 1.26x);
+    - the pre-activation's own rounding dt = kappa u (|t| + 2 mu (k + 1/k)) (its weights and
+      the LayerNorm mean), at second order |w| sum |r| dt^2, and in the GeLUs' argument.
     """
+    ku = kappa * u
     combos = [(va, 1.0)] if square else [(k * va + vb / k, 0.25), (k * va - vb / k, 0.25)]
     e = np.abs(e)
     c = truncation
@@ -69,7 +73,8 @@ def product_pairs(va: np.ndarray, vb: np.ndarray, k: np.ndarray, e: np.ndarray, 
         else:           # c0 x^2 + c1 x^4
             trunc = x2 * (c[0] + c[1] * x2)
         dt = ku * (a + spread)
-        err += w * (a * a * trunc + (ku * SQRT_PI_2) * (a + dt) * per_e + weight * dt * dt)
+        err += w * (a * a * trunc + ((kappa + 2.0) * u * SQRT_PI_2) * (a + dt) * per_e
+                    + weight * dt * dt)
     return err, worst
 
 

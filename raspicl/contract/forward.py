@@ -901,7 +901,7 @@ class _Walk:
         for (square, richardson), (idx, a, b, k, e) in kinds.items():
             err[(slice(None), *at, idx)], worst[(slice(None), *at, idx)] = product_pairs(
                 values[(slice(None), *at, a)], values[(slice(None), *at, b)], k, e, square,
-                richardson, mu[:, tok] if len(tok) < T else mu, self.kappa * self.u,
+                richardson, mu[:, tok] if len(tok) < T else mu, self.u, self.kappa,
                 self.truncation[richardson])
         limits = ins.cache["pair limits"]
         self.check_each(ins, defined, PRODUCT_RANGE, worst, limits,
