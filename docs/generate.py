@@ -21,10 +21,12 @@ quick figures. Run with one thread (OMP_NUM_THREADS=1), as `make` does.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -73,7 +75,10 @@ def _block(text: str) -> str:
 
 @cache
 def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="raspicl-docs-"))
+    """One scratch directory per process, removed when it exits."""
+    path = Path(tempfile.mkdtemp(prefix="raspicl-docs-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @cache

@@ -275,3 +275,48 @@ def test_an_unknown_option_is_the_commands_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: raspicl compile ")
     assert err.splitlines()[-1] == "raspicl compile: error: unrecognized arguments: --bogus"
+
+
+# ------------------------------------------------------------------ smaller things
+
+
+def test_tlens_boot_of_a_paper_model_says_compile_with_arch_gpt2(gd_model, tmp_path):
+    from raspicl.errors import RaspiclError
+    from raspicl.interop import hf, tlens
+
+    with pytest.raises(RaspiclError, match=r"paper architecture .*compile with --arch gpt2"):
+        tlens.boot(gd_model)
+    with pytest.raises(RaspiclError, match=r"compile with --arch gpt2"):
+        hf.load_hf(gd_model)
+    with pytest.raises(RaspiclError, match=r"not a raspicl HuggingFace export"):
+        tlens.boot(tmp_path)
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["predict", "--prompts", "p.npz", "--out",
+                                                   "x.npy"]])
+def test_a_broken_layout_names_its_directory(gd_model, tmp_path, monkeypatch, capsys, command):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes((gd_model / "model.safetensors").read_bytes())
+    layout = json.loads((gd_model / "layout.json").read_text())
+    del layout["monitor"]
+    (broken / "layout.json").write_text(json.dumps(layout))
+    p = random_prompts(2, 2, 1, seed=0)
+    np.savez(tmp_path / "p.npz", X=p.X, y=p.y, xq=p.xq)
+    monkeypatch.chdir(tmp_path)
+    assert main([command[0], "broken", *command[1:]]) == 2
+    assert capsys.readouterr().err == ("raspicl: error: broken/layout.json: monitor is missing "
+                                       "(it must be an object)\n")
+
+
+def test_train_synopsis_gives_seed_as_optional():
+    from raspicl.cli import build_parser as parser
+
+    train = next(a for a in parser()._actions if hasattr(a, "choices") and a.choices
+                 and "train" in a.choices).choices["train"]
+    seed = train._option_string_actions["--seed"]
+    assert not seed.required and seed.default == 0
+    doc = (os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md"))
+    with open(doc) as f:
+        text = f.read()
+    assert "[--seed K]" in text and " --seed K --out DIR" not in text
