@@ -143,6 +143,36 @@ def command_threads(threads: int | None) -> Iterator[int]:
             os.environ[THREADS_ENV] = old
 
 
+@contextmanager
+def elapsed(desc: str) -> Iterator[None]:
+    """'compiling ridge(d=8, n=16): 12s' on stderr, redrawn every second while the block runs
+    (a terminal only: nothing where stderr is a file or a pipe), gone when it ends. For a step
+    that reports no progress of its own, such as compile_program."""
+    import threading
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr,
+               disable=None, leave=False)
+    if bar.disable:
+        yield
+        return
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
 # ------------------------------------------------------------------ the compiler's remedies
 
 # The compiler's messages (raspicl.compiler.feasibility.require_acceptance) end with remedies
@@ -257,12 +287,18 @@ def cmd_run(args) -> int:
         ref = np.asarray(pf.reference(prompts, **params)).reshape(out.shape[0], -1)
         print(f"reference solver: {ref.ravel()}")
     if args.arch is not None:  # the compiled model's prediction on the same prompt
+        from raspicl.errors import DomainWarning
         from raspicl.verify import compile_checked
 
         cm = compile_checked(pf, program, arch=arch_from_args(args))
-        pred = cm.predict(prompts, check="warn")[0]
+        with warnings.catch_warnings():  # the refusal is said below, once
+            warnings.simplefilter("ignore", DomainWarning)
+            out = cm.run(prompts, check="warn")
+        refused = "" if out.accepted[0] else (
+            f" REFUSED: its runtime contract cannot vouch for it ("
+            f"{out.findings[0].message if out.findings else 'no bound'})")
         print(f"compiled to {args.arch} ({cm.model.cfg.n_layers} blocks, d_model "
-              f"{cm.model.cfg.d_model}): {pred.ravel()}")
+              f"{cm.model.cfg.d_model}): {out.values[0].ravel()}{refused}")
     print(f"\nregisters at the query token (t={q}):")
     for name, reg in program.registers.items():
         if name in trace.final:
@@ -299,9 +335,10 @@ def cmd_compile(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ContractWarning)
         try:
-            cm = compile_program(program, config,
-                                 domain=domain if domain is not None else pf.domain,
-                                 arch=arch_from_args(args))
+            with elapsed(f"compiling {pf.name}({_call(params)})"):
+                cm = compile_program(program, config,
+                                     domain=domain if domain is not None else pf.domain,
+                                     arch=arch_from_args(args))
         except CompileError as exc:
             raise CompileError(cli_remedies(str(exc), args.dtype, all_params,
                                             tolerance)) from None

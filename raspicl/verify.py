@@ -357,7 +357,8 @@ def _accepted(r: CheckResult) -> str:
     domain), with the number of contract violations if there are any."""
     share = r.acceptance
     text = "-" if np.isnan(share) else f"{100 * share:.1f}%"
-    return text + (f" ({r.contract_violations} VIOLATIONS)" if r.contract_violations else "")
+    v = r.contract_violations
+    return text + (f" ({v} VIOLATION{'S' if v > 1 else ''})" if v else "")
 
 
 def _fmt(x: float) -> str:
