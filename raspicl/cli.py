@@ -252,7 +252,16 @@ def _build(spec: str, sets: list[str] | None):
 
     pf = find_program(spec)
     params = parse_sets(sets)
-    return pf, params, pf.build(**params)
+    return pf, params, quiet_numpy(pf.build, **params)
+
+
+def quiet_numpy(fn, *args, **kwargs):
+    """fn(*args, **kwargs) without numpy's floating-point RuntimeWarnings: building a program
+    from a non-finite parameter (--set lr=inf) makes NaN coefficients, which the Program then
+    refuses in one line naming the op; numpy's own warnings about them would come first and
+    name raspicl's internals instead."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return fn(*args, **kwargs)
 
 
 def cmd_list(args) -> int:
@@ -390,7 +399,8 @@ def cmd_verify(args) -> int:
         pf.check_params(params)
     if isinstance(domain, Prompts):  # their d and n against each program's
         for pf, params, _ in checks:
-            _check_domain(domain, pf.build(**params), f"{pf.name}({_call(params)})")
+            _check_domain(domain, quiet_numpy(pf.build, **params),
+                          f"{pf.name}({_call(params)})")
     results = []
     table = TablePrinter(checks)
     print(table.header(), flush=True)
@@ -399,10 +409,10 @@ def cmd_verify(args) -> int:
     for pf, params, dt in bar:
         bar.set_postfix_str(f"{pf.name} {_call(params)} {dt}")
         try:
-            r = verify_program(pf, params, dt, problems=args.problems, seed=args.seed,
-                               symbolic=not args.no_symbolic, domain=domain, progress=True,
-                               arch=arch, contract_tolerance=args.tolerance,
-                               min_acceptance=args.min_acceptance)
+            r = quiet_numpy(verify_program, pf, params, dt, problems=args.problems,
+                            seed=args.seed, symbolic=not args.no_symbolic, domain=domain,
+                            progress=True, arch=arch, contract_tolerance=args.tolerance,
+                            min_acceptance=args.min_acceptance)
         except CompileError as exc:
             raise CompileError(cli_remedies(str(exc), dt, {**pf.defaults(), **params},
                                             args.tolerance)) from None

@@ -29,7 +29,7 @@ def test_every_marked_figure_is_known_and_every_known_one_is_shown():
     assert set(SHOWN) == set(generate.FIGURES)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::raspicl.errors.ContractWarning")
 @pytest.mark.parametrize("name", sorted(n for n, f in generate.FIGURES.items() if f.quick))
 def test_quick_figure_matches_the_code(name):
     page, shown = SHOWN[name]
