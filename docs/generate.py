@@ -155,6 +155,18 @@ def tutorial_wout() -> str:
     return _e(float(torch.max(torch.abs(cm.model.blocks[2].mlp.W_out))))
 
 
+def tutorial_accept_1e8() -> str:
+    """The share of its calibration prompts the tutorial's model accepts at 1e-8 (§11)."""
+    from raspicl.compiler import CompilerConfig, compile_program
+    from raspicl.registry import find_program
+
+    pf = find_program(str(_tutorial_dir() / "momentum.py"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(pf.build(), CompilerConfig(tolerance=1e-8))
+    return f"{cm.layout['monitor']['calibration']['accepted']:.0%}"
+
+
 FIGURES: dict[str, Figure] = {
     "cli-compile": Figure(cli_compile),
     "cli-verify": Figure(cli_verify),
@@ -168,6 +180,7 @@ FIGURES: dict[str, Figure] = {
     "tutorial-big-f32": Figure(lambda: _e(_momentum(BIG, "float32", 200).err_registers),
                                quick=False),
     "tutorial-wout": Figure(tutorial_wout),
+    "tutorial-accept-1e8": Figure(tutorial_accept_1e8),
 }
 
 
