@@ -15,6 +15,12 @@ up to the task's d and n.
 
 `--fixed-w` trains on prompts that all share one w (drawn once from the seed): the control
 model of the probes, which can predict well without learning anything in context.
+
+Interruptions. A run with an output directory writes its configuration and a step-0 checkpoint
+before the first step, so that it can be resumed however early it stops. Ctrl-C (SIGINT, in
+the main thread) lets the step in flight finish, writes a checkpoint there as `stop_after`
+would, and raises TrainingInterrupted (a KeyboardInterrupt) naming the step and the directory;
+a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -255,6 +265,34 @@ def make_optimizer(model: ICLTransformer, cfg: TrainConfig) -> torch.optim.AdamW
                              weight_decay=cfg.weight_decay)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped train(); the message says at which step and where its checkpoint is."""
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Inside the block, the first SIGINT only sets a flag (the callable yielded says whether
+    one came), so that a training step is never cut in half and the checkpoint written after
+    it is consistent; a second SIGINT raises KeyboardInterrupt at once. Outside the main
+    thread (where no handler can be installed) SIGINT is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested: list[bool] = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+
+
 def _set_threads(cfg: TrainConfig) -> None:
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
@@ -265,7 +303,8 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
           log_every: int = 100, stop_after: int | None = None) -> TrainResult:
     """Train a fresh model (or, with resume=True, continue the checkpoint in `out`) and write
     checkpoints to `out` every cfg.checkpoint_every steps and at the end (nothing is written
-    when out is None).
+    when out is None); a fresh run also writes one at step 0, before the first step, and one
+    is written where Ctrl-C stops the run (TrainingInterrupted; see the module's docstring).
 
     The loss is logged (to the returned log and DIR/train_log.jsonl) as its mean over every
     `log_every` steps. `stop_after` ends the call after that step, as an interruption would
@@ -297,6 +336,8 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
             (Path(out) / LOG).unlink()
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+        if not resume:  # config.json from the start: a run stopped early can be resumed
+            save_checkpoint(Path(out), model, opt, task, cfg, 0)
     model.train()
     held_out = eval_prompts(task, cfg.eval_prompts, cfg.seed, fixed_w)
     params = list(model.parameters())
@@ -307,48 +348,58 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                mininterval=2.0, dynamic_ncols=True)
     end = cfg.steps if stop_after is None else min(cfg.steps, max(start, stop_after))
-    for step in range(start, end):
-        d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
-                        else (task.d, task.n))
-        tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
-        tok = torch.from_numpy(tok).to(device, non_blocking=True)
-        tgt = torch.from_numpy(tgt).to(device, non_blocking=True)
-        lr = cfg.lr_at(step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = F.mse_loss(model(tok)[:, 0::2], tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
-                               f"keep grad_clip > 0)")
-        window.append(value)
-        done = step + 1
-        if done % log_every == 0 or done in (cfg.steps, end):
-            now = time.perf_counter()
-            entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
-                     "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
-            window, t_log, s_log = [], now, done
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
-                last_eval = evaluate(model, held_out)
-                entry["eval_query_error"] = last_eval["query_error"]
-                entry["eval_mean_error"] = last_eval["mean_error"]
-            log.append(entry)
-            if out is not None:
-                with open(Path(out) / LOG, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
-        bar.update(1)
-        if out is not None and (done == end or (cfg.checkpoint_every
-                                                and done % cfg.checkpoint_every == 0)):
-            loss, covered = final_loss(log, done)
-            final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
-            save_checkpoint(Path(out), model, opt, task, cfg, done, final)
+    stopped = False  # Ctrl-C ended the run before its last step
+    with deferred_interrupt() as interrupted:
+        for step in range(start, end):
+            d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
+                            else (task.d, task.n))
+            tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
+            tok = torch.from_numpy(tok).to(device, non_blocking=True)
+            tgt = torch.from_numpy(tgt).to(device, non_blocking=True)
+            lr = cfg.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = F.mse_loss(model(tok)[:, 0::2], tgt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
+                                   f"keep grad_clip > 0)")
+            window.append(value)
+            done = step + 1
+            if interrupted() and done < end:  # Ctrl-C: this step is the last, logged and
+                end, stopped = done, True           # checkpointed
+            if done % log_every == 0 or done in (cfg.steps, end):
+                now = time.perf_counter()
+                entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
+                         "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
+                window, t_log, s_log = [], now, done
+                if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
+                    last_eval = evaluate(model, held_out)
+                    entry["eval_query_error"] = last_eval["query_error"]
+                    entry["eval_mean_error"] = last_eval["mean_error"]
+                log.append(entry)
+                if out is not None:
+                    with open(Path(out) / LOG, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
+            bar.update(1)
+            if out is not None and (done == end or (cfg.checkpoint_every
+                                                    and done % cfg.checkpoint_every == 0)):
+                loss, covered = final_loss(log, done)
+                final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
+                save_checkpoint(Path(out), model, opt, task, cfg, done, final)
+            if done == end:
+                break
     bar.close()
+    if stopped:
+        where = (f"; its checkpoint is in {out} (continue with: raspicl train --resume --out "
+                 f"{out})" if out is not None else "; nothing was written")
+        raise TrainingInterrupted(f"training stopped after step {end} of {cfg.steps}{where}")
     if not last_eval:
         last_eval = evaluate(model, held_out)
     model.eval()
