@@ -40,7 +40,14 @@ def cmd_sweep(args) -> int:
     _check_out_dir(args.out, "--out")
     out = Path(args.out)
     threads = args.threads if args.threads is not None else spec.threads
-    workers = choose_workers(spec, args.jobs, threads)
+    try:
+        workers = choose_workers(spec, args.jobs, threads)
+    except RaspiclError as exc:
+        if not args.dry_run:
+            raise
+        workers, note = args.jobs or spec.jobs, f"note: {exc}"
+    else:
+        note = ""
     if args.dry_run:
         p = plan(spec, out)
         pending = {j["name"] for u in p.units for j in u["jobs"]}
@@ -50,13 +57,18 @@ def cmd_sweep(args) -> int:
         print(f"{len(spec.all_jobs)} jobs: {len(p.done)} done, {len(pending)} to run in "
               f"{len(p.units)} unit(s) on the {spec.engine} engine, {workers} at once x "
               f"{threads} thread(s)")
+        if note:
+            print(note)
         return 0
     print(f"sweep {spec.name or args.spec}: {len(spec.all_jobs)} jobs "
           f"({len(spec.train_jobs)} trained, {len(spec.control_jobs)} compiled controls) -> "
           f"{out}; {spec.engine} engine, {workers} at once x {threads} thread(s), trainer "
           f"{spec.trainer}", flush=True)
-    result = run_sweep(spec, out, jobs=args.jobs, threads=args.threads, device=args.device,
-                       quiet=args.quiet)
+    try:
+        result = run_sweep(spec, out, jobs=args.jobs, threads=args.threads,
+                           device=args.device, quiet=args.quiet)
+    except KeyboardInterrupt:  # run_sweep said how to resume
+        return 130
     print(f"{result.total} jobs: {len(result.skipped)} already done, {len(result.finished)} "
           f"finished now, {len(result.failed)} failed")
     for name, error in result.failed.items():

@@ -334,14 +334,24 @@ def plot_phase(cells: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     widths = sorted({c["params"]["d_model"] for c in rows})
     styles = ["-", "--", ":", "-."]
-    learners = ["least_squares", "ridge(0.111111)", "gd(T=1)"]
+    def best_ridge(c: dict) -> dict:
+        ridges = {k: v for k, v in c["mean_spd"].items()
+                  if ridge_lambda(k) is not None and v.get("mean") is not None}
+        return ridges[min(ridges, key=lambda k: ridges[k]["mean"])] if ridges else {}
+
+    learners = {"least_squares": lambda c: c["mean_spd"].get("least_squares") or {},
+                "best ridge(λ)": best_ridge,
+                "gd(T=1)": lambda c: c["mean_spd"].get("gd(T=1)") or {}}
+    all_L = sorted({c["params"]["layers"] for c in rows})
     for wi, width in enumerate(widths):
         group = sorted((c for c in rows if c["params"]["d_model"] == width),
                        key=lambda c: c["params"]["layers"])
         Ls = [c["params"]["layers"] for c in group]
-        for li, name in enumerate(learners):
-            stats = [c["mean_spd"].get(name) or {} for c in group]
+        for li, (name, get) in enumerate(learners.items()):
+            stats = [get(c) for c in group]
             m = _arr([s.get("mean") for s in stats])
+            if not np.any(np.isfinite(m)):
+                continue
             h = _arr([s.get("ci") for s in stats])
             colour = f"C{li}"
             ax.plot(Ls, m, styles[wi % 4], color=colour, marker="o",
@@ -350,6 +360,8 @@ def plot_phase(cells: list[dict], path: Path) -> bool:
                 ax.fill_between(Ls, np.maximum(m - np.nan_to_num(h), 1e-12),
                                 m + np.nan_to_num(h), color=colour, alpha=0.15)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(all_L, [str(v) for v in all_L])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("layers L")
     ax.set_ylabel("mean SPD over k to the learner (/d)")

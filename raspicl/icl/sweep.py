@@ -296,6 +296,11 @@ def run_unit(unit: dict, out: str, run: str, settings: dict) -> dict:
         for job in jobs:
             fail(job, exc)
         return errors
+    if unit.get("train_only"):  # a group's analyses come back as units of their own
+        for job in jobs:
+            statuses[job.name].data.update(state="trained", stage=None)
+            statuses[job.name].save()
+        return errors
     for job in jobs:
         try:
             _analyses(job, job_dir(outp, job.name), statuses[job.name], analyses)
@@ -331,6 +336,7 @@ def plan(spec: SweepSpec, out: Path) -> Plan:
     """Check every job's directory against the spec and group what is left into units.
     A directory made by another job (job.json disagrees) is an error naming it."""
     analyses = {"compare": spec.compare, "probe": spec.probe}
+    analyses_on = spec.compare is not None or spec.probe is not None
     done, todo = [], []
     for job in spec.all_jobs:
         jdir = job_dir(out, job.name)
@@ -359,7 +365,10 @@ def plan(spec: SweepSpec, out: Path) -> Plan:
             else:
                 units.append({"kind": "train" if job.kind == "train" else "control",
                               "jobs": [job]})
-        units += [{"kind": "group", "jobs": g} for g in groups.values()]
+        # a group trains in one process; its models' analyses then run as units of their
+        # own, spread over the workers instead of one after another in the group's
+        units += [{"kind": "group", "jobs": g, "train_only": bool(analyses_on)}
+                  for g in groups.values()]
     else:
         units = [{"kind": "train" if job.kind == "train" else "control", "jobs": [job]}
                  for job, _ in todo]
@@ -579,6 +588,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None,
                     errors = {j["name"]: f"the worker running it failed: {_one_line(exc)}"
                               for j in unit["jobs"]}
                 for name, error in errors.items():
+                    if not error and unit.get("train_only"):  # its analyses, next
+                        job = next(j for j in unit["jobs"] if j["name"] == name)
+                        queue.insert(0, {"kind": "train", "jobs": [job], "name": name,
+                                         "analyses": unit["analyses"]})
+                        continue
                     if error:
                         result.failed[name] = error
                     else:

@@ -268,7 +268,7 @@ def control_name(params: dict) -> str:
     """The directory name of a compiled control: program, its parameters, noise."""
     sets = "".join(f"-{k}={_fmt(v)}" for k, v in sorted(params["set"].items())
                    if k not in ("d", "n"))
-    sets = re.sub(r"[^A-Za-z0-9._-]+", "", sets)
+    sets = re.sub(r"[^A-Za-z0-9._=-]+", "", sets)
     return (f"ctl-{params['program']}-d{params['d']}-n{params['n']}{sets}"
             f"-noise{_fmt(params['noise'])}")
 
