@@ -52,6 +52,9 @@ def child(args) -> None:
                            seed=seed, eval_every=0, eval_prompts=64, checkpoint_every=0,
                            device=args.device)
 
+    if args.device.startswith("cuda"):  # the context is start-up, not training
+        torch.zeros(1, device=args.device)
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     if args.child == "single":
         r = train(model, task, cfg(args.seed), progress=False, log_every=args.steps)
