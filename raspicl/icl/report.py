@@ -343,6 +343,8 @@ def plot_phase(cells: list[dict], path: Path) -> bool:
                 "best ridge(λ)": best_ridge,
                 "gd(T=1)": lambda c: c["mean_spd"].get("gd(T=1)") or {}}
     all_L = sorted({c["params"]["layers"] for c in rows})
+    lows: list[float] = []
+    highs: list[float] = []
     for wi, width in enumerate(widths):
         group = sorted((c for c in rows if c["params"]["d_model"] == width),
                        key=lambda c: c["params"]["layers"])
@@ -356,13 +358,17 @@ def plot_phase(cells: list[dict], path: Path) -> bool:
             colour = f"C{li}"
             ax.plot(Ls, m, styles[wi % 4], color=colour, marker="o",
                     label=f"{name}, H={width}")
-            if np.any(np.isfinite(h)):
-                ax.fill_between(Ls, np.maximum(m - np.nan_to_num(h), 1e-12),
+            lows.append(np.nanmin(m))
+            highs.append(np.nanmax(m + np.nan_to_num(h)))
+            if np.any(np.isfinite(h)):  # a band reaching 0 runs off the log axis below
+                ax.fill_between(Ls, np.maximum(m - np.nan_to_num(h), 1e-300),
                                 m + np.nan_to_num(h), color=colour, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_L, [str(v) for v in all_L])
     ax.minorticks_off()
     ax.set_yscale("log")
+    if lows:  # the means decide the range, not a band reaching down to 0
+        ax.set_ylim(max(min(lows), 1e-300) / 5, max(highs) * 1.5)
     ax.set_xlabel("layers L")
     ax.set_ylabel("mean SPD over k to the learner (/d)")
     ax.set_title("which learner does a trained model match? (noiseless; bands: 95% CI "
