@@ -545,7 +545,8 @@ def choose_workers(spec: SweepSpec, jobs: int | None, threads: int) -> int:
     have = cores()
     if n is None:
         return max(1, have // threads)
-    if n * threads > have and spec.engine == "local":
+    local = spec.engine == "local" or spec.engine_options.get("cluster") == "local"
+    if n * threads > have and local:
         raise SpecError(f"sweep.jobs x sweep.threads = {n} x {threads} = {n * threads} "
                         f"exceeds the {have} cores of this machine (oversubscribed small "
                         f"models run many times slower; lower sweep.jobs or --jobs)")
