@@ -131,7 +131,7 @@ def test_report_means_and_intervals_are_those_computed_by_hand(sweep):
 
 
 def test_the_mspd_table_marks_the_diagonal_and_the_minima(sweep):
-    root, data, _, rep = sweep
+    root, data, cc, rep = sweep
     (table,) = rep.data["mspd_tables"]  # only L = 2 was trained at two noise levels
     assert [c["noise"] for c in table["columns"]] == [0.0, 0.5]
     assert table["rows"] == ["least_squares", "ridge(0.0625)", "ridge(0.25)"]
@@ -140,7 +140,10 @@ def test_the_mspd_table_marks_the_diagonal_and_the_minima(sweep):
     for col, cell in ((zero, "L2-noise0"), (half, "L2-noise0.5")):
         means = {r: np.mean([c["mspd"][r] for c, _ in data[cell]]) for r in table["rows"]}
         assert col["minimum"] == min(means, key=means.get)
+    (control,) = table["controls"]  # the compiled control has the same d and n
+    assert control["values"]["ridge(0.25)"]["mean"] == pytest.approx(cc["mspd"]["ridge(0.25)"])
     md = rep.markdown
+    assert "control: compiled ridge(lam=0.5)" in md
     assert "## MSPD over noise levels" in md and "†" in md and "**" in md
     for f in ("phase.png", "mspd_0.png", "error_noise0.png", "error_noise0.5.png",
               "probe_w_ols_linear.png"):

@@ -259,7 +259,12 @@ def mspd_tables(cells: list[dict]) -> list[dict]:
                             "diagonal": diag, "minimum": min(finite, key=finite.get)
                             if finite else None, "values": vals})
         p = group[0]["params"]
+        controls = [{"cell": c["cell"], "label": c["label"], "noise": c["noise"],
+                     "values": {r: c["mspd"].get(r) for r in rows}}
+                    for c in cells if c["kind"] == "control" and "mspd" in c
+                    and (c["d"], c["n"]) == (group[0]["d"], group[0]["n"])]
         tables.append({"shape": {k: v for k, v in p.items() if k != "noise"},
+                       "controls": controls,
                        "title": f"d={p['d']} n={p['n']} L={p['layers']} H={p['d_model']} "
                                 f"steps={p['steps']}",
                        "rows": rows, "columns": columns})
@@ -589,9 +594,12 @@ def markdown(data: dict) -> str:
         lines += [f"## MSPD over noise levels, {t['title']}", "",
                   "MSPD: SPD averaged over 1 ≤ k < d. Bold: each column's minimum; †: the "
                   "diagonal λ = σ²/τ² (least squares at σ = 0), where the paper finds the "
-                  "minimum.", ""]
+                  "minimum. Compiled controls of the same d and n, whose algorithm is known, "
+                  "in the last columns (not in the heatmap, whose colours they would flatten).",
+                  ""]
         head = ["learner", *(f"σ = {c['noise']:g} (σ²/τ² = {c['lambda']:.4g})"
-                             for c in t["columns"])]
+                             for c in t["columns"]),
+                *(f"control: {c['label']}" for c in t["controls"])]
         rows = []
         for r in t["rows"]:
             row = [f"`{r}`"]
@@ -602,6 +610,7 @@ def markdown(data: dict) -> str:
                 if c["diagonal"] == r:
                     text += " †"
                 row.append(text)
+            row += [fmt(c["values"].get(r)) for c in t["controls"]]
             rows.append(row)
         lines += _md_table(head, rows) + ["", f"![MSPD heatmap]({t['figure']})", ""]
     errs = [f for f in data["figures"] if f.startswith("error_")]
