@@ -647,9 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     # trained in-context learners and their comparison with algorithms (docs/experiments.md)
-    from raspicl.icl import cli_analysis, cli_train
+    from raspicl.icl import cli_analysis, cli_sweep, cli_train
     cli_train.add_commands(sub)
     cli_analysis.add_commands(sub)
+    cli_sweep.add_commands(sub)
     return parser
 
 

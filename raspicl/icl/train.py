@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ from raspicl.errors import LoadError, RaspiclError
 from raspicl.icl.tasks import RegressionTask
 from raspicl.icl.trained import (
     CONFIG,
+    WEIGHTS,
     ICLTransformer,
     ModelConfig,
     load_model,
@@ -55,6 +57,9 @@ from raspicl.tensorfile import read_tensors
 
 OPTIMIZER = "optimizer.safetensors"
 LOG = "train_log.jsonl"
+# a checkpoint being written, and one committed but not yet moved into place (save_checkpoint)
+STAGE = ".checkpoint.new"
+READY = ".checkpoint.ready"
 # entropy words appended to [seed, 0] for the draws that are not a step's batch; a step's
 # entropy [seed, s] has two words, so these (three words, last nonzero) never collide with it
 _FIXED_W_WORD = 1
@@ -334,6 +339,9 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
         start = 0
         if out is not None and (Path(out) / LOG).exists():
             (Path(out) / LOG).unlink()
+        for stale in (STAGE, READY):  # a killed run's checkpoint must not be moved in later
+            if out is not None and (Path(out) / stale).exists():
+                shutil.rmtree(Path(out) / stale)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         if not resume:  # config.json from the start: a run stopped early can be resumed
@@ -430,33 +438,59 @@ def save_checkpoint(out: Path, model: ICLTransformer, opt: torch.optim.AdamW,
                     task: RegressionTask, cfg: TrainConfig, step: int,
                     extra: dict | None = None) -> None:
     """The model files (trained.save_model) plus optimizer.safetensors: AdamW's exp_avg,
-    exp_avg_sq and step per parameter, named by the parameter. config.json is written last
-    and its step is the checkpoint's; the optimizer file's metadata repeats the step so that a
-    mismatched pair is refused on resume."""
+    exp_avg_sq and step per parameter, named by the parameter. The optimizer file's metadata
+    repeats config.json's step so that a mismatched pair is refused on resume.
+
+    A kill at any moment leaves a checkpoint that resumes (journaled, as a database commits):
+    the three files are written whole into DIR/.checkpoint.new, that folder is renamed to
+    DIR/.checkpoint.ready (the commit: one atomic rename), and its files are then moved over
+    the old ones. A kill before the rename leaves the old checkpoint; after it, resuming
+    (_load_checkpoint) first finishes the moves. Without this, a kill between the files left
+    an optimizer of one step beside a config.json of another, which resume refuses."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    finish_checkpoint(out)  # a commit left by a killed run goes in first
+    stage = out / STAGE
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
     for p, state in opt.state.items():
         for key, value in state.items():
             tensors[f"{names[id(p)]}.{key}"] = value.detach().cpu().contiguous().reshape(
                 value.shape)
-    tmp = out / (OPTIMIZER + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    os.replace(tmp, out / OPTIMIZER)
+    save_file(tensors, str(stage / OPTIMIZER), metadata={"step": str(step)})
     meta = {"task": task.to_dict(), "train": cfg.to_dict(), "step": step,
             "fixed_w": (fixed_w_for(task, cfg.seed).tolist() if cfg.fixed_w else None),
             "schedule": {"lr_next": cfg.lr_at(step) if step < cfg.steps else None},
             "optimizer": OPTIMIZER}
     meta.update(extra or {})
-    save_model(model, out, meta)
+    save_model(model, stage, meta)
+    os.replace(stage, out / READY)
+    finish_checkpoint(out)
+
+
+def finish_checkpoint(out: Path) -> None:
+    """Move a committed checkpoint (DIR/.checkpoint.ready) into place, config.json last, and
+    drop an uncommitted one (DIR/.checkpoint.new). Idempotent: a kill in the middle leaves
+    the files not yet moved in .checkpoint.ready for the next call."""
+    ready = Path(out) / READY
+    if ready.is_dir():
+        for name in (OPTIMIZER, WEIGHTS, CONFIG):
+            if (ready / name).exists():
+                os.replace(ready / name, Path(out) / name)
+        shutil.rmtree(ready)
+    if (Path(out) / STAGE).exists():
+        shutil.rmtree(Path(out) / STAGE)
 
 
 def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
                      cfg: TrainConfig):
     """Model, optimizer, step and log of the checkpoint in `out`, checked against the run's
     configuration (only TrainConfig.RESUMABLE fields may differ)."""
+    finish_checkpoint(out)
     config = read_config(out)
     saved_model = ModelConfig.from_dict(config["model"])
     if saved_model != model_config:
@@ -515,6 +549,7 @@ def resume_config(out: str | Path, **overrides) -> tuple[ModelConfig, Regression
                                                          TrainConfig]:
     """The model, task and training configuration of the checkpoint in `out`, with the
     RESUMABLE fields of TrainConfig replaced by `overrides` (e.g. steps=...)."""
+    finish_checkpoint(Path(out))
     config = read_config(out)
     bad = sorted(set(overrides) - set(TrainConfig.RESUMABLE))
     if bad:
