@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from test_contract import held
 
-from raspicl import Mean, Program, Read, random_prompts
+from raspicl import Here, Mean, Offset, Program, Read, random_prompts
 from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.prompts import Prompts
 
@@ -70,3 +70,18 @@ def test_dividing_layernorm_mean_beside_its_anchors():
         p.output(p.aff("out", q, W1=S), roles=("y",))
         cm = compile_program(p, CompilerConfig(min_acceptance=0.0, fusion=fusion))
         held(cm, p, random_prompts(100, 1, 1, seed=8))
+
+
+def test_leftover_in_a_quotients_rows_counts_in_full():
+    """A division's MLP reads what its destination rows held through the dividing LayerNorm
+    (as old / |s| times a constant), so its clear cannot cancel them: a leak-level 6e-44 left
+    there reached a quotient that is exactly 0, at twice its bound (a property-test draw)."""
+    p = Program("prop", d=2, n=2)
+    c1 = p.const("c1", np.array([[0.75], [0.0]]))
+    c2 = p.const("c2", np.array([[-0.875], [0.0]]))
+    p.mul("r3", Read(p.x, Offset(k=2, clamp=True)), Read(c2, Here()), shape=(1, 1), scale=-12.0)
+    t4 = p.dot("t4", Read(c1, Offset(k=3, clamp=True)), Read(c1, Offset(k=3, clamp=True)),
+               scale=28.0)
+    s5 = p.aff("s5", t4, W1=-1.0, bias=-1.5)
+    p.output(p.div("r6", c2, s5), roles=("query",))
+    held(compile_program(p), p, random_prompts(50, 2, 2, seed=757892))

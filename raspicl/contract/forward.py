@@ -357,6 +357,12 @@ class _Checker:
         # same sublayer (old + (new - old)) or overwritten in place rounds at u |old|
         slot_in = 2 * ins.run + (0 if ins.stage == "attn" else 1)
         land = walk.landing(mon["values"][ins.dst]["rows"], slot_in, ins.landing_cleared)
+        if ins.divisor is not None:
+            # a dividing MLP reads what its rows held through the dividing LayerNorm, as
+            # old / |s| times a constant: its clear cannot cancel them, so they count in full
+            # (a leak-level 6e-44 left in a quotient's rows, refused at 2x its bound before)
+            land = land + np.nan_to_num(np.abs(walk.source.old(
+                mon["values"][ins.dst]["rows"], slot_in)), nan=np.inf)
         err = err + land
         walk.tape.charge(nid, land)
         # no bound where a precondition failed; none needed where the value is undefined

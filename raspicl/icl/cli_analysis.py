@@ -65,13 +65,20 @@ def _write_json(path: Path, data: dict) -> None:
         raise RaspiclError(f"{path}: cannot write: {exc}") from exc
 
 
-def _load(path: str, what: str):
+def _add_check_arg(p) -> None:
+    p.add_argument("--check", choices=["error", "warn"], default="error",
+                   help="a compiled model's runtime contract: error (default) stops at a "
+                        "prompt it cannot vouch for, naming it; warn runs every prompt and "
+                        "reports how many it refused")
+
+
+def _load(path: str, what: str, check: str = "error"):
     from raspicl.icl.predictor import load_predictor
 
     p = Path(path)
     if not p.is_dir():
         raise RaspiclError(f"{what} {path}: no such directory")
-    return load_predictor(p)
+    return load_predictor(p, check)
 
 
 def task_for(predictor, noise: float | None, w_scale: float = 1.0):
@@ -130,7 +137,7 @@ def cmd_compare(args) -> int:
     from raspicl.icl.controls import CompiledPredictor, merge_learners
 
     out = _out_dir(args.out)
-    model = _load(args.model_dir, "MODEL_DIR")
+    model = _load(args.model_dir, "MODEL_DIR", args.check)
     task = task_for(model, args.noise)
     refs = L.reference_learners(task)
     if isinstance(model, CompiledPredictor):
@@ -254,8 +261,8 @@ def _run_probes(model, prompts, targets: dict, kinds: list[str], seed: int, bar)
 
 def cmd_probe(args) -> int:
     out = _out_dir(args.out)
-    model = _load(args.model_dir, "MODEL_DIR")
-    control = _load(args.control, "--control") if args.control else None
+    model = _load(args.model_dir, "MODEL_DIR", args.check)
+    control = _load(args.control, "--control", args.check) if args.control else None
     task = task_for(model, args.noise)
     if control is not None:
         ctask = task_for(control, args.noise)
@@ -360,6 +367,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         ">= 0 (default 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory for compare.json and error.png (created if needed)")
+    _add_check_arg(p)
     add_threads_arg(p)
     p.set_defaults(func=cmd_compare)
 
@@ -392,5 +400,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         ">= 0 (default 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory for probe.json and probe.png (created if needed)")
+    _add_check_arg(p)
     add_threads_arg(p)
     p.set_defaults(func=cmd_probe)

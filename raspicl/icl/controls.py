@@ -7,15 +7,14 @@ after the block that writes it and not before. `CompiledPredictor` maps the layo
 positions to the Predictor columns (x token 2k -> column k, the query 2n -> column n, NaN
 elsewhere) and gives the residual after the embedding and after every block as hidden states.
 
-Check mode. The compiled model's runtime monitor (raspicl.monitor) either vouches for a prompt
-or refuses it. A control is run with check='warn' by default: every prediction comes back, on
-exactly the prompts every other learner sees (dropping refused prompts would select the sample
-by the control's own difficulty, and 'error' would abort a whole comparison over one prompt
-whose conservative bound exceeds the tolerance: a compiled ridge at d = 2 vouches at 1e-8 for
-about a third of its domain while its measured error is ~1e-10), and the refusals are counted
-in `refused` / `checked` instead of printed, so that `raspicl compare` reports them. The
-controls' tests then check the predictions directly against raspicl.solvers, which is
-stronger than the monitor. 'error' and 'ignore' are available for callers who want them.
+Check mode. The compiled model's runtime monitor (raspicl.contract) either vouches for a prompt
+or refuses it. A control runs certified, check='error', by default: with the adjoint bound the
+bundled programs accept their whole domain at their own tolerances (docs/compiler.md), so a
+refusal means a prompt the control cannot vouch for, and the comparison stops there, naming it
+(never a silently uncertified control). check='warn' runs every prompt and counts the
+refusals in `refused` / `checked` instead (dropping refused prompts would select the sample by
+the control's own difficulty), so that `raspicl compare --check warn` reports them; 'ignore'
+runs no monitor.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from raspicl.compiled import CompiledModel
-from raspicl.errors import DomainWarning, RaspiclError
+from raspicl.errors import DomainError, DomainWarning, RaspiclError
 from raspicl.icl import learners as L
 from raspicl.prompts import Prompts
 
@@ -55,7 +54,7 @@ class CompiledPredictor:
     """A compiled raspicl model read as an in-context learner."""
 
     model: CompiledModel
-    check: str = "warn"
+    check: str = "error"
     name: str = ""
     refused: int = 0  # prompts the monitor refused, over every call so far
     checked: int = 0  # prompts the monitor checked, over every call so far
@@ -79,7 +78,7 @@ class CompiledPredictor:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def load(cls, directory: str | Path, check: str = "warn") -> CompiledPredictor:
+    def load(cls, directory: str | Path, check: str = "error") -> CompiledPredictor:
         """A model directory written by `raspicl compile` / raspicl.export.save."""
         from raspicl.export import load
 
@@ -135,7 +134,12 @@ class CompiledPredictor:
         self._check_prompts(prompts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DomainWarning)
-            run = self.model.run(prompts, check=self.check)
+            try:
+                run = self.model.run(prompts, check=self.check)
+            except DomainError as exc:
+                raise DomainError(f"{self.name}: {exc}\n(check='warn', `--check warn` on the "
+                                  "command line, runs every prompt and counts the refusals)") \
+                    from None
         self._count(caught, run.accepted, prompts.batch)
         pos = self.model.layout["output"]["positions"]
         cols = [p // 2 for p in pos]
@@ -195,7 +199,7 @@ def program_learners(program: str, params: dict) -> list:
     return []
 
 
-def compile_control(program: str, dtype: str = "float64", check: str = "warn",
+def compile_control(program: str, dtype: str = "float64", check: str = "error",
                     **params) -> CompiledPredictor:
     """Compile a bundled program (or a program file) as `raspicl compile` does — its own
     DOMAIN and contract tolerance — and wrap it as a CompiledPredictor."""

@@ -37,15 +37,16 @@ class HiddenStates(Protocol):
         ...
 
 
-def load_predictor(path: str | Path) -> Predictor:
+def load_predictor(path: str | Path, check: str = "error") -> Predictor:
     """The model saved in a directory: a compiled raspicl model (layout.json) or a trained
-    in-context learner (config.json written by raspicl.icl training)."""
+    in-context learner (config.json written by raspicl.icl training). check: a compiled
+    model's contract mode (raspicl.icl.controls; a trained model has none)."""
     p = Path(path)
     if (p / "layout.json").is_file():
         from raspicl.errors import LoadError
         from raspicl.icl.controls import CompiledPredictor
         try:
-            return CompiledPredictor.load(p)
+            return CompiledPredictor.load(p, check=check)
         except LoadError as exc:
             raise LoadError(in_directory(str(exc), p)) from None
     if (p / "config.json").is_file():
