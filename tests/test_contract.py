@@ -205,6 +205,29 @@ def test_float64_model_keeps_float64_and_float32_conversion_charges_float32():
     bound_holds_everywhere(f32, p, random_prompts(50, 2, 1, seed=2))
 
 
+def _zero_prompts(batch: int, d: int, n: int) -> Prompts:
+    return Prompts(np.zeros((batch, n, d)), np.zeros((batch, n)), np.zeros((batch, d)))
+
+
+@pytest.mark.parametrize("name", ["newton", "batch_gd"])
+@pytest.mark.parametrize("domain", ["zero prompts", "w_scale 0"])
+def test_select_calibrated_on_zero_operands(name, domain):
+    """A select whose operands were 0 on every calibration prompt had its gates built for a
+    bound of 1 while the record kept 0, for which the monitor skips the closed-gate check:
+    newton and batch_gd (d = 1, n = 2, T = 2) accepted ordinary prompts off by up to 1.4 and
+    0.87. The record now holds the bound the gates were built for."""
+    p = find_program(name).build(d=1, n=2, T=2)
+    calibration = _zero_prompts(64, 1, 2) if domain == "zero prompts" \
+        else PromptDistribution(w_scale=0.0, noise=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(p, domain=calibration)
+    held(cm, p, random_prompts(100, 1, 2, seed=3))
+    for ins in cm.layout["monitor"]["instructions"]:
+        gated = {o for o, *_ in ins.get("gated", [])}
+        assert all(ins["gate_bound"][o] > 0 for o in gated), ins["dst"]
+
+
 def test_half_precision_is_refused():
     import torch
 

@@ -26,6 +26,12 @@ CALIBRATION_CHUNK = 64
 # Condition: MEASURE_CHUNK >= 1, MEASURE_MEMORY > 0.
 MEASURE_CHUNK = 128
 MEASURE_MEMORY = 24 * 2**20
+# The bound a product or gate gadget is built for where its operands' bound is 0 (they were 0
+# on every calibration prompt: a domain with w_scale 0, calibration prompts of zeros). Any
+# positive scale builds a working gadget; what matters is that the monitor record holds the
+# bound the weights were built with (compiler/gadgets/mlp.gadget_bound decides it once for
+# both), so that a prompt whose operands exceed it is refused. Condition: > 0 and finite.
+ZERO_BOUND = 1.0
 
 
 @dataclass(frozen=True)
