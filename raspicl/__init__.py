@@ -8,6 +8,7 @@ against the interpreter and independent solvers (raspicl.verify).
 from raspicl import solvers
 from raspicl.errors import (
     CompileError,
+    ConfigError,
     ContractWarning,
     DomainError,
     DomainWarning,
@@ -34,8 +35,8 @@ from raspicl.prompts import PromptDistribution, Prompts, random_prompts
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "CompileError", "ContractWarning", "DomainError", "DomainWarning", "ExportError",
-    "Here", "LoadError", "Mean", "Offset", "Output", "Program", "ProgramError",
+    "At", "CompileError", "ConfigError", "ContractWarning", "DomainError", "DomainWarning",
+    "ExportError", "Here", "LoadError", "Mean", "Offset", "Output", "Program", "ProgramError",
     "PromptDistribution", "PromptFormat", "Prompts", "ROLES", "RaspiclError", "Read",
     "Register", "Trace", "interpret", "random_prompts", "solvers",
 ]

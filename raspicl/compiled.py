@@ -34,6 +34,35 @@ from raspicl.sparse_weights import SparseWeights
 # At most this many findings are spelled out in a DomainError or as warnings; the rest are
 # counted.
 SHOWN_FINDINGS = 5
+# The precisions a model's weights can hold, finest first (the monitor's u is its machine
+# epsilon: raspicl.monitor).
+PRECISIONS = ("float64", "float32")
+
+
+def coarsest(*precisions: str) -> str:
+    """The coarsest of `precisions` ('float64' or 'float32'): the precision of weights that
+    passed through each of them (float32 then float64 keeps float32's rounding)."""
+    for name in precisions:
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    return max(precisions, key=PRECISIONS.index)
+
+
+def dtype_precision(dtype: torch.dtype) -> str:
+    """The precision name of a torch dtype ('float64' for torch.float64)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def held_precision(tensors) -> str:
+    """'float32' if every float64 tensor among `tensors` holds only float32 values (as a
+    float64 copy of float32 weights does), else 'float64'. A model compiled in float64 has
+    constants (1/e^2, sqrt(pi/2), k) that float32 cannot hold, so this tells a float32 round
+    trip saved by a raspicl that did not record it (weights.precision) from a float64 model."""
+    for t in tensors:
+        if t.dtype == torch.float64 and t.numel() and not torch.equal(
+                t, t.to(torch.float32).to(torch.float64)):
+            return "float64"
+    return "float32"
 
 
 @dataclass
@@ -62,15 +91,22 @@ class CompiledModel:
     A model fresh from the compiler holds its weights by their entries
     (raspicl.sparse_weights.SparseWeights) and runs the compact plan made from them; the dense
     transformer is built, with the same bytes, the first time something asks for `model`
-    (saving, exporting, inspecting, the dense pass), and from then on is what runs."""
+    (saving, exporting, inspecting, the dense pass), and from then on is what runs.
+
+    precision: the coarsest precision its weights have passed through (None: their dtype).
+    `to(float32).to(float64)` runs in float64 with float32-rounded weights, so the monitor
+    must charge float32's machine epsilon: it is handed `precision`, never the dtype alone
+    (`precision` is the coarser of the two). The export records it (weights.precision)."""
 
     def __init__(self, model: Transformer | SparseWeights, layout: dict,
                  threads: int | None = None, compact: bool = True,
-                 plan: CompactPlan | None = None):
+                 plan: CompactPlan | None = None, precision: str | None = None):
         self.layout = layout
         self.threads = threads
         self.compact = compact
         self._plan = plan  # for SparseWeights: the plan made from them, if already made
+        self._precision = coarsest(precision) if precision is not None \
+            else dtype_precision(model.dtype)
         if isinstance(model, SparseWeights):
             self._weights: SparseWeights | None = model
             self._model: Transformer | None = None
@@ -95,6 +131,9 @@ class CompiledModel:
 
     @model.setter
     def model(self, model: Transformer) -> None:
+        """Replace the weights; they keep the coarsest precision either set has held (their
+        history is not known, so a float64 model set over a float32 one is charged float32)."""
+        self._precision = self.precision
         self._model, self._weights, self._shell, self._plan = model, None, None, None
 
     def runner(self) -> Transformer:
@@ -218,13 +257,25 @@ class CompiledModel:
         return final[:, pos] @ W_U + b_U
 
     def contract(self, residuals: list[np.ndarray], adjoint: str = "needed") -> ContractReport:
-        """The monitor's walk over residuals this model computed (see raspicl.monitor;
-        adjoint: as for `run`)."""
-        return check_contract(self.layout, residuals, self.dtype_name, adjoint)
+        """The monitor's walk over residuals this model computed (see raspicl.contract;
+        adjoint: as for `run`), charged at the precision its weights hold."""
+        return check_contract(self.layout, residuals, self.precision, adjoint)
 
     @property
     def dtype_name(self) -> str:
-        return str(self.runner().dtype).removeprefix("torch.")
+        """The dtype the model computes in ('float64' or 'float32')."""
+        return dtype_precision(self.runner().dtype)
+
+    @property
+    def precision(self) -> str:
+        """The precision its weights hold: the coarser of the dtype it runs in and the
+        coarsest one its weights passed through (`to`, the export's weights.precision). What
+        the monitor charges its roundings at (its u). (A model built past `to` in a dtype the
+        gadgets cannot run in, which save refuses, reports that dtype.)"""
+        dtype = self.dtype_name
+        if dtype not in PRECISIONS or self._precision not in PRECISIONS:
+            return dtype
+        return coarsest(self._precision, dtype)
 
     def _forward(self, prompts, check: str, depth: int, threads: int | None = None,
                  keep_all: bool = True, adjoint: str = "needed"):
@@ -236,7 +287,7 @@ class CompiledModel:
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         # the shape is checked even under 'ignore'; NaN and infinity are findings
         found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
-        monitor = None if check == "ignore" else ContractStream(self.layout, self.dtype_name,
+        monitor = None if check == "ignore" else ContractStream(self.layout, self.precision,
                                                                 adjoint=adjoint)
         if monitor is None and not keep_all:
             return [_as_numpy(self._last_residual(arr, threads))], None, []
@@ -310,17 +361,21 @@ class CompiledModel:
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> CompiledModel:
         """A copy of the model in another dtype (float64 or float32: the gadgets cannot run in
-        half precision) or on another device."""
+        half precision) or on another device. Its precision is the coarser of this model's and
+        `dtype`'s: widening float32 weights back to float64 does not restore their digits."""
         import copy
 
         if dtype is not None:
             check_dtype(dtype)
-
+        precision = self.precision if dtype is None \
+            else coarsest(self.precision, dtype_precision(dtype))
         if self._model is None and (device is None or torch.device(device).type == "cpu"):
             weights = self._weights.to(dtype or self._weights.dtype)  # (no dense copy)
-            return CompiledModel(weights, self.layout, self.threads, self.compact)
+            return CompiledModel(weights, self.layout, self.threads, self.compact,
+                                 precision=precision)
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
-        return CompiledModel(model, self.layout, self.threads, self.compact)
+        return CompiledModel(model, self.layout, self.threads, self.compact,
+                             precision=precision)
 
 
 def _as_numpy(r: torch.Tensor) -> np.ndarray:

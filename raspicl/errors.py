@@ -11,6 +11,11 @@ class ProgramError(RaspiclError):
     """A program is malformed: the message names the op, the register and the source line."""
 
 
+class ConfigError(RaspiclError, ValueError):
+    """A CompilerConfig field is outside the condition its docstring states: the message names
+    the field, its value and the condition."""
+
+
 class CompileError(RaspiclError):
     """A well-formed program cannot be compiled under the given configuration."""
 

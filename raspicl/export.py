@@ -43,7 +43,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from raspicl.arch import arch_of_layout
-from raspicl.compiled import CompiledModel
+from raspicl.compiled import CompiledModel, coarsest, held_precision
 from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError, RaspiclError
 from raspicl.interop.hf import HF_DIR, HF_FILES
@@ -141,7 +141,7 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     meta = {"format": "raspicl", "format_version": str(FORMAT_VERSION), "dtype": dtypes[0]}
     weights = _canonical_header(save_bytes(tensors, metadata=meta))
-    layout = _exported_layout(compiled.layout, weights, meta["dtype"], out)
+    layout = _exported_layout(compiled.layout, weights, meta["dtype"], compiled.precision, out)
     try:
         validate_layout(layout, {name: tuple(t.shape) for name, t in tensors.items()})
     except LoadError as exc:
@@ -172,17 +172,19 @@ def _hf_files(compiled: CompiledModel, out: Path) -> dict[str, bytes]:
     return {f"{HF_DIR}/{name}": data for name, data in hf_files(form).items()}
 
 
-def _exported_layout(layout: dict, weights: bytes, dtype: str, out: Path) -> dict:
+def _exported_layout(layout: dict, weights: bytes, dtype: str, precision: str,
+                     out: Path) -> dict:
     """The layout as the loader will parse it back (a JSON round trip: tuples become lists,
-    keys strings), with `weights` and `integrity` (the digest over this very structure and
-    `weights`) added at the end."""
+    keys strings), with `weights` (its file, digest, dtype and the precision its values hold:
+    float32 for float32 weights widened to float64, CompiledModel.precision) and `integrity`
+    (the digest over this very structure and `weights`) added at the end."""
     body = {k: v for k, v in layout.items() if k not in ("weights", "integrity")}
     try:
         parsed = json.loads(json.dumps(body, allow_nan=True))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ExportError(f"cannot save to {out}: the layout is not JSON: {exc}") from exc
     parsed["weights"] = {"file": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(),
-                         "dtype": dtype}
+                         "dtype": dtype, "precision": precision}
     parsed["integrity"] = {"algorithm": INTEGRITY_ALGORITHM, "covers": INTEGRITY_COVERS}
     try:
         parsed["integrity"]["digest"] = layout_digest(parsed, weights)
@@ -359,6 +361,10 @@ def load(directory: str | Path, device: str | torch.device | None = None) -> Com
     if layout["weights"]["dtype"] != dtype:
         raise LoadError(f"{layout_path}: weights.dtype is {layout['weights']['dtype']} but the "
                         f"tensors of {weights_path} are {dtype}")
+    precision = layout["weights"].get("precision", dtype)
+    if coarsest(precision, dtype) != precision:
+        raise LoadError(f"{layout_path}: weights.precision is {precision}, finer than the "
+                        f"{dtype} tensors of {weights_path} can hold")
     _verify(layout, weights, layout_path, weights_path)
     try:
         tensors = load_bytes(weights)
@@ -374,7 +380,15 @@ def load(directory: str | Path, device: str | torch.device | None = None) -> Com
     model.load_state_dict(tensors)
     if device is not None:
         model = model.to(device)
-    return CompiledModel(model, layout)
+    return CompiledModel(model, layout, precision=_precision(layout, tensors.values()))
+
+
+def _precision(layout: dict, tensors) -> str:
+    """The precision the loaded weights hold, which the monitor charges: weights.precision
+    (float32 for float32 weights saved in float64), coarsened to float32 where every tensor
+    holds float32 values only (a round trip saved by a raspicl that did not record it)."""
+    recorded = layout["weights"].get("precision", layout["weights"]["dtype"])
+    return coarsest(recorded, held_precision(tensors))
 
 
 def model_config(layout: dict) -> ModelConfig:

@@ -193,7 +193,7 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     for lo in starts:
         chunk = _chunk(prompts, lo, min(lo + CHUNK, problems))
         trace = interpret(program, chunk)
-        monitor = ContractStream(cm.layout, cm.dtype_name)
+        monitor = ContractStream(cm.layout, cm.precision)
         final = None
         for i, r in enumerate(cm.stream(chunk)):  # one forward pass, sublayer by sublayer
             monitor.feed(r)

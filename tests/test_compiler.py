@@ -3,12 +3,17 @@ gadgets one at a time on small programs whose answer numpy computes independentl
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from raspicl import At, Offset, Program, Read, interpret, random_prompts
 from raspicl.compiler import CompilerConfig, compile_program
+from raspicl.errors import ConfigError
 from raspicl.registry import find_program
 from raspicl.verify import rel_err, verify_program
 
@@ -145,3 +150,102 @@ def test_float32_config_runs_in_float32():
 def test_config_rejects_unknown_dtype():
     with pytest.raises(ValueError, match="float64"):
         CompilerConfig.for_dtype("bfloat16")
+
+
+# ------------------------------------------------------------------ config conditions
+
+
+def test_default_configs_meet_their_conditions():
+    for config in (CompilerConfig(), CompilerConfig.for_dtype("float64"),
+                   CompilerConfig.for_dtype("float32"),
+                   CompilerConfig.for_dtype("float32", tolerance=1e-2)):
+        assert replace(config) == config  # __post_init__ ran again, and passed
+
+
+BAD_FIELDS = [
+    ("attention_margin", 0.0), ("attention_margin", math.inf),
+    ("neutral_ln_eps", 2.0**81), ("neutral_ln_eps", 0.0), ("neutral_ln_eps", 3.0),
+    ("division_ln_eps", -1e-12), ("division_ln_eps", math.nan),
+    ("division_anchor", 0.0), ("division_anchor", 1e200),
+    ("ln_anchor", -1.0), ("ln_anchor", 1e160),
+    ("ln_restore_anchor", 2.0**30 + 1.0), ("ln_restore_anchor", 0.0),
+    ("ln_division_anchor", -1.0),
+    ("product_scale", 0.0), ("product_scale", 0.6), ("product_scale", -1e-3),
+    ("richardson", 1),
+    ("select_sharpness", 3.0), ("select_sharpness", 8.0), ("select_sharpness", math.inf),
+    ("bound_margin", 0.5), ("bound_margin", math.nan),
+    ("interval_fallback", 0.0), ("interval_fallback", 1.0),
+    ("calibration_prompts", 0), ("calibration_prompts", 512.0),
+    ("calibration_seed", -1),
+    ("target_dtype", "float16"),
+    ("tolerance", 0.0), ("tolerance", -1e-8), ("tolerance", math.inf),
+    ("rounding_factor", 1.0), ("rounding_factor", math.inf),
+    ("feasibility_passes", -1), ("feasibility_passes", 1.5),
+    ("min_acceptance", 1.5), ("min_acceptance", -0.1),
+    ("fusion", "yes"), ("fusion_max_readers", 0), ("fusion_width_slack", 0.9),
+    ("fusion_always", None),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS)
+def test_config_rejects_a_field_outside_its_condition(field, value):
+    """Every field's stated condition is checked when the config is made, with an error that
+    names the field and its value (ConfigError is a ValueError and a RaspiclError)."""
+    base = CompilerConfig.for_dtype("float32") if field == "ln_restore_anchor" \
+        else CompilerConfig()
+    with pytest.raises(ConfigError, match=rf"CompilerConfig\.{field} = "
+                                          rf"{re.escape(repr(value))}: must be "):
+        replace(base, **{field: value})
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_module_constants_meet_their_conditions():
+    from raspicl.compiler import config
+
+    assert config.CALIBRATION_CHUNK >= 1 and config.MEASURE_CHUNK >= 1
+    assert config.MEASURE_MEMORY > 0
+    assert math.isfinite(config.ZERO_BOUND) and config.ZERO_BOUND > 0
+
+
+def test_product_scale_limit_follows_richardson():
+    CompilerConfig(product_scale=0.8, richardson=False)  # within the plain gadget's 1
+    with pytest.raises(ConfigError, match="product_scale"):
+        CompilerConfig(product_scale=0.8)
+    with pytest.raises(ConfigError, match="product_scale"):
+        CompilerConfig(product_scale=1.5, richardson=False)
+
+
+def test_min_select_sharpness_is_where_the_closed_gate_leaks_below_rounding():
+    """Closed, a gate leaks at most Phi(-s) times its bound. The smallest s with
+    Phi(-s) <= 2^-53 (half an ulp of the bound), found with mpmath, is what the config
+    requires (to 0.01, rounded up). In float64 torch's GeLU rounds 1 + erf to a multiple of
+    2^-53, which lifts that leak by under 1% (to 1.004 2^-53 B at B = 1e-3): within one ulp
+    of the bound, a quarter of the 2 kappa u B the monitor charges a gate. select_sharpness = 3
+    (which compiled and, on newton d = 1 n = 2 T = 2, had 100 of 100 prompts accepted, 33 beyond
+    the tolerance) leaks 1e-3 of its bound."""
+    import mpmath
+
+    from raspicl.compiler.config import MIN_SELECT_SHARPNESS
+    from raspicl.compiler.gadgets.mlp import gate_units
+
+    mpmath.mp.dps = 40
+    half_ulp = mpmath.mpf(2) ** -53
+    s_min = mpmath.findroot(lambda s: mpmath.ncdf(-s) - half_ulp, 8)
+    assert s_min <= MIN_SELECT_SHARPNESS < s_min + 0.01
+    assert mpmath.ncdf(-MIN_SELECT_SHARPNESS) <= half_ulp
+
+    def closed_leak(sharpness: float, bound: float) -> float:
+        z = np.linspace(-bound, bound, 2001)  # |a - b| within the bound, mask 0
+        units = gate_units(0, {1: 1.0}, 0.0, 2, bound, sharpness)
+        out = np.zeros_like(z)
+        for u in units:
+            pre = torch.as_tensor(u.w_in[1] * z + u.w_in[2] * 0.0 + u.b_in)
+            out += u.w_out[0] * torch.nn.functional.gelu(pre).numpy()
+        return float(np.abs(out).max())
+
+    for bound in (1e-3, 1.0, 37.5):
+        assert closed_leak(MIN_SELECT_SHARPNESS, bound) <= 2.0**-52 * bound
+        assert closed_leak(3.0, bound) > 1e-3 * bound
+    with pytest.raises(ConfigError, match="select_sharpness"):
+        compile_program(find_program("newton").build(d=1, n=2, T=2),
+                        CompilerConfig(select_sharpness=3))

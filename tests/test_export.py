@@ -520,6 +520,36 @@ def test_layout_dtype_must_match_the_file(gd, tmp_path):
         load(directory)
 
 
+def test_precision_is_saved_and_loaded(gd, tmp_path):
+    """A float32 model widened to float64 holds float32 values: the export records it
+    (weights.precision) and the loaded model charges float32 (CompiledModel.precision)."""
+    widened = gd.to(torch.float32).to(torch.float64)
+    directory = save(widened, tmp_path / "m")
+    weights = _read(directory)["weights"]
+    assert (weights["dtype"], weights["precision"]) == ("float64", "float32")
+    assert load(directory).precision == "float32"
+    assert _read(save(gd, tmp_path / "g"))["weights"]["precision"] == "float64"
+    assert load(tmp_path / "g").precision == "float64"
+
+
+def test_unrecorded_precision_is_read_off_the_weights(gd, tmp_path):
+    """A layout without weights.precision (written before it was recorded): float64 tensors
+    that hold float32 values only are charged float32; gd's own weights are not."""
+    directory = save(gd.to(torch.float32).to(torch.float64), tmp_path / "m")
+    _edit(directory, lambda L: L["weights"].pop("precision"), resign=True)
+    assert load(directory).precision == "float32"
+    plain = save(gd, tmp_path / "g")
+    _edit(plain, lambda L: L["weights"].pop("precision"), resign=True)
+    assert load(plain).precision == "float64"
+
+
+def test_precision_finer_than_the_file_is_refused(gd, tmp_path):
+    directory = save(gd.to(torch.float32), tmp_path / "m")
+    _edit(directory, lambda L: L["weights"].__setitem__("precision", "float64"), resign=True)
+    with pytest.raises(LoadError, match="weights.precision is float64, finer than the float32"):
+        load(directory)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_save_refuses_half_precision(gd, tmp_path, dtype):
     with pytest.raises(ExportError, match=r"runs in float64 or float32, not "

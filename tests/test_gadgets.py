@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from raspicl.compiler.config import ZERO_BOUND
 from raspicl.compiler.gadgets.attention import pattern_weights
 from raspicl.compiler.gadgets.layernorm import division_read, neutral_read
 from raspicl.compiler.gadgets.mlp import (
     UnitSpec,
     affine_units,
+    gadget_bound,
     gate_units,
     product_params,
     product_units,
@@ -112,6 +114,20 @@ def test_gate_units_open_and_closed(bound):
     # outside its bound the closed gate leaks: the bound is what keeps it shut
     far = np.array([-6.0 * bound])
     assert abs(run_units(units, {4: far, 9: np.zeros(1)}, 0)[0]) > 0.0
+
+
+def test_a_zero_bound_is_built_and_recorded_as_one_bound():
+    """gadget_bound decides a gadget's bound once: a zero bound (operands 0 on every
+    calibration prompt) becomes ZERO_BOUND for the units and the monitor record alike, and a
+    gate is never built for a bound other than the one it is given."""
+    assert gadget_bound(0.0) == ZERO_BOUND and gadget_bound(2.5) == 2.5
+    assert product_params(False, 0.0, 4.0, 1e-3) == product_params(False, ZERO_BOUND, 4.0,
+                                                                     1e-3)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="bound"):
+            gate_units(0, {4: 2.0}, 1.0, 9, bad, 40.0)
+    with pytest.raises(ValueError, match="bound"):
+        gadget_bound(math.nan)
 
 
 def _layernorm(A: np.ndarray, eps: float) -> np.ndarray:

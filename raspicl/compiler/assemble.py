@@ -28,6 +28,7 @@ from raspicl.compiler.gadgets.layernorm import (
 from raspicl.compiler.gadgets.mlp import (
     UnitSpec,
     affine_units,
+    gadget_bound,
     gate_units,
     product_form_units,
     product_params,
@@ -335,7 +336,7 @@ def _gated_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float],
         if terms or b != 0.0:
             bound = abs(b) + sum(abs(c) * _row_bound(ins, operand_rows, bounds, r)
                                  for r, c in terms.items())
-            bound = max(bound, ins.gate_floor)
+            bound = gadget_bound(max(bound, ins.gate_floor))  # built and recorded alike
             units += gate_units(dst.rows[o], terms, b, ins.mask.rows[0], bound,
                                 config.select_sharpness)
             facts.gate_bound[o] = bound

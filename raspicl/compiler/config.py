@@ -6,7 +6,13 @@ the model will run in. A compiled model records its config in layout.json.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from raspicl.errors import ConfigError
+from raspicl.monitor import SERIES_LIMIT
 
 # Calibration prompts the interpreter runs at a time (compiler/calibrate.py). Calibration keeps
 # running maxima, minima and counts, so the bounds do not depend on it; memory grows with it
@@ -26,6 +32,29 @@ CALIBRATION_CHUNK = 64
 # Condition: MEASURE_CHUNK >= 1, MEASURE_MEMORY > 0.
 MEASURE_CHUNK = 128
 MEASURE_MEMORY = 24 * 2**20
+# The bound a product or gate gadget is built for where its operands' bound is 0 (they were 0
+# on every calibration prompt: a domain with w_scale 0, calibration prompts of zeros). Any
+# positive scale builds a working gadget; what matters is that the monitor record holds the
+# bound the weights were built with (compiler/gadgets/mlp.gadget_bound decides it once for
+# both), so that a prompt whose operands exceed it is refused. Condition: > 0 and finite.
+ZERO_BOUND = 1.0
+# The smallest select_sharpness s whose closed gate leaks less than float64 rounds. Closed
+# (mask 0, |z| <= B), a gate's two units take GeLU arguments in [-3s, -s] and add their
+# difference times B / s; both GeLUs have one sign, so the leak is at most
+# max_{a <= -s} |GeLU(a)| B / s = Phi(-s) B (erf GeLU: |a| Phi(a) decreases there; gpt2's
+# tanh GeLU leaks less, 1.7e-23 B at s = 8.21). The monitor takes a closed gate's output as 0
+# and charges the gate 2 kappa u B (u = 2^-52): Phi(-s) <= 2^-53, half an ulp of B, keeps the
+# leak within an eighth of that charge (kappa = 2); float64's GeLU, which rounds 1 + erf to
+# a multiple of 2^-53, lifts it by under 1%. Phi(-s) = 2^-53 at s = 8.2095 (mpmath,
+# tests/test_compiler.py); 8.21 is that, rounded up. Condition: Phi(-MIN_SELECT_SHARPNESS) <=
+# 2^-53.
+MIN_SELECT_SHARPNESS = 8.21
+# The smallest rounding_factor (kappa) the monitor's error bound has been checked with: the
+# property tests (tests/test_contract_properties.py, test_fusion.py) hold measured errors
+# within the bound at the default kappa = 2, the count of roundings a gadget's sums take
+# (a product, then a sum; two GeLUs, then their difference). Condition: what those tests run.
+MIN_ROUNDING_FACTOR = 2.0
+DTYPES = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -43,18 +72,24 @@ class CompilerConfig:
     neutral_ln_eps:
         eps of the LayerNorm in blocks that do not divide. LayerNorm then divides by
         sqrt(var + eps) == sqrt(eps) exactly in floating point, a known scaling the MLP undoes.
-        Condition: eps >= 2^(p+2) * var for the residual's largest variance var (p = 52 mantissa
-        bits in float64, 23 in float32). 2^80 covers var up to 2^26 (about 6.7e7) in float64;
-        a power of two keeps 1/sqrt(eps) exact.
+        Conditions: a power of 4 (sqrt(eps) and 1 / sqrt(eps) are then exact, and feasibility
+        raises it by powers of 4); eps >= 2^(p+2) * var for the residual's largest variance var
+        (p = 52 mantissa bits in float64, 23 in float32), which depends on the model: the
+        monitor checks it at every MLP input and refuses a prompt that breaks it. 2^80 covers
+        var up to 2^26 (about 6.7e7) in float64.
     division_ln_eps:
         eps of the LayerNorm in a block that divides; must be negligible beside the anchors'
-        variance 2 N^2 s^2 / d_model. Condition: eps << 2 N^2 s_min^2 / d_model.
+        variance 2 N^2 s^2 / d_model. Conditions: finite and >= 0; eps << 2 N^2 s_min^2 /
+        d_model depends on the model: the monitor charges the quotient |q| |ratio - 1| with
+        ratio = N |s| sqrt(2 / d_model) / sqrt(var + eps), eps included.
     division_anchor:
         N, the anchors +N s and -N s that make LayerNorm divide by |s|. The relative error of the
         quotient is about Q / (4 N^2 s^2), Q the squared norm of the rest of the residual; the
         computed mean carries a rounding error of about N |s| * machine epsilon that the zero
-        row cancels only to first order. Condition: Q / (4 N^2 s_min^2) << tolerance and
-        N |s_max| * machine epsilon << tolerance * |quotient|.
+        row cancels only to first order. Conditions: positive, with 2 N^2 finite in the dtype;
+        Q / (4 N^2 s_min^2) << tolerance and N |s_max| * machine epsilon << tolerance *
+        |quotient| depend on the model, and the monitor charges their consequence (the
+        measured ratio - 1, the LayerNorm mean's rounding).
     ln_anchor:
         N of the constant anchors +N / -N (rows ln_pos, ln_neg) that a target reading through
         LayerNorm at every sublayer (gpt2) keeps at every token, so that each LayerNorm passes
@@ -69,69 +104,88 @@ class CompilerConfig:
         about 4 kappa u^2 N beside the anchors, for the LayerNorm mean's rounding. 1e18
         (float64: u^2 N = 1.2e-14, (N_div s / N)^2 = 1e-18 s^2 for N_div = 1e9); 2^20
         (float32, whose tolerance is 1e-3: u^2 N = 3.7e-9; divisions restore at 2^30).
+        Validated: positive, with 2 N^2 finite in the target dtype (the LayerNorm's variance
+        sums the anchors' squares); the rest depends on the model, and the monitor charges
+        |v| |ratio - 1| measured at every read.
     ln_restore_anchor:
         N_r, the size a dividing block's MLP restores the constant anchors at (the next
         attention takes them back to ln_anchor): only that attention reads beside the division
         anchors, so only it needs N_r >> N_div |s_max|, and only it pays the mean's rounding
-        at u N_r. None: ln_anchor. Condition: N_r - ln_anchor exact in the dtype (powers of
-        two). float32: 2^30 (u^2 N_r = 3.8e-6, (N_div s / N_r)^2 = 1e-10 s^2 for N_div = 1e4),
-        with ln_anchor 2^20 everywhere else.
+        at u N_r. None: ln_anchor. Conditions: positive, N_r, ln_anchor and N_r - ln_anchor
+        exact in the target dtype (powers of two), 2 N_r^2 finite in it. float32: 2^30
+        (u^2 N_r = 3.8e-6, (N_div s / N_r)^2 = 1e-10 s^2 for N_div = 1e4), with ln_anchor 2^20
+        everywhere else.
     ln_division_anchor:
         N_div under a target that reads through LayerNorm (gpt2), in place of
         division_anchor; None: division_anchor. Lower than division_anchor in float32 to keep
         N_div |s| << ln_restore_anchor; compile-time feasibility raises it where a division needs
-        more (as it does division_anchor).
+        more (as it does division_anchor). Condition: None, or as division_anchor.
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
         t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2
         (z^4 with Richardson), rounding like machine epsilon / z. Measured best on |t| <= 1:
         z = 1e-3 (float64, Richardson, 3.6e-13 of t_max^2), z = 0.1 (float32, Richardson,
-        1.3e-5).
+        1.3e-5). Condition: 0 < z <= the largest e |t| for which the monitor's truncation
+        series holds (raspicl.monitor.SERIES_LIMIT: 0.5 with Richardson, whose 2e scale must
+        stay within 1, and 1 without): beyond it an operand near its bound is refused.
     richardson:
         combine the square gadget at eps and 2 eps, (4 E(eps) - E(2 eps)) / 3, cancelling the
         z^2 term for twice the hidden units.
     select_sharpness:
-        s, how far below zero a closed gate's GeLU arguments sit: a closed gate leaks about
-        s Phi(-s) B. Condition: s Phi(-s) << machine epsilon; s = 40 gives 1e-348 (zero).
+        s, how far below zero a closed gate's GeLU arguments sit: a closed gate leaks at most
+        Phi(-s) B (B its bound), which the monitor takes as 0. Condition: finite and
+        s >= MIN_SELECT_SHARPNESS = 8.21, where Phi(-s) <= 2^-53 (see that constant);
+        s = 40 leaks 4e-350 B (zero: the GeLUs underflow).
     bound_margin:
         calibrated register bounds (largest |value| seen on calibration prompts) are multiplied
         by this before the gadgets' scales are chosen. Condition: >= 1; larger is safer and
-        loses a little precision.
+        loses a little precision. Validated: finite and >= 1.
     interval_fallback:
         a value whose calibrated bound is below this fraction of its interval bound (what its
         operands' bounds allow) is taken to cancel on the calibration prompts only, and gets
         the interval bound (compiler/bounds.py). Condition: well below the ratio of ordinary
-        values (|dot of d terms| / sum of |terms| is about 1 / sqrt(d)) and above rounding.
+        values (|dot of d terms| / sum of |terms| is about 1 / sqrt(d)) and above rounding;
+        validated: float64's machine epsilon < fraction < 1 (where it falls inside that range
+        only sets the gadgets' scales, which the monitor checks at run time).
     calibration_prompts, calibration_seed:
         how many prompts from the model's domain calibrate the bounds, and the seed.
+        Conditions: integers, calibration_prompts >= 1, calibration_seed >= 0 (numpy's
+        seeds).
+    target_dtype:
+        the dtype feasibility measures the model in: 'float64' or 'float32'.
     tolerance:
         the error the model vouches for: the runtime monitor accepts a prompt only if its
         error bound at every output is <= tolerance * max(|output|, 1). None: 1e-8 for
-        float64, 1e-3 for float32 (the defaults of raspicl verify).
+        float64, 1e-3 for float32 (the defaults of raspicl verify). Condition: None, or
+        positive and finite.
     rounding_factor:
         kappa, the multiple of machine epsilon the monitor charges per rounded operation
-        (a sum of a few terms, a GeLU, a LayerNorm read) in its error bound. Condition: >= the
-        few operations each gadget rounds in (2-4); the property tests check that measured
-        errors never exceed the bound.
+        (a sum of a few terms, a GeLU, a LayerNorm read) in its error bound. Condition: finite
+        and >= MIN_ROUNDING_FACTOR = 2, the few operations each gadget rounds in; the property
+        tests check at 2 that measured errors never exceed the bound.
     feasibility_passes:
         how many times compile-time feasibility may re-tune per-block constants (LayerNorm
         eps, anchors, gate bounds) from what the compiled model holds on calibration prompts.
+        Condition: an integer >= 0.
     min_acceptance:
         the fraction of calibration prompts the finished model should accept. If a gadget's
         precondition fails on more than 1 - min_acceptance of them the compile fails
         (CompileError, naming the op and quantity); if only the error bound exceeds the
         tolerance that often, the model is returned with a ContractWarning (feasibility.py).
+        Condition: 0 <= min_acceptance <= 1.
     fusion:
         run the fusion pass (compiler/fusion.py): linear values whose readers can compute them
         get no rows and no sublayer of their own. False compiles every op as written.
+        (fusion, richardson and fusion_always must be booleans.)
     fusion_max_readers:
         a linear value read by more ops than this is kept (materialised): each reader that
         absorbs it repeats its terms (value columns of a head, entries of W_in), so past a
-        few readers the repeated terms outweigh the rows saved. Condition: >= 1.
+        few readers the repeated terms outweigh the rows saved. Condition: an integer >= 1.
     fusion_width_slack:
         the fused layout is kept when it has fewer blocks and a d_model at most this multiple
         of the unfused one's (or as many blocks and a narrower stream); fusing lengthens the
-        lives of the fused values' operands, which can widen the stream. Condition: >= 1.
+        lives of the fused values' operands, which can widen the stream. Condition: finite
+        and >= 1.
     fusion_always:
         keep the fused layout whatever its size (the fusion property tests use it, so that
         every fusion the pass makes is compiled and checked).
@@ -161,6 +215,13 @@ class CompilerConfig:
     fusion_width_slack: float = 1.25
     fusion_always: bool = False
 
+    def __post_init__(self) -> None:
+        """Every field against the condition its docstring states (ConfigError naming the
+        field, its value and the condition); conditions that depend on the model are the
+        monitor's to check at run time."""
+        for check in _CHECKS:
+            check(self)
+
     @classmethod
     def for_dtype(cls, dtype: str = "float64", **overrides) -> CompilerConfig:
         """Defaults for a model that will run in `dtype` ('float64' or 'float32')."""
@@ -184,3 +245,147 @@ class CompilerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def _fail(field: str, value: object, condition: str) -> ConfigError:
+    return ConfigError(f"CompilerConfig.{field} = {value!r}: must be {condition}")
+
+
+def _number(config: CompilerConfig, field: str) -> float:
+    """The field as a float; ConfigError unless it is a real number (not a bool)."""
+    value = getattr(config, field)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise _fail(field, value, "a number")
+    return float(value)
+
+
+def _at_least(field: str, low: float, strict: bool = False, why: str = ""):
+    """A check: the field is finite and >= low (> low if strict)."""
+    def check(config: CompilerConfig) -> None:
+        v = _number(config, field)
+        if not (math.isfinite(v) and (v > low if strict else v >= low)):
+            raise _fail(field, getattr(config, field),
+                        f"finite and {'>' if strict else '>='} {low:g}{why}")
+    return check
+
+
+def _integer(field: str, low: int):
+    def check(config: CompilerConfig) -> None:
+        v = getattr(config, field)
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+            raise _fail(field, v, f"an integer >= {low}")
+    return check
+
+
+def _boolean(field: str):
+    def check(config: CompilerConfig) -> None:
+        if not isinstance(getattr(config, field), bool | np.bool_):
+            raise _fail(field, getattr(config, field), "True or False")
+    return check
+
+
+def _target_dtype(config: CompilerConfig) -> None:
+    if config.target_dtype not in DTYPES:
+        raise _fail("target_dtype", config.target_dtype, "'float64' or 'float32'")
+
+
+def _square_fits(field: str):
+    """A check: the field (an anchor N) is None, or positive with 2 N^2 finite in the target
+    dtype (a LayerNorm's variance sums the anchors' squares)."""
+    def check(config: CompilerConfig) -> None:
+        v = getattr(config, field)
+        if v is None:
+            return
+        _at_least(field, 0.0, strict=True)(config)
+        name = config.target_dtype
+        if not float(v) <= math.sqrt(float(np.finfo(name).max) / 2.0):
+            raise _fail(field, v, f"small enough that 2 N^2 is finite in {name}")
+    return check
+
+
+def _power_of_4(config: CompilerConfig) -> None:
+    v = _number(config, "neutral_ln_eps")
+    m, e = math.frexp(v) if math.isfinite(v) and v > 0 else (0.0, 0)
+    if not (m == 0.5 and (e - 1) % 2 == 0):
+        raise _fail("neutral_ln_eps", config.neutral_ln_eps,
+                    "a positive power of 4 (so that sqrt(eps) and 1 / sqrt(eps) are exact)")
+
+
+def _exact_in(value: float, dtype: str) -> bool:
+    return float(np.asarray(value, dtype=dtype)) == value
+
+
+def _restore_anchor(config: CompilerConfig) -> None:
+    """ln_restore_anchor: None, or N_r, ln_anchor and N_r - ln_anchor exact in the dtype."""
+    if config.ln_restore_anchor is None:
+        return
+    _square_fits("ln_restore_anchor")(config)
+    n_r, n, dtype = float(config.ln_restore_anchor), float(config.ln_anchor), \
+        config.target_dtype
+    if not (_exact_in(n_r, dtype) and _exact_in(n, dtype) and _exact_in(n_r - n, dtype)
+            and n_r - n + n == n_r):
+        raise _fail("ln_restore_anchor", config.ln_restore_anchor,
+                    f"such that it, ln_anchor = {config.ln_anchor!r} and their difference are "
+                    f"exact in {dtype} (powers of two)")
+
+
+def _optional(field: str, check):
+    def run(config: CompilerConfig) -> None:
+        if getattr(config, field) is not None:
+            check(config)
+    return run
+
+
+def _product_scale(config: CompilerConfig) -> None:
+    _boolean("richardson")(config)
+    limit = SERIES_LIMIT[bool(config.richardson)]
+    v = _number(config, "product_scale")
+    if not 0.0 < v <= limit:
+        raise _fail("product_scale", config.product_scale,
+                    f"in (0, {limit:g}] with richardson={config.richardson} (the largest |e t| "
+                    f"for which the monitor's truncation series bounds the product gadget, "
+                    f"raspicl.monitor.SERIES_LIMIT)")
+
+
+def _interval_fallback(config: CompilerConfig) -> None:
+    v = _number(config, "interval_fallback")
+    if not (float(np.finfo(np.float64).eps) < v < 1.0):
+        raise _fail("interval_fallback", config.interval_fallback,
+                    "above float64's machine epsilon and below 1")
+
+
+def _min_acceptance(config: CompilerConfig) -> None:
+    v = _number(config, "min_acceptance")
+    if not 0.0 <= v <= 1.0:
+        raise _fail("min_acceptance", config.min_acceptance, "between 0 and 1")
+
+
+_CHECKS = (
+    _target_dtype,
+    _at_least("attention_margin", 0.0, strict=True),
+    _power_of_4,
+    _at_least("division_ln_eps", 0.0),
+    _square_fits("division_anchor"),
+    _square_fits("ln_anchor"),
+    _restore_anchor,
+    _square_fits("ln_division_anchor"),
+    _product_scale,
+    _at_least("select_sharpness", MIN_SELECT_SHARPNESS,
+              why=" (the closed gate leaks at most Phi(-s) times its bound, which the monitor "
+                  "takes as 0; Phi(-s) <= 2^-53 needs s >= 8.21)"),
+    _at_least("bound_margin", 1.0),
+    _interval_fallback,
+    _integer("calibration_prompts", 1),
+    _integer("calibration_seed", 0),
+    _optional("tolerance", _at_least("tolerance", 0.0, strict=True)),
+    _at_least("rounding_factor", MIN_ROUNDING_FACTOR),
+    _integer("feasibility_passes", 0),
+    _min_acceptance,
+    _boolean("fusion"),
+    _integer("fusion_max_readers", 1),
+    _at_least("fusion_width_slack", 1.0),
+    _boolean("fusion_always"),
+)

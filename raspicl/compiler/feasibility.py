@@ -29,6 +29,7 @@ import torch
 from raspicl.compact import CompactPlan
 from raspicl.compiler.assemble import Tuning
 from raspicl.compiler.config import MEASURE_CHUNK, MEASURE_MEMORY, CompilerConfig
+from raspicl.compiler.gadgets.mlp import gadget_bound
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
 from raspicl.contract import (
@@ -252,13 +253,16 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
 
 
 def _gate_bound(ins) -> float:
-    """The gate bound the compiler would choose without a floor (the interval over its
-    operands' bounds): a floor below it changes nothing."""
+    """The smallest gate bound the compiler would build the select's gates for without a
+    floor (the interval over its operands' bounds, as gadget_bound builds it: a gate whose
+    operands were 0 on every calibration prompt is built for ZERO_BOUND): a floor below it
+    changes nothing. (Taking such a gate as built for 0 would let a floor of the model's
+    rounding noise, 1e-13, replace the ZERO_BOUND it was built for.)"""
     bounds = [v.bound for v, _ in ins.reads]
-    per_out = [0.0] * ins.dst.width
+    per_out: dict[int, float] = {}
     for o, c, r, _ in ins.gated:
-        per_out[o] += abs(c) * bounds[r]
-    return min([b for b in per_out if b > 0] or [0.0])
+        per_out[o] = per_out.get(o, 0.0) + abs(c) * bounds[r]
+    return min([gadget_bound(b) for b in per_out.values()] or [0.0])
 
 
 def _unify_twins(low: Lowered, sched: Schedule, eps: dict, anchor: dict) -> None:

@@ -29,7 +29,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from raspicl.compiler.config import ZERO_BOUND
+
 SQRT_PI_2 = math.sqrt(math.pi / 2)
+
+
+def gadget_bound(bound: float) -> float:
+    """The bound a product's operand or a gate is built for, from the bound its operands were
+    given: that bound, or ZERO_BOUND where it is 0 (the operands were 0 on every calibration
+    prompt). The one place this is decided: the weights and the monitor record (ProductPair's
+    k and e, an instruction's gate_bound) both take it from here, so the monitor checks the
+    gadget against the bound it was built for. ValueError for a negative or non-finite bound."""
+    if not (math.isfinite(bound) and bound >= 0):
+        raise ValueError(f"a gadget's bound must be finite and >= 0, got {bound!r}")
+    return bound if bound > 0 else ZERO_BOUND
 
 
 @dataclass
@@ -51,9 +64,10 @@ def affine_units(dst_row: int, w_in: dict[int, float], bias: float) -> list[Unit
 def product_params(square: bool, bound_a: float, bound_b: float,
                    z: float) -> tuple[float, float]:
     """(k, e) of a product gadget: the balance k = sqrt(B_b / B_a) (1 for a square) and the
-    scale e with e * max|t| = z for operands within their bounds (a zero bound counts as 1)."""
-    bound_a = bound_a if bound_a > 0 else 1.0
-    bound_b = bound_b if bound_b > 0 else 1.0
+    scale e with e * max|t| = z for operands within their bounds (each bound as gadget_bound
+    gives it: a zero bound counts as ZERO_BOUND). The units and the monitor record both take
+    their k and e from here."""
+    bound_a, bound_b = gadget_bound(bound_a), gadget_bound(bound_b)
     if square:
         return 1.0, z / bound_a
     return math.sqrt(bound_b / bound_a), z / (2.0 * math.sqrt(bound_a * bound_b))
@@ -112,8 +126,12 @@ def product_form_units(form_a: tuple[dict[int, float], float],
 def gate_units(dst_row: int, w_in: dict[int, float], bias: float, mask_row: int,
                bound: float, sharpness: float) -> list[UnitSpec]:
     """Two units that add mask * (sum w_in[j] v_j + bias) to dst_row, for a 0/1 mask row and
-    |sum w_in v + bias| <= bound."""
-    bound = bound if bound > 0 else 1.0
+    |sum w_in v + bias| <= bound. `bound` is the one the monitor records (gadget_bound's): a
+    gate built for another bound than it records is never closed-checked for what it was
+    built for, so a bound that is not positive and finite is a ValueError here, not replaced."""
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"a gate's bound must be positive and finite (gadget_bound), got "
+                         f"{bound!r}")
     k = sharpness / bound
     C = 2.0 * bound
     units = []
