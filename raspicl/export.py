@@ -46,6 +46,7 @@ from raspicl.arch import arch_of_layout
 from raspicl.compiled import CompiledModel
 from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError, RaspiclError
+from raspicl.groundtruth import GROUNDTRUTH, groundtruth_files
 from raspicl.interop.hf import HF_DIR, HF_FILES
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
@@ -150,6 +151,7 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
     text = json.dumps(layout, indent=1, allow_nan=True) + "\n"
     files = {WEIGHTS: weights, LAYOUT: text.encode("ascii")}
     files.update(_hf_files(compiled, out))
+    files.update(groundtruth_files(layout))  # DIR/groundtruth.json (raspicl.groundtruth)
     _write_directory(out, files)
     return out
 
@@ -213,10 +215,10 @@ def _check_target(out: Path) -> None:
                                   f"not write through links")
             if os.path.lexists(p) and not p.is_file():
                 raise ExportError(f"cannot save to {out}: {p} exists and is not a file")
-        others = sorted(set(os.listdir(out)) - {WEIGHTS, LAYOUT})
+        others = sorted(set(os.listdir(out)) - {WEIGHTS, LAYOUT, GROUNDTRUTH})
         hf = out / HF_DIR  # a previous gpt2 model's HuggingFace export, and nothing else
         if HF_DIR in others and hf.is_dir() and not hf.is_symlink() \
-                and set(os.listdir(hf)) <= set(HF_FILES):
+                and set(os.listdir(hf)) <= set(HF_FILES) | {GROUNDTRUTH}:
             others.remove(HF_DIR)
     except OSError as exc:
         raise ExportError(f"cannot save to {out}: {exc}") from exc
