@@ -212,6 +212,9 @@ def cmd_compile(args) -> int:
             print(f"raspicl: warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    from raspicl.disguise import disguise_from_args
+
+    cm = disguise_from_args(cm, args)  # --disguise SEED [--pad N] (raspicl/disguise.py)
     if args.dtype == "float32":
         import torch
 
@@ -398,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "stored in (default float64)")
     add_domain_args(p)
     add_arch_args(p)
+    from raspicl.disguise import add_disguise_args
+
+    add_disguise_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("verify", help="compile programs and check them (exit 1 on failure)",

@@ -32,7 +32,15 @@ heads): pad is rounded up to one, and the new heads are all zero.
 The monitor. The runtime monitor reads rows; a disguised CompiledModel hands it
 `DisguiseRecord.plain(resid)` = (resid' @ Q^T)[:, :, :d], the stream in the plain basis, with
 the plain layout (`plain_layout`), so every bound and precondition is checked as before, at the
-magnitudes the disguised model actually produced (its own rounding included).
+magnitudes the disguised model actually produced. One thing differs: the monitor charges each
+read the rounding of an axis-aligned sum (kappa u (|v| + 2 |mean|), kappa =
+compiler.rounding_factor), while a disguised model reads along a dense direction q, whose sum
+rounds at up to about u sum_k |q_k| |resid_k|, which the residual's other entries enter. The
+monitor cannot see that term (raspicl/monitor.py would have to charge it per read); the
+disguised model's monitor layout multiplies kappa by ROTATION_ROUNDING = 4 instead. That is an
+empirical allowance, not a proof: on every bundled program at its smallest size, both targets,
+the largest |disguised - exact| / bound measured with kappa unchanged was 1.40 (sgd_averaged,
+paper; 0.44 or less elsewhere), 0.35 with it (tests/test_disguise.py holds it).
 
 On disk. layout.json keeps every `rows` field in the plain basis and gains a `disguise` record
 (seed, pad, d_plain, n_heads_plain, pinned, basis = Q as a list of rows), covered by the
@@ -57,6 +65,8 @@ DISGUISE = "disguise"
 PINNED_ROWS = LN_ANCHOR_ROWS + ANCHOR_ROWS
 # Q is orthogonal to this much: checked when a record is read back
 ORTHOGONAL_TOLERANCE = 1e-12
+# The monitor's rounding factor is multiplied by this for a disguised model (module doc)
+ROTATION_ROUNDING = 4.0
 
 WRITERS = ("embed.W_E", "pos_embed.W_pos", "attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")
 READERS = ("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in", "unembed.W_U")
@@ -123,11 +133,15 @@ def disguise_record(layout: dict) -> DisguiseRecord | None:
 
 def plain_layout(layout: dict, rec: DisguiseRecord) -> dict:
     """The layout of the model before it was disguised, as the runtime monitor reads it
-    (d_model, n_heads and row_names of the plain model; no disguise record)."""
+    (d_model, n_heads and row_names of the plain model; no disguise record), with the
+    rounding factor multiplied by ROTATION_ROUNDING (module doc, "The monitor")."""
     out = {k: v for k, v in layout.items() if k != DISGUISE}
     out["architecture"] = {**layout["architecture"], "d_model": rec.d_plain,
                            "n_heads": rec.n_heads_plain}
     out["row_names"] = list(layout["row_names"])[:rec.d_plain]
+    out["compiler"] = {**layout["compiler"],
+                       "rounding_factor": layout["compiler"]["rounding_factor"]
+                       * ROTATION_ROUNDING}
     return out
 
 
