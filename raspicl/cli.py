@@ -454,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     from raspicl.icl import cli_analysis, cli_train
     cli_train.add_commands(sub)
     cli_analysis.add_commands(sub)
+    from raspicl.benchmark import suite  # raspicl benchmark (docs/benchmark.md)
+    suite.add_commands(sub)
     return parser
 
 
