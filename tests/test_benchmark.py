@@ -158,6 +158,15 @@ def test_score_from_the_hf_export_with_transformer_lens(tmp_path):
     own, own_res = RaspiclSubject(cm).run(task.test.a.tokens())
     assert np.allclose(pred.numpy(), own.detach().numpy(), rtol=1e-10, atol=1e-10)
     assert len(res) == len(own_res) == task.gt.n_residuals
+    # a patch at every residual, after attention ones included (through hook_attn_out: the
+    # bridge's hook_resid_mid would feed the MLP only), moves both passes alike
+    _, res_b = RaspiclSubject(cm).run(task.test.b.tokens())
+    for i in range(task.gt.n_residuals):
+        new = res_b[i].detach()
+        with torch.no_grad():
+            got, _ = tl.run(task.test.a.tokens(), {i: lambda r, n=new: n})
+            want, _ = RaspiclSubject(cm).run(task.test.a.tokens(), {i: lambda r, n=new: n})
+        assert np.allclose(got.numpy(), want.numpy(), rtol=1e-8, atol=1e-8), i
     via_tl = act_patch(tl, task, Cache(tl, task))
     assert not via_tl.nodes  # node resampling needs components: raspicl's subject only
     s_tl = score(out / "hf", via_tl, task=task)

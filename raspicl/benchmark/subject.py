@@ -144,10 +144,54 @@ class RaspiclSubject:
         return self._readout(final), outs, ins
 
 
+def residual_hooks(n_layers: int, patches: dict[int, Patch] | None = None,
+                   record: dict[int, torch.Tensor] | None = None) -> list[tuple[str, Callable]]:
+    """TransformerLens forward hooks that apply patches[i] to raspicl's residual i and record
+    every residual into `record` (index -> tensor). Residual 0 is blocks.0.hook_resid_pre and
+    2l + 2 blocks.l.hook_resid_post, patched where they are; residual 2l + 1 (after block l's
+    attention) is patched through blocks.l.hook_attn_out: in the TransformerBridge over GPT-2,
+    what blocks.l.hook_resid_mid returns feeds ln_2 (the MLP's input) only, not the skip
+    connection, so patching it there does not patch the residual stream (setting it to zero
+    at block 0 moved ridge's prediction by 1.9; through hook_attn_out, by 3e9, as zeroing
+    blocks.0.hook_resid_post does)."""
+    patches = patches or {}
+    record = {} if record is None else record
+    pre: dict[int, torch.Tensor] = {}
+
+    def apply(i: int, value: torch.Tensor) -> torch.Tensor:
+        out = patches[i](value) if i in patches else value
+        record[i] = out
+        return out
+
+    hooks = []
+    for layer in range(n_layers):
+        def h_pre(value, hook, layer=layer):
+            if layer == 0:
+                value = apply(0, value)
+            pre[layer] = value
+            return value
+
+        def h_attn(value, hook, layer=layer):
+            i = 2 * layer + 1
+            mid = pre[layer] + value
+            if i not in patches:
+                record[i] = mid
+                return value
+            return apply(i, mid) - pre[layer]
+
+        def h_post(value, hook, layer=layer):
+            return apply(2 * layer + 2, value)
+
+        hooks += [(f"blocks.{layer}.hook_resid_pre", h_pre),
+                  (f"blocks.{layer}.hook_attn_out", h_attn),
+                  (f"blocks.{layer}.hook_resid_post", h_post)]
+    return hooks
+
+
 class TLensSubject:
-    """The HuggingFace export DIR/hf under TransformerLens (raspicl.interop.tlens): residual
-    patches are forward hooks on blocks.l.hook_resid_*; the prediction is
-    ln_final.hook_out @ W_U + b_U at the output positions (from DIR/hf/groundtruth.json)."""
+    """The HuggingFace export DIR/hf under TransformerLens (raspicl.interop.tlens), residual
+    patches by `residual_hooks`; the prediction is ln_final.hook_out @ W_U + b_U at the output
+    positions (from DIR/hf/groundtruth.json)."""
 
     def __init__(self, directory: str | Path, positions: list[int] | None = None):
         from raspicl.groundtruth import load_groundtruth
@@ -161,21 +205,13 @@ class TLensSubject:
             positions = list(load_groundtruth(hf_dir(directory)).output["positions"])
         self.positions = positions
         self.d_model = int(self.bridge.cfg.d_model)
-        self._hook = tlens.residual_hook
         self._final = tlens.FINAL
 
     def run(self, tokens, patches: dict[int, Patch] | None = None
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        patches = patches or {}
         res: dict[int, torch.Tensor] = {}
-        hooks = []
         final: list[torch.Tensor] = []
-        for i in range(self.n_residuals):
-            def hook(value, hook, i=i):
-                out = patches[i](value) if i in patches else value
-                res[i] = out
-                return out
-            hooks.append((self._hook(i), hook))
+        hooks = residual_hooks(self.n_layers, patches, res)
         hooks.append((self._final, lambda value, hook: final.append(value)))
         tok = torch.as_tensor(tokens, dtype=torch.float64)
         self.bridge.run_with_hooks(self.readout.embed(tok), fwd_hooks=hooks)
