@@ -116,7 +116,7 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
     the permissions a plain mkdir gives) and fsynced; that directory is then renamed into
     place. A target that does not exist is created by the rename (its parents are created
     first). An existing target must be a directory holding nothing but a previous model's
-    two files (or nothing); it is swapped with the new one atomically where Linux's
+    files (layout.json, model.safetensors, groundtruth.json, hf/) or nothing; it is swapped with the new one atomically where Linux's
     renameat2(RENAME_EXCHANGE) is available, and otherwise renamed aside (`.NAME.old-XXXXXXXX`),
     the new one renamed in and the old one removed; a crash between those two renames leaves
     the previous model intact under the .old name. Either way, until the rename the previous
