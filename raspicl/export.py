@@ -110,14 +110,16 @@ def layout_digest(layout: dict, weights: bytes) -> str:
 
 def save(compiled: CompiledModel, directory: str | Path) -> Path:
     """Write the model's weights and layout as `directory`/model.safetensors and
-    `directory`/layout.json; return `directory` as a Path.
+    `directory`/layout.json (and groundtruth.json, raspicl.groundtruth; hf/ for gpt2); return
+    `directory` as a Path.
 
     Both files are written into a new directory beside the target (`.NAME.tmp-XXXXXXXX`, with
     the permissions a plain mkdir gives) and fsynced; that directory is then renamed into
     place. A target that does not exist is created by the rename (its parents are created
     first). An existing target must be a directory holding nothing but a previous model's
-    files (layout.json, model.safetensors, groundtruth.json, hf/) or nothing; it is swapped with the new one atomically where Linux's
-    renameat2(RENAME_EXCHANGE) is available, and otherwise renamed aside (`.NAME.old-XXXXXXXX`),
+    files (layout.json, model.safetensors, groundtruth.json, hf/) or nothing; it is swapped
+    with the new one atomically where Linux's renameat2(RENAME_EXCHANGE) is available, and
+    otherwise renamed aside (`.NAME.old-XXXXXXXX`),
     the new one renamed in and the old one removed; a crash between those two renames leaves
     the previous model intact under the .old name. Either way, until the rename the previous
     model is untouched, and a failure while writing removes the temporary directory.

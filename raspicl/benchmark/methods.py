@@ -402,9 +402,10 @@ def _train_das(subject, task: Task, cache: Cache, where: dict[str, int], steps: 
 
         pred, _ = subject.run(tokens, {i: patch(i) for i in set(where.values())})
         losses = (((metric(pred) - targets) / scales) ** 2).reshape(len(V), N).mean(-1)
+        seen = _np(losses)
         for k in range(len(V)):
-            if float(losses[k].detach()) < best[k][0]:  # NaN never is
-                best[k] = (float(losses[k]), _np(Qs[k]))
+            if seen[k] < best[k][0]:  # NaN never is
+                best[k] = (float(seen[k]), _np(Qs[k]))
         opt.zero_grad()
         losses.sum().backward()
         opt.step()

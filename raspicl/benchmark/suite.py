@@ -180,12 +180,23 @@ def markdown(result: dict) -> str:
 
 
 def write(result: dict, out: Path) -> tuple[Path, Path]:
-    """out/leaderboard.md and out/leaderboard.json."""
+    """out/leaderboard.md and out/leaderboard.json (NaN written as null)."""
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "leaderboard.md", out / "leaderboard.json"
     md.write_text(markdown(result))
-    js.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
+    js.write_text(json.dumps(_null_nan(result), indent=1, allow_nan=False) + "\n")
     return md, js
+
+
+def _null_nan(x):
+    """The result with NaN (a metric not produced) as null, so that the JSON is standard."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _null_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_null_nan(v) for v in x]
+    return x
 
 
 # ---------------------------------------------------------------------------------- command
