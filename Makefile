@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# One thread, as for `test`: raspicl's own default (--threads), and BLAS's, which numpy reads
+# when it loads.
 verify: setup
-	$(BIN)/raspicl verify
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/raspicl verify --threads 1
 
 # One thread each for torch (tests/conftest.py) and BLAS: small models on a shared machine run
 # many times slower with more (oversubscription). HF_HUB_OFFLINE: the interop tests load local

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import raspicl.compiler as compiler  # noqa: E402
-import raspicl.monitor as monitor  # noqa: E402
+import raspicl.contract as monitor  # noqa: E402
 from raspicl.errors import ContractWarning  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
 

@@ -3,6 +3,7 @@ and how tight its error bound is.
 
     python bench/contract.py                  # every program, every GRID entry, both dtypes
     python bench/contract.py --quick          # the first two GRID entries per program
+    python bench/contract.py --paper-sizes    # the paper's sizes (d = 8), both targets
     python bench/contract.py --programs gd_step ridge --dtype float32 --problems 200
 
 Each (program, parameters, dtype) is compiled as `raspicl verify` compiles it: with the program
@@ -85,25 +86,34 @@ def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-def compile_for(pf, params: dict, dtype: str):
+# The paper's sizes (the certificate issue's d = 8 models), for --paper-sizes.
+PAPER_SIZES = {
+    "gd_step": [{"d": 8}], "sherman_morrison": [{"d": 8}], "sgd": [{"d": 8, "n": 16}],
+    "ridge": [{"d": 8, "n": 16}], "batch_gd": [{"d": 8, "n": 16, "T": 4}],
+    "newton": [{"d": 8, "n": 16, "T": 6}], "nlms": [{"d": 8, "n": 8}],
+}
+
+
+def compile_for(pf, params: dict, dtype: str, arch: str = "paper"):
     """The compiled model as `raspicl verify` builds it, and the ContractWarnings raised."""
     program = pf.build(**params)
     config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ContractWarning)
-        cm = compile_program(program, config, domain=pf.domain)
+        cm = compile_program(program, config, domain=pf.domain, arch=arch)
     n_warn = sum(issubclass(w.category, ContractWarning) for w in caught)
     if dtype == "float32":
         cm = cm.to(torch.float32)
     return program, config, cm, n_warn
 
 
-def measure_set(program, config, cm, x_std: float, noise: float, seed: int, problems: int):
+def measure_set(program, config, cm, x_std: float, noise: float, seed: int, problems: int,
+                adjoint: str = "always"):
     prompts = PromptDistribution(x_std, 1.0, noise).sample(problems, program.d, program.n, seed)
     res = cm.residuals(prompts, check="ignore")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        rep = cm.contract(res)
+        rep = cm.contract(res, adjoint=adjoint)
     numpy_warnings = sum(issubclass(w.category, RuntimeWarning) for w in caught)
     got = cm.readout(res[-1])
     want = raspicl.interpret(program, prompts).output()
@@ -130,6 +140,7 @@ def measure_set(program, config, cm, x_std: float, noise: float, seed: int, prob
         "viol": int(viol.sum()),
         "viol_worst": float((diff / np.maximum(rep.bound, 1e-300))[viol].max(initial=0.0)),
         "tight": float(np.median(ratios)) if ratios.size else float("nan"),
+        "tight_max": float(np.max(ratios)) if ratios.size else float("nan"),
         "err_all": float(np.where(finite, rel, 0.0).max(initial=0.0)),
         "refused_by": (f"{kinds.most_common(1)[0][0]} ({kinds.most_common(1)[0][1]})"
                        if refused.any() and kinds else "-"),
@@ -145,17 +156,21 @@ def print_models(models: list) -> None:
     """One line per model: acceptance on every prompt set, the median tightness over the
     sets, the largest accepted error, the bound's tolerance and compile-time ContractWarning."""
     sets = [s[0] for s in PROMPT_SETS]
-    head = (f"{'program':16s} {'params':19s} {'dtype':7s} {'tol':>5s} "
-            + " ".join(f"{s:>9s}" for s in sets) + f" {'tight':>6s} {'err(acc)':>8s} CW")
-    print("acceptance (%) per prompt set; tight: median over the sets; err(acc): largest over "
+    head = (f"{'program':16s} {'params':24s} {'dtype':7s} {'tol':>5s} "
+            + " ".join(f"{s:>9s}" for s in sets)
+            + f" {'tight':>6s} {'max':>8s} {'err(acc)':>8s} CW")
+    print("acceptance (%) per prompt set; tight: median over the sets, max: the largest "
+          "bound / error of any accepted prediction; err(acc): largest over "
           "the sets; CW: ContractWarning at compile")
     print(head)
     print("-" * len(head))
     for name, params, dtype, tol, n_warn, row in models:
         tights = [m["tight"] for m in row if np.isfinite(m["tight"])]
         tight = f"{np.median(tights):6.0f}" if tights else f"{'-':>6s}"
+        worst = max((m["tight_max"] for m in row if np.isfinite(m["tight_max"])), default=None)
+        tight += f" {worst:8.2g}" if worst is not None else f" {'-':>8s}"
         err = max((m["err_acc"] for m in row if m["any_accepted"]), default=float("nan"))
-        print(f"{name:16s} {params:19s} {dtype:7s} {tol:5.0e} "
+        print(f"{name:16s} {params:24s} {dtype:7s} {tol:5.0e} "
               + " ".join(f"{100 * m['accepted']:9.1f}" for m in row)
               + f" {tight} {err:8.1e} {'yes' if n_warn else '-'}")
 
@@ -166,9 +181,23 @@ def main() -> int:
     ap.add_argument("--dtype", choices=[*DTYPES, "both"], default="both")
     ap.add_argument("--problems", type=int, default=1000, help="prompts per prompt set")
     ap.add_argument("--quick", action="store_true", help="the first two GRID entries only")
+    ap.add_argument("--paper-sizes", action="store_true",
+                    help="the paper's sizes (PAPER_SIZES, d = 8) on both targets, not the GRIDs")
+    ap.add_argument("--arch", choices=["paper", "gpt2", "both"], default=None,
+                    help="target (default: paper for the GRIDs, both for --paper-sizes)")
+    ap.add_argument("--adjoint", default="always", choices=["always", "needed", "off"],
+                    help="which bound the monitor reports (raspicl.contract.check_contract): "
+                         "'always' the smaller of the forward and adjoint bounds everywhere "
+                         "(default: the tightness measured), 'needed' what CompiledModel.run "
+                         "does (the same acceptance), 'off' the forward enclosure alone")
     args = ap.parse_args()
     pfs = ([find_program(p) for p in args.programs] if args.programs else bundled_programs())
+    if args.paper_sizes:
+        pfs = [pf for pf in pfs if pf.name in PAPER_SIZES]
     dtypes = list(DTYPES) if args.dtype == "both" else [args.dtype]
+    arch = args.arch or ("both" if args.paper_sizes else "paper")
+    archs = ["paper", "gpt2"] if arch == "both" else [arch]
+    print(f"bound: adjoint={args.adjoint!r}; targets: {', '.join(archs)}")
     head = (f"{'program':16s} {'params':19s} {'dtype':7s} {'prompts':10s} {'dom':3s} "
             f"{'acc%':>6s} {'err(acc)':>9s} {'VIOL':>5s} {'tight':>8s} {'err(all)':>9s}  "
             f"refused-by")
@@ -177,42 +206,44 @@ def main() -> int:
     total_viol, total_warn, total_np, low, failed, models = 0, 0, 0, [], [], []
     start = time.perf_counter()
     for pf in pfs:
-        grid = pf.grid[:2] if args.quick else pf.grid
-        for params in grid:
-            for dtype in dtypes:
-                try:
-                    program, config, cm, n_warn = compile_for(pf, params, dtype)
-                except CompileError as exc:
-                    failed.append((pf.name, fmt_params(params), dtype))
-                    print(f"{pf.name:16s} {fmt_params(params):19s} {dtype:7s} COMPILE ERROR: "
-                          f"{' '.join(str(exc).split())[:300]}")
-                    continue
-                total_warn += n_warn
-                tag = f" (ContractWarning x{n_warn} at compile)" if n_warn else ""
-                row: list[dict] = []
-                for name, x_std, noise, seed in PROMPT_SETS:
-                    m = measure_set(program, config, cm, x_std, noise, seed, args.problems)
-                    total_viol += m["viol"]
-                    total_np += m["numpy_warnings"]
-                    dom = "yes" if in_domain(pf, x_std, noise) else "-"
-                    err_acc = f"{m['err_acc']:9.1e}" if m["any_accepted"] else f"{'-':>9s}"
-                    tight = f"{m['tight']:8.1e}" if np.isfinite(m["tight"]) else f"{'-':>8s}"
-                    print(f"{pf.name:16s} {fmt_params(params):19s} {dtype:7s} {name:10s} "
-                          f"{dom:3s} {100 * m['accepted']:6.1f} {err_acc} "
-                          f"{m['viol']:5d} {tight} {m['err_all']:9.1e}  "
-                          f"{m['refused_by']}{tag}", flush=True)
-                    row.append(m)
-                    tag = ""
-                    if m["viol"]:
-                        print(f"  !!! CONTRACT VIOLATED: {m['viol']} accepted predictions off by "
-                              f"more than their bound or the tolerance "
-                              f"{config.contract_tolerance:g} (worst |err| / bound = "
-                              f"{m['viol_worst']:.3g}) !!!", flush=True)
-                    if name in CORE_SETS and m["accepted"] < 0.99:
-                        low.append((pf.name, fmt_params(params), dtype, name,
-                                    100 * m["accepted"], dom == "yes"))
-                models.append((pf.name, fmt_params(params), dtype, config.contract_tolerance,
-                               n_warn, row))
+        grid = PAPER_SIZES[pf.name] if args.paper_sizes else \
+            (pf.grid[:2] if args.quick else pf.grid)
+        for params, target, dtype in [(p, a, d) for p in grid for a in archs for d in dtypes]:
+            name_params = fmt_params(params) + ("" if target == "paper" else " gpt2")
+            try:
+                program, config, cm, n_warn = compile_for(pf, params, dtype, target)
+            except CompileError as exc:
+                failed.append((pf.name, name_params, dtype))
+                print(f"{pf.name:16s} {name_params:19s} {dtype:7s} COMPILE ERROR: "
+                      f"{' '.join(str(exc).split())[:300]}")
+                continue
+            total_warn += n_warn
+            tag = f" (ContractWarning x{n_warn} at compile)" if n_warn else ""
+            row: list[dict] = []
+            for name, x_std, noise, seed in PROMPT_SETS:
+                m = measure_set(program, config, cm, x_std, noise, seed, args.problems,
+                            args.adjoint)
+                total_viol += m["viol"]
+                total_np += m["numpy_warnings"]
+                dom = "yes" if in_domain(pf, x_std, noise) else "-"
+                err_acc = f"{m['err_acc']:9.1e}" if m["any_accepted"] else f"{'-':>9s}"
+                tight = f"{m['tight']:8.1e}" if np.isfinite(m["tight"]) else f"{'-':>8s}"
+                print(f"{pf.name:16s} {name_params:19s} {dtype:7s} {name:10s} "
+                      f"{dom:3s} {100 * m['accepted']:6.1f} {err_acc} "
+                      f"{m['viol']:5d} {tight} {m['err_all']:9.1e}  "
+                      f"{m['refused_by']}{tag}", flush=True)
+                row.append(m)
+                tag = ""
+                if m["viol"]:
+                    print(f"  !!! CONTRACT VIOLATED: {m['viol']} accepted predictions off by "
+                          f"more than their bound or the tolerance "
+                          f"{config.contract_tolerance:g} (worst |err| / bound = "
+                          f"{m['viol_worst']:.3g}) !!!", flush=True)
+                if name in CORE_SETS and m["accepted"] < 0.99:
+                    low.append((pf.name, name_params, dtype, name,
+                                100 * m["accepted"], dom == "yes"))
+            models.append((pf.name, name_params, dtype, config.contract_tolerance,
+                           n_warn, row))
     print()
     print_models(models)
     print()

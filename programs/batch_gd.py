@@ -50,10 +50,6 @@ TOLERANCE = {"float64": 1e-8, "float32": 1e-2}
 # (the compiler's default domain) reaches on a few percent of prompts at lr = 0.1; calibrating
 # on those would scale every gadget for values of 1e5. x ~ N(0, I), noise up to 1.
 DOMAIN = PromptDistribution(x_scale=1.0, w_scale=1.0, noise=1.0)
-# What the compiled model vouches for with its runtime error bound (raspicl.monitor): the
-# first-order bound compounds over the examples (steps) far faster than the measured error
-# (~1e-10), so the contract is looser than the measured check above.
-CONTRACT_TOLERANCE = {"float64": 1e-6, "float32": 1e-2}
 
 
 def default_w0(d: int) -> np.ndarray:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from raspicl.compact import CompactPlan
+from raspicl.contract import ContractReport, ContractStream, Finding, check_contract
 from raspicl.disguise import disguise_record, plain_layout
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
 from raspicl.interpret import value_at
 from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
-from raspicl.monitor import ContractReport, ContractStream, Finding, check_contract
 from raspicl.prompts import Prompts
 from raspicl.sparse_weights import SparseWeights
 
@@ -121,20 +121,24 @@ class CompiledModel:
         return torch.as_tensor(arr, dtype=dtype or W.dtype, device=device or W.device)
 
     def run(self, prompts: Prompts | np.ndarray, check: str = "error",
-            threads: int | None = None) -> Prediction:
+            threads: int | None = None, adjoint: str = "needed") -> Prediction:
         """Predictions with their error bounds and the runtime contract (raspicl.monitor).
 
         check: 'error' raises DomainError if any prompt is refused (NaN or infinite tokens, a
         gadget precondition that fails, an error bound above the tolerance), naming the
         prompt, token, op and quantity; 'warn' issues a DomainWarning instead and returns
         every prediction, refused ones included; 'ignore' runs no monitor (bound None).
-        threads: the torch thread count on the CPU (default: the model's `threads`)."""
-        return self._run(prompts, check, depth=1, threads=threads)
+        threads: the torch thread count on the CPU (default: the model's `threads`).
+        adjoint: where the monitor tightens its forward bound by the adjoint's
+        (raspicl.monitor.check_contract): 'needed' (where the forward bound alone would refuse),
+        'always' (every prediction gets the tightest bound), 'off'."""
+        return self._run(prompts, check, depth=1, threads=threads, adjoint=adjoint)
 
-    def _run(self, prompts, check: str, depth: int, threads: int | None = None) -> Prediction:
+    def _run(self, prompts, check: str, depth: int, threads: int | None = None,
+             adjoint: str = "needed") -> Prediction:
         """run(), called `depth` raspicl frames below the user's line."""
         res, report, prompt_findings = self._forward(prompts, check, depth + 1, threads,
-                                                     keep_all=False)
+                                                     keep_all=False, adjoint=adjoint)
         values = self.readout(res[-1])
         if report is None:
             return Prediction(values, None, None)
@@ -218,10 +222,11 @@ class CompiledModel:
         b_U = self.runner().unembed.b_U.detach().cpu().double().numpy()
         return final[:, pos] @ W_U + b_U
 
-    def contract(self, residuals: list[np.ndarray]) -> ContractReport:
-        """The monitor's walk over residuals this model computed (see raspicl.monitor)."""
-        return check_contract(self.monitor_layout,
-                              [self.plain_residual(r) for r in residuals], self.dtype_name)
+    def contract(self, residuals: list[np.ndarray], adjoint: str = "needed") -> ContractReport:
+        """The monitor's walk over residuals this model computed (see raspicl.monitor;
+        adjoint: as for `run`), through the plain basis for a disguised model."""
+        return check_contract(self.monitor_layout, [self.plain_residual(r) for r in residuals],
+                              self.dtype_name, adjoint)
 
     @property
     def monitor_layout(self) -> dict:
@@ -243,7 +248,7 @@ class CompiledModel:
         return str(self.runner().dtype).removeprefix("torch.")
 
     def _forward(self, prompts, check: str, depth: int, threads: int | None = None,
-                 keep_all: bool = True):
+                 keep_all: bool = True, adjoint: str = "needed"):
         """The residual stream (every residual if keep_all, else the last one only), the
         monitor's report and the prompt's own findings. Called `depth` raspicl frames below
         the user's line, at which warnings point. The monitor is fed each residual as the
@@ -253,7 +258,8 @@ class CompiledModel:
         # the shape is checked even under 'ignore'; NaN and infinity are findings
         found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
         monitor = None if check == "ignore" else ContractStream(self.monitor_layout,
-                                                                 self.dtype_name)
+                                                                self.dtype_name,
+                                                                adjoint=adjoint)
         if monitor is None and not keep_all:
             return [_as_numpy(self._last_residual(arr, threads))], None, []
         res: list[np.ndarray] = []

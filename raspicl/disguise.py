@@ -39,8 +39,9 @@ rounds at up to about u sum_k |q_k| |resid_k|, which the residual's other entrie
 monitor cannot see that term (raspicl/monitor.py would have to charge it per read); the
 disguised model's monitor layout multiplies kappa by ROTATION_ROUNDING = 4 instead. That is an
 empirical allowance, not a proof: on every bundled program at its smallest size, both targets,
-the largest |disguised - exact| / bound measured with kappa unchanged was 1.40 (sgd_averaged,
-paper; 0.44 or less elsewhere), 0.35 with it (tests/test_disguise.py holds it).
+64 prompts, the largest |disguised - exact| / bound with kappa unchanged was 1.40
+(sgd_averaged, paper) under the monitor this was written against, 0.70 under the monitor of
+main at the merge (adjoint bounds); 0.28 with the allowance (tests/test_disguise.py holds it).
 
 On disk. layout.json keeps every `rows` field in the plain basis and gains a `disguise` record
 (seed, pad, d_plain, n_heads_plain, pinned, basis = Q as a list of rows), covered by the

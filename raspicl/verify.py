@@ -11,6 +11,12 @@ Four checks per program and parameter set:
    the model accepts, and that no accepted prediction is off by more than its error bound or
    the contract tolerance (a violation fails the check).
 
+A check's status (CheckResult.status) is FAIL if any of 1-4 fails; else REFUSES if the model
+accepts fewer than MIN_ACCEPTANCE of the problems inside its calibrated domain (|x| and |y|
+within the layout's x_abs_max and y_abs_max): a model that answers correctly only the prompts
+it vouches for, and vouches for too few of its own domain, is not what the program asked for;
+else PASS.
+
 Errors are relative with a floor of one: |a - b| / max(|b|, 1), elementwise, maximised over
 every problem, token and entry compared. Problems are x, w ~ N(0, I), y = w^T x from a seed.
 
@@ -36,10 +42,10 @@ import torch
 from raspicl.compiled import CompiledModel
 from raspicl.compiler import CompilerConfig, compile_program
 from raspicl.compiler.bounds import Domain
+from raspicl.contract import ContractStream
 from raspicl.errors import ContractWarning
 from raspicl.guards import check_prompt
 from raspicl.interpret import interpret
-from raspicl.monitor import ContractStream
 from raspicl.prompts import Prompts, random_prompts
 from raspicl.registry import ProgramFile
 
@@ -49,6 +55,9 @@ DEFAULT_TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
 # in the interpreter's trace and the monitor's values) while keeping each pass large enough
 # to run at the model's batch speed.
 CHUNK = 100
+# A check whose model accepts fewer than this share of its in-domain problems is REFUSES, not
+# PASS: the compiler itself warns below it (CompilerConfig.min_acceptance, 0.99 by default).
+MIN_ACCEPTANCE = 0.99
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -84,9 +93,33 @@ class CheckResult:
     contract_violations: int = 0  # accepted predictions off by more than bound or tolerance
     contract_tolerance: float = 0.0
     notes: list[str] = field(default_factory=list)
+    in_domain: int = -1  # problems inside the calibrated domain (-1: not counted, all of them)
+    accepted_in_domain: float = float("nan")  # share of those the contract accepts
+    min_acceptance: float = MIN_ACCEPTANCE
+
+    @property
+    def acceptance(self) -> float:
+        """The share of the in-domain problems the model accepts (of every problem where the
+        in-domain ones were not counted; NaN where none of them is in the domain)."""
+        return self.accepted if self.in_domain < 0 else self.accepted_in_domain
+
+    @property
+    def refuses(self) -> bool:
+        """The model accepts fewer than min_acceptance of its in-domain problems."""
+        return bool(self.acceptance < self.min_acceptance)  # NaN (none in domain): False
+
+    @property
+    def status(self) -> str:
+        """'FAIL' (a check failed), 'REFUSES' (correct, but it refuses more than
+        1 - min_acceptance of its in-domain problems) or 'PASS'."""
+        if not self.passed:
+            return "FAIL"
+        return "REFUSES" if self.refuses else "PASS"
 
     @property
     def passed(self) -> bool:
+        """Checks 1-4 hold (the errors are within tolerance, no contract violation); says
+        nothing about how many problems the model accepts (`status` does)."""
         solver_ok = np.isnan(self.err_interpreter_solver) or (
             self.err_interpreter_solver <= INTERPRETER_TOLERANCE)
         model_solver_ok = np.isnan(self.err_model_solver) or (
@@ -129,19 +162,24 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
                    problems: int = 1000, seed: int = 0, symbolic: bool = True,
                    config: CompilerConfig | None = None,
                    domain: Domain | None = None, progress: bool = False,
-                   arch="paper") -> CheckResult:
+                   arch="paper", contract_tolerance: float | None = None,
+                   min_acceptance: float = MIN_ACCEPTANCE) -> CheckResult:
     """Compile one instance of a program and run all four checks on it. progress: a progress
     bar over the chunks of problems (stderr, shown on a terminal only). arch: the target
-    (raspicl.arch)."""
+    (raspicl.arch). contract_tolerance: what the model vouches for (default: the file's, see
+    contract_tolerance_for; ignored where `config` is given). min_acceptance: the share of
+    in-domain problems below which the check's status is REFUSES."""
     start = time.perf_counter()
     program = pf.build(**params)
-    config = config or CompilerConfig.for_dtype(dtype,
-                                                tolerance=contract_tolerance_for(pf, dtype))
+    if contract_tolerance is None:
+        contract_tolerance = contract_tolerance_for(pf, dtype)
+    config = config or CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance)
     cm = compile_checked(pf, program, dtype, config, domain=domain, arch=arch)
     prompts = random_prompts(problems, program.d, program.n, seed)
     # Verification measures the error on every prompt drawn (check='ignore'), notes those
     # beyond what calibration saw, and holds the contract separately below.
     outside = check_prompt(cm.layout, prompts.tokens(), "ignore")
+    inside = in_domain_mask(cm.layout, prompts)
     writes = _writes(program, cm)
     err_op = np.zeros(len(program.ops))
     err_pred = err_is = err_ms = 0.0
@@ -187,11 +225,29 @@ def verify_program(pf: ProgramFile, params: dict, dtype: str = "float64",
     if symbolic and hasattr(pf.module, "closed_form") and program.d <= 3 and program.n == 1:
         sym = "proved" if _prove(pf, params, program) else "FAILED"
     s = cm.summary()
+    accepted = np.concatenate(accepted)
+    share = float(accepted[inside].mean()) if inside.any() else float("nan")
     return CheckResult(pf.name, dict(params), dtype, s["blocks"], s["heads"], s["d_model"],
                        s["d_mlp"], s["params"], worst, worst_name, err_pred, err_is, err_ms,
                        sym, tolerance_for(pf, dtype), time.perf_counter() - start, problems,
-                       float(np.concatenate(accepted).mean()), violations,
-                       config.contract_tolerance, notes=outside)
+                       float(accepted.mean()), violations, config.contract_tolerance,
+                       notes=outside, in_domain=int(inside.sum()), accepted_in_domain=share,
+                       min_acceptance=min_acceptance)
+
+
+def in_domain_mask(layout: dict, prompts: Prompts) -> np.ndarray:
+    """[B] bool: the prompts whose every |x| and |y| lies within the domain the model was
+    calibrated for (layout['domain'] x_abs_max and y_abs_max; a bound the layout lacks does
+    not restrict). The same magnitudes raspicl.guards.check_prompt reports, per prompt."""
+    domain = layout.get("domain", {})
+    ok = np.ones(prompts.batch, dtype=bool)
+    for name, values in (("x", np.concatenate([prompts.X.reshape(prompts.batch, -1),
+                                               prompts.xq.reshape(prompts.batch, -1)], axis=1)),
+                         ("y", prompts.y.reshape(prompts.batch, -1))):
+        bound = domain.get(f"{name}_abs_max")
+        if bound is not None and values.shape[1]:
+            ok &= np.all(np.abs(values) <= bound, axis=1)
+    return ok
 
 
 def _writes(program, cm) -> dict[int, list[tuple[int, list[int]]]]:
@@ -244,12 +300,13 @@ def default_checks(programs: list[ProgramFile], dtypes: tuple[str, ...]) -> list
 
 
 HEAD = ["program", "params", "dtype", "blocks", "heads", "d_model", "d_mlp", "params#",
-        "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted", "pass"]
+        "err vs interp", "err vs solver", "interp vs solver", "sympy", "tol", "accepted",
+        "result"]
 # The narrowest each column is printed, whatever its header: the widest value it usually holds
 # (a model of 10^8 parameters, an error such as 1.2e-11, "99.8%"), so that rows printed one
 # at a time line up.
 MIN_WIDTH = {"blocks": 4, "d_model": 5, "d_mlp": 5, "params#": 9, "sympy": 6, "tol": 5,
-             "accepted": 8, "pass": 4}
+             "accepted": 8, "result": 7}
 
 
 def _params_text(params: dict) -> str:
@@ -261,7 +318,7 @@ def _cells(r: CheckResult) -> list[str]:
             str(r.d_model), str(r.d_mlp), str(r.n_params),
             f"{max(r.err_registers, r.err_prediction):.1e}", _fmt(r.err_model_solver),
             _fmt(r.err_interpreter_solver), r.symbolic, f"{r.tolerance:.0e}", _accepted(r),
-            "PASS" if r.passed else "FAIL"]
+            r.status]
 
 
 def _join(cells: list[str], widths: list[int]) -> str:
@@ -296,9 +353,12 @@ class TablePrinter:
 
 
 def _accepted(r: CheckResult) -> str:
-    """'99.8%', with the number of contract violations if there are any."""
-    text = f"{100 * r.accepted:.1f}%"
-    return text + (f" ({r.contract_violations} VIOLATIONS)" if r.contract_violations else "")
+    """'99.8%': the share of the in-domain problems accepted ('-' where none is in the
+    domain), with the number of contract violations if there are any."""
+    share = r.acceptance
+    text = "-" if np.isnan(share) else f"{100 * share:.1f}%"
+    v = r.contract_violations
+    return text + (f" ({v} VIOLATION{'S' if v > 1 else ''})" if v else "")
 
 
 def _fmt(x: float) -> str:

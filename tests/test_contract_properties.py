@@ -228,7 +228,7 @@ def check_program(recipe: Recipe, seed: int, dtype: str, arch: str = "paper") ->
                        for i, (_, make) in enumerate(DISTRIBUTIONS)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DomainWarning)
-        out = cm.run(prompts, check="warn")
+        out = cm.run(prompts, check="warn", adjoint="always")
     with np.errstate(all="ignore"):
         want = interpret(program, prompts).output()
         diff = np.abs(out.values - want)
@@ -319,7 +319,7 @@ def _contract(program, prompts: Prompts, dtype: str = "float64"):
         cm = cm.to(torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DomainWarning)
-        out = cm.run(prompts, check="warn")
+        out = cm.run(prompts, check="warn", adjoint="always")
     want = interpret(program, prompts).output()
     diff = np.abs(out.values - want)
     ok = out.accepted[:, None, None] & np.isfinite(want)

@@ -731,7 +731,7 @@ def test_gate_slope_bounds_the_gelu_derivative_spread(approximate):
     """raspicl.monitor.GATE_SLOPE >= max GeLU' - min GeLU' for both GeLU forms (a fine grid,
     the extremes at +-sqrt 2 well inside it), so that a gate whose two units are shifted by
     the same delta moves by at most GATE_SLOPE |delta|."""
-    from raspicl.monitor import GATE_SLOPE
+    from raspicl.contract.charges import GATE_SLOPE
 
     y = torch.linspace(-12.0, 12.0, 480001, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(torch.nn.functional.gelu(y, approximate=approximate).sum(), y)

@@ -74,7 +74,7 @@ def test_product_truncation_bounds_the_series(approximate, richardson):
     """The coefficients the monitor charges bound the true truncation on the whole range the
     monitor admits (|x| <= SERIES_LIMIT: 0.5 with Richardson, 1 without), and are not loose by
     more than a few percent at small x (so a wrong series would be caught)."""
-    from raspicl.monitor import SERIES_LIMIT
+    from raspicl.contract.charges import SERIES_LIMIT
 
     coefs = PRODUCT_TRUNCATION[approximate]["richardson" if richardson else "plain"]
     powers = (4, 6, 8) if richardson else (2, 4)

@@ -64,6 +64,8 @@ def test_wrong_width(gd):
         check_prompt(gd.layout, tok[0])
 
 
+# A NaN token also trips the gadgets it reaches: those findings come with the one asserted below.
+@pytest.mark.filterwarnings("ignore::raspicl.errors.DomainWarning")
 def test_nan_names_token_role_and_component(gd):
     tok = _tokens(gd)
     tok[1, 2, 2] = np.nan  # the query's x[1]

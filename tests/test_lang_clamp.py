@@ -22,12 +22,12 @@ from raspicl import random_prompts as make_prompts
 from raspicl.compiler import compile_program
 from raspicl.compiler.fusion import compose as fusion_compose
 from raspicl.compiler.gadgets.attention import pattern_weights, place_key
+from raspicl.contract import Read as MonitorRead
+from raspicl.contract.forward import _compose, _Walk
 from raspicl.errors import ContractWarning, LoadError
 from raspicl.export import load, save
 from raspicl.interpret import value_at
 from raspicl.lang.reads import compose, place_from_record, place_record, source_token
-from raspicl.monitor import Read as MonitorRead
-from raspicl.monitor import _compose, _Walk
 from raspicl.schema import PLACE, Context
 
 # ---------------------------------------------------------------- the language and the record

@@ -7,7 +7,7 @@
 - feasibility's measure on the compact plan against the same walk over the dense pass's full
   residual list (check_contract): the same acceptance and findings, and needs within a
   summation-order difference;
-- monitor._largest (and _largest_in, over some rows) against np.nan_to_num(|a|, nan=inf).max,
+- monitor.largest (and largest_in, over some rows) against np.nan_to_num(|a|, nan=inf).max,
   NaN and infinities included.
 """
 
@@ -24,8 +24,9 @@ from raspicl import random_prompts
 from raspicl.compact import SPARSE_MIN_ENTRIES, CompactPlan, Gathered
 from raspicl.compiler import compile_program
 from raspicl.compiler.feasibility import measure
+from raspicl.contract import check_contract
+from raspicl.contract.residuals import largest, largest_in, spans
 from raspicl.errors import ContractWarning
-from raspicl.monitor import _largest, _largest_in, _spans, check_contract
 from raspicl.prompts import Prompts
 from raspicl.registry import find_program
 
@@ -125,7 +126,7 @@ def test_measure_on_the_compact_plan_matches_the_dense_walk(name, params, loops)
     dense = cm.to()
     dense.compact = False
     want = check_contract(cm.layout, dense.residuals(prompts, check="ignore"), "float64")
-    got = measure(cm.model, cm.layout, prompts, "float64", chunk=7)
+    got = measure(cm.model, cm.layout, prompts, "float64", chunk=7, adjoint="needed")
     np.testing.assert_array_equal(got.accepted, want.accepted)
     assert not want.accepted.all() and want.accepted.any()
     assert sorted((f.prompt, str(f.op), f.quantity) for f in got.findings) == \
@@ -154,7 +155,7 @@ def test_largest_equals_nan_to_num_max():
         if trial % 5 == 0:
             a[rng.integers(5), rng.integers(3), rng.integers(4)] = np.inf
         want = np.nan_to_num(np.abs(a), nan=np.inf).max(axis=(1, 2))
-        np.testing.assert_array_equal(_largest(a), want)
+        np.testing.assert_array_equal(largest(a), want)
         rows = sorted(rng.choice(4, size=int(rng.integers(1, 4)), replace=False).tolist())
         want = np.nan_to_num(np.abs(a[..., rows]), nan=np.inf).max(axis=(1, 2))
-        np.testing.assert_array_equal(_largest_in(a, _spans(rows)), want)
+        np.testing.assert_array_equal(largest_in(a, spans(rows)), want)

@@ -186,6 +186,9 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+# §8 compiles a float32 model that vouches for few of its calibration prompts, and says so: its
+# ContractWarning is part of the lesson, not a fault of the page.
+@pytest.mark.filterwarnings("ignore::raspicl.errors.ContractWarning")
 def test_tutorial_runs(tmp_path, monkeypatch):
     """Every block, in order, in a fresh directory; stops at the first one that fails."""
     work = tmp_path / "tutorial"
@@ -245,7 +248,7 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     # the plot the tutorial embeds is one its code draws, and still has that plot's size
     for link in IMAGE.findall(TUTORIAL.read_text()):
         committed = (TUTORIAL.parent / link).resolve()
-        drawn = work / "out" / "momentum" / "plots" / committed.name.removeprefix("momentum_")
+        drawn = work / "out" / "momentum-plots" / committed.name.removeprefix("momentum_")
         assert drawn.is_file(), f"the tutorial's code does not draw {drawn.name} ({link})"
         if UPDATE:
             shutil.copyfile(drawn, committed)

@@ -15,8 +15,8 @@ import pytest
 
 import raspicl.verify as verify_mod
 from raspicl import interpret, random_prompts
+from raspicl.contract import ContractStream, check_contract
 from raspicl.errors import DomainWarning
-from raspicl.monitor import ContractStream, check_contract
 from raspicl.prompts import Prompts
 from raspicl.registry import find_program
 from raspicl.verify import compile_checked, rel_err, verify_program
@@ -89,14 +89,15 @@ def test_stream_keeps_no_residual_and_counts_them():
 
 
 def test_stream_holds_the_live_values_only():
-    """The walk runs as the residuals come and drops what no later instruction reads, so a
-    shared loop's iterations do not add up: per token, the most the stream holds at once is
-    the same at n = 4 and n = 8, and at n = 8 a third of what holding every value of the pass
-    (without its error bound) would take."""
+    """The forward walk runs as the residuals come and drops what no later instruction reads,
+    so a shared loop's iterations do not add up: per token, the most the stream holds at once
+    is the same at n = 4 and n = 8, and at n = 8 a third of what holding every value of the
+    pass (without its error bound) would take. (The adjoint's tape, which the reverse pass
+    walks back over, holds every node's charge: test_tape_grows_with_the_pass.)"""
     held = {}
     for n in (4, 8):
         program, cm = compiled("ridge", {"d": 2, "n": n}, "share")
-        stream = ContractStream(cm.layout, "float64")
+        stream = ContractStream(cm.layout, "float64", adjoint="off")
         for r in cm.stream(random_prompts(10, 2, n, seed=0)):
             stream.feed(r)
         stream.report()
@@ -106,6 +107,26 @@ def test_stream_holds_the_live_values_only():
         if n == 8:
             assert held[n] < every_value / 2, (held[n], every_value)
     assert held[8] <= 1.1 * held[4], held
+
+
+def test_tape_grows_with_the_pass():
+    """With the adjoint, the stream also holds the tape: its bytes are what the ledger counts
+    beside the forward walk's, and they grow with the pass (n = 8 holds more than n = 4)."""
+    held = {}
+    for n in (4, 8):
+        program, cm = compiled("ridge", {"d": 2, "n": n}, "share")
+        prompts = random_prompts(10, 2, n, seed=0)
+        peaks = []
+        for mode in ("off", "always"):
+            stream = ContractStream(cm.layout, "float64", adjoint=mode)
+            for r in cm.stream(prompts):
+                stream.feed(r)
+            stream.report()
+            peaks.append(stream.peak_bytes)
+        tape = stream._checker.walk.tape.bytes()
+        assert tape > 0 and peaks[1] >= peaks[0] + 0.5 * tape, (peaks, tape)
+        held[n] = tape
+    assert held[8] > 1.5 * held[4], held
 
 
 @pytest.mark.parametrize("name,params", [("gd_step", {"d": 3}), ("ridge", {"d": 2, "n": 3})])

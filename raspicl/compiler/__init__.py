@@ -16,7 +16,13 @@ from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.describe import describe
-from raspicl.compiler.feasibility import Feasibility, measure, require_acceptance, retune
+from raspicl.compiler.feasibility import (
+    Feasibility,
+    measure,
+    require_acceptance,
+    retune,
+    tighten,
+)
 from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
 from raspicl.compiler.layout import Layout, lay_out
 from raspicl.compiler.liveness import liveness
@@ -116,6 +122,7 @@ def _build(program: Program, low: Lowered, sched: Schedule, layout: Layout,
         if new is None:
             break
         tuning = new
+    report = tighten(report, model, record, low.calibration.prompts, config.target_dtype, plan)
     feas = Feasibility(report, passes)
     record["monitor"]["calibration"] = {"prompts": int(len(report.accepted)),
                                         "accepted": feas.acceptance, "tuning_passes": passes}

@@ -37,10 +37,10 @@ from raspicl.compiler.layout import Layout
 from raspicl.compiler.loops import describe_row_mismatch
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
+from raspicl.contract import ProductPair
 from raspicl.errors import CompileError
 from raspicl.lang.reads import Here
 from raspicl.model import LayerNorm, ModelConfig, Transformer
-from raspicl.monitor import ProductPair
 from raspicl.sparse_weights import SparseArray, SparseWeights
 
 

@@ -17,10 +17,10 @@ from raspicl.compiler.gadgets.attention import HeadSpec, place_key
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
+from raspicl.contract import Instruction, Read, instruction_record
 from raspicl.lang.reads import Here, place_record
 from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
 from raspicl.model import ModelConfig
-from raspicl.monitor import Instruction, Read, instruction_record
 from raspicl.slots import run_of
 from raspicl.slots import slot_name as name_of
 

@@ -31,19 +31,20 @@ from raspicl.compiler.assemble import Tuning
 from raspicl.compiler.config import MEASURE_CHUNK, MEASURE_MEMORY, CompilerConfig
 from raspicl.compiler.lower import Lowered
 from raspicl.compiler.schedule import Schedule
-from raspicl.errors import CompileError, ContractWarning
-from raspicl.model import Transformer
-from raspicl.monitor import (
+from raspicl.contract import (
     CLOSED_GATE,
     DIVISION_REST,
     NEUTRAL_VARIANCE,
     PREDICTION_BOUND,
     ContractReport,
     ContractStream,
-    _needs,
     parse_instructions,
     walk_scratch_rows,
 )
+from raspicl.contract.residuals import walk_reads
+from raspicl.errors import CompileError, ContractWarning
+from raspicl.model import Transformer
+from raspicl.prompts import Prompts
 from raspicl.sparse_weights import SparseWeights
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
@@ -62,19 +63,33 @@ class Feasibility:
         return float(self.report.accepted.mean()) if len(self.report.accepted) else 1.0
 
 
-def measure_chunk(layout: dict, n_tokens: int) -> int:
+def measure_chunk(layout: dict, n_tokens: int, adjoint: str = "off") -> int:
     """Prompts in the first measuring pass: as many as keep what one chunk could hold within
     config.MEASURE_MEMORY, at most config.MEASURE_CHUNK and at least 1. It counts, per
     prompt and token, the rows of every value and of every landing, twice (the walk keeps an
     error bound beside each value), as if the streamed monitor held them all at once, and
     what the pass needs beside them (`_beside`): all float64. The monitor holds
     far less (raspicl.monitor.ContractStream drops what no later instruction reads), so the
-    later chunks are sized by what the first one measured (`next_chunk`)."""
+    later chunks are sized by what the first one measured (`next_chunk`). With the adjoint
+    the walk also keeps its tape (raspicl.contract.adjoint), every node's charge to the end:
+    measured at 1.2-1.9 rows per row of every instruction's result and reads (sgd, ridge,
+    sherman_morrison, batch_gd, both targets), counted here as 2."""
     mon = layout["monitor"]
     rows = sum(len(v["rows"]) for v in mon["values"].values())
-    _, landings, _, _ = _needs(layout)
+    _, landings, _, _ = walk_reads(layout)
     rows += sum(len(r) for group in landings.values() for r in group)
-    return _prompts_within(2 * rows * n_tokens * 8 + _beside(layout, n_tokens))
+    per_prompt = 2 * rows * n_tokens * 8 + _beside(layout, n_tokens)
+    if adjoint != "off":
+        per_prompt += 2 * _tape_rows(layout) * n_tokens * 8
+    return _prompts_within(per_prompt)
+
+
+def _tape_rows(layout: dict) -> int:
+    """Per token, the rows of every instruction's result and of the values it reads."""
+    mon = layout["monitor"]
+    width = {label: len(v["rows"]) for label, v in mon["values"].items()}
+    return sum(len(rec["bias"]) + sum(width.get(r["value"], len(rec["bias"]))
+                                      for r in rec["reads"]) for rec in mon["instructions"])
 
 
 def _prompts_within(per_prompt: float) -> int:
@@ -100,7 +115,7 @@ def next_chunk(layout: dict, n_tokens: int, peak_bytes: int, prompts: int) -> in
 
 def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: str,
             chunk: int | None = None, compact: bool = True,
-            plan: CompactPlan | None = None) -> ContractReport:
+            plan: CompactPlan | None = None, adjoint: str = "off") -> ContractReport:
     """The monitor's walk over the model's forward pass on `prompts`, in `dtype`, `chunk`
     prompts at a time (default: measure_chunk for the first chunk, next_chunk after), each
     residual fed to the streamed monitor as the pass makes it (no residual list is held). The
@@ -113,7 +128,10 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
     constants keep above them) and costs a fraction of it.
     model: a Transformer, or the compiler's SparseWeights (their compact plan is made from
     their entries, and the dense model only for the dense pass); plan: the compact plan of
-    `model` in `dtype`, where the caller has made it already."""
+    `model` in `dtype`, where the caller has made it already; adjoint: the monitor's
+    (raspicl.monitor.check_contract). Tuning needs only the preconditions' measures, which
+    the forward walk gives: 'off' by default, and `tighten` re-walks with the adjoint only
+    the prompts the forward bound alone refused."""
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     tokens = torch.as_tensor(prompts.tokens(), dtype=tdtype)
     # as in CompiledModel: a non-finite token runs the dense pass, which spreads it as NaN
@@ -129,12 +147,12 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
         plan = None
     elif plan is None:
         plan = CompactPlan(model)
-    size = chunk or measure_chunk(layout, tokens.shape[1])
+    size = chunk or measure_chunk(layout, tokens.shape[1], adjoint)
     parsed = parse_instructions(layout)  # parsed once for every chunk
     parts = []
     start = 0
     while start < len(tokens):
-        monitor = ContractStream(layout, dtype, parsed)
+        monitor = ContractStream(layout, dtype, parsed, adjoint=adjoint)
         part = tokens[start:start + size]
         with torch.no_grad():
             for r in model.stream(part, plan=plan):
@@ -144,6 +162,31 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
         if chunk is None:
             size = next_chunk(layout, tokens.shape[1], monitor.peak_bytes, len(part))
     return _merge(parts)
+
+
+def tighten(report: ContractReport, model: Transformer | SparseWeights, layout: dict, prompts,
+            dtype: str, plan: CompactPlan | None = None) -> ContractReport:
+    """`report` (measured with the forward enclosure alone) with the prompts it refused for
+    their error bound alone (no precondition failed) measured again with the adjoint bound
+    (raspicl.contract.adjoint): what the runtime monitor, which tightens where needed, reports
+    on them. The other prompts keep their report: the adjoint changes nothing where the
+    forward bound is within the tolerance or a precondition fails."""
+    hard = {f.prompt for f in report.findings if f.quantity != PREDICTION_BOUND}
+    again = np.array([b for b in np.flatnonzero(~report.accepted) if b not in hard],
+                     dtype=np.int64)
+    if not len(again):
+        return report
+    sub = Prompts(prompts.X[again], prompts.y[again], prompts.xq[again],
+                  None if prompts.w is None else prompts.w[again])
+    new = measure(model, layout, sub, dtype, plan=plan, adjoint="needed")
+    accepted, bound, rel = report.accepted.copy(), report.bound.copy(), \
+        report.relative_bound.copy()
+    accepted[again], bound[again], rel[again] = new.accepted, new.bound, new.relative_bound
+    redone = set(again.tolist())
+    findings = [f for f in report.findings if f.prompt not in redone]
+    findings += [replace(f, prompt=int(again[f.prompt])) for f in new.findings]
+    findings.sort(key=lambda f: f.prompt)
+    return ContractReport(bound, rel, accepted, findings, report.needs)
 
 
 def _converted(model: Transformer, dtype: torch.dtype) -> Transformer:
@@ -280,4 +323,4 @@ def require_acceptance(feas: Feasibility, program_name: str, config: CompilerCon
                   f"to accept more: {remedies}", ContractWarning, stacklevel=3)
 
 
-__all__ = ["Feasibility", "measure", "require_acceptance", "retune"]
+__all__ = ["Feasibility", "measure", "require_acceptance", "retune", "tighten"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from raspicl.cli import count_arg, scale_arg, seed_arg
+from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
 from raspicl.errors import RaspiclError
 
 COMPARE_JSON = "compare.json"
@@ -93,6 +94,23 @@ def task_for(predictor, noise: float | None, w_scale: float = 1.0):
                           w_scale=w_scale)
 
 
+def _progress(desc: str, total: int, unit: str):
+    """A progress bar on stderr (shown on a terminal only), gone when it closes."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+
+def _refusal_note(model, what: str) -> str | None:
+    """What to say of a compiled model's refusals over the prompts it ran (None: none)."""
+    from raspicl.icl.controls import CompiledPredictor
+
+    if not isinstance(model, CompiledPredictor) or not model.refused:
+        return None
+    return (f"note: the compiled model's runtime contract refused {model.refused} of "
+            f"{model.checked} prompts it ran; {what}")
+
+
 def _table(title: str, rows: dict[str, list[float]], ks: list[int]) -> str:
     width = max(len(r) for r in rows) if rows else 10
     head = f"{title:{width}s}" + "".join(f"  {'k=' + str(k):>9s}" for k in ks)
@@ -118,8 +136,13 @@ def cmd_compare(args) -> int:
     if isinstance(model, CompiledPredictor):
         refs = merge_learners(refs, model.program_learners())
     prompts = task.sample(args.prompts, args.seed)
-    c = M.compare(model, refs, prompts, ilwd_prompts=min(args.ilwd_prompts, args.prompts),
-                  seed=args.seed + 1)
+    with _progress("compare", M.compare_steps(refs), "step") as bar:
+        def tick(name: str) -> None:
+            bar.set_postfix_str(name, refresh=False)
+            bar.update(1)
+
+        c = M.compare(model, refs, prompts, ilwd_prompts=min(args.ilwd_prompts, args.prompts),
+                      seed=args.seed + 1, progress=tick)
     ks = list(range(task.n + 1))
     gd = {r.name: r.lrs for r in refs if isinstance(r, L.GradientDescent) and r.lrs}
     data = {
@@ -154,9 +177,10 @@ def cmd_compare(args) -> int:
     print("mean SPD over the predicted k: " + ", ".join(
         f"{k} {c.mean_spd[k]:.2e}" for k in order[:5]))
     print(f"best match: {c.best_match}")
-    if isinstance(model, CompiledPredictor) and model.refused:
-        print(f"note: the compiled model's monitor refused {model.refused} of {model.checked} "
-              f"prompts it ran (predictions kept; compare.json 'refused')")
+    note = _refusal_note(model, "their predictions are kept in the figures above "
+                                "(compare.json 'refused'; docs/experiments.md)")
+    if note:
+        print(note)
     print(f"wrote {out / COMPARE_JSON}, {out / COMPARE_PNG}")
     return 0
 
@@ -209,15 +233,23 @@ def _targets(names: list[str], model) -> dict:
     return out
 
 
-def _run_probes(model, prompts, targets: dict, kinds: list[str], seed: int) -> list:
+def _run_probes(model, prompts, targets: dict, kinds: list[str], seed: int, bar) -> list:
+    """Every (target, kind) probe of one model; `bar` counts the probes fitted (its total
+    grows by this model's count once its hidden states are known)."""
     from raspicl.icl import probes as P
 
     if not hasattr(model, "hidden_states"):
         raise RaspiclError(f"{model.name}: has no hidden states to probe")
     hidden = model.hidden_states(prompts)
-    return [P.probe(model, prompts, fn, kind=kind, seed=seed, hidden=hidden).to_dict()
-            | {"target": tname}
-            for tname, fn in targets.items() for kind in kinds]
+    bar.total = (bar.total or 0) + len(hidden) * prompts.n * len(targets) * len(kinds)
+    bar.refresh()
+    out = []
+    for tname, fn in targets.items():
+        for kind in kinds:
+            bar.set_postfix_str(f"{tname} {kind}", refresh=False)
+            out.append(P.probe(model, prompts, fn, kind=kind, seed=seed, hidden=hidden,
+                               progress=lambda: bar.update(1)).to_dict() | {"target": tname})
+    return out
 
 
 def cmd_probe(args) -> int:
@@ -233,16 +265,26 @@ def cmd_probe(args) -> int:
     kinds = ["linear", "mlp"] if args.kind == "both" else [args.kind]
     targets = _targets(args.target or ["w_ols", "xty"], model)
     prompts = task.sample(args.prompts, args.seed)
-    results = {"model": _run_probes(model, prompts, targets, kinds, args.seed)}
-    if control is not None:
-        ctargets = {k: v for k, v in targets.items() if not k.startswith("program:")}
-        results["control"] = _run_probes(control, prompts, ctargets, kinds, args.seed)
+    with _progress("probe", 0, "probe") as bar:
+        results = {"model": _run_probes(model, prompts, targets, kinds, args.seed, bar)}
+        if control is not None:
+            ctargets = {k: v for k, v in targets.items() if not k.startswith("program:")}
+            results["control"] = _run_probes(control, prompts, ctargets, kinds, args.seed,
+                                             bar)
     data = {"model": model.name, "model_dir": str(args.model_dir),
             "control": None if control is None else control.name,
             "control_dir": args.control, "d": task.d, "n": task.n, "noise": task.noise,
             "w_scale": task.w_scale, "seed": args.seed, "prompts": args.prompts,
             "train_fraction": 0.75, "positions": "token 2k for prefix k = 1..n (x_{k+1}; the "
             "query at k = n)", "results": results}
+    notes = {}
+    for who, m in (("model", model), ("control", control)):
+        note = _refusal_note(m, "its hidden states are probed all the same (probe.json "
+                                "'refused')") if m is not None else None
+        if note:
+            notes[who] = note
+            data.setdefault("refused", {})[who] = {"prompts": m.refused, "checked": m.checked,
+                                                   "findings": m.findings}
     _write_json(out / PROBE_JSON, data)
     _plot_probes(results, model.name, None if control is None else control.name,
                  out / PROBE_PNG)
@@ -251,6 +293,8 @@ def cmd_probe(args) -> int:
             q = " ".join(f"{v:6.3f}" if v is not None and math.isfinite(v) else "     -"
                          for v in r["at_query"])
             print(f"{who:7s} {r['target']:28s} {r['kind']:6s} R2 at the query by layer: {q}")
+    for who, note in notes.items():
+        print(f"{who}: {note}")
     print(f"wrote {out / PROBE_JSON}, {out / PROBE_PNG}")
     return 0
 
@@ -316,6 +360,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         ">= 0 (default 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory for compare.json and error.png (created if needed)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -347,4 +392,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         ">= 0 (default 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory for probe.json and probe.png (created if needed)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_probe)

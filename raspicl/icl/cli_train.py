@@ -94,7 +94,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+# How many refused prompts `raspicl predict` names, one line each, before it counts the rest.
+SHOWN_REFUSALS = 5
+
+
+def refusal_message(model: str, reasons: dict[int, str], refused: np.ndarray,
+                    batch: int) -> str:
+    """What `raspicl predict` says of prompts the model refuses: how many, then one line per
+    refused prompt (its first finding) for the first SHOWN_REFUSALS, then how many more."""
+    idx = [int(i) for i in np.flatnonzero(refused)]
+    lines = [f"{model} refuses {len(idx)} of {batch} prompts: its runtime contract cannot "
+             f"vouch for their predictions, so nothing was written (--refused nan writes them "
+             f"as NaN, with a mask and the error bounds)"]
+    for i in idx[:SHOWN_REFUSALS]:
+        lines.append(f"  prompt {i}: {reasons.get(i, 'refused by the monitor')}")
+    if len(idx) > SHOWN_REFUSALS:
+        lines.append(f"  ... and {len(idx) - SHOWN_REFUSALS} more refused prompts")
+    return "\n".join(lines)
+
+
+def sidecar(out: Path, what: str) -> Path:
+    """The file written beside --out FILE.npy: FILE.accepted.npy, FILE.bound.npy."""
+    return out.with_name(out.name.removesuffix(".npy") + f".{what}.npy")
+
+
 def cmd_predict(args) -> int:
+    from raspicl.icl.controls import CompiledPredictor
     from raspicl.icl.predictor import load_predictor
     from raspicl.prompts import load_prompts
 
@@ -108,28 +133,46 @@ def cmd_predict(args) -> int:
     except RaspiclError as exc:  # its messages say "calibration prompts"; here they are inputs
         raise RaspiclError(f"--prompts: {str(exc).replace('calibration prompts ', '', 1)}") \
             from None
-    import torch
-
-    torch.set_num_threads(args.threads)
     predictor = load_predictor(args.model_dir)
-    pred = np.asarray(predictor.predict(prompts), dtype=np.float64)
+    accepted = bound = None
+    if isinstance(predictor, CompiledPredictor):  # the runtime contract decides what is kept
+        checked = predictor.run(prompts)
+        pred, accepted, bound = checked.values, checked.accepted, checked.bound
+        refused = ~accepted
+        if refused.any() and args.refused == "error":
+            raise RaspiclError(refusal_message(predictor.name, checked.reasons, refused,
+                                               prompts.batch))
+        pred = np.where(refused[:, None], np.nan, pred)
+    else:  # a trained model vouches for nothing, and refuses nothing
+        pred = np.asarray(predictor.predict(prompts), dtype=np.float64)
     if pred.shape != (prompts.batch, prompts.n + 1):
         raise RaspiclError(f"{args.model_dir}: the model returned predictions of shape "
                            f"{pred.shape}, expected {(prompts.batch, prompts.n + 1)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    files = {out: pred}
+    if args.refused == "nan" and accepted is not None:
+        files[sidecar(out, "accepted")] = accepted
+        files[sidecar(out, "bound")] = bound
     try:
-        np.save(out, pred, allow_pickle=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path, array in files.items():
+            np.save(path, array, allow_pickle=False)
     except OSError as exc:
         raise RaspiclError(f"--out {args.out}: cannot write: {exc}") from exc
+    refused_count = 0 if accepted is None else int((~accepted).sum())
     made = int(np.isfinite(pred).sum())
+    why = (f" or refuses the prompt ({refused_count} prompts refused)" if refused_count
+           else "")
     print(f"{predictor.name}: predictions [{prompts.batch}, {prompts.n + 1}] -> {out} "
-          f"({made} made, {pred.size - made} NaN where the model makes none)")
+          f"({made} made, {pred.size - made} NaN where the model makes none{why})")
+    if len(files) > 1:
+        print(f"  accepted mask [{prompts.batch}] -> {sidecar(out, 'accepted')}, error bounds "
+              f"[{prompts.batch}, {prompts.n + 1}] -> {sidecar(out, 'bound')}")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register train and predict on the raspicl command line."""
-    from raspicl.cli import count_arg, scale_arg, seed_arg
+    from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
 
     p = sub.add_parser(
         "train", help="train a transformer on in-context linear regression",
@@ -207,6 +250,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="a .npz or .safetensors file with arrays X, y, xq")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="the .npy file to write (its folder is created if needed)")
-    p.add_argument("--threads", type=count_arg, default=1, metavar="T",
-                   help="torch threads (default 1)")
+    p.add_argument("--refused", choices=["error", "nan"], default="error",
+                   help="what to do with prompts a compiled model refuses (its runtime "
+                        "contract cannot vouch for them): error (the default) writes nothing, "
+                        "names them and exits with status 2; nan writes their predictions as "
+                        "NaN, and beside FILE.npy the mask FILE.accepted.npy [B] and the error "
+                        "bounds FILE.bound.npy [B, n + 1]")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_predict)

@@ -37,6 +37,20 @@ def _call(params: dict) -> str:
 
 
 @dataclass
+class CheckedPredictions:
+    """A compiled model's predictions in Predictor columns, with its runtime contract.
+
+    values, bound: [B, n + 1] (NaN in the columns it does not predict; bound inf where the
+    monitor could give none); accepted: [B], the prompts it vouches for; reasons: prompt index
+    -> the first finding that refused it."""
+
+    values: np.ndarray
+    bound: np.ndarray | None
+    accepted: np.ndarray | None
+    reasons: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
 class CompiledPredictor:
     """A compiled raspicl model read as an in-context learner."""
 
@@ -113,23 +127,46 @@ class CompiledPredictor:
     def predict(self, prompts: Prompts) -> np.ndarray:
         """[B, n + 1]: the model's output at x token k + 1 (token 2k) in column k, at the query
         (token 2n) in column n, NaN at columns it has no output position for."""
+        return self.run(prompts).values
+
+    def run(self, prompts: Prompts) -> CheckedPredictions:
+        """`predict`'s columns with what the monitor says of each prompt (under check='warn'
+        or 'error'; 'ignore' vouches for nothing and returns accepted and bound as None)."""
         self._check_prompts(prompts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DomainWarning)
             run = self.model.run(prompts, check=self.check)
         self._count(caught, run.accepted, prompts.batch)
-        out = np.full((prompts.batch, self.n + 1), np.nan)
         pos = self.model.layout["output"]["positions"]
-        out[:, [p // 2 for p in pos]] = run.values.reshape(prompts.batch, len(pos))
-        return out
+        cols = [p // 2 for p in pos]
+        out = np.full((prompts.batch, self.n + 1), np.nan)
+        out[:, cols] = run.values.reshape(prompts.batch, len(pos))
+        bound = None
+        if run.bound is not None:
+            bound = np.full((prompts.batch, self.n + 1), np.nan)
+            bound[:, cols] = np.asarray(run.bound, dtype=np.float64).reshape(prompts.batch,
+                                                                             len(pos))
+        reasons: dict[int, str] = {}
+        for f in run.findings:  # the first finding of each refused prompt
+            if f.prompt >= 0:
+                reasons.setdefault(int(f.prompt), f.message)
+        accepted = None if run.accepted is None else np.asarray(run.accepted, dtype=bool)
+        return CheckedPredictions(out, bound, accepted, reasons)
 
     def hidden_states(self, prompts: Prompts) -> list[np.ndarray]:
         """The residual stream after the embedding and after every block (after its MLP):
         1 + blocks arrays [B, 2n + 1, d_model], float64."""
         self._check_prompts(prompts)
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always", DomainWarning)
-            res = self.model.residuals(prompts, check=self.check)
+        if self.check != "warn":
+            return self.model.residuals(prompts, check=self.check)[0::2]
+        # the monitor walks the same residuals; its refusals are counted, as predict counts them
+        res = self.model.residuals(prompts, check="ignore")
+        report = self.model.contract(res)
+        self._count([], report.accepted, prompts.batch)
+        for f in report.findings:
+            if len(self.findings) >= 5:
+                break
+            self.findings.append(f.message)
         return res[0::2]
 
     def block_writing(self, register: str, version: int | None = None) -> int:

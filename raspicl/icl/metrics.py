@@ -28,6 +28,7 @@ once; the Predictor-level ones call `predict` themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -204,20 +205,36 @@ class Comparison:
     extra: dict = field(default_factory=dict)
 
 
+def compare_steps(references: list) -> int:
+    """How many times `compare` calls its progress callback: two per learner, model
+    included."""
+    return 2 * (len(references) + 1)
+
+
 def compare(model: Predictor, references: list[Predictor], prompts: Prompts,
             ilwd_prompts: int = 128, probes: int | None = None, seed: int = 0,
-            intercept: bool = True) -> Comparison:
+            intercept: bool = True,
+            progress: Callable[[str], None] | None = None) -> Comparison:
     """Every metric of the model against every reference learner: error curves (model and
     references), SPD and ILWD per k (model vs each reference), mean SPD, MSPD and the best
     match. ILWD is measured on the first `ilwd_prompts` prompts with `probes` probe queries
-    each (default PROBES_PER_DIM * d) drawn from `seed`."""
+    each (default PROBES_PER_DIM * d) drawn from `seed`. progress: called with a learner's
+    name after each of the compare_steps(references) units of work (its predictions, its
+    implicit weights), for a progress bar."""
     names = [r.name for r in references]
     if model.name in names or len(set(names)) != len(names):
         raise RaspiclError(f"learner names must be distinct: model {model.name!r}, "
                            f"references {names}")
+    tick = progress or (lambda name: None)
+
+    def timed(learner, fn):
+        out = fn(learner)
+        tick(learner.name)
+        return out
+
     d = prompts.d
-    preds = {r.name: predict_all(r, prompts) for r in references}
-    mpred = predict_all(model, prompts)
+    preds = {r.name: timed(r, lambda r: predict_all(r, prompts)) for r in references}
+    mpred = timed(model, lambda m: predict_all(m, prompts))
     err = {model.name: error_from_predictions(mpred, prompts)}
     err.update({k: error_from_predictions(p, prompts) for k, p in preds.items()})
     spds = {k: spd_from_predictions(mpred, p, d) for k, p in preds.items()}
@@ -226,9 +243,10 @@ def compare(model: Predictor, references: list[Predictor], prompts: Prompts,
                   prompts.xq[:ilwd_prompts],
                   None if prompts.w is None else prompts.w[:ilwd_prompts])
     q = probe_queries(sub, probes, seed)
-    wm, _ = implicit_weights(model, sub, q, intercept)
-    ilwds = {r.name: ilwd_from_weights(wm, implicit_weights(r, sub, q, intercept)[0])
-             for r in references}
+    wm, _ = timed(model, lambda m: implicit_weights(m, sub, q, intercept))
+    ilwds = {r.name: ilwd_from_weights(
+        wm, timed(r, lambda r: implicit_weights(r, sub, q, intercept))[0])
+        for r in references}
     return Comparison(
         model=model.name, d=d, n=prompts.n,
         error={k: v.tolist() for k, v in err.items()},

@@ -160,11 +160,13 @@ class ProbeResult:
 
 def probe(model, prompts: Prompts, target: str | Target, kind: str = "linear",
           train_frac: float = 0.75, ks: list[int] | None = None, seed: int = 0,
-          hidden: list[np.ndarray] | None = None) -> ProbeResult:
+          hidden: list[np.ndarray] | None = None,
+          progress: Callable[[], None] | None = None) -> ProbeResult:
     """Probe every hidden state of `model` (a HiddenStates) at every prefix k for a target
     (a name in TARGETS or a function prompts -> [B, n + 1, width]). The first train_frac of
     the prompts train each probe, the rest test it. `hidden` may pass states already
-    computed for these prompts."""
+    computed for these prompts. progress: called after each probe fitted (one per hidden
+    state and prefix), for a progress bar."""
     if kind not in ("linear", "mlp"):
         raise ValueError(f"probe kind must be 'linear' or 'mlp', got {kind!r}")
     name = target if isinstance(target, str) else getattr(target, "__name__", "target")
@@ -194,5 +196,7 @@ def probe(model, prompts: Prompts, target: str | Target, kind: str = "linear",
             else:
                 row.append(mlp_probe(f[:cut], t[:cut], f[cut:], t[cut:],
                                      seed=seed + 1000 * li + k))
+            if progress is not None:
+                progress()
         table.append(row)
     return ProbeResult(name, kind, ks, table)

@@ -15,6 +15,12 @@ up to the task's d and n.
 
 `--fixed-w` trains on prompts that all share one w (drawn once from the seed): the control
 model of the probes, which can predict well without learning anything in context.
+
+Interruptions. A run with an output directory writes its configuration and a step-0 checkpoint
+before the first step, so that it can be resumed however early it stops. Ctrl-C (SIGINT, in
+the main thread) lets the step in flight finish, writes a checkpoint there as `stop_after`
+would, and raises TrainingInterrupted (a KeyboardInterrupt) naming the step and the directory;
+a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -34,6 +45,7 @@ from raspicl.errors import LoadError, RaspiclError
 from raspicl.icl.tasks import RegressionTask
 from raspicl.icl.trained import (
     CONFIG,
+    WEIGHTS,
     ICLTransformer,
     ModelConfig,
     load_model,
@@ -45,6 +57,9 @@ from raspicl.tensorfile import read_tensors
 
 OPTIMIZER = "optimizer.safetensors"
 LOG = "train_log.jsonl"
+# a checkpoint being written, and one committed but not yet moved into place (save_checkpoint)
+STAGE = ".checkpoint.new"
+READY = ".checkpoint.ready"
 # entropy words appended to [seed, 0] for the draws that are not a step's batch; a step's
 # entropy [seed, s] has two words, so these (three words, last nonzero) never collide with it
 _FIXED_W_WORD = 1
@@ -255,6 +270,34 @@ def make_optimizer(model: ICLTransformer, cfg: TrainConfig) -> torch.optim.AdamW
                              weight_decay=cfg.weight_decay)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped train(); the message says at which step and where its checkpoint is."""
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Inside the block, the first SIGINT only sets a flag (the callable yielded says whether
+    one came), so that a training step is never cut in half and the checkpoint written after
+    it is consistent; a second SIGINT raises KeyboardInterrupt at once. Outside the main
+    thread (where no handler can be installed) SIGINT is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested: list[bool] = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+
+
 def _set_threads(cfg: TrainConfig) -> None:
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
@@ -265,7 +308,8 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
           log_every: int = 100, stop_after: int | None = None) -> TrainResult:
     """Train a fresh model (or, with resume=True, continue the checkpoint in `out`) and write
     checkpoints to `out` every cfg.checkpoint_every steps and at the end (nothing is written
-    when out is None).
+    when out is None); a fresh run also writes one at step 0, before the first step, and one
+    is written where Ctrl-C stops the run (TrainingInterrupted; see the module's docstring).
 
     The loss is logged (to the returned log and DIR/train_log.jsonl) as its mean over every
     `log_every` steps. `stop_after` ends the call after that step, as an interruption would
@@ -295,8 +339,13 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
         start = 0
         if out is not None and (Path(out) / LOG).exists():
             (Path(out) / LOG).unlink()
+        for stale in (STAGE, READY):  # a killed run's checkpoint must not be moved in later
+            if out is not None and (Path(out) / stale).exists():
+                shutil.rmtree(Path(out) / stale)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+        if not resume:  # config.json from the start: a run stopped early can be resumed
+            save_checkpoint(Path(out), model, opt, task, cfg, 0)
     model.train()
     held_out = eval_prompts(task, cfg.eval_prompts, cfg.seed, fixed_w)
     params = list(model.parameters())
@@ -307,48 +356,58 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                mininterval=2.0, dynamic_ncols=True)
     end = cfg.steps if stop_after is None else min(cfg.steps, max(start, stop_after))
-    for step in range(start, end):
-        d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
-                        else (task.d, task.n))
-        tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
-        tok = torch.from_numpy(tok).to(device, non_blocking=True)
-        tgt = torch.from_numpy(tgt).to(device, non_blocking=True)
-        lr = cfg.lr_at(step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = F.mse_loss(model(tok)[:, 0::2], tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
-                               f"keep grad_clip > 0)")
-        window.append(value)
-        done = step + 1
-        if done % log_every == 0 or done in (cfg.steps, end):
-            now = time.perf_counter()
-            entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
-                     "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
-            window, t_log, s_log = [], now, done
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
-                last_eval = evaluate(model, held_out)
-                entry["eval_query_error"] = last_eval["query_error"]
-                entry["eval_mean_error"] = last_eval["mean_error"]
-            log.append(entry)
-            if out is not None:
-                with open(Path(out) / LOG, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
-        bar.update(1)
-        if out is not None and (done == end or (cfg.checkpoint_every
-                                                and done % cfg.checkpoint_every == 0)):
-            loss, covered = final_loss(log, done)
-            final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
-            save_checkpoint(Path(out), model, opt, task, cfg, done, final)
+    stopped = False  # Ctrl-C ended the run before its last step
+    with deferred_interrupt() as interrupted:
+        for step in range(start, end):
+            d_eff, n_eff = (cfg.curriculum.at(step, task.d, task.n) if cfg.curriculum
+                            else (task.d, task.n))
+            tok, tgt = training_batch(task, cfg.batch, cfg.seed, step, d_eff, n_eff, fixed_w)
+            tok = torch.from_numpy(tok).to(device, non_blocking=True)
+            tgt = torch.from_numpy(tgt).to(device, non_blocking=True)
+            lr = cfg.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = F.mse_loss(model(tok)[:, 0::2], tgt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RaspiclError(f"training diverged at step {step}: loss {value} (lower lr or "
+                                   f"keep grad_clip > 0)")
+            window.append(value)
+            done = step + 1
+            if interrupted() and done < end:  # Ctrl-C: this step is the last, logged and
+                end, stopped = done, True           # checkpointed
+            if done % log_every == 0 or done in (cfg.steps, end):
+                now = time.perf_counter()
+                entry = {"step": done, "loss": float(np.mean(window)), "lr": lr, "d_eff": d_eff,
+                         "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
+                window, t_log, s_log = [], now, done
+                if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
+                    last_eval = evaluate(model, held_out)
+                    entry["eval_query_error"] = last_eval["query_error"]
+                    entry["eval_mean_error"] = last_eval["mean_error"]
+                log.append(entry)
+                if out is not None:
+                    with open(Path(out) / LOG, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", d=d_eff, n=n_eff, refresh=False)
+            bar.update(1)
+            if out is not None and (done == end or (cfg.checkpoint_every
+                                                    and done % cfg.checkpoint_every == 0)):
+                loss, covered = final_loss(log, done)
+                final = {"final_loss": loss, "final_window": covered, "eval": last_eval}
+                save_checkpoint(Path(out), model, opt, task, cfg, done, final)
+            if done == end:
+                break
     bar.close()
+    if stopped:
+        where = (f"; its checkpoint is in {out} (continue with: raspicl train --resume --out "
+                 f"{out})" if out is not None else "; nothing was written")
+        raise TrainingInterrupted(f"training stopped after step {end} of {cfg.steps}{where}")
     if not last_eval:
         last_eval = evaluate(model, held_out)
     model.eval()
@@ -379,33 +438,59 @@ def save_checkpoint(out: Path, model: ICLTransformer, opt: torch.optim.AdamW,
                     task: RegressionTask, cfg: TrainConfig, step: int,
                     extra: dict | None = None) -> None:
     """The model files (trained.save_model) plus optimizer.safetensors: AdamW's exp_avg,
-    exp_avg_sq and step per parameter, named by the parameter. config.json is written last
-    and its step is the checkpoint's; the optimizer file's metadata repeats the step so that a
-    mismatched pair is refused on resume."""
+    exp_avg_sq and step per parameter, named by the parameter. The optimizer file's metadata
+    repeats config.json's step so that a mismatched pair is refused on resume.
+
+    A kill at any moment leaves a checkpoint that resumes (journaled, as a database commits):
+    the three files are written whole into DIR/.checkpoint.new, that folder is renamed to
+    DIR/.checkpoint.ready (the commit: one atomic rename), and its files are then moved over
+    the old ones. A kill before the rename leaves the old checkpoint; after it, resuming
+    (_load_checkpoint) first finishes the moves. Without this, a kill between the files left
+    an optimizer of one step beside a config.json of another, which resume refuses."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    finish_checkpoint(out)  # a commit left by a killed run goes in first
+    stage = out / STAGE
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
     for p, state in opt.state.items():
         for key, value in state.items():
             tensors[f"{names[id(p)]}.{key}"] = value.detach().cpu().contiguous().reshape(
                 value.shape)
-    tmp = out / (OPTIMIZER + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    os.replace(tmp, out / OPTIMIZER)
+    save_file(tensors, str(stage / OPTIMIZER), metadata={"step": str(step)})
     meta = {"task": task.to_dict(), "train": cfg.to_dict(), "step": step,
             "fixed_w": (fixed_w_for(task, cfg.seed).tolist() if cfg.fixed_w else None),
             "schedule": {"lr_next": cfg.lr_at(step) if step < cfg.steps else None},
             "optimizer": OPTIMIZER}
     meta.update(extra or {})
-    save_model(model, out, meta)
+    save_model(model, stage, meta)
+    os.replace(stage, out / READY)
+    finish_checkpoint(out)
+
+
+def finish_checkpoint(out: Path) -> None:
+    """Move a committed checkpoint (DIR/.checkpoint.ready) into place, config.json last, and
+    drop an uncommitted one (DIR/.checkpoint.new). Idempotent: a kill in the middle leaves
+    the files not yet moved in .checkpoint.ready for the next call."""
+    ready = Path(out) / READY
+    if ready.is_dir():
+        for name in (OPTIMIZER, WEIGHTS, CONFIG):
+            if (ready / name).exists():
+                os.replace(ready / name, Path(out) / name)
+        shutil.rmtree(ready)
+    if (Path(out) / STAGE).exists():
+        shutil.rmtree(Path(out) / STAGE)
 
 
 def _load_checkpoint(out: Path, model_config: ModelConfig, task: RegressionTask,
                      cfg: TrainConfig):
     """Model, optimizer, step and log of the checkpoint in `out`, checked against the run's
     configuration (only TrainConfig.RESUMABLE fields may differ)."""
+    finish_checkpoint(out)
     config = read_config(out)
     saved_model = ModelConfig.from_dict(config["model"])
     if saved_model != model_config:
@@ -464,6 +549,7 @@ def resume_config(out: str | Path, **overrides) -> tuple[ModelConfig, Regression
                                                          TrainConfig]:
     """The model, task and training configuration of the checkpoint in `out`, with the
     RESUMABLE fields of TrainConfig replaced by `overrides` (e.g. steps=...)."""
+    finish_checkpoint(Path(out))
     config = read_config(out)
     bad = sorted(set(overrides) - set(TrainConfig.RESUMABLE))
     if bad:

@@ -167,6 +167,29 @@ def hf_dir(directory: str | Path) -> Path:
     return p / HF_DIR if (p / HF_DIR / CONFIG).is_file() else p
 
 
+def require_hf_export(directory: str | Path) -> Path:
+    """The hf directory of DIR (hf_dir), or RaspiclError saying why there is none: a `paper`
+    model (compiled without --arch gpt2) has no HuggingFace form, and any other directory
+    without config.json is not an export. Checked before transformers is asked, whose own
+    error ("Unrecognized model ...") names neither."""
+    hf = hf_dir(directory)
+    if (hf / CONFIG).is_file():
+        return hf
+    layout = Path(directory) / "layout.json"
+    if layout.is_file():
+        try:
+            arch = json.loads(layout.read_text()).get("architecture", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            arch = None
+        if arch != "gpt2":
+            raise RaspiclError(
+                f"{directory}: a model of the {arch or 'paper'} architecture has no "
+                f"HuggingFace export (no {HF_DIR}/{CONFIG}); only a gpt2 model does: compile "
+                f"with --arch gpt2 (compile_program(..., arch='gpt2'))")
+    raise RaspiclError(f"{directory}: {NOT_AN_EXPORT} (no {HF_DIR}/{CONFIG} or {CONFIG}; "
+                       f"`raspicl compile PROGRAM --arch gpt2 --out DIR` writes one)")
+
+
 def load_readout(directory: str | Path, dtype: torch.dtype | None = None) -> Readout:
     """raspicl_io.safetensors of DIR/hf (or of the hf directory itself)."""
     path = hf_dir(directory) / IO
@@ -182,7 +205,7 @@ def load_hf(directory: str | Path, dtype: torch.dtype = torch.float64):
     from transformers import GPT2Model
 
     return GPT2Model.from_pretrained(
-        str(hf_dir(directory)),
+        str(require_hf_export(directory)),
         attn_implementation="eager",
         dtype=dtype,
         use_safetensors=True,

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from raspicl.errors import RaspiclError
-from raspicl.interop.hf import Readout, hf_dir, load_readout
+from raspicl.interop.hf import Readout, load_readout, require_hf_export
 
 FINAL = "ln_final.hook_out"
 
@@ -60,6 +60,7 @@ def residual_index(hook: str) -> int:
 def boot(directory: str | Path, dtype: torch.dtype = torch.float64, device: str = "cpu"):
     """A TransformerBridge over DIR/hf (or an hf directory), in `dtype`, raw weights (no
     LayerNorm folding or centring), eager attention. Needs transformer-lens >= 4."""
+    hf = require_hf_export(directory)  # a paper model: "compile with --arch gpt2"
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -67,7 +68,7 @@ def boot(directory: str | Path, dtype: torch.dtype = torch.float64, device: str 
             "raspicl.interop.tlens needs transformer-lens >= 4 "
             "(pip install 'raspicl[dev]' or transformer-lens)"
         ) from exc
-    return TransformerBridge.boot_transformers(str(hf_dir(directory)), device=device, dtype=dtype)
+    return TransformerBridge.boot_transformers(str(hf), device=device, dtype=dtype)
 
 
 def residuals(cache, n_layers: int) -> list[torch.Tensor]:
