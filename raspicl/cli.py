@@ -358,6 +358,9 @@ def cmd_compile(args) -> int:
                   file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    from raspicl.disguise import disguise_from_args
+
+    cm = disguise_from_args(cm, args)  # --disguise SEED [--pad N] (raspicl/disguise.py)
     if args.dtype == "float32":
         import torch
 
@@ -589,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_arg(p)
     add_domain_args(p)
     add_arch_args(p)
+    from raspicl.disguise import add_disguise_args
+
+    add_disguise_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("verify", help="compile programs and check them (exit 1 unless all pass)",
@@ -651,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_commands(sub)
     cli_analysis.add_commands(sub)
     cli_sweep.add_commands(sub)
+    from raspicl.benchmark import suite  # raspicl benchmark (docs/benchmark.md)
+    suite.add_commands(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 
 from raspicl.compact import CompactPlan
 from raspicl.contract import ContractReport, ContractStream, Finding, check_contract
+from raspicl.disguise import disguise_record, plain_layout
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
 from raspicl.interpret import value_at
@@ -107,6 +108,10 @@ class CompiledModel:
         self._plan = plan  # for SparseWeights: the plan made from them, if already made
         self._precision = coarsest(precision) if precision is not None \
             else dtype_precision(model.dtype)
+        # a disguised model's rotation (raspicl.disguise): the monitor and decode read rows
+        # in the plain basis, through plain_residual and monitor_layout
+        self._disguise = disguise_record(layout)
+        self._plain_layout: dict | None = None
         if isinstance(model, SparseWeights):
             self._weights: SparseWeights | None = model
             self._model: Transformer | None = None
@@ -258,8 +263,25 @@ class CompiledModel:
 
     def contract(self, residuals: list[np.ndarray], adjoint: str = "needed") -> ContractReport:
         """The monitor's walk over residuals this model computed (see raspicl.contract;
-        adjoint: as for `run`), charged at the precision its weights hold."""
-        return check_contract(self.layout, residuals, self.precision, adjoint)
+        adjoint: as for `run`), charged at the precision its weights hold, through the plain
+        basis for a disguised model."""
+        return check_contract(self.monitor_layout, [self.plain_residual(r) for r in residuals],
+                              self.precision, adjoint)
+
+    @property
+    def monitor_layout(self) -> dict:
+        """The layout the runtime monitor reads: a disguised model's plain layout
+        (raspicl.disguise.plain_layout), else the layout itself."""
+        if self._disguise is None:
+            return self.layout
+        if self._plain_layout is None:
+            self._plain_layout = plain_layout(self.layout, self._disguise)
+        return self._plain_layout
+
+    def plain_residual(self, r: np.ndarray) -> np.ndarray:
+        """A residual [B, T, d_model] in the basis the layout's rows refer to: a disguised
+        model's rotated back (raspicl.disguise), any other model's as it is."""
+        return r if self._disguise is None else self._disguise.plain(r)
 
     @property
     def dtype_name(self) -> str:
@@ -287,7 +309,8 @@ class CompiledModel:
         arr = prompts.tokens() if isinstance(prompts, Prompts) else np.asarray(prompts)
         # the shape is checked even under 'ignore'; NaN and infinity are findings
         found = check_prompt(self.layout, arr, "ignore", magnitudes=False)
-        monitor = None if check == "ignore" else ContractStream(self.layout, self.precision,
+        monitor = None if check == "ignore" else ContractStream(self.monitor_layout,
+                                                                self.precision,
                                                                 adjoint=adjoint)
         if monitor is None and not keep_all:
             return [_as_numpy(self._last_residual(arr, threads))], None, []
@@ -295,7 +318,7 @@ class CompiledModel:
         for r in self._torch_stream(arr, threads=threads):
             r = _as_numpy(r)
             if monitor is not None:
-                monitor.feed(r)
+                monitor.feed(self.plain_residual(r))
             if keep_all or not res:
                 res.append(r)
             else:
@@ -332,7 +355,7 @@ class CompiledModel:
         v = self.version(register, version)
         if v.get("absorbed_by"):  # fused away (compiler/fusion.py): no rows of its own
             return self._decode_fused(residuals, v["label"])
-        return residuals[v["written_after"]][:, :, v["rows"]]
+        return self.plain_residual(residuals[v["written_after"]])[:, :, v["rows"]]
 
     def _decode_fused(self, residuals: list[np.ndarray], label: str) -> np.ndarray:
         """A fused value, which its readers compute inside their own heads or units: its
@@ -344,7 +367,8 @@ class CompiledModel:
         reads = []
         for r in rec["reads"]:
             val = mon["values"][r["value"]]
-            reads.append(value_at(residuals[val["written_after"]][:, :, val["rows"]],
+            resid = self.plain_residual(residuals[val["written_after"]])
+            reads.append(value_at(resid[:, :, val["rows"]],
                                   place_from_record(r["place"]), roles, np.nan))
         B, T = residuals[0].shape[:2]
         out = np.broadcast_to(np.asarray(rec["bias"], dtype=np.float64),

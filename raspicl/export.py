@@ -46,6 +46,7 @@ from raspicl.arch import arch_of_layout
 from raspicl.compiled import CompiledModel, coarsest, held_precision
 from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError, RaspiclError
+from raspicl.groundtruth import GROUNDTRUTH, groundtruth_files
 from raspicl.interop.hf import HF_DIR, HF_FILES
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
@@ -109,14 +110,16 @@ def layout_digest(layout: dict, weights: bytes) -> str:
 
 def save(compiled: CompiledModel, directory: str | Path) -> Path:
     """Write the model's weights and layout as `directory`/model.safetensors and
-    `directory`/layout.json; return `directory` as a Path.
+    `directory`/layout.json (and groundtruth.json, raspicl.groundtruth; hf/ for gpt2); return
+    `directory` as a Path.
 
     Both files are written into a new directory beside the target (`.NAME.tmp-XXXXXXXX`, with
     the permissions a plain mkdir gives) and fsynced; that directory is then renamed into
     place. A target that does not exist is created by the rename (its parents are created
     first). An existing target must be a directory holding nothing but a previous model's
-    two files (or nothing); it is swapped with the new one atomically where Linux's
-    renameat2(RENAME_EXCHANGE) is available, and otherwise renamed aside (`.NAME.old-XXXXXXXX`),
+    files (layout.json, model.safetensors, groundtruth.json, hf/) or nothing; it is swapped
+    with the new one atomically where Linux's renameat2(RENAME_EXCHANGE) is available, and
+    otherwise renamed aside (`.NAME.old-XXXXXXXX`),
     the new one renamed in and the old one removed; a crash between those two renames leaves
     the previous model intact under the .old name. Either way, until the rename the previous
     model is untouched, and a failure while writing removes the temporary directory.
@@ -150,6 +153,7 @@ def save(compiled: CompiledModel, directory: str | Path) -> Path:
     text = json.dumps(layout, indent=1, allow_nan=True) + "\n"
     files = {WEIGHTS: weights, LAYOUT: text.encode("ascii")}
     files.update(_hf_files(compiled, out))
+    files.update(groundtruth_files(layout))  # DIR/groundtruth.json (raspicl.groundtruth)
     _write_directory(out, files)
     return out
 
@@ -215,10 +219,10 @@ def _check_target(out: Path) -> None:
                                   f"not write through links")
             if os.path.lexists(p) and not p.is_file():
                 raise ExportError(f"cannot save to {out}: {p} exists and is not a file")
-        others = sorted(set(os.listdir(out)) - {WEIGHTS, LAYOUT})
+        others = sorted(set(os.listdir(out)) - {WEIGHTS, LAYOUT, GROUNDTRUTH})
         hf = out / HF_DIR  # a previous gpt2 model's HuggingFace export, and nothing else
         if HF_DIR in others and hf.is_dir() and not hf.is_symlink() \
-                and set(os.listdir(hf)) <= set(HF_FILES):
+                and set(os.listdir(hf)) <= set(HF_FILES) | {GROUNDTRUTH}:
             others.remove(HF_DIR)
     except OSError as exc:
         raise ExportError(f"cannot save to {out}: {exc}") from exc

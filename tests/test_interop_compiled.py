@@ -124,6 +124,7 @@ def test_save_writes_hf_for_gpt2(tmp_path):
     out = save(compiled, tmp_path / "gd")
     assert sorted(p.name for p in (out / "hf").iterdir()) == [
         "config.json",
+        "groundtruth.json",  # raspicl.groundtruth, for the HuggingFace export alone
         "model.safetensors",
         "raspicl_io.safetensors",
     ]

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from raspicl.contract.charges import SERIES_LIMIT
 from raspicl.errors import ConfigError
-from raspicl.monitor import SERIES_LIMIT
 
 # Calibration prompts the interpreter runs at a time (compiler/calibrate.py). Calibration keeps
 # running maxima, minima and counts, so the bounds do not depend on it; memory grows with it
