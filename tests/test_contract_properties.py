@@ -358,16 +358,13 @@ def test_bound_covers_a_mov_into_the_rows_of_a_cleared_input():
         f"error above its bound: {np.max(np.where(ok, diff / out.bound, 0)):.3g} x"
 
 
-@pytest.mark.xfail(strict=True, reason="monitor (raspicl/monitor.py, the lead's rewrite): the "
-                   "float32 square gadget's rounding is charged 0.69e-3 where it rounds by "
-                   "0.75e-3; found by test_contract_holds_on_random_programs_float32, also at "
-                   "610dbc0")
 def test_float32_square_of_a_mean_is_refused_or_right():
     """-20 (mean of x)^2 in float32, d = 1, n = 3 (seed 83045143 of the float32 property
     test): at the query the mean is -1.344 (exact to float32's rounding, 2e-8), the square
     gadget (e = 0.0182, Richardson) returns -36.15068 for -36.14993, off by 7.5e-4 against a
     bound of 6.9e-4; the rounding term kappa u sqrt(pi/2) |w| r (|t| + dt) / e does not cover
-    the float32 GeLUs' and the output sum's rounding here."""
+    the float32 GeLUs' and the output sum's rounding here. It holds since that rounding is
+    charged at (kappa + 2) u per unit (raspicl.contract.charges.product_pairs)."""
     from raspicl import Mean, Program, Read
 
     p = Program("prop", d=1, n=3)
@@ -379,13 +376,9 @@ def test_float32_square_of_a_mean_is_refused_or_right():
     assert not (ok & ~(diff <= out.bound)).any()
 
 
-@pytest.mark.xfail(strict=True, reason="monitor (raspicl/monitor.py, the lead's rewrite): a "
-                   "float32 square (dot of a value with itself) feeding a division is charged "
-                   "1.10e-5 where the prediction is off by 1.14e-5; found by "
-                   "test_contract_holds_on_random_programs_float32, also at 610dbc0")
 def test_float32_square_then_division_is_refused_or_right():
-    """The second float32 program the property test now draws (seed 7141721): |error| / bound
-    1.034 at 610dbc0 and here alike."""
+    """The second float32 program the property test drew (seed 7141721): |error| / bound
+    1.034 at 610dbc0; it holds since the (kappa + 2) u product charge."""
     from raspicl import At, Here, Offset, Program, Read
 
     p = Program("prop", d=1, n=3)

@@ -133,7 +133,8 @@ def cmd_predict(args) -> int:
     except RaspiclError as exc:  # its messages say "calibration prompts"; here they are inputs
         raise RaspiclError(f"--prompts: {str(exc).replace('calibration prompts ', '', 1)}") \
             from None
-    predictor = load_predictor(args.model_dir)
+    # every prompt is run and judged (--refused decides what is written), so "warn"
+    predictor = load_predictor(args.model_dir, check="warn")
     accepted = bound = None
     if isinstance(predictor, CompiledPredictor):  # the runtime contract decides what is kept
         checked = predictor.run(prompts)
