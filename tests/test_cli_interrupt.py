@@ -38,7 +38,7 @@ from pathlib import Path
 from raspicl.registry import find_program
 
 
-def program(d=8):
+def program(d=32):
     Path(os.environ["RASPICL_TEST_MARKER"]).write_text("building")
     return find_program("sherman_morrison").build(d=d)
 '''
@@ -73,7 +73,7 @@ def test_ctrl_c_during_compile_is_one_line_and_status_130(tmp_path):
         env=_env(RASPICL_TEST_MARKER=str(marker)), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     _wait_for(marker, proc)
-    time.sleep(0.5)  # inside compile_program
+    time.sleep(0.3)  # inside compile_program (d = 32 compiles in over a second)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
