@@ -192,6 +192,10 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
             have = tuning.anchor_of(ins.block, config)
             want = min(math.sqrt(need / (4 * u)) * config.bound_margin,
                        MAX_ANCHOR_GROWTH * config.division_anchor)
+            if sched.arch.reads_through_layernorm:
+                want = min(want, balanced_anchor(need, ins.divisor.bound,
+                                                 config.ln_restore_anchor or config.ln_anchor,
+                                                 config.bound_margin))
             if np.isfinite(want) and want > have * 1.0001:
                 anchor[ins.block] = max(anchor.get(ins.block, 0.0), want)
                 changed = True
@@ -206,6 +210,25 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
         by_op[op].gate_floor = floor
     _unify_twins(low, sched, eps, anchor)
     return Tuning(eps, anchor)
+
+
+def balanced_anchor(need: float, divisor_bound: float, restore: float,
+                    margin: float) -> float:
+    """The division anchor N of a target that reads through LayerNorm (gpt2) past which a
+    larger one costs more than it gains. The quotient's relative error is Q / (4 N^2 s^2)
+    (`need` = the largest Q / s^2 measured); but the attention after the division reads every
+    row, and clears the anchors, through an ln1 that also sees the anchors +-N s beside the
+    restored constant ones +-N_r (`restore`), i.e. times ratio = 1 / sqrt(1 + (N s / N_r)^2 +
+    ...), off by (N s)^2 / (2 N_r^2) at |s| = the divisor's bound. The two are equal, at
+    the margined extremes (need * margin^2, the bound), for
+    N^4 = need margin^2 N_r^2 / (2 bound^2); both are then sqrt(need / 8) margin bound / N_r.
+    In float32 the first rule alone (Q / (4 N^2 s^2) <= u / margin^2) drove N to N_r / 10 and
+    beyond, and the reads after every division in ridge d = 8 off by 1e-3 (docs/compiler.md,
+    "float32"). inf where the need or the bound is not positive and finite."""
+    if not (np.isfinite(need) and need > 0 and np.isfinite(divisor_bound)
+            and divisor_bound > 0):
+        return math.inf
+    return (need * margin * margin / 2.0) ** 0.25 * math.sqrt(restore / divisor_bound)
 
 
 def _gate_bound(ins) -> float:
