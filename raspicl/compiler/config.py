@@ -91,6 +91,19 @@ class CompilerConfig:
         (z^4 with Richardson), rounding like machine epsilon / z. Measured best on |t| <= 1:
         z = 1e-3 (float64, Richardson, 3.6e-13 of t_max^2), z = 0.1 (float32, Richardson,
         1.3e-5).
+    product_range:
+        None, or x, the largest |e t| each product should reach on the calibration prompts:
+        compile-time feasibility then raises an op's scales e (all its pairs alike, twins of
+        a loop alike) by the factor that takes its measured largest |e t| to x, up to
+        feasibility.MAX_PRODUCT_GAIN. The bounds alone set e for operands that peak together,
+        |t| = |k a| + |b / k| = 2 sqrt(B_a B_b) / bound_margin at most, which many pairs
+        never reach (S w in batch_gd, R M in newton: 0.05 where the bounds allow 0.1), and
+        the rounding of the dense pass, kappa u |t| / e (two GeLUs of size e |t| / 2 cancel
+        to 0.8 (e t)^2), is relative to e. Condition: truncation at x, 0.1 x^4 of t^2 with
+        Richardson, small against the tolerance, and x well below the series limit 0.5
+        (a prompt whose |t| exceeds the calibration's by 0.5 / x is refused). float32: 0.1 =
+        product_scale / bound_margin, what the bounds give a pair whose operands peak
+        together; None in float64 (its rounding, u / z = 2e-13, is not what limits it).
     richardson:
         combine the square gadget at eps and 2 eps, (4 E(eps) - E(2 eps)) / 3, cancelling the
         z^2 term for twice the hidden units.
@@ -149,6 +162,7 @@ class CompilerConfig:
     ln_restore_anchor: float | None = None
     ln_division_anchor: float | None = None
     product_scale: float = 1e-3
+    product_range: float | None = None
     richardson: bool = True
     select_sharpness: float = 40.0
     bound_margin: float = 2.0
@@ -173,7 +187,7 @@ class CompilerConfig:
         elif dtype == "float32":
             base = cls(division_anchor=1e6, ln_anchor=2.0**20, ln_restore_anchor=2.0**30,
                        ln_division_anchor=1e4,
-                       product_scale=0.2,
+                       product_scale=0.2, product_range=0.1,
                        target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
