@@ -201,7 +201,7 @@ def main() -> int:
     print(f"{args.problems} prompts x ~ N(0, I) noiseless (seed 1001) and noise 0.5 (seed "
           f"1002); error = |pred - interp| / max(|interp|, 1), max over both sets")
     warnings.simplefilter("ignore", RuntimeWarning)
-    overrides = {k: (int(v) if v.isdigit() and k.endswith("passes") else float(v))
+    overrides = {k: (None if v == "None" else int(v) if k.endswith("passes") else float(v))
                  for k, v in (kv.split("=") for kv in args.set)}
     rows = [run_case(text, target, args.problems, args.ops, overrides)
             for text in args.cases for target in args.targets]

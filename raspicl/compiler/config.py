@@ -83,8 +83,9 @@ class CompilerConfig:
         more (as it does division_anchor), but not past the balance of the quotient's error
         Q / (4 N_div^2 s^2) and the next attention's ratio error (N_div s)^2 / (2 N_r^2) at the
         divisor's bound (feasibility.balanced_anchor): raised until Q / (4 N^2 s^2) <= u / 4
-        alone, N_div reached N_r / 10 in float32 ridge d = 8 and every read after a division
-        was off by about 1e-3 (docs/compiler.md, "float32").
+        alone, N_div reached 6e5 in float32 ridge d = 8 n = 8 (N_div s up to N_r / 80 on
+        x ~ N(0, I)), and the reads after a division at n = 16 were off by up to 3e-4 per step
+        (docs/compiler.md, "float32").
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
         t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2

@@ -262,9 +262,10 @@ def balanced_anchor(need: float, divisor_bound: float, restore: float,
     ...), off by (N s)^2 / (2 N_r^2) at |s| = the divisor's bound. The two are equal, at
     the margined extremes (need * margin^2, the bound), for
     N^4 = need margin^2 N_r^2 / (2 bound^2); both are then sqrt(need / 8) margin bound / N_r.
-    In float32 the first rule alone (Q / (4 N^2 s^2) <= u / margin^2) drove N to N_r / 10 and
-    beyond, and the reads after every division in ridge d = 8 off by 1e-3 (docs/compiler.md,
-    "float32"). inf where the need or the bound is not positive and finite."""
+    In float32 the first rule alone (Q / (4 N^2 s^2) <= u / margin^2) drove N to 6e5 in ridge
+    d = 8 n = 8 (N s up to N_r / 80), and the reads after a division at n = 16 were off by up
+    to 3e-4 per step (docs/compiler.md, "float32"). inf where the need or the bound is not
+    positive and finite."""
     if not (np.isfinite(need) and need > 0 and np.isfinite(divisor_bound)
             and divisor_bound > 0):
         return math.inf
