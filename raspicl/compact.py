@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from raspicl.model import Transformer
+from raspicl.model import Transformer, gelu, gelu_
 
 # Scores over at most this many query/key columns are summed as elementwise products, not a
 # batched matrix product (which costs far more per head and token at this width).
@@ -604,14 +604,13 @@ class CompactPlan:
         B, T, _ = resid.shape
         x = F.layer_norm(resid, resid.shape[-1:], p.ln_w, p.ln_b, p.eps)
         if B * T * len(p.b_in) < SCRATCH_MIN_ENTRIES:  # small: new tensors cost less
-            h = F.gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
+            h = gelu(_product(x.index_select(2, p.in_rows), p.W_in, p.b_in, p.sparse_in))
             out = _product(h, p.W_out, p.b_out, p.sparse_out)
         else:  # the intermediates (pre-activations, GeLUs, output rows) into scratch buffers
             buf = self._scratch
             x = torch.index_select(x, 2, p.in_rows,
                                    out=buf.shaped("mlp in", (B, T, len(p.in_rows)), x))
-            h = torch.ops.aten.gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf,
-                                              "mlp units"))
+            h = gelu_(_product(x, p.W_in, p.b_in, p.sparse_in, buf, "mlp units"))
             out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
         return _add_rows(resid, p.out_rows, out, inplace)
 

@@ -47,6 +47,29 @@ GADGET_DTYPES = (torch.float64, torch.float32)
 
 # The paper MLP's activation as layouts name it: F.gelu, the exact (erf) form (raspicl.arch).
 ACT_FN = PAPER.act_fn
+SQRT_HALF = math.sqrt(0.5)
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GeLU in the form `approximate` names (F.gelu's), what every pass of a compiled model's
+    MLP applies. The exact (erf) form in float32 is computed as x erfc(-x / sqrt 2) / 2 (the
+    same function): torch's fused float32 GeLU kernel on the CPU errs by up to 5.4 u of its
+    output (u = 2^-23) at |x| < 1, where the product gadget's units work and its two GeLUs of
+    size |x| / 2 cancel to 0.8 x^2, so that kernel error was the largest single part of paper
+    float32 models' error (ridge d = 8 n = 8: 3.5e-3, and 5.8e-4 with this form, whose error is
+    below 1.5 u; bench/float32_error.py), and it exceeds the kappa u = 2 u per GeLU output the
+    runtime monitor charges. float64 (F.gelu within 1.6 u there) and the tanh form (within
+    1 u at |x| < 1 in float32) are F.gelu's."""
+    if approximate == "none" and x.dtype == torch.float32:
+        return torch.erfc(x * -SQRT_HALF).mul_(x).mul_(0.5)
+    return F.gelu(x, approximate=approximate)
+
+
+def gelu_(x: torch.Tensor) -> torch.Tensor:
+    """`gelu` (the exact form) in place: x itself, overwritten."""
+    if x.dtype == torch.float32:
+        return x.mul_(torch.erfc(x * -SQRT_HALF)).mul_(0.5)
+    return torch.ops.aten.gelu_(x)
 
 # The torch thread count of a CPU forward pass unless the caller or RASPICL_THREADS says
 # otherwise. Compiled models do many small matrix products (a few hundred rows): extra threads
@@ -168,7 +191,7 @@ class MLP(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x @ self.W_in + self.b_in, approximate=self.approximate) @ self.W_out \
+        return gelu(x @ self.W_in + self.b_in, approximate=self.approximate) @ self.W_out \
             + self.b_out
 
 

@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from raspicl.compact import (
     AttnPlan,
@@ -45,6 +44,7 @@ from raspicl.compact import (
     Scratch,
     _softmax_scores,
 )
+from raspicl.model import gelu
 
 SQRT_HALF = math.sqrt(0.5)
 # y erf(y / sqrt 2) = sqrt(2 / pi) y^2 (1 - y^2 / 6 + y^4 / 40 - y^6 / 336 + ...), an
@@ -301,7 +301,7 @@ class TransposedPass:
         if p.n_pairs:  # y erf(y / sqrt 2), y = the pair's pre-activation
             mirrored_gelu_(h_t[:p.n_pairs], buf("erf", p.n_pairs, x_t))
         if paired < units:  # (a linear pair's unit passes y on as it is)
-            h_t[paired:] = F.gelu(h_t[paired:])
+            h_t[paired:] = gelu(h_t[paired:])
         c = len(p.out_rows)
         return _product_t(h_t, p.W_out, p.b_out, p.sparse_out, buf("out", c, x_t), buf)
 

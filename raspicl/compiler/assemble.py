@@ -347,7 +347,8 @@ def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float]
                   facts: Gadgets, config: CompilerConfig,
                   forms: dict[int, list[tuple[dict[int, float], float]]]) -> list[UnitSpec]:
     """Product units, one gadget per pair of operands (its outputs summed), each pair's
-    constants recorded in `facts` for the monitor. An operand is a row, (0, row), or a fused
+    constants recorded in `facts` for the monitor; the scale is config.product_scale times the
+    instruction's product_gain (feasibility.py). An operand is a row, (0, row), or a fused
     factor's component computed in the pre-activation, (1, read, component)."""
 
     def key(r: int, k: int) -> tuple:
@@ -367,15 +368,16 @@ def _product_part(ins: Instr, operand_rows: list[list[int]], bounds: list[float]
         outs = pairs.setdefault((min(a, b), max(a, b)), {})
         outs[o] = outs.get(o, 0.0) + c
     units = []
+    z = config.product_scale * ins.product_gain
     for (a, b), outs in pairs.items():
         out_rows = {ins.dst.rows[o]: c for o, c in outs.items()}
         if a[0] == b[0] == 0:
-            units += product_units(a[1], b[1], row_bound[a], row_bound[b], out_rows,
-                                   config.product_scale, config.richardson)
+            units += product_units(a[1], b[1], row_bound[a], row_bound[b], out_rows, z,
+                                   config.richardson)
         else:
             units += product_form_units(form(a), form(b), a == b, row_bound[a], row_bound[b],
-                                        out_rows, config.product_scale, config.richardson)
-        k, e = product_params(a == b, row_bound[a], row_bound[b], config.product_scale)
+                                        out_rows, z, config.richardson)
+        k, e = product_params(a == b, row_bound[a], row_bound[b], z)
         facts.pairs.append(ProductPair(operand_of[a], operand_of[b], k, e, config.richardson,
                                        dict(outs)))
     return units

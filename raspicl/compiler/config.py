@@ -119,15 +119,34 @@ class CompilerConfig:
         N_div under a target that reads through LayerNorm (gpt2), in place of
         division_anchor; None: division_anchor. Lower than division_anchor in float32 to keep
         N_div |s| << ln_restore_anchor; compile-time feasibility raises it where a division needs
-        more (as it does division_anchor). Condition: None, or as division_anchor.
+        more (as it does division_anchor), but not past the balance of the quotient's error
+        Q / (4 N_div^2 s^2) and the next attention's ratio error (N_div s)^2 / (2 N_r^2) at the
+        divisor's bound (feasibility.balanced_anchor): raised until Q / (4 N^2 s^2) <= u / 4
+        alone, N_div reached 6e5 in float32 ridge d = 8 n = 8 (N_div s up to N_r / 80 on
+        x ~ N(0, I)), and the reads after a division at n = 16 were off by up to 3e-4 per step
+        (docs/compiler.md, "float32"). Condition: None, or as division_anchor.
     product_scale:
         z = eps * max|t|, the largest argument of GeLU in the square gadget
         t^2 ~ sqrt(pi/2) (GeLU(eps t) + GeLU(-eps t)) / eps^2. Truncation error grows like z^2
         (z^4 with Richardson), rounding like machine epsilon / z. Measured best on |t| <= 1:
         z = 1e-3 (float64, Richardson, 3.6e-13 of t_max^2), z = 0.1 (float32, Richardson,
         1.3e-5). Condition: 0 < z <= the largest e |t| for which the monitor's truncation
-        series holds (raspicl.monitor.SERIES_LIMIT: 0.5 with Richardson, whose 2e scale must
-        stay within 1, and 1 without): beyond it an operand near its bound is refused.
+        series holds (raspicl.contract.charges.SERIES_LIMIT: 0.5 with Richardson, whose 2e
+        scale must stay within 1, and 1 without): beyond it an operand near its bound is
+        refused.
+    product_range:
+        None, or x, the largest |e t| each product should reach on the calibration prompts:
+        compile-time feasibility then raises an op's scales e (all its pairs alike, twins of
+        a loop alike) by the factor that takes its measured largest |e t| to x, up to
+        feasibility.MAX_PRODUCT_GAIN. The bounds alone set e for operands that peak together,
+        |t| = |k a| + |b / k| = 2 sqrt(B_a B_b) / bound_margin at most, which many pairs
+        never reach (S w in batch_gd, R M in newton: 0.05 where the bounds allow 0.1), and
+        the rounding of the dense pass, kappa u |t| / e (two GeLUs of size e |t| / 2 cancel
+        to 0.8 (e t)^2), is relative to e. Condition: truncation at x, 0.1 x^4 of t^2 with
+        Richardson, small against the tolerance, and x well below the series limit 0.5
+        (a prompt whose |t| exceeds the calibration's by 0.5 / x is refused). float32: 0.1 =
+        product_scale / bound_margin, what the bounds give a pair whose operands peak
+        together; None in float64 (its rounding, u / z = 2e-13, is not what limits it).
     richardson:
         combine the square gadget at eps and 2 eps, (4 E(eps) - E(2 eps)) / 3, cancelling the
         z^2 term for twice the hidden units.
@@ -199,6 +218,7 @@ class CompilerConfig:
     ln_restore_anchor: float | None = None
     ln_division_anchor: float | None = None
     product_scale: float = 1e-3
+    product_range: float | None = None
     richardson: bool = True
     select_sharpness: float = 40.0
     bound_margin: float = 2.0
@@ -230,7 +250,7 @@ class CompilerConfig:
         elif dtype == "float32":
             base = cls(division_anchor=1e6, ln_anchor=2.0**20, ln_restore_anchor=2.0**30,
                        ln_division_anchor=1e4,
-                       product_scale=0.2,
+                       product_scale=0.2, product_range=0.1,
                        target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
@@ -347,7 +367,20 @@ def _product_scale(config: CompilerConfig) -> None:
         raise _fail("product_scale", config.product_scale,
                     f"in (0, {limit:g}] with richardson={config.richardson} (the largest |e t| "
                     f"for which the monitor's truncation series bounds the product gadget, "
-                    f"raspicl.monitor.SERIES_LIMIT)")
+                    f"raspicl.contract.charges.SERIES_LIMIT)")
+
+
+def _product_range(config: CompilerConfig) -> None:
+    """None, or x in (0, SERIES_LIMIT / 2]: the docstring's "well below the series limit"
+    (a prompt whose |t| exceeds the calibration's by SERIES_LIMIT / x is refused)."""
+    if config.product_range is None:
+        return
+    limit = SERIES_LIMIT[bool(config.richardson)] / 2.0
+    v = _number(config, "product_range")
+    if not 0.0 < v <= limit:
+        raise _fail("product_range", config.product_range,
+                    f"None, or in (0, {limit:g}] with richardson={config.richardson} (half the "
+                    f"largest |e t| the monitor's truncation series covers)")
 
 
 def _interval_fallback(config: CompilerConfig) -> None:
@@ -373,6 +406,7 @@ _CHECKS = (
     _restore_anchor,
     _square_fits("ln_division_anchor"),
     _product_scale,
+    _product_range,
     _at_least("select_sharpness", MIN_SELECT_SHARPNESS,
               why=" (the closed gate leaks at most Phi(-s) times its bound, which the monitor "
                   "takes as 0; Phi(-s) <= 2^-53 needs s >= 8.21)"),

@@ -47,6 +47,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         compiler.pop("ln_anchor", None)
         compiler.pop("ln_division_anchor", None)
         compiler.pop("ln_restore_anchor", None)
+    if config.product_range is None:  # layouts without it stay as they were
+        compiler.pop("product_range", None)
     row_names = list(layout.row_names) + ["pad"] * (cfg.d_model - len(layout.row_names))
     return {
         "format_version": FORMAT_VERSION,

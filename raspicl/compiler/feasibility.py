@@ -8,8 +8,11 @@ tokens where a value is undefined:
 - a neutral LayerNorm's eps, per block, to at least 2^(p+2) var bound_margin^2 (a power of 4,
   so that sqrt(eps) stays exact), up to MAX_NEUTRAL_EPS of the dtype;
 - a division's anchor N, per block, so that the rest of the stream perturbs the quotient by
-  Q / (4 N^2 s^2) <= machine epsilon, up to MAX_ANCHOR_GROWTH times the config's N;
-- a gate's bound, per select, to bound_margin times the largest |a - b| it must keep closed.
+  Q / (4 N^2 s^2) <= machine epsilon, up to MAX_ANCHOR_GROWTH times the config's N, and under
+  a target that reads through LayerNorm (gpt2) no further than `balanced_anchor`;
+- a gate's bound, per select, to bound_margin times the largest |a - b| it must keep closed;
+- with config.product_range (float32), a product's scales e, per op, raised until its largest
+  |e t| reaches product_range (the bounds alone assume its operands peak together).
 Then it compiles again, at most config.feasibility_passes times. Blocks that a shared loop
 runs several times get the largest constant any of their runs needs. If the finished model
 still refuses more than 1 - min_acceptance of the calibration prompts, the compile fails with
@@ -37,6 +40,7 @@ from raspicl.contract import (
     DIVISION_REST,
     NEUTRAL_VARIANCE,
     PREDICTION_BOUND,
+    PRODUCT_RANGE,
     ContractReport,
     ContractStream,
     parse_instructions,
@@ -50,6 +54,13 @@ from raspicl.sparse_weights import SparseWeights
 
 MAX_NEUTRAL_EPS = {"float64": 2.0**600, "float32": 2.0**100}
 MAX_ANCHOR_GROWTH = 1e3
+# The most a product's scales may grow beyond what its operands' bounds give (config
+# product_range): a pair whose |t| stays far below the bounds on the calibration prompts
+# (or is always 0) is not scaled for values it has never shown by more than this.
+MAX_PRODUCT_GAIN = 8.0
+# A product's scales are re-tuned only when that changes them by more than this factor (each
+# re-tuning compiles and measures the model once more).
+PRODUCT_GAIN_STEP = 1.05
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,7 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
     eps = dict(tuning.neutral_eps)
     anchor = dict(tuning.anchor)
     gate_floor: dict[int, float] = {}
+    gain: dict[int, float] = {}
     changed = False
     for (op, quantity), need in report.needs.items():
         ins = by_op[op]
@@ -236,20 +248,72 @@ def retune(report: ContractReport, low: Lowered, sched: Schedule, tuning: Tuning
             have = tuning.anchor_of(ins.block, config)
             want = min(math.sqrt(need / (4 * u)) * config.bound_margin,
                        MAX_ANCHOR_GROWTH * config.division_anchor)
+            if sched.arch.reads_through_layernorm:
+                want = min(want, balanced_anchor(need, ins.divisor.bound,
+                                                 config.ln_restore_anchor or config.ln_anchor,
+                                                 config.bound_margin))
             if np.isfinite(want) and want > have * 1.0001:
                 anchor[ins.block] = max(anchor.get(ins.block, 0.0), want)
                 changed = True
+        elif quantity == PRODUCT_RANGE and config.product_range is not None:
+            if np.isfinite(need):
+                want = ins.product_gain * config.product_range / max(need, 1e-300)
+                gain[op] = min(max(want, ins.product_gain), MAX_PRODUCT_GAIN)
         elif quantity == CLOSED_GATE:
             want = need * config.bound_margin
             if np.isfinite(want) and want > ins.gate_floor and want > _gate_bound(ins):
                 gate_floor[ins.op.index] = want
                 changed = True
+    gain = _twin_gains(low, gain)
+    if any(g > by_op[op].product_gain * PRODUCT_GAIN_STEP for op, g in gain.items()):
+        changed = True
     if not changed:
         return None
     for op, floor in gate_floor.items():
         by_op[op].gate_floor = floor
+    for op, g in gain.items():
+        by_op[op].product_gain = g
     _unify_twins(low, sched, eps, anchor)
     return Tuning(eps, anchor)
+
+
+def _twin_gains(low: Lowered, gain: dict[int, float]) -> dict[int, float]:
+    """The product gains `gain` asks for, one per group of twins (the iterations of a loop:
+    their weights must agree): the smallest any of them asks for (its largest |e t| at the
+    target, the others' below it); a twin that asks for none keeps its own."""
+    groups: dict[int, list] = {}
+    for ins in low.instrs:
+        twin = ins.dst
+        while twin.template is not None:
+            twin = twin.template
+        groups.setdefault(id(twin), []).append(ins)
+    out = {}
+    for group in groups.values():
+        wanted = [gain.get(ins.op.index, ins.product_gain) for ins in group]
+        if any(ins.op.index in gain for ins in group):
+            for ins in group:
+                out[ins.op.index] = min(wanted)
+    return out
+
+
+def balanced_anchor(need: float, divisor_bound: float, restore: float,
+                    margin: float) -> float:
+    """The division anchor N of a target that reads through LayerNorm (gpt2) past which a
+    larger one costs more than it gains. The quotient's relative error is Q / (4 N^2 s^2)
+    (`need` = the largest Q / s^2 measured); but the attention after the division reads every
+    row, and clears the anchors, through an ln1 that also sees the anchors +-N s beside the
+    restored constant ones +-N_r (`restore`), i.e. times ratio = 1 / sqrt(1 + (N s / N_r)^2 +
+    ...), off by (N s)^2 / (2 N_r^2) at |s| = the divisor's bound. The two are equal, at
+    the margined extremes (need * margin^2, the bound), for
+    N^4 = need margin^2 N_r^2 / (2 bound^2); both are then sqrt(need / 8) margin bound / N_r.
+    In float32 the first rule alone (Q / (4 N^2 s^2) <= u / margin^2) drove N to 6e5 in ridge
+    d = 8 n = 8 (N s up to N_r / 80), and the reads after a division at n = 16 were off by up
+    to 3e-4 per step (docs/compiler.md, "float32"). inf where the need or the bound is not
+    positive and finite."""
+    if not (np.isfinite(need) and need > 0 and np.isfinite(divisor_bound)
+            and divisor_bound > 0):
+        return math.inf
+    return (need * margin * margin / 2.0) ** 0.25 * math.sqrt(restore / divisor_bound)
 
 
 def _gate_bound(ins) -> float:

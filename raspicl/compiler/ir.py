@@ -87,6 +87,8 @@ class Instr:
     gated: list[tuple[int, float, int, int]] = field(default_factory=list)
     gated_bias: np.ndarray | None = None
     gate_floor: float = 0.0  # a gate's bound is at least this (feasibility.py measures it)
+    # its product gadgets' scales e are this times what the bounds give (feasibility.py)
+    product_gain: float = 1.0
 
     @property
     def registers_read(self) -> list[Value]:
