@@ -171,6 +171,7 @@ BAD_FIELDS = [
     ("ln_restore_anchor", 2.0**30 + 1.0), ("ln_restore_anchor", 0.0),
     ("ln_division_anchor", -1.0),
     ("product_scale", 0.0), ("product_scale", 0.6), ("product_scale", -1e-3),
+    ("product_range", 0.0), ("product_range", 0.3), ("product_range", math.nan),
     ("richardson", 1),
     ("select_sharpness", 3.0), ("select_sharpness", 8.0), ("select_sharpness", math.inf),
     ("bound_margin", 0.5), ("bound_margin", math.nan),
