@@ -5,14 +5,22 @@ The tests run many small models. On a shared 2-core machine, torch at 2 threads 
 every test module starts at one thread again (a test that changes the count and fails before
 restoring it cannot slow the modules after it); the Makefile's `test` target pins the BLAS
 libraries the same way (they read their variables at import).
+
+SIGINT: `make test` runs the suite in two pytest-xdist workers, which start with SIGINT ignored;
+a process started from one inherits that, so a test that interrupts a compile or a training run
+would wait forever. Every test process takes Python's default handler back (KeyboardInterrupt in
+the process itself, the default action in the processes it starts).
 """
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="module")
