@@ -17,14 +17,16 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from raspicl import interpret
-from raspicl.compiler import compile_program
-from raspicl.contract import check_contract, walk_with_tape
+from raspicl.compiler import CompilerConfig, compile_program
+from raspicl.contract import check_contract, forward, walk_with_tape
 from raspicl.contract.adjoint import PlaceEdge
 from raspicl.errors import ContractWarning
 from raspicl.prompts import PromptDistribution
 from raspicl.registry import find_program
+from raspicl.verify import _writes
 
 CASES = [("gd_step", {"d": 2}, "paper", "unroll"), ("sherman_morrison", {"d": 2}, "gpt2", "unroll"),
          ("ridge", {"d": 2, "n": 3}, "paper", "share"), ("sgd", {"d": 2, "n": 3}, "gpt2", "unroll"),
@@ -133,3 +135,65 @@ def test_adjoint_sees_contraction(name, params):
     assert np.median(fwd.bound[:, -1] / adj.bound[:, -1]) > 5
     ok = adj.accepted[:, None, None]
     assert not (ok & (diff > adj.bound)).any()
+
+
+def _ridge_float32():
+    """ridge d=3 n=5 compiled for float32 and run there (min_acceptance 0: its bounds may
+    refuse calibration prompts; what is tested is that they hold), with 16 prompts."""
+    pf = find_program("ridge")
+    program = pf.build(d=3, n=5)
+    config = CompilerConfig.for_dtype("float32", tolerance=1e-2, min_acceptance=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(program, config, domain=pf.domain).to(torch.float32)
+    prompts = PromptDistribution(1.0, 1.0, 0.5).sample(16, program.d, program.n, seed=5)
+    return program, cm, prompts
+
+
+def test_adjoint_bound_of_a_divisor_holds():
+    """The walk may take a divisor's error bound from the adjoint at the divisor's own node
+    (forward._Walk._divisor_bound): that bound holds against the divisor's actual error (its
+    rows in float32 minus the interpreter in float64) at every prompt and defined token, and
+    is no larger than the divisor's forward enclosure."""
+    program, cm, prompts = _ridge_float32()
+    res = cm.residuals(prompts, check="ignore")
+    _, tape, log = walk_with_tape(cm.layout, res, cm.dtype_name)
+    trace = interpret(program, prompts)
+    op_of = {ins["dst"]: ins["op"] for ins in cm.layout["monitor"]["instructions"]}
+    at = {k: (i, rows) for i, lst in _writes(program, cm).items() for k, rows in lst}
+    divisors = {ins["divisor"] for ins in cm.layout["monitor"]["instructions"]
+                if ins["divisor"] is not None}
+    checked = 0
+    for label in sorted(divisors):
+        k = op_of.get(label)
+        if k not in at or label not in log:  # fused: read by the division's own heads
+            continue
+        i, rows = at[k]
+        exact = np.asarray(trace.after[k])[:, :, 0]
+        actual = np.abs(res[i][:, :, rows[0]] - exact)
+        tok = np.flatnonzero(np.isfinite(exact).all(axis=0))
+        err, nid = log[label]
+        bound = tape.adjoint_bound(nid, [int(t) for t in tok], [0] * len(tok),
+                                   np.arange(prompts.batch))
+        assert (actual[:, tok] <= bound).all(), label
+        assert (bound <= err[:, tok, 0] * (1 + 1e-9)).all(), label
+        checked += 1
+    assert checked >= 3
+
+
+def test_tightened_divisors_keep_every_accepted_prediction_within_its_bound(monkeypatch):
+    """With every divisor's bound taken from its adjoint (DIVISOR_TIGHTEN 0), the float32
+    ridge's accepted predictions stay within their bounds against the interpreter, and no
+    bound or refusal gets worse than the forward walk's."""
+    program, cm, prompts = _ridge_float32()
+    res = cm.residuals(prompts, check="ignore")
+    fwd = check_contract(cm.layout, res, cm.dtype_name, adjoint="off")
+    monkeypatch.setattr(forward, "DIVISOR_TIGHTEN", 0.0)
+    tight = check_contract(cm.layout, res, cm.dtype_name, adjoint="always")
+    got = cm.readout(res[-1])
+    want = np.asarray(interpret(program, prompts).output()).reshape(got.shape)
+    ok = tight.accepted[:, None, None]
+    assert not (ok & (np.abs(got - want) > tight.bound)).any()
+    assert (tight.accepted >= fwd.accepted).all()
+    both = fwd.accepted[:, None, None] & np.isfinite(fwd.bound)
+    assert (tight.bound[both] <= fwd.bound[both]).all()

@@ -38,6 +38,7 @@ from raspicl.compiler.schedule import Schedule
 from raspicl.contract import (
     CLOSED_GATE,
     DIVISION_REST,
+    DIVISOR_ERROR,
     NEUTRAL_VARIANCE,
     PREDICTION_BOUND,
     PRODUCT_RANGE,
@@ -179,11 +180,13 @@ def measure(model: Transformer | SparseWeights, layout: dict, prompts, dtype: st
 def tighten(report: ContractReport, model: Transformer | SparseWeights, layout: dict, prompts,
             dtype: str, plan: CompactPlan | None = None) -> ContractReport:
     """`report` (measured with the forward enclosure alone) with the prompts it refused for
-    their error bound alone (no precondition failed) measured again with the adjoint bound
+    their error bound alone, or for a divisor's error bound (DIVISOR_ERROR, which the adjoint
+    bound of the divisor may lift), measured again with the adjoint bound
     (raspicl.contract.adjoint): what the runtime monitor, which tightens where needed, reports
     on them. The other prompts keep their report: the adjoint changes nothing where the
-    forward bound is within the tolerance or a precondition fails."""
-    hard = {f.prompt for f in report.findings if f.quantity != PREDICTION_BOUND}
+    forward bound is within the tolerance or another precondition fails."""
+    hard = {f.prompt for f in report.findings
+            if f.quantity not in (PREDICTION_BOUND, DIVISOR_ERROR)}
     again = np.array([b for b in np.flatnonzero(~report.accepted) if b not in hard],
                      dtype=np.int64)
     if not len(again):

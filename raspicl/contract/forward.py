@@ -107,6 +107,11 @@ ADJOINT_MODES = ("needed", "always", "off")
 # arrays (_Terms) beyond: the same sums bit for bit either way, the loop cheaper for a few.
 LOOP_TERMS = 8
 MANTISSA_BITS = {"float64": 52, "float32": 23}
+# A division's divisor whose forward error bound exceeds this share of |divisor| at some token
+# gets the adjoint bound of the divisor itself there (_Walk._divisor_bound), where the tape
+# records: the second-order remainder of the quotient's enclosure grows with that share, and
+# the walk refuses the prompt (DIVISOR_ERROR) at 1/2. Condition: 0 < DIVISOR_TIGHTEN < 1/2.
+DIVISOR_TIGHTEN = 2.0**-4
 
 
 def check_contract(layout: dict, residuals: list[np.ndarray], dtype: str,
@@ -933,7 +938,7 @@ class _Walk:
         else:
             s_val, s_err, s_nid = self.values[ins.divisor]
         s = np.abs(s_val[:, :, 0])
-        es = s_err[:, :, 0]
+        es = self._divisor_bound(s, s_err[:, :, 0], s_nid, defined)
         inv = 1.0 / s
         self.check(ins, defined, DIVISOR,
                    np.where((s > 0) & np.isfinite(s), inv, np.inf),
@@ -953,6 +958,34 @@ class _Walk:
                  DiagEdge(s_nid, -q * (sign * inv)[:, :, None], np.zeros(w, dtype=np.int64))]
         nid = self.tape.node(w, local, edges)
         return q, first + local, nid
+
+    def _divisor_bound(self, s: np.ndarray, es: np.ndarray, s_nid: int,
+                       defined: np.ndarray) -> np.ndarray:
+        """The divisor's error bound [B, T] that the division uses: its forward enclosure, or,
+        where that exceeds DIVISOR_TIGHTEN |s| and the tape records (adjoint not 'off'), the
+        smaller adjoint bound of the divisor's own node (raspicl.contract.adjoint): the same
+        sum |g| . beta that bounds an output, taken at the divisor, so that a contraction
+        upstream of it (a Sherman-Morrison update's) is seen before the quotient's enclosure
+        and the DIVISOR_ERROR check use it. Both are bounds on the same error, so the smaller
+        is one. A non-finite forward bound (a failed precondition upstream) is kept: the
+        reverse pass reads such charges as 0."""
+        if not self.tape.enabled:
+            return es
+        tok = np.flatnonzero(defined)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loose = np.isfinite(es[:, tok]) & (es[:, tok] > DIVISOR_TIGHTEN * s[:, tok])
+        prompts = np.flatnonzero(loose.any(axis=1))
+        positions = tok[loose.any(axis=0)]
+        if not len(prompts) or not len(positions):
+            return es
+        adj = self.tape.adjoint_bound(s_nid, [int(t) for t in positions],
+                                      [0] * len(positions), prompts)
+        es = es.copy()
+        sub = es[prompts[:, None], positions[None, :]]
+        es[prompts[:, None], positions[None, :]] = np.where(np.isfinite(sub),
+                                                            np.minimum(sub, adj), sub)
+        return es
+
 
 def _stacked(reads, part: int) -> np.ndarray:
     """The reads' values (part 0) or error bounds (1) side by side: [B, T, sum of widths]."""
