@@ -7,9 +7,10 @@ A figure sits between two markers in a page,
 inline in prose (a number) or around a fenced block (a command's output), and FIGURES says how
 each NAME is measured: a command of the CLI run in a scratch directory, or the Python API.
 
-    python docs/generate.py            rewrite every figure in docs/cli.md and docs/tutorial.md
+    python docs/generate.py            rewrite every figure in docs/cli.md, tutorial.md, compiler.md
     python docs/generate.py --check    exit 1 if a figure differs from what the code gives
     python docs/generate.py --quick    only the quick figures (seconds each), either way
+    python docs/generate.py --only NAME ...   only the figures named, either way
 
 A figure *matches* what the code gives when its words and sizes are the same (compared token
 by token, whitespace aside) and each number in scientific notation (an error: 7.1e-12, 3e+02)
@@ -37,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = (DOCS / "cli.md", DOCS / "tutorial.md")
+PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "compiler.md")
 MARKED = re.compile(r"<!-- gen:([\w-]+) -->(.*?)<!-- /gen -->", re.S)
 ERROR = re.compile(r"^[-+]?\d+(\.\d+)?e[-+]\d+$")
 ERROR_FACTOR = 10.0
@@ -167,6 +168,16 @@ def tutorial_accept_1e8() -> str:
     return f"{cm.layout['monitor']['calibration']['accepted']:.0%}"
 
 
+# ------------------------------------------------------------------ docs/compiler.md
+
+
+def compiler_divisor_findings() -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from contract_findings import report
+
+    return _block(report("ridge d=8 n=8", "float32"))
+
+
 FIGURES: dict[str, Figure] = {
     "cli-compile": Figure(cli_compile),
     "cli-verify": Figure(cli_verify),
@@ -181,6 +192,7 @@ FIGURES: dict[str, Figure] = {
                                quick=False),
     "tutorial-wout": Figure(tutorial_wout),
     "tutorial-accept-1e8": Figure(tutorial_accept_1e8),
+    "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
 }
 
 
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="compare instead of rewriting; exit 1 on a mismatch")
     parser.add_argument("--quick", action="store_true", help="only the quick figures")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(FIGURES),
+                        help="only these figures")
     args = parser.parse_args(argv)
     status = 0
     for page in PAGES:
@@ -241,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"{page.name}: unknown figures {unknown}", file=sys.stderr)
             return 2
-        names = [n for n in shown if FIGURES[n].quick or not args.quick]
+        names = [n for n in shown if (FIGURES[n].quick or not args.quick)
+                 and (args.only is None or n in args.only)]
         figures = measure(names)
         if args.check:
             for name in names:
