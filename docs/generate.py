@@ -7,7 +7,8 @@ A figure sits between two markers in a page,
 inline in prose (a number) or around a fenced block (a command's output), and FIGURES says how
 each NAME is measured: a command of the CLI run in a scratch directory, or the Python API.
 
-    python docs/generate.py            rewrite every figure in docs/cli.md, tutorial.md, compiler.md
+    python docs/generate.py            rewrite every figure in PAGES (cli, tutorial, compiler,
+                                       benchmark)
     python docs/generate.py --check    exit 1 if a figure differs from what the code gives
     python docs/generate.py --quick    only the quick figures (seconds each), either way
     python docs/generate.py --only NAME ...   only the figures named, either way
@@ -38,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "compiler.md")
+PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "compiler.md", DOCS / "benchmark.md")
 MARKED = re.compile(r"<!-- gen:([\w-]+) -->(.*?)<!-- /gen -->", re.S)
 ERROR = re.compile(r"^[-+]?\d+(\.\d+)?e[-+]\d+$")
 ERROR_FACTOR = 10.0
@@ -178,6 +179,21 @@ def compiler_divisor_findings() -> str:
     return _block(report("ridge d=8 n=8", "float32"))
 
 
+# ------------------------------------------------------------------ docs/benchmark.md
+
+
+def benchmark_leaderboard() -> str:
+    """`raspicl benchmark`'s leaderboard (the full suite: minutes)."""
+    import torch
+
+    from raspicl.benchmark.suite import FULL, markdown, run_benchmark
+
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return markdown(run_benchmark(FULL)).rstrip("\n")
+
+
 FIGURES: dict[str, Figure] = {
     "cli-compile": Figure(cli_compile),
     "cli-verify": Figure(cli_verify),
@@ -193,6 +209,7 @@ FIGURES: dict[str, Figure] = {
     "tutorial-wout": Figure(tutorial_wout),
     "tutorial-accept-1e8": Figure(tutorial_accept_1e8),
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
+    "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
 }
 
 
