@@ -109,8 +109,9 @@ def eliminate_common(low: Lowered, share_loops: bool = False) -> CommonSubexpres
 
 
 def _eliminable(ins: Instr, low: Lowered) -> bool:
-    """An instruction that may be a duplicate: one that costs an MLP, not the output."""
-    return not ins.is_linear and ins.dst is not low.output and ins.dst.kind == "op"
+    """A (non-linear) instruction that may be a duplicate: not the output (it may still be a
+    survivor)."""
+    return ins.dst is not low.output and ins.dst.kind == "op"
 
 
 def _plan(low: Lowered, blocked: set[int], share_loops: bool
@@ -124,13 +125,13 @@ def _plan(low: Lowered, blocked: set[int], share_loops: bool
     seen: dict[tuple, Instr] = {}
     plan: dict[Instr, Instr] = {}
     for ins in low.instrs:
-        if not _eliminable(ins, low):
+        if ins.is_linear:
             continue
         key = _key(ins, canon)
         scope = ins.op.loop if share_loops else None
         survivor = seen.get((key, scope)) or seen.get((key, None))
-        if survivor is None or ins.op.index in blocked:
-            seen.setdefault((key, scope), ins)
+        if survivor is None or ins.op.index in blocked or not _eliminable(ins, low):
+            seen.setdefault((key, scope), ins)  # a survivor for later duplicates
             continue
         plan[ins] = survivor
         canon[ins.dst] = survivor.dst
