@@ -579,9 +579,35 @@ def divide(a: Expr, s: Expr) -> Expr:
         raise op_error("/", (a, s), "'/' divides by a scalar register or expression")
     prog = a.program
     num, den = _here_register(a, "num"), _here_register(s, "den")
+    scope = prog.temp_scope
+    if scope is not None and scope.hoist_at is not None \
+            and not ({num.name, den.name} & scope.written):
+        return as_expr(_hoist_quotient(prog, scope, num, den), prog)
     dst = prog.temp("q", a.shape)
     prog.div(dst, num, den, note=f"{num.name} / |{den.name}|")
     return as_expr(dst, prog)
+
+
+def _hoist_quotient(prog, scope, num: Register, den: Register) -> Register:
+    """A scan step's quotient of two registers the scan does not write (the example's x_i
+    over eps + |x_i|^2 in NLMS): one div before the scan's loop, as _hoist binds an invariant
+    product, instead of a division in every iteration."""
+    key = ("div", num.name, prog.writes(num), den.name, prog.writes(den))
+    if key not in scope.hoisted:
+        at = scope.hoist_at
+        mark = len(prog.ops)
+        name, k = f"{scope.name}_q", 1
+        while name in prog.registers:
+            name, k = f"{scope.name}_q{k}", k + 1
+        dst = prog._new_register(name, num.shape, "value", caller_location())
+        prog.div(dst, num, den, note=f"{num.name} / |{den.name}| (loop-invariant, before the "
+                                     f"loop)")
+        op = prog.ops.pop(mark)
+        prog._writes[dst.name].pop()
+        prog._insert(op, at)
+        scope.hoist_at += 1
+        scope.hoisted[key] = dst
+    return scope.hoisted[key]
 
 
 def _here_register(e: Expr, hint: str) -> Register:
