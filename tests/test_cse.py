@@ -202,3 +202,65 @@ def test_a_program_without_duplicates_compiles_to_the_same_bytes(name, params, l
     layout_on = dict(on.layout, compiler={k: v for k, v in on.layout["compiler"].items()
                                           if k != "cse"})
     assert layout_off == layout_on
+
+
+# ---------------------------------------------------------------------- random programs
+
+
+def random_with_duplicates(seed: int, rounds: int = 4) -> tuple[Program, int]:
+    """A random program in which every op of `rounds` is written twice (the copy under another
+    name), later ops reading either copy at random: products, dot products, selects and
+    divisions by 1 + s^2 over the registers so far. Returns it and how many of its ops compute
+    what an earlier op computes, counted here by value numbering over the registers' names (a
+    copy, or the same op drawn again in a later round; a dot product's factors unordered)."""
+    rng = np.random.default_rng(seed)
+    d = 2
+    p = Program(f"random_dupes_{seed}", d=d, n=2)
+    vectors = [p.mov("xp", Read(p.x, Offset(1, clamp=True))), p.x]
+    scalars = [p.y]
+    same: dict[str, str] = {}  # register -> the first register computing the same
+    first: dict[tuple, str] = {}
+
+    def pick(pool):
+        return pool[int(rng.integers(len(pool)))]
+
+    def number(name: str, key: tuple) -> None:
+        key = tuple(same.get(k, k) if isinstance(k, str) else k for k in key)
+        if key[0] == "dot":
+            key = ("dot", *sorted(key[1:]))
+        same[name] = first.setdefault(key, name)
+
+    for k in range(rounds):
+        kind = ("dot", "mul", "select", "div")[int(rng.integers(4))]
+        args = {"dot": lambda: (pick(vectors), pick(vectors)),
+                "mul": lambda: (pick(vectors), pick(scalars)),
+                "select": lambda: (pick(vectors), pick(vectors)),
+                "div": lambda: (pick(vectors), pick(scalars))}[kind]()
+        names = tuple(r.name for r in args)
+        for copy in "ab":
+            name = f"r{k}{copy}"
+            if kind == "dot":
+                scalars.append(p.dot(name, *args))
+            elif kind == "mul":
+                vectors.append(p.mul(name, *args, scale=0.5))
+            elif kind == "select":
+                vectors.append(p.select(name, "y", *args))
+            else:
+                den = p.raw(f"{name}_den", args[1], here=args[1], op="*", W=1.0, bias=1.0)
+                number(den.name, ("den", names[1]))
+                vectors.append(p.div(name, args[0], den))
+                number(name, ("div", names[0], den.name))
+                continue
+            number(name, (kind, *names))
+    read = vectors[-3:] + scalars[-2:]
+    out = p.raw("out", read, W=np.ones((1, sum(int(np.prod(r.shape)) for r in read))) / 4)
+    p.output(out, roles=("x", "y", "query"))
+    return p, sum(1 for name, root in same.items() if name != root)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_programs_with_duplicates_predict_what_the_interpreter_does(seed):
+    p, duplicates = random_with_duplicates(seed)
+    cm = compiled(p)
+    assert len(common(cm)) == duplicates
+    check_against_interpreter(cm, p, seed=seed)
