@@ -7,9 +7,10 @@
 Each case is compiled twice in float64 with its program's DOMAIN, CompilerConfig(cse=False)
 and the default (cse=True), unrolled and, for a program with a loop, shared; a row gives
 blocks stored/run, heads, d_model, d_mlp and parameters of each, and the duplicates the pass
-made aliases of. The momentum-SGD scan (tests/test_cse.py's `momentum`: a step that uses
-v_new in two state entries, `w + v_new` and `v_new`) is compared with the same step with its
-product bound once by hand (p.let), an independent construction of what the pass should give.
+made aliases of. The momentum-SGD scan (`momentum` below, which tests/test_cse.py compiles
+too: a step that uses v_new in two state entries, `w + v_new` and `v_new`) is compared with the
+same step with its product bound once by hand (p.let), an independent construction of what the
+pass should give.
 """
 
 from __future__ import annotations
