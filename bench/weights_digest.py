@@ -36,7 +36,9 @@ NEW_FIELDS = frozenset({"format_version", "label", "written_slot", "cleared_slot
                         "for_op", "operand",
                         # the fusion pass (compiler/fusion.py): its config and depth record
                         "fusion", "fusion_max_readers", "fusion_width_slack", "fusion_always",
-                        "depth", "absorbed_by"})
+                        "depth", "absorbed_by",
+                        # common-subexpression elimination (compiler/cse.py): its switch
+                        "cse"})
 
 
 def _strip(obj):

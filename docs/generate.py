@@ -172,11 +172,26 @@ def tutorial_accept_1e8() -> str:
 # ------------------------------------------------------------------ docs/compiler.md
 
 
-def compiler_divisor_findings() -> str:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from contract_findings import report
+@cache
+def _bench(name: str):
+    """bench/NAME.py as a module (bench/ is not a package)."""
+    import importlib.util
 
-    return _block(report("ridge d=8 n=8", "float32"))
+    spec = importlib.util.spec_from_file_location(f"raspicl_bench_{name}",
+                                                  ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cse_table(which: str) -> str:
+    """bench/cse_sizes.py's table of parameters without and with the CSE pass."""
+    return _bench("cse_sizes").table(which)
+
+
+def compiler_divisor_findings() -> str:
+    return _block(_bench("contract_findings").report("ridge d=8 n=8", "float32"))
 
 
 # ------------------------------------------------------------------ docs/benchmark.md
@@ -208,6 +223,10 @@ FIGURES: dict[str, Figure] = {
                                quick=False),
     "tutorial-wout": Figure(tutorial_wout),
     "tutorial-accept-1e8": Figure(tutorial_accept_1e8),
+    "cse-momentum": Figure(lambda: cse_table("momentum")),
+    "cse-bundled": Figure(lambda: cse_table("bundled"), quick=False),
+    "nlms-depth": Figure(lambda: _block(_bench("nlms_depth").table()),
+                         quick=False),
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
 }

@@ -9,11 +9,17 @@ prediction w_{i-1}^T x_i at x token i (w_0^T x_1 at the first) and w_n^T x_q at 
 The step is normalised by the example's energy, so it is stable for 0 < mu < 2 whatever the
 scale of x; eps > 0 keeps the divisor away from zero (the compiled div needs |divisor| > 0).
 
-Written with the scan construct, as the formula; docs/tutorial.md derives it step by step. The
-divisor eps + x_i^T x_i reads only the example, so the scan computes it once, before its loop.
-w_0 is a fixed point of the step with no example (w + mu 0 (0 - 0) / eps = w), so the scan
-reads its state clamped, with no select per example: 3 blocks per example, one fewer than the
-hand-fused form (tests/hand_fused/nlms.py), which gates every example.
+Written with the scan construct, as the formula with the example normalised first,
+w + mu (x_i / (eps + x_i^T x_i)) (y_i - x_i^T w); docs/tutorial.md derives it step by step.
+The normalised example reads only the example, so the scan computes it once, before its loop
+(the divisor and the division), and each example costs what sgd's does: the dot product x_i^T w
+(with the error) in one MLP, its product with the normalised x_i in the next. Written as
+mu x_i (y_i - x_i^T w) / (eps + x_i^T x_i), the division comes last and costs a block of its
+own per example (a division's numerator must be in the residual before its LayerNorm divides
+it, so it cannot share the MLP that forms the product). w_0 is a fixed point of the step with
+no example (w + mu 0 (0 - 0) = w), so the scan reads its state clamped, with no select per
+example: 2 blocks per example, two fewer than the hand-fused form (tests/hand_fused/nlms.py),
+which gates every example and divides in the loop.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ def program(d: int = 2, n: int = 2, mu: float = 0.5, eps: float = 1.0, w0=None) 
     p = Program("nlms", d=d, n=n, params={"d": d, "n": n, "mu": mu, "eps": eps, "w0": w0.tolist()})
 
     def step(s, x, y):
-        return {"w": s.w + mu * x * (y - x @ s.w) / (eps + x @ x)}
+        # x_i / (eps + |x_i|^2) reads only the example: one div before the loop, so each
+        # example costs the dot and the product by the error, as sgd does
+        return {"w": s.w + mu * (x / (eps + x @ x)) * (y - x @ s.w)}
 
     scan = p.scan(init={"w": w0}, step=step, predict=lambda s, x: s.w @ x, name="nlms")
     p.output(scan.prediction, roles=("x", "query"))

@@ -553,7 +553,12 @@ LAYOUT = Obj(
      "depth": Obj({"critical_path": Nullable(Int(lo=1)), "blocks": Int(lo=1)},
                   {"fused": Array(Obj({"value": Str(), "op": Int(),
                                        "absorbed_by": Array(Int())})),
-                   "note": Str()})})
+                   "note": Str(),
+                   # compiler/cse.py: duplicates read as their survivors
+                   "common": Array(Obj({"value": Str(), "op": Int(), "alias_of": Str(),
+                                        "survivor_op": Int()})),
+                   "merged_constants": Array(Obj({"value": Str(), "alias_of": Str()})),
+                   "common_kept_for_loops": Int()})})
 
 
 # ---------------------------------------------------------------------------------- rules

@@ -443,3 +443,41 @@ def test_clamped_shift_of_entries_that_read_each_other():
             warnings.simplefilter("ignore")
             cm = compile_program(p, loops=loops)
         assert rel_err(cm.predict(prompts, check="ignore"), want) <= 1e-8
+
+
+def _blocks(name: str, n: int, **params) -> int:
+    from raspicl.compiler import compile_program
+    from raspicl.errors import ContractWarning
+    from raspicl.registry import find_program
+
+    pf = find_program(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        return compile_program(pf.build(d=2, n=n, **params), domain=pf.domain).summary()["blocks"]
+
+
+def test_a_quotient_of_the_example_alone_is_computed_once_before_the_loop():
+    """NLMS's x_i / (eps + |x_i|^2) reads only the example: one div, before the loop, so an
+    example costs the blocks an sgd example costs (the dot with the error, then the product),
+    where a division in the step costs a block of its own per example."""
+    from raspicl.registry import find_program
+
+    p = find_program("nlms").build(d=2, n=3)  # mu 0.5, eps 1, w_0 = [0.5, -0.5]
+    divs = [op for op in p.ops if op.kind == "div"]
+    body = [op for op in p.ops if op.loop is not None]
+    assert len(divs) == 1 and divs[0].loop is None and divs[0].index < body[0].index
+    assert "loop-invariant" in divs[0].note
+    per_example = _blocks("nlms", 3) - _blocks("nlms", 2)
+    assert per_example == _blocks("sgd", 3) - _blocks("sgd", 2)
+
+    # the step as mu x (y - x^T w) / (eps + |x|^2): the numerator reads the state, so the
+    # division stays in the loop, one per example, and costs its own block
+    q = Program("nlms_division_last", d=2, n=3)
+    scan = q.scan(init={"w": np.array([0.5, -0.5])}, name="nlms",
+                  step=lambda s, x, y: {"w": s.w + 0.5 * x * (y - x @ s.w) / (1.0 + x @ x)},
+                  predict=lambda s, x: s.w @ x)
+    q.output(scan.prediction, roles=("x", "query"))
+    assert [op.loop is not None for op in q.ops if op.kind == "div"] == [True] * 3
+    prompts = random_prompts(16, 2, 3, seed=4)
+    np.testing.assert_allclose(interpret(q, prompts).output(), interpret(p, prompts).output(),
+                               rtol=1e-12, atol=1e-12)

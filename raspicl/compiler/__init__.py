@@ -1,5 +1,5 @@
-"""The compiler: Program -> validate -> lower -> fuse -> schedule -> liveness -> lay out ->
-gadgets -> model.
+"""The compiler: Program -> validate -> lower -> common subexpressions -> fuse -> schedule ->
+liveness -> lay out -> gadgets -> model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
 layout, everything a reader needs to interpret the weights.
@@ -15,6 +15,7 @@ from raspicl.compiler.anchors import with_ln_anchors
 from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
+from raspicl.compiler.cse import eliminate_common
 from raspicl.compiler.describe import describe
 from raspicl.compiler.feasibility import (
     Feasibility,
@@ -90,6 +91,8 @@ def compile_program(program: Program, config: CompilerConfig | None = None,
         config = replace(config, division_anchor=config.ln_division_anchor)
     share = loops == "share"
     low = lower(program, config, domain)
+    if config.cse:
+        eliminate_common(low, share_loops=share)
     link_iterations(low, share_rows=share)
     candidates = fuse_and_lay_out(low, config, share, arch)
     for k, (low, sched, layout) in enumerate(candidates):

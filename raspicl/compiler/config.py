@@ -208,6 +208,11 @@ class CompilerConfig:
     fusion_always:
         keep the fused layout whatever its size (the fusion property tests use it, so that
         every fusion the pass makes is compiled and checked).
+    cse:
+        run common-subexpression elimination (compiler/cse.py): an op that computes what an
+        earlier op computed (same kind, terms, values and places) reads the earlier result
+        and gets no units or rows of its own. False compiles every duplicate as written.
+        (A boolean.)
     """
 
     attention_margin: float = 100.0
@@ -234,6 +239,7 @@ class CompilerConfig:
     fusion_max_readers: int = 4
     fusion_width_slack: float = 1.25
     fusion_always: bool = False
+    cse: bool = True
 
     def __post_init__(self) -> None:
         """Every field against the condition its docstring states (ConfigError naming the
@@ -422,4 +428,5 @@ _CHECKS = (
     _integer("fusion_max_readers", 1),
     _at_least("fusion_width_slack", 1.0),
     _boolean("fusion_always"),
+    _boolean("cse"),
 )

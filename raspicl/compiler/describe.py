@@ -86,7 +86,8 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                   "blocks": len(order),
                   "fused": [{"value": f.label, "op": f.op, "absorbed_by": list(f.absorbed_by)}
                             for f in (low.fusion.fused if low.fusion else [])]}
-        | ({"note": low.fusion.note} if low.fusion and low.fusion.note else {}),
+        | ({"note": low.fusion.note} if low.fusion and low.fusion.note else {})
+        | _common(low),
         "blocks": [_block(i, blocks, layout, cfg, [r for r, s in enumerate(order) if s == i],
                           by_run)
                    for i in range(cfg.n_layers)],
@@ -97,6 +98,22 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         "monitor": _monitor(low, blocks, order, config,
                             _cleared_rows(layout) if arch.reads_through_layernorm else None),
     }
+
+
+def _common(low: Lowered) -> dict:
+    """The depth record's entry for the common subexpressions cse.py eliminated: each
+    duplicate's label and op, and the survivor it aliases; none when it eliminated nothing
+    (such a layout is the one a compiler without the pass wrote)."""
+    cse = low.cse
+    if cse is None or not (cse.common or cse.kept_for_loops):
+        return {}
+    record = {"common": [{"value": c.label, "op": c.op, "alias_of": c.survivor,
+                          "survivor_op": c.survivor_op} for c in cse.common]}
+    if cse.merged:
+        record["merged_constants"] = [{"value": a, "alias_of": b} for a, b in cse.merged]
+    if cse.kept_for_loops:
+        record["common_kept_for_loops"] = cse.kept_for_loops
+    return record
 
 
 def _architecture(cfg: ModelConfig, config: CompilerConfig) -> dict:

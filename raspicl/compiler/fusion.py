@@ -153,7 +153,8 @@ def fuse(low: Lowered, config: CompilerConfig, share_loops: bool = False) -> Fus
         for ins, snap in zip(low.instrs, saved, strict=True):
             _restore(ins, snap)
         for v in low.values:
-            v.absorbed_by = []
+            if v.alias_of is None:  # a duplicate's alias (cse.py) stays one
+                v.absorbed_by = []
         record.fused = []
 
 

@@ -5,7 +5,8 @@ module docs say, from calibrate.py's statistics); schedule.py's passes set Instr
 and temps and Value.write_slot, last_read and overwritten_at (placement.py and temporaries.py);
 liveness.py hands on the clear slots as a result of its own, not as fields; layout.py sets
 Value.rows; loops.py sets Value.template and replaces; feasibility.py raises Instr.gate_floor;
-fusion.py sets Value.absorbed_by (a fused value: computed inside its readers, no rows).
+fusion.py sets Value.absorbed_by (a fused value: computed inside its readers, no rows); cse.py
+sets Value.alias_of and absorbed_by of a duplicate (an alias: its survivor's op computes it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from raspicl.lang.reads import Where
 
 if TYPE_CHECKING:
     from raspicl.compiler.calibrate import Calibration
+    from raspicl.compiler.cse import CommonSubexpressions
     from raspicl.compiler.fusion import Fusion
 
 
@@ -49,6 +51,8 @@ class Value:
     # fusion.py: the op indices of the instructions that compute this (linear) value inside
     # their own heads or units; a fused value has no rows
     absorbed_by: list[int] = field(default_factory=list)
+    # cse.py: the survivor whose value this duplicate is (fused, absorbed_by = its op)
+    alias_of: Value | None = None
 
     @property
     def fused(self) -> bool:
@@ -118,3 +122,4 @@ class Lowered:
     output: Value
     calibration: Calibration
     fusion: Fusion | None = None  # what fusion.py fused (None: the pass did not run)
+    cse: CommonSubexpressions | None = None  # what cse.py eliminated (None: it did not run)

@@ -579,9 +579,22 @@ def divide(a: Expr, s: Expr) -> Expr:
         raise op_error("/", (a, s), "'/' divides by a scalar register or expression")
     prog = a.program
     num, den = _here_register(a, "num"), _here_register(s, "den")
+    scope = prog.temp_scope
+    if scope is not None and scope.hoist_at is not None \
+            and not ({num.name, den.name} & scope.written):
+        return as_expr(_hoist_quotient(prog, scope, num, den), prog)
     dst = prog.temp("q", a.shape)
     prog.div(dst, num, den, note=f"{num.name} / |{den.name}|")
     return as_expr(dst, prog)
+
+
+def _hoist_quotient(prog, scope, num: Register, den: Register) -> Register:
+    """A scan step's quotient of two registers the scan does not write (the example's x_i
+    over eps + |x_i|^2 in NLMS): one div before the scan's loop, as _hoist binds an invariant
+    product, instead of a division in every iteration."""
+    key = ("div", num.name, prog.writes(num), den.name, prog.writes(den))
+    return _hoist_op(prog, scope, key, "q", num.shape, lambda dst: prog.div(
+        dst, num, den, note=f"{num.name} / |{den.name}| (loop-invariant, before the loop)"))
 
 
 def _here_register(e: Expr, hint: str) -> Register:
@@ -639,19 +652,20 @@ def _key(e: Expr) -> tuple:
 
 def _hoist(prog, scope, e: Expr, hint: str) -> Register:
     """A loop-invariant intermediate of a scan's step, bound once before the scan's loop."""
-    key = _key(e)
+    return _hoist_op(prog, scope, _key(e), hint, tuple(e.shape), lambda dst: emit(
+        prog, dst, e, note=f"{formula(e)} (loop-invariant, before the loop)"))
+
+
+def _hoist_op(prog, scope, key: tuple, hint: str, shape: Shape, write) -> Register:
+    """The register `write(dst)` fills with one op, that op moved before the scan's loop (to
+    scope.hoist_at) the first time `key` is seen; the same register for the same key after."""
     if key not in scope.hoisted:
         at = scope.hoist_at
         mark = len(prog.ops)
         name, k = f"{scope.name}_{hint}", 1
         while name in prog.registers:
             name, k = f"{scope.name}_{hint}{k}", k + 1
-        dst = emit(
-            prog,
-            prog._new_register(name, tuple(e.shape), "value", caller_location()),
-            e,
-            note=f"{formula(e)} (loop-invariant, before the loop)",
-        )
+        dst = write(prog._new_register(name, shape, "value", caller_location()))
         op = prog.ops.pop(mark)
         prog._writes[dst.name].pop()
         prog._insert(op, at)
