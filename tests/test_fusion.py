@@ -243,6 +243,40 @@ def test_shared_loop_with_fusion():
     assert cm_s.layout["architecture"]["n_layers"] < blocks_run(cm_s)  # weights shared
 
 
+def _state_read_after_the_loop() -> Program:
+    """t = (a + b) / 2, then a and b overwritten in place from t, three times; t read again
+    after the loop (a program found by an outside search)."""
+    p = Program("loop_state", d=1, n=2)
+    a = p.var("a", (), init=1.0)
+    b = p.var("b", (), init=2.0)
+    t = p.var("t", ())
+    for _ in p.loop(3):
+        p.aff(t, a, b, W1=0.5, W2=0.5)
+        p.mul(a, t, p.y, scale=0.5)
+        p.mul(b, t, p.y, scale=0.5)
+    p.output(p.aff("out", t, a, W1=1.0, W2=1.0), roles=("y", "query"))
+    return p
+
+
+@pytest.mark.parametrize("loops", ["unroll", "share"])
+def test_a_fused_value_is_not_read_after_its_reads_are_overwritten(loops):
+    """The last t is read after the loop, where a shared loop has written a and b over the
+    rows t was computed from: fusing t there computed it from the new a and b (error 11 on
+    these prompts, every prompt accepted). Now it stays correct, and accepted predictions
+    stay within their bounds, against the interpreter."""
+    program = _state_read_after_the_loop()
+    prompts = make_prompts(64, program.d, program.n, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        cm = compile_program(program, loops=loops)
+    want = np.asarray(interpret(program, prompts).output())
+    got = cm.run(prompts, check="warn", adjoint="always")
+    err = np.abs(got.values.reshape(want.shape) - want)
+    assert err.max() < 1e-8
+    ok = got.accepted.reshape((-1,) + (1,) * (err.ndim - 1))
+    assert not (ok & (err > got.bound.reshape(want.shape))).any()
+
+
 def test_bundled_sgd_shared_with_fusion():
     """The hand-fused sgd (tests/hand_fused), looped, with every fusion kept: w_{i-1} (wb,
     linear) is absorbed by the select of every iteration alike; one stored body, exact."""

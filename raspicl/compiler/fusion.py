@@ -24,9 +24,12 @@ units, so a few readers cost less than F's rows and sublayer); when more than on
 would need a temporary of its own for it (a product factor read at another token, or over
 reads at another token: each such temporary costs F's width in rows, where F stored costs it
 once); and, with loops="share", when it is loop state
-(a var's last write that the next iteration overwrites in place) or when its twins in other
-iterations cannot all be fused (identical iterations must stay identical). compile_program
-keeps the fused layout only when `prefer_fused` says it is not worse than the unfused one.
+(a var's last write that the next iteration overwrites in place), when a reader stands after
+an in-place write over one of F's reads (it would compute F from the new version: t = (a + b)/2
+read after the loop, once the last iteration has written a and b over their old rows), or when
+its twins in other iterations cannot all be fused (identical iterations must stay identical).
+compile_program keeps the fused layout only when `prefer_fused` says it is not worse than the
+unfused one.
 
 A fused value keeps its Value (bound, definedness) with `absorbed_by` set: the layout records
 which ops absorbed it, the monitor computes it from its reads (raspicl.monitor) and verify
@@ -169,11 +172,16 @@ def _run(
     """One pass in program order; returns a twin group whose members disagree, else None."""
     special = {low.output} | {ins.mask for ins in low.instrs if ins.mask is not None}
     replaced = {v.replaces for v in low.values if v.replaces is not None}
+    # where a shared loop's state is overwritten in place: id(old version) -> the position of
+    # the instruction that writes the new version over its rows
+    overwritten = {id(c.dst.replaces): j for j, c in enumerate(low.instrs)
+                   if c.dst.replaces is not None}
     decided: dict[int, bool] = {}
     for k, ins in enumerate(low.instrs):
         F = ins.dst
         readers = [
-            c for c in low.instrs[k + 1 :] if c.divisor is F or any(v is F for v, _ in c.reads)
+            (j, c) for j, c in enumerate(low.instrs[k + 1 :], k + 1)
+            if c.divisor is F or any(v is F for v, _ in c.reads)
         ]
         ok = (
             ins.is_linear
@@ -181,8 +189,12 @@ def _run(
             and F not in special
             and bool(readers)
             and len(readers) <= config.fusion_max_readers
-            and all(_absorbable(ins, c) for c in readers)
-            and sum(_needs_own_temp(ins, c) for c in readers) <= 1
+            and all(_absorbable(ins, c) for _, c in readers)
+            and sum(_needs_own_temp(ins, c) for _, c in readers) <= 1
+            # a reader computes F from F's reads where it stands: none of them may have been
+            # overwritten in place (a shared loop's state) by then
+            and not any(k < overwritten.get(id(v), -1) < j for j, _ in readers
+                        for v, _ in ins.reads)
         )
         if share_loops:
             ok = ok and F.replaces is None and F not in replaced and _group(F) not in excluded
@@ -192,9 +204,9 @@ def _run(
             decided.setdefault(g, ok)
         if not ok:
             continue
-        for c in readers:
+        for _, c in readers:
             _absorb(ins, c)
-        F.absorbed_by = [c.op.index for c in readers]
+        F.absorbed_by = [c.op.index for _, c in readers]
         record.fused.append(FusedValue(F.label, ins.op.index, tuple(F.absorbed_by)))
     return None
 
