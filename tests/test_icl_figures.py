@@ -124,6 +124,8 @@ def _probe_data(control: bool) -> dict:
 @pytest.mark.parametrize("control", [False, True])
 def test_probe_figure_has_a_title_and_shows_every_prefix(control):
     data = _probe_data(control)
+    # a later state a hair better than the first that reaches 1.000 does not hide it
+    data["results"]["model"][0]["at_query"][2] = 0.9996
     fig = probe_figure(data)
     title = fig._suptitle.get_text()
     assert "trained L2" in title and f"n={N}" in title and "100 prompts" in title
@@ -141,10 +143,10 @@ def test_probe_figure_has_a_title_and_shows_every_prefix(control):
     styles = [ln.get_linestyle() for ln in _drawn_lines(ax_q)]
     assert styles == ["-", "-"] + (["--"] if control else [])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels[0] == "w_ols (linear): max 1.000 at state 2"
-    assert labels[1] == "xty (linear): max 1.000 at state 1"
+    assert labels[0] == "w_ols (linear): max 1.000 from state 2"
+    assert labels[1] == "xty (linear): max 1.000 from state 1"
     if control:
-        assert labels[2] == "control: xty (linear): max 1.000 at state 3"
+        assert labels[2] == "control: xty (linear): max 1.000 from state 3"
 
 
 def test_save_figure_names_the_path_it_cannot_write(tmp_path):

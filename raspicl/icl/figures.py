@@ -120,7 +120,7 @@ def probe_figure(data: dict):
     """probe.png of `raspicl probe`, from its probe.json dictionary: for every target and probe
     kind (the control's dashed), R² by hidden state at the query (left) and over every prefix
     k = 1..n (right: the mean, and a band from the worst to the best k). The legend gives each
-    curve's best state at the query."""
+    curve's best R² at the query and the first state within 0.001 of it."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 5.2))
@@ -136,8 +136,10 @@ def probe_figure(data: dict):
             r2 = np.array([[np.nan if v is None else v for v in row] for row in r["r2"]],
                           dtype=float)
             states = np.arange(len(q))
-            best = int(np.nanargmax(q)) if np.isfinite(q).any() else None
-            at = "" if best is None else f": max {q[best]:.3f} at state {best}"
+            # the first state within 0.001 of the curve's best (later ones often tie)
+            top = float(np.nanmax(q)) if np.isfinite(q).any() else None
+            first = None if top is None else int(np.flatnonzero(q >= top - 1e-3)[0])
+            at = "" if top is None else f": max {top:.3f} from state {first}"
             label = f"{'' if who == 'model' else 'control: '}{r['target']} ({r['kind']}){at}"
             ax_q.plot(states, q, style, color=colour, marker=marker, ms=3, label=label)
             with np.errstate(all="ignore"):
@@ -162,9 +164,9 @@ def probe_figure(data: dict):
     ax_q.set_ylim(-0.1, 1.05)
     handles, labels = ax_q.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.71, 0.84), fontsize=8,
-               frameon=False, title="target (probe kind): best state at the query\n(control "
+               frameon=False, title="target (probe kind): best R² at the query\n(control "
                                     "dashed)" if "control" in data["results"] else
-                                    "target (probe kind): best state at the query",
+                                    "target (probe kind): best R² at the query",
                title_fontsize=8)
     control = f" vs control {data['control']} (dashed)" if data.get("control") else ""
     train = data.get("train_fraction")
