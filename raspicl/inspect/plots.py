@@ -40,12 +40,15 @@ FLOOR = 0.35  # the colour intensity of a panel's smallest magnitude (1: its lar
 
 
 def short(v: float) -> str:
-    """A value in at most ~6 characters: '1', '-0.2', '2.7e3', '-1.8e7', '3e-5'."""
+    """A value to two significant digits in at most ~6 characters: '1', '-0.2', '670',
+    '2.7e3', '-1.8e7', '3e-5'."""
     if v == 0:
         return "0"
     a = abs(v)
     if 1e-2 <= a < 1e3:
         s = f"{v:.2g}"
+        if "e" in s:  # 100 <= |v| < 1000: '6.7e+02' as '670'
+            s = f"{float(s):.0f}"
     else:
         m, e = f"{v:.1e}".split("e")
         m = m.rstrip("0").rstrip(".")
@@ -255,6 +258,8 @@ def _figure(panel_rows: list[list[_Panel]], title: str):
     W = max(sum(p.width for p in row) for row in panel_rows) + 0.2
     heights = [max(p.height for p in row) for row in panel_rows]
     H = sum(heights) + 0.6
+    longest = max(len(line) for line in title.split("\n"))
+    W = max(W, 0.07 * longest + 0.4)  # the 10-point title must fit
     fig = Figure(figsize=(W, H))
     y = H - 0.6
     for row, h in zip(panel_rows, heights, strict=True):
