@@ -7,8 +7,8 @@ A figure sits between two markers in a page,
 inline in prose (a number) or around a fenced block (a command's output), and FIGURES says how
 each NAME is measured: a command of the CLI run in a scratch directory, or the Python API.
 
-    python docs/generate.py            rewrite every figure in PAGES (cli, tutorial, compiler,
-                                       benchmark)
+    python docs/generate.py            rewrite every figure in PAGES (docs/cli.md, tutorial.md,
+                                       language.md, compiler.md, benchmark.md)
     python docs/generate.py --check    exit 1 if a figure differs from what the code gives
     python docs/generate.py --quick    only the quick figures (seconds each), either way
     python docs/generate.py --only NAME ...   only the figures named, either way
@@ -39,7 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "compiler.md", DOCS / "benchmark.md")
+PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "language.md", DOCS / "compiler.md",
+         DOCS / "benchmark.md")
 MARKED = re.compile(r"<!-- gen:([\w-]+) -->(.*?)<!-- /gen -->", re.S)
 ERROR = re.compile(r"^[-+]?\d+(\.\d+)?e[-+]\d+$")
 ERROR_FACTOR = 10.0
@@ -207,6 +208,80 @@ def benchmark_leaderboard() -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return markdown(run_benchmark(FULL)).rstrip("\n")
+# ------------------------------------------------------------------ docs/language.md §10
+
+HAND = ROOT / "tests" / "hand_fused"  # the hand-fused forms the bundled programs replaced
+NATURAL = ROOT / "tests" / "natural"  # textbook forms that cost more than the bundled one
+
+
+@cache
+def _summary(program: str | Path, loops: str, size: tuple) -> dict:
+    """compile_program(...).summary() of a program (a bundled name or a file) at `size` (a
+    tuple of (name, value) pairs), float64, default config, loops unrolled or shared."""
+    from raspicl.compiler import compile_program
+    from raspicl.registry import find_program
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_program(find_program(str(program)).build(**dict(size)),
+                               loops=loops).summary()
+
+
+def _sizes(program: str | Path, *sizes: dict, loops: str = "unroll") -> str:
+    """'blocks · d_model · parameters' at each size, joined by ' / ' (§10's cells); shared
+    loops give their blocks as 'stored/run'."""
+    cells = []
+    for size in sizes:
+        s = _summary(program, loops, tuple(size.items()))
+        blocks = f"{s['blocks']}/{s['blocks_run']}" if loops == "share" else f"{s['blocks']}"
+        cells.append(f"{blocks} · {s['d_model']} · {s['params']}")
+    return " / ".join(cells)
+
+
+def _learner(program: str | Path, size: dict) -> str:
+    """§10's second table: 'unrolled; shared stored/run · d_model · parameters'."""
+    return f"{_sizes(program, size)}; shared {_sizes(program, size, loops='share')}"
+
+
+def _more_params(program: str | Path, than: str | Path, size: dict) -> str:
+    """How many more parameters `program` compiles to than `than`, unrolled, in percent."""
+    a, b = (_summary(p, "unroll", tuple(size.items()))["params"] for p in (program, than))
+    return f"{a / b - 1:.0%}"
+
+
+D2, D8 = {"d": 2}, {"d": 8}
+N4 = {"d": 2, "n": 4}
+
+
+def _lang(name: str, hand, text, *sizes: dict, loops: str = "unroll",
+          quick: bool = False) -> dict[str, Figure]:
+    """The hand-written and textbook cells of one row of §10's first table."""
+    return {f"lang-{name}-hand": Figure(lambda: _sizes(hand, *sizes, loops=loops), quick),
+            f"lang-{name}-text": Figure(lambda: _sizes(text, *sizes, loops=loops), quick)}
+
+
+LANGUAGE: dict[str, Figure] = {
+    **_lang("gd_step-ops", HAND / "gd_step.py", "gd_step", D2, quick=True),
+    **_lang("gd_step-expr", HAND / "gd_step.py", NATURAL / "gd_step.py", D2, D8, quick=True),
+    **_lang("sherman_morrison", HAND / "sherman_morrison.py", "sherman_morrison", D2, D8,
+            quick=True),
+    "lang-sherman_morrison-more": Figure(
+        lambda: _more_params("sherman_morrison", HAND / "sherman_morrison.py", D2)),
+    **_lang("sgd", HAND / "sgd.py", "sgd", N4, {"d": 8, "n": 4}),
+    **_lang("sgd-shared", HAND / "sgd.py", "sgd", N4, loops="share"),
+    **_lang("batch_gd", HAND / "batch_gd.py", "batch_gd", {**N4, "T": 2}, {**N4, "T": 16}),
+    **_lang("batch_gd-shared", HAND / "batch_gd.py", "batch_gd", {**N4, "T": 16},
+            loops="share"),
+    **_lang("ridge", HAND / "ridge.py", "ridge", N4, {"d": 4, "n": 8}),
+    **_lang("ridge-shared", HAND / "ridge.py", "ridge", {"d": 4, "n": 8}, loops="share"),
+    **_lang("newton", "newton", NATURAL / "newton.py", {**N4, "T": 2},
+            {"d": 4, "n": 4, "T": 4}),
+    **{f"lang-{name}-{form}": Figure(lambda name=name, form=form: _learner(
+        HAND / f"{name}.py" if form == "hand" else name, N4), quick=False)
+       for name in ("nlms", "rls_forget", "sgd_averaged") for form in ("hand", "scan")},
+    "lang-rls_forget-more": Figure(
+        lambda: _more_params("rls_forget", HAND / "rls_forget.py", N4), quick=False),
+}
 
 
 FIGURES: dict[str, Figure] = {
@@ -229,6 +304,7 @@ FIGURES: dict[str, Figure] = {
                          quick=False),
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
+    **LANGUAGE,
 }
 
 

@@ -458,16 +458,11 @@ def acceptance_summary(results: list, min_acceptance: float) -> str:
 
 def cmd_inspect(args) -> int:
     from raspicl import inspect as rinspect
-    from raspicl.errors import LoadError
     from raspicl.export import load
-    from raspicl.icl.predictor import in_directory
 
     if args.plot:
         _check_out_dir(args.plot, "--plot")
-    try:
-        cm = load(args.dir)
-    except LoadError as exc:
-        raise LoadError(in_directory(str(exc), args.dir)) from None
+    cm = load(args.dir)  # a LoadError names the directory
     print(rinspect.inspect_text(cm))
     if args.plot:
         try:

@@ -51,8 +51,8 @@ from raspicl.interop.hf import HF_DIR, HF_FILES
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
 
-__all__ = ["LAYOUT", "WEIGHTS", "ExportError", "canonical_layout", "layout_digest", "load",
-           "model_config", "read_header", "save"]
+__all__ = ["LAYOUT", "WEIGHTS", "ExportError", "canonical_layout", "in_directory",
+           "layout_digest", "load", "model_config", "read_header", "save"]
 
 WEIGHTS = "model.safetensors"
 LAYOUT = "layout.json"
@@ -347,8 +347,31 @@ def load(directory: str | Path, device: str | torch.device | None = None) -> Com
     lie within the file and are all float64 or all float32; the layout passes
     raspicl.schema.validate_layout against those tensors' shapes; weights.sha256 matches the
     weights file and integrity.digest matches both files. Both files are read once, and the
-    tensors are built from the very bytes that were hashed."""
+    tensors are built from the very bytes that were hashed.
+
+    Every LoadError names the model directory: one about a field of the layout
+    ('layout.json: monitor is missing', from raspicl.schema) is reported as one about
+    DIRECTORY/layout.json (`in_directory`)."""
     d = Path(directory)
+    try:
+        return _load(d, device)
+    except LoadError as exc:
+        exc.args = (in_directory(str(exc), d), *exc.args[1:])
+        raise
+
+
+def in_directory(message: str, directory: str | Path) -> str:
+    """A load error about 'layout.json: ...' (raspicl.schema names the file only) as one about
+    DIRECTORY/layout.json, so that the user knows which model it is; others (which already
+    name their path) unchanged."""
+    for name in (f"{LAYOUT}'s ", f"{LAYOUT}: ", f"{LAYOUT} "):
+        if message.startswith(name):
+            return f"{Path(directory) / LAYOUT}{message[len(LAYOUT):]}"
+    return message
+
+
+def _load(d: Path, device: str | torch.device | None) -> CompiledModel:
+    """`load`'s checks and construction, in that order (its LoadErrors name files only)."""
     layout_path, weights_path = d / LAYOUT, d / WEIGHTS
     for path in (layout_path, weights_path):
         if not path.is_file():

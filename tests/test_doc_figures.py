@@ -1,4 +1,5 @@
-"""The figures docs/cli.md and docs/tutorial.md quote between <!-- gen:NAME --> markers are what
+"""The figures the docs quote between <!-- gen:NAME --> markers (docs/cli.md, docs/tutorial.md,
+docs/language.md §10's sizes: generate.PAGES) are what
 the code gives now (docs/generate.py): sizes and words exactly, errors within a factor of
 generate.ERROR_FACTOR. On a failure, run `python docs/generate.py` and review the diff (and the
 prose around each figure) by hand.

@@ -375,7 +375,7 @@ def test_malformed_layout_names_the_field(saved, case, resign, monkeypatch):
     monkeypatch.setattr(export, "Transformer", _no_allocation)
     with pytest.raises(LoadError, match=message) as info:
         load(saved)
-    assert str(info.value).startswith("layout.json: ")
+    assert str(info.value).startswith(f"{saved / LAYOUT}: ")  # the field, in this directory
 
 
 def _no_allocation(*args, **kwargs):
@@ -454,6 +454,49 @@ def test_missing_files(saved, tmp_path):
     (saved / WEIGHTS).unlink()
     with pytest.raises(LoadError, match=r"model\.safetensors does not exist"):
         load(saved)
+
+
+def _drop_monitor(layout: dict) -> None:
+    del layout["monitor"]
+
+
+def _drop_d_model(layout: dict) -> None:
+    del layout["architecture"]["d_model"]
+
+
+@pytest.mark.parametrize("breakage", [
+    "no layout", "no weights", "layout not JSON", "field missing", "field missing, resigned",
+    "architecture incomplete", "weights truncated", "weights of another model",
+])
+def test_every_load_error_names_the_model_directory(gd, other, tmp_path, breakage):
+    """What raspicl.export.load (the library, not only the CLI) says of a broken model names
+    the directory it was asked to load, so that a user loading several knows which one."""
+    directory = save(gd, tmp_path / "model-under-test")
+    if breakage == "no layout":
+        (directory / LAYOUT).unlink()
+    elif breakage == "no weights":
+        (directory / WEIGHTS).unlink()
+    elif breakage == "layout not JSON":
+        (directory / LAYOUT).write_text("{not json")
+    elif breakage == "field missing":
+        _edit(directory, _drop_monitor)
+    elif breakage == "field missing, resigned":
+        _edit(directory, _drop_monitor, resign=True)
+    elif breakage == "architecture incomplete":
+        _edit(directory, _drop_d_model, resign=True)
+    elif breakage == "weights truncated":
+        (directory / WEIGHTS).write_bytes((directory / WEIGHTS).read_bytes()[:100])
+    else:
+        elsewhere = save(other, tmp_path / "elsewhere")
+        (directory / WEIGHTS).write_bytes((elsewhere / WEIGHTS).read_bytes())
+    with pytest.raises(LoadError) as info:
+        load(directory)
+    message = str(info.value)
+    assert str(directory) in message, message
+    assert "elsewhere" not in message
+    # a field of the layout is named as DIRECTORY/layout.json: FIELD, not bare layout.json
+    if breakage.startswith(("field missing", "architecture incomplete")):
+        assert message.startswith(f"{directory / LAYOUT}: "), message
 
 
 @pytest.mark.parametrize("data,message", [

@@ -19,6 +19,7 @@ import numpy as np
 
 from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
 from raspicl.errors import RaspiclError
+from raspicl.icl.figures import compare_figure, probe_figure, save_figure
 
 COMPARE_JSON = "compare.json"
 COMPARE_PNG = "error.png"
@@ -168,7 +169,7 @@ def cmd_compare(args) -> int:
         data["refused"] = {"prompts": model.refused, "checked": model.checked,
                            "findings": model.findings}
     _write_json(out / COMPARE_JSON, data)
-    _plot_errors(c.error, c.model, ks, task, out / COMPARE_PNG)
+    save_figure(compare_figure(json_safe(data)), out / COMPARE_PNG)
     print(f"{c.model}: d={task.d} n={task.n} noise={task.noise:g} w_scale={task.w_scale:g}; "
           f"{args.prompts} prompts (seed {args.seed}), ILWD on {c.ilwd_contexts} contexts x "
           f"{c.probes_per_context} probes (intercept fitted)")
@@ -190,35 +191,6 @@ def cmd_compare(args) -> int:
         print(note)
     print(f"wrote {out / COMPARE_JSON}, {out / COMPARE_PNG}")
     return 0
-
-
-def _plot_errors(errors: dict, model: str, ks: list[int], task, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.cm.tab20(np.linspace(0, 1, 20))
-    for i, (name, vals) in enumerate(errors.items()):
-        v = np.array([np.nan if x is None else x for x in vals], dtype=float)
-        if name == model:
-            ax.plot(ks, v, "k-", lw=2.5, label=name, zorder=5)
-        else:  # 20 distinct colours, then the line style changes
-            ax.plot(ks, v, lw=1, marker=".", color=colours[(2 * i) % 20 + (i // 10) % 2],
-                    ls="-" if i < 20 else "--", label=name)
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("examples seen k")
-    ax.set_ylabel("squared error / d (noiseless target)")
-    ax.set_title(f"d={task.d}, n={task.n}, noise={task.noise:g}")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise RaspiclError(f"{path}: cannot write: {exc}") from exc
-    finally:
-        plt.close(fig)
 
 
 # ------------------------------------------------------------------ probe
@@ -293,8 +265,7 @@ def cmd_probe(args) -> int:
             data.setdefault("refused", {})[who] = {"prompts": m.refused, "checked": m.checked,
                                                    "findings": m.findings}
     _write_json(out / PROBE_JSON, data)
-    _plot_probes(results, model.name, None if control is None else control.name,
-                 out / PROBE_PNG)
+    save_figure(probe_figure(json_safe(data)), out / PROBE_PNG)
     for who, rows in results.items():
         for r in rows:
             q = " ".join(f"{v:6.3f}" if v is not None and math.isfinite(v) else "     -"
@@ -304,36 +275,6 @@ def cmd_probe(args) -> int:
         print(f"{who}: {note}")
     print(f"wrote {out / PROBE_JSON}, {out / PROBE_PNG}")
     return 0
-
-
-def _plot_probes(results: dict, model: str, control: str | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {}
-    for who, style in (("model", "-"), ("control", "--")):
-        for r in results.get(who, []):
-            key = (r["target"], r["kind"])
-            colour = colours.setdefault(key, f"C{len(colours)}")
-            label = f"{model if who == 'model' else 'control ' + str(control)}: " \
-                    f"{r['target']} ({r['kind']})"
-            ax.plot(range(len(r["at_query"])), r["at_query"], style, color=colour,
-                    marker="o" if r["kind"] == "linear" else "s", ms=3, label=label)
-    ax.xaxis.get_major_locator().set_params(integer=True)  # hidden states are whole layers
-    ax.set_xlabel("hidden state (0 = embedding, l = after layer l)")
-    ax.set_ylabel("probe R^2 at the query (test prompts)")
-    ax.set_ylim(-0.1, 1.05)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise RaspiclError(f"{path}: cannot write: {exc}") from exc
-    finally:
-        plt.close(fig)
 
 
 # ------------------------------------------------------------------ registration

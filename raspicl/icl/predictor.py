@@ -43,23 +43,11 @@ def load_predictor(path: str | Path, check: str = "error") -> Predictor:
     model's contract mode (raspicl.icl.controls; a trained model has none)."""
     p = Path(path)
     if (p / "layout.json").is_file():
-        from raspicl.errors import LoadError
         from raspicl.icl.controls import CompiledPredictor
-        try:
-            return CompiledPredictor.load(p, check=check)
-        except LoadError as exc:
-            raise LoadError(in_directory(str(exc), p)) from None
+        return CompiledPredictor.load(p, check=check)  # its LoadErrors name the directory
     if (p / "config.json").is_file():
         from raspicl.icl.trained import TrainedPredictor
         return TrainedPredictor.load(p)
     raise RaspiclError(f"{p}: not a model directory (no layout.json of a compiled model, no "
                        f"config.json of a trained one)")
 
-
-def in_directory(message: str, directory: str | Path) -> str:
-    """A load error about 'layout.json: ...' (raspicl.schema names the file only) as one about
-    DIRECTORY/layout.json, so that the user knows which model it is; others unchanged."""
-    for name in ("layout.json's ", "layout.json: ", "layout.json "):
-        if message.startswith(name):
-            return f"{Path(directory) / 'layout.json'}{message[len('layout.json'):]}"
-    return message
