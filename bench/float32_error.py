@@ -10,12 +10,12 @@ Each (program, size, target) is compiled twice as `raspicl verify` compiles it
 tolerance=the file's contract tolerance), a float32 model compiled for float32 and then moved
 there with cm.to(torch.float32)), once per dtype, with min_acceptance 0 so that a model whose
 bounds refuse its calibration prompts is still built and measured ("float32 accepted": the share
-of its 512 calibration prompts the float32 model's monitor accepts). Both run the same prompts: `--problems`
-(default 200) of x, w ~ N(0, I), noiseless (seed 1001) and again with noise 0.5 (seed 1002),
-PromptDistribution(1, 1, noise).sample, 100 prompts per forward pass. The error is
-|prediction - interpreter| / max(|interpreter|, 1), the largest over prompts, output tokens and
-both prompt sets; the prediction is read as cm.readout reads it (a gpt2 model through its final
-LayerNorm).
+of its 512 calibration prompts the float32 model's monitor accepts). Both run the same
+prompts: `--problems` (default 200) of x, w ~ N(0, I), noiseless (seed 1001) and again with
+noise 0.5 (seed 1002), PromptDistribution(1, 1, noise).sample, 100 prompts per forward pass.
+The error is |prediction - interpreter| / max(|interpreter|, 1), the largest over prompts,
+output tokens and both prompt sets; the prediction is read as cm.readout reads it (a gpt2 model
+through its final LayerNorm).
 
 Per op (every register version that has rows; fused ones have none), two errors, each the
 largest of |compiled - exact| / max(|exact|, 1) over every prompt, token where the interpreter
@@ -155,7 +155,7 @@ def run_case(text: str, target: str, problems: int, show_ops: bool,
         # acceptance is a column) still computes, and its error is what this measures
         config = CompilerConfig.for_dtype(dtype, tolerance=contract_tolerance_for(pf, dtype),
                                           min_acceptance=0.0,
-                                          **(overrides if dtype == "float32" else {}))
+                                          **((overrides or {}) if dtype == "float32" else {}))
         cm = compile_checked(pf, program, dtype, config=config, arch=target)
         t1 = time.perf_counter()
         err, glob, loc = 0.0, np.zeros(len(program.ops)), np.zeros(len(program.ops))
@@ -192,6 +192,23 @@ def run_case(text: str, target: str, problems: int, show_ops: bool,
             "top": f"op {top[0]} {program.ops[top[0]].dst.name}" if top else "-"}
 
 
+def table(cases, targets, problems: int = 200, show_ops: bool = False,
+          overrides: dict | None = None, pairs=()) -> str:
+    """Every (case, target)'s row, then those of `pairs` ((case, target) each), as a markdown
+    table (run_case prints each row as it goes)."""
+    todo = [(text, target) for text in cases for target in targets] + list(pairs)
+    rows = [run_case(text, target, problems, show_ops, overrides) for text, target in todo]
+    lines = [f"| {'program, size':24s} | target | float32 error | float64 error | float32 "
+             f"accepted | first f32 > 10x | largest f32 local |",
+             f"|{'-' * 26}|--------|---------------|---------------|------------------"
+             f"|-----------------|-------------------|"]
+    for r in rows:
+        lines.append(f"| {r['case']:24s} | {r['target']:6s} | {r['f32']:13.1e} | "
+                     f"{r['f64']:13.1e} | {r['acc']:16.1%} | {r['first']:15s} | "
+                     f"{r['top']:17s} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", nargs="*", default=DEFAULT_CASES,
@@ -207,16 +224,8 @@ def main() -> int:
     warnings.simplefilter("ignore", RuntimeWarning)
     overrides = {k: (None if v == "None" else int(v) if k.endswith("passes") else float(v))
                  for k, v in (kv.split("=") for kv in args.set)}
-    rows = [run_case(text, target, args.problems, args.ops, overrides)
-            for text in args.cases for target in args.targets]
     print()
-    print(f"| {'program, size':24s} | target | float32 error | float64 error | float32 accepted "
-          f"| first f32 > 10x | largest f32 local |")
-    print(f"|{'-' * 26}|--------|---------------|---------------|------------------"
-          f"|-----------------|-------------------|")
-    for r in rows:
-        print(f"| {r['case']:24s} | {r['target']:6s} | {r['f32']:13.1e} | {r['f64']:13.1e} | "
-              f"{r['acc']:16.1%} | {r['first']:15s} | {r['top']:17s} |")
+    print(table(args.cases, args.targets, args.problems, args.ops, overrides))
     return 0
 
 

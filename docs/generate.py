@@ -191,6 +191,14 @@ def cse_table(which: str) -> str:
     return _bench("cse_sizes").table(which)
 
 
+def compiler_float32_table() -> str:
+    """bench/float32_error.py's table on the cases that compile in minutes on a CPU (ridge
+    d = 8 n = 8 under gpt2 takes far longer: its compile time is the limit)."""
+    return _block(_bench("float32_error").table(
+        ["ridge d=4 n=4"], ["paper", "gpt2"],
+        pairs=[("ridge d=8 n=8", "paper"), ("batch_gd d=8 n=16 T=4", "paper")]))
+
+
 def compiler_divisor_findings() -> str:
     return _block(_bench("contract_findings").report("ridge d=8 n=8", "float32"))
 
@@ -303,6 +311,7 @@ FIGURES: dict[str, Figure] = {
     "nlms-depth": Figure(lambda: _block(_bench("nlms_depth").table()),
                          quick=False),
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
+    "compiler-float32-table": Figure(compiler_float32_table, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
     **LANGUAGE,
 }
