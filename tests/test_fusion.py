@@ -277,6 +277,26 @@ def test_a_fused_value_is_not_read_after_its_reads_are_overwritten(loops):
     assert not (ok & (err > got.bound.reshape(want.shape))).any()
 
 
+def test_layout_refuses_a_read_after_an_in_place_overwrite(monkeypatch):
+    """Defence in depth for the test above: were a later read of a shared loop's old state
+    placed after its successor overwrote it in place (what that fusion did), the layout is a
+    CompileError naming the value, not a model that reads the new version."""
+    import raspicl.compiler as compiler
+
+    real = compiler.lay_out
+
+    def late_read(low, sched, live):
+        old = next(v for v in low.values if v.overwritten_at is not None)
+        old.read_at(old.overwritten_at + 1)
+        return real(low, sched, live)
+
+    monkeypatch.setattr(compiler, "lay_out", late_read)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContractWarning)
+        with pytest.raises(CompileError, match="overwritten in place"):
+            compile_program(_state_read_after_the_loop(), loops="share")
+
+
 def test_bundled_sgd_shared_with_fusion():
     """The hand-fused sgd (tests/hand_fused), looped, with every fusion kept: w_{i-1} (wb,
     linear) is absorbed by the select of every iteration alike; one stored body, exact."""

@@ -46,6 +46,14 @@ def lay_out(low: Lowered, sched: Schedule, live: Liveness) -> Layout:
     values = [v for v in low.values if v.kind in ("input", "const", "mask")] + \
         sorted([v for v in low.values if v.kind == "op" and not v.fused] + sched.temps,
                key=lambda v: v.write_slot)
+    for v in low.values:
+        # a shared loop's state is overwritten in place by its successor: nothing may read the
+        # old version later (it would read the new one); fusion and placement avoid it, and this
+        # refuses a layout where they did not, rather than compile a model that reads wrong rows
+        if v.overwritten_at is not None and v.last_read > v.overwritten_at:
+            raise CompileError(f"looped compile: {v.label} is read at slot {v.last_read}, after "
+                               f"its rows are overwritten in place at slot {v.overwritten_at}; "
+                               "compile this program unrolled")
     placed = []
     replaced = {v.replaces for v in values if v.replaces is not None}
     for v in values:
