@@ -208,6 +208,30 @@ class CompilerConfig:
     fusion_always:
         keep the fused layout whatever its size (the fusion property tests use it, so that
         every fusion the pass makes is compiled and checked).
+    apply_epsilon:
+        epsilon, the approximation error an `apply` gadget is built and certified for: sup
+        over its declared range of |f - f^| in exact arithmetic (compiler/gadgets/
+        elementwise.py; the monitor charges it, plus the units' rounding, at every token).
+        The gadget's units grow as epsilon shrinks (smooth functions roughly as epsilon^-1/3,
+        ReLU and the soft-threshold not at all: their GeLU's scale grows instead), so it is
+        kept a little below the model's tolerance (an output that gains 10x on f's error
+        still keeps float64's 1e-8): 1e-9 in float64, 1e-5 in float32, where the units'
+        rounding costs about as much. Condition: finite, > 0 and < 1.
+    apply_kink_epsilon:
+        the same for ReLU and the soft-threshold, whose gadget is one GeLU(s x) / s per kink
+        with error C / s (C = 0.17): epsilon only sets s, not the units, so it is kept far
+        below the rounding of the values around it (1e-12 in float64, 1e-9 in float32; a
+        pre-activation s x stays far inside either dtype's range). Condition: finite, > 0
+        and < 1.
+    apply_sharpness:
+        a smooth function's GeLU units have slope s_j = apply_sharpness / (their local
+        spacing): lower is smoother and better conditioned, higher more local. Condition:
+        finite and in (0, 8] (beyond, the units approach ReLUs and the fit converges only as
+        K^-2).
+    apply_max_units:
+        the most GeLU units one component of an `apply` may take (the gadget's K ladder stops
+        there, and the op is refused, naming the best certified error). Condition: an integer
+        >= 4.
     """
 
     attention_margin: float = 100.0
@@ -234,6 +258,10 @@ class CompilerConfig:
     fusion_max_readers: int = 4
     fusion_width_slack: float = 1.25
     fusion_always: bool = False
+    apply_epsilon: float = 1e-9
+    apply_kink_epsilon: float = 1e-12
+    apply_sharpness: float = 0.7
+    apply_max_units: int = 256
 
     def __post_init__(self) -> None:
         """Every field against the condition its docstring states (ConfigError naming the
@@ -250,7 +278,8 @@ class CompilerConfig:
         elif dtype == "float32":
             base = cls(division_anchor=1e6, ln_anchor=2.0**20, ln_restore_anchor=2.0**30,
                        ln_division_anchor=1e4,
-                       product_scale=0.2, product_range=0.1,
+                       product_scale=0.2, product_range=0.1, apply_epsilon=1e-5,
+                       apply_kink_epsilon=1e-9,
                        target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
@@ -390,6 +419,20 @@ def _interval_fallback(config: CompilerConfig) -> None:
                     "above float64's machine epsilon and below 1")
 
 
+def _apply_epsilon(field: str):
+    def check(config: CompilerConfig) -> None:
+        v = _number(config, field)
+        if not (math.isfinite(v) and 0.0 < v < 1.0):
+            raise _fail(field, getattr(config, field), "finite, > 0 and < 1")
+    return check
+
+
+def _apply_sharpness(config: CompilerConfig) -> None:
+    v = _number(config, "apply_sharpness")
+    if not (math.isfinite(v) and 0.0 < v <= 8.0):
+        raise _fail("apply_sharpness", config.apply_sharpness, "finite and in (0, 8]")
+
+
 def _min_acceptance(config: CompilerConfig) -> None:
     v = _number(config, "min_acceptance")
     if not 0.0 <= v <= 1.0:
@@ -422,4 +465,8 @@ _CHECKS = (
     _integer("fusion_max_readers", 1),
     _at_least("fusion_width_slack", 1.0),
     _boolean("fusion_always"),
+    _apply_epsilon("apply_epsilon"),
+    _apply_epsilon("apply_kink_epsilon"),
+    _apply_sharpness,
+    _integer("apply_max_units", 4),
 )

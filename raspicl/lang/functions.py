@@ -135,6 +135,33 @@ class Elementwise:
         lam = sympy.Rational(self.param)
         return sympy.Max(x - lam, 0) - sympy.Max(-x - lam, 0)
 
+    def derivative(self, v: np.ndarray) -> np.ndarray | None:
+        """f'(v) in float64 for a library function (0 at a kink: any value between the one-sided
+        slopes would do for the monitor, which charges the rest); None for a user function,
+        whose code gives f alone."""
+        if self.user is not None:
+            return None
+        v = np.asarray(v, dtype=np.float64)
+        n = self.name
+        with np.errstate(all="ignore"):
+            if n == "sigmoid":
+                s = _sigmoid(v)
+                return s * (1.0 - s)
+            if n == "tanh":
+                t = np.tanh(v)
+                return 1.0 - t * t
+            if n == "exp":
+                return np.exp(v)
+            if n == "log":
+                return 1.0 / v
+            if n == "softplus":
+                return _sigmoid(v)
+            if n == "inv_sqrt":
+                return -0.5 / (v * np.sqrt(v))
+            if n == "relu":
+                return np.where(v > 0, 1.0, 0.0)
+            return np.where(np.abs(v) > self.param, 1.0, 0.0)
+
     # -- bounds over intervals [a, b] inside the range (arrays, a <= b)
 
     def slope_bound(self, a, b) -> np.ndarray:

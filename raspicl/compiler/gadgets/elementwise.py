@@ -46,11 +46,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from raspicl.compiler.gadgets.mlp import UnitSpec, affine_units
+from raspicl.contract.charges import GELU_SLOPE
 from raspicl.lang.functions import Elementwise
 
 U64 = 2.0**-53
-# sup |GeLU'| over R, rounded up: 1.1289 (erf form, at y = sqrt 2), 1.1300 (tanh form).
-GELU_SLOPE = 1.14
 # tanh form: GeLU(y) = y sigma(2 k (y + a y^3))
 TANH_K = math.sqrt(2.0 / math.pi)
 TANH_A = 0.044715
@@ -250,6 +250,20 @@ def _interval_bounds(fn, alpha, beta, t, s, w, form, edges, rounding):
         out[lo:hi] = at_ends[lo:hi] + h * h / 8.0 * ecurv
         mag = max(mag, float(np.max(np.maximum(units[:-1], units[1:]) + 0.5 * h * lip)))
     return np.where(np.isfinite(out), out, np.inf), at_ends, mag * (1 + rounding)
+
+
+def elementwise_units(dst_row: int, w_in: dict[int, float], bias: float,
+                      gadget: ElementwiseGadget) -> list[UnitSpec]:
+    """The units that add f^(z) to dst_row, z = sum w_in[row] v_row + bias the argument: the
+    exact affine pair for alpha + beta z, then one unit w_j GeLU(s_j (z - t_j)) per j."""
+    units = []
+    if gadget.alpha != 0.0 or gadget.beta != 0.0:
+        units += affine_units(dst_row, {r: gadget.beta * c for r, c in w_in.items()},
+                              gadget.alpha + gadget.beta * bias)
+    for tj, sj, wj in zip(gadget.t, gadget.s, gadget.w, strict=True):
+        units.append(UnitSpec({r: sj * c for r, c in w_in.items()}, sj * (bias - tj),
+                              {dst_row: wj}))
+    return units
 
 
 @lru_cache(maxsize=256)
