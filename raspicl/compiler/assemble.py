@@ -349,7 +349,7 @@ def _apply_part(ins: Instr, operand_rows: list[list[int]], facts: Gadgets,
     fn = ins.function
     epsilon = config.apply_kink_epsilon if fn.kinks else config.apply_epsilon
     gadget = build_gadget(fn, form, float(epsilon), float(config.apply_sharpness),
-                          int(config.apply_max_units))
+                          int(config.apply_max_units), int(config.apply_ghost_units))
     if not isinstance(gadget, ElementwiseGadget):
         raise CompileError(f"{ins.op.where()}: {fn.describe()} needs more than "
                            f"{config.apply_max_units} GeLU units for apply_epsilon = "

@@ -15,7 +15,7 @@ Two constructions, by family (`build_gadget`):
   s = C sum |D_k| / epsilon.
 - *Smooth* (every other function): K centres t_j placed so that each interval between them
   holds an equal share of the integral of sqrt|f''| (the spacing that makes piecewise-linear
-  interpolation's error even), s_j = sharpness / local spacing, and (alpha, beta, w) fitted by
+  interpolation's error even), a few more (config.apply_ghost_units) beyond each end, s_j = sharpness / local spacing, and (alpha, beta, w) fitted by
   least squares on a dense set of points. K doubles (by steps of about 1.5) from 4 until the
   *certificate* holds epsilon, or stops at max_units (CompileError by the caller).
 
@@ -34,7 +34,10 @@ sigma(q(y)), q = 2 k (y + a y^3), GeLU'' = 2 sigma' q' + y (sigma'' q'^2 + sigma
 sigma (1 - sigma) <= min(1/4, e^-|q|)), m and M the least and largest |y| on the interval.
 e(v_i) is computed in float64 (torch's GeLU, numpy's f), whose own error is charged at
 (K + 8) u sum |terms| (u = 2^-53, the library functions within a few ulps, a sum of K terms
-within K u of their absolute sum). The mesh is refined where the bound exceeds the target.
+within K u of their absolute sum). The unit-by-unit bound on sup |f^''| ignores the units'
+cancellation; the certificate takes the smaller of it and the signed sum f^'' at the interval's
+ends plus half its width times sup |f^'''| <= sum_j |w_j| s_j^3 sup |GeLU'''| (closed forms
+again, `gelu_third`). The mesh is refined where the bound exceeds the target.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ MESH_START = 32
 REFINE_SPLIT = 8
 REFINE_ROUNDS = 6
 MESH_MAX = 1_000_000  # mesh points at most: beyond, the bound stands as it is
+# a K is certified only once its error at a dense sample is below this share of epsilon
+SAMPLE_SHARE = 0.5
 CHUNK = 2048  # mesh points evaluated at a time (memory: CHUNK x K float64 arrays)
 
 
@@ -127,6 +132,38 @@ def gelu_curvature(y_lo: np.ndarray, y_hi: np.ndarray, form: str) -> np.ndarray:
     return np.minimum(0.25, np.exp(-q_m)) * (2 * dq + M * (dq * dq + ddq))
 
 
+def gelu_second(y: np.ndarray, form: str) -> np.ndarray:
+    """GeLU second derivative at y in float64: phi(y) (2 - y^2) (erf form); 2 sigma' q' +
+    y (sigma'' q'^2 + sigma' q'') with sigma = sigmoid(q(y)) (tanh form)."""
+    if form == "none":
+        return _phi(y) * (2.0 - y * y)
+    q = 2 * TANH_K * (y + TANH_A * y ** 3)
+    e = np.exp(-np.abs(q))
+    sig = np.where(q >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    d1 = sig * (1.0 - sig)
+    d2 = d1 * (1.0 - 2.0 * sig)
+    dq = 2 * TANH_K * (1 + 3 * TANH_A * y * y)
+    ddq = 12 * TANH_K * TANH_A * y
+    return 2 * d1 * dq + y * (d2 * dq * dq + d1 * ddq)
+
+
+def gelu_third(y_lo: np.ndarray, y_hi: np.ndarray, form: str) -> np.ndarray:
+    """A bound on the GeLU third derivative's sup |.| over [y_lo, y_hi], in closed form: erf
+    form phi (y^3 - 4 y), so <= phi(m) (M^3 + 4 M); tanh form 3 sigma'' q'^2 + 3 sigma' q'' +
+    y (sigma''' q'^3 + 3 sigma'' q' q'' + sigma' q'''), with |sigma''|, |sigma'''| <= sigma'
+    <= min(1/4, e^-|q|) (m, M the least and largest |y| on the interval)."""
+    m = np.where((y_lo <= 0) & (y_hi >= 0), 0.0, np.minimum(np.abs(y_lo), np.abs(y_hi)))
+    M = np.maximum(np.abs(y_lo), np.abs(y_hi))
+    if form == "none":
+        return _phi(m) * (M ** 3 + 4.0 * M)
+    q_m = 2 * TANH_K * (m + TANH_A * m ** 3)
+    dq = 2 * TANH_K * (1 + 3 * TANH_A * M * M)
+    ddq = 12 * TANH_K * TANH_A * M
+    dddq = 12 * TANH_K * TANH_A
+    return np.minimum(0.25, np.exp(-q_m)) * (3 * dq * dq + 3 * ddq
+                                              + M * (dq ** 3 + 3 * dq * ddq + dddq))
+
+
 @lru_cache(maxsize=4)
 def kink_constant(form: str) -> float:
     """C = sup over y >= 0 of g(y) = y F(-y) (GeLU(y) = y F(y)), certified: g on a mesh of
@@ -162,19 +199,24 @@ def _kinked_gadget(fn: Elementwise, form: str, epsilon: float) -> ElementwiseGad
                              sum(abs(wj) * s * abs(tj) for wj, tj in zip(w, t, strict=True)))
 
 
-def _centres(fn: Elementwise, K: int) -> np.ndarray:
-    """K centres over [lo, hi] equidistributing sqrt|f''| (plus 5% of its largest value, so
-    that flat stretches still get some)."""
+def _centres(fn: Elementwise, K: int, ghosts: int) -> np.ndarray:
+    """K centres: K - 2 ghosts over [lo, hi] equidistributing sqrt|f''| (plus 5% of its
+    largest value, so that flat stretches still get some), and `ghosts` more beyond each end
+    at the end's spacing, so that the basis is as rich at the ends as inside (without them
+    the ends' error dominates and converges only as K^-2)."""
+    inner = max(K - 2 * ghosts, 2)
     v = np.linspace(fn.lo, fn.hi, 20_001)
     rho = np.sqrt(np.abs(fn.curvature_bound(v, v)))
     rho = rho + 0.05 * rho.max() + 1e-300
     cdf = np.r_[0.0, np.cumsum(0.5 * (rho[1:] + rho[:-1]) * np.diff(v))]
-    return np.interp(np.linspace(0.0, 1.0, K), cdf / cdf[-1], v)
+    t = np.interp(np.linspace(0.0, 1.0, inner), cdf / cdf[-1], v)
+    steps = np.arange(1, ghosts + 1)
+    return np.r_[t[0] - (t[1] - t[0]) * steps[::-1], t, t[-1] + (t[-1] - t[-2]) * steps]
 
 
-def _fit(fn: Elementwise, K: int, sharpness: float, form: str):
+def _fit(fn: Elementwise, K: int, sharpness: float, form: str, ghosts: int):
     """(alpha, beta, t, s, w) fitted by least squares (module doc)."""
-    t = _centres(fn, K)
+    t = _centres(fn, K, ghosts)
     gaps = np.diff(t)
     local = np.r_[gaps[0], 0.5 * (gaps[1:] + gaps[:-1]), gaps[-1]]
     s = sharpness / local
@@ -243,9 +285,16 @@ def _interval_bounds(fn, alpha, beta, t, s, w, form, edges, rounding):
         ends = np.abs(e) + rounding * size
         a, b = v[:-1], v[1:]
         h = b - a
-        ya, yb = s[None, :] * (a[:, None] - t[None, :]), s[None, :] * (b[:, None] - t[None, :])
-        curv = (np.abs(w) * s * s)[None, :] * gelu_curvature(ya, yb, form)
-        ecurv = fn.curvature_bound(a, b) + curv.sum(axis=1)
+        y = s[None, :] * (v[:, None] - t[None, :])
+        second = (w * s * s)[None, :] * gelu_second(y, form)  # f^'' term by term, signed
+        fhat2 = np.abs(second.sum(axis=1)) + rounding * np.abs(second).sum(axis=1)
+        ya, yb = y[:-1], y[1:]
+        third = ((np.abs(w) * s ** 3)[None, :] * gelu_third(ya, yb, form)).sum(axis=1)
+        # sup |f^''| on the interval: its larger end plus half the interval times sup |f^'''|,
+        # or the unit-by-unit bound, whichever is smaller
+        by_units = ((np.abs(w) * s * s)[None, :] * gelu_curvature(ya, yb, form)).sum(axis=1)
+        fhat_curv = np.minimum(np.maximum(fhat2[:-1], fhat2[1:]) + 0.5 * h * third, by_units)
+        ecurv = fn.curvature_bound(a, b) + fhat_curv
         at_ends[lo:hi] = np.maximum(ends[:-1], ends[1:])
         out[lo:hi] = at_ends[lo:hi] + h * h / 8.0 * ecurv
         mag = max(mag, float(np.max(np.maximum(units[:-1], units[1:]) + 0.5 * h * lip)))
@@ -268,9 +317,9 @@ def elementwise_units(dst_row: int, w_in: dict[int, float], bias: float,
 
 @lru_cache(maxsize=256)
 def build_gadget(fn: Elementwise, form: str, epsilon: float, sharpness: float,
-                 max_units: int) -> ElementwiseGadget | float:
+                 max_units: int, ghosts: int = 4) -> ElementwiseGadget | float:
     """The gadget for fn on its range under the GeLU `form` ('none': erf, 'tanh'), certified
-    within epsilon; or, where no K <= max_units reaches it, the best certified error (a
+    within epsilon (ghosts: centres beyond each end, _centres); or, where no K <= max_units reaches it, the best certified error (a
     float: the caller refuses the op, naming it)."""
     if fn.kinks:
         return _kinked_gadget(fn, form, epsilon)
@@ -278,12 +327,15 @@ def build_gadget(fn: Elementwise, form: str, epsilon: float, sharpness: float,
     for K in UNIT_LADDER:
         if K > max_units:
             break
-        alpha, beta, t, s, w = _fit(fn, K, sharpness, form)
+        if K <= 2 * ghosts + 1:
+            continue
+        alpha, beta, t, s, w = _fit(fn, K, sharpness, form, ghosts)
         # a necessary check first: the error at a dense sample is a lower bound on the
-        # certified one, so a K whose sample already exceeds epsilon is skipped uncertified
+        # certified one, so a K whose sample exceeds SAMPLE_SHARE epsilon is skipped
+        # uncertified (the rest of epsilon leaves the certificate's mesh room to be coarse)
         v = np.linspace(fn.lo, fn.hi, 64 * K + 1)
         e, _, _ = _terms(fn, alpha, beta, t, s, w, v, form)
-        if not np.all(np.isfinite(e)) or np.abs(e).max() > epsilon:
+        if not np.all(np.isfinite(e)) or np.abs(e).max() > SAMPLE_SHARE * epsilon:
             best = min(best, float(np.abs(e).max()))
             continue
         eps, mag = certify(fn, alpha, beta, t, s, w, form, epsilon)
