@@ -12,12 +12,12 @@ formula takes as they stand (soft labels), so the reference and verify use them 
 
 Unlike the squared loss (batch_gd), the gradient is not a function of running means: every
 step needs sigmoid(x_j^T w) at the current w for every example. Causally only the query sees
-every example, so the query reads them all at fixed tokens (At): X, the n x d matrix of the
-x_j, and Y, the n labels. Each step is then
+every example, so the query reads each x_j and y_j at its token (At; one register per example,
+so that every head writes a register of its own). Each step is then
 
-    z = X w                     n dot products          MLP (products)
-    s = sigmoid(z)              n elementwise sigmoids   MLP (apply: the certified gadget)
-    w = w - (lr / n) X^T (s - Y)                         MLP (products)
+    z_j = x_j^T w               n dot products           MLP (products)
+    s_j = sigmoid(z_j)          n elementwise sigmoids    MLP (apply: the certified gadget)
+    w = w - (lr / n) sum_j (s_j - y_j) x_j                MLP (products)
 
 and the prediction sigmoid(w^T x_q) two MLPs more. The sigmoid's declared range is
 [-zmax, zmax]: the monitor refuses a prompt whose x_j^T w leaves it (a finding naming the op).
@@ -52,17 +52,19 @@ def program(d: int = 2, n: int = 4, T: int = 2, lr: float = 0.1, zmax: float = 1
     w0 = _w0(d, w0)
     p = Program("logistic_gd", d=d, n=n,
                 params={"d": d, "n": n, "T": T, "lr": lr, "zmax": zmax, "w0": w0.tolist()})
-    X = p.raw("X", [Read(p.x, At(2 * j)) for j in range(n)], shape=(n, d),
-              note="x_1..x_n, read at their tokens")
-    Y = p.raw("Y", [Read(p.y, At(2 * j + 1)) for j in range(n)], shape=(n,),
-              note="y_1..y_n, read at their tokens")
+    xs = [p.mov(f"x{j + 1}", Read(p.x, At(2 * j)), note=f"x_{j + 1}, read at its token")
+          for j in range(n)]
+    ys = [p.mov(f"y{j + 1}", Read(p.y, At(2 * j + 1)), note=f"y_{j + 1}, read at its token")
+          for j in range(n)]
     w = p.var("w", d, init=w0)
-    z = p.var("z", n)
-    s = p.var("s", n)
+    zs = [p.var(f"z{j + 1}") for j in range(n)]
+    ss = [p.var(f"s{j + 1}") for j in range(n)]
     for _ in p.loop(T):
-        p.let(z, X @ w, note="x_j^T w for every example")
-        p.apply(s, "sigmoid", z, range=(-zmax, zmax), note="sigmoid(x_j^T w)")
-        p.let(w, w - (lr / n) * (X.T @ (s - Y)), note="w - lr/n X^T (s - y)")
+        for x, z, s in zip(xs, zs, ss, strict=True):
+            p.let(z, x @ w, note="x_j^T w")
+            p.apply(s, "sigmoid", z, range=(-zmax, zmax), note="sigmoid(x_j^T w)")
+        grad = sum((x * (s - y) for x, s, y in zip(xs, ss, ys, strict=True)), 0.0 * w)
+        p.let(w, w - (lr / n) * grad, note="w - lr/n sum_j (s_j - y_j) x_j")
     zq = p.let("zq", w @ p.x, note="w_T^T x_q")
     prob = p.apply("prob", "sigmoid", zq, range=(-zmax, zmax), note="sigmoid(w_T^T x_q)")
     p.output(prob, roles=("query",))
