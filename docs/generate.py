@@ -7,7 +7,8 @@ A figure sits between two markers in a page,
 inline in prose (a number) or around a fenced block (a command's output), and FIGURES says how
 each NAME is measured: a command of the CLI run in a scratch directory, or the Python API.
 
-    python docs/generate.py            rewrite every figure in docs/cli.md and docs/tutorial.md
+    python docs/generate.py            rewrite every figure in docs/cli.md, docs/tutorial.md
+                                       and docs/compiler.md
     python docs/generate.py --check    exit 1 if a figure differs from what the code gives
     python docs/generate.py --quick    only the quick figures (seconds each), either way
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = (DOCS / "cli.md", DOCS / "tutorial.md")
+PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "compiler.md")
 MARKED = re.compile(r"<!-- gen:([\w-]+) -->(.*?)<!-- /gen -->", re.S)
 ERROR = re.compile(r"^[-+]?\d+(\.\d+)?e[-+]\d+$")
 ERROR_FACTOR = 10.0
@@ -167,6 +168,24 @@ def tutorial_accept_1e8() -> str:
     return f"{cm.layout['monitor']['calibration']['accepted']:.0%}"
 
 
+# ------------------------------------------------------------------ docs/compiler.md
+
+
+def elementwise_units() -> str:
+    """bench/elementwise_units.py's table: units against epsilon per function."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("elementwise_units",
+                                                  ROOT / "bench" / "elementwise_units.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.table()
+
+
+def logistic_verify(arch: str) -> str:
+    return _block(_cli("verify", "logistic_gd", "--arch", arch, cwd=_scratch()))
+
+
 FIGURES: dict[str, Figure] = {
     "cli-compile": Figure(cli_compile),
     "cli-verify": Figure(cli_verify),
@@ -181,6 +200,9 @@ FIGURES: dict[str, Figure] = {
                                quick=False),
     "tutorial-wout": Figure(tutorial_wout),
     "tutorial-accept-1e8": Figure(tutorial_accept_1e8),
+    "elementwise-units": Figure(elementwise_units, quick=False),
+    "logistic-verify-paper": Figure(lambda: logistic_verify("paper"), quick=False),
+    "logistic-verify-gpt2": Figure(lambda: logistic_verify("gpt2"), quick=False),
 }
 
 

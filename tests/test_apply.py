@@ -62,7 +62,7 @@ def test_apply_validation_names_the_op_and_line(kwargs, message):
         line = _line() + 1
         p.apply("q", kwargs.pop("f"), z, **kwargs)
     text = str(err.value)
-    assert f"op 'apply' writing 'q' at " in text and f"test_apply.py:{line}" in text, text
+    assert "op 'apply' writing 'q' at " in text and f"test_apply.py:{line}" in text, text
     assert message in text, text
 
 

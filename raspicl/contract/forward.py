@@ -12,6 +12,8 @@ propagated to first order:
     products             err(a b) <= |a| err_b + |b| err_a + err_a err_b + the gadget's own error
     gates (select)       err = err of the chosen operand + rounding
     divisions            err(a / |s|) <= err_a / |s| + |a| err_s / s^2 + |q| |ratio - 1| + rounding
+    elementwise (apply)  err f(z) <= |f'(z)| E + min(sup|f''| E, J + |f'(z)|) E + epsilon + rounding
+                         (J = sup |f'| over z +- E, the box that must lie in f's range: _Walk.apply)
 
 with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - leak: a head's target leads every other token by M = attention_margin (less the scores'
@@ -57,7 +59,8 @@ Preconditions, each a *finding* when it fails at a token where the instruction's
 defined: the neutral LayerNorm's variance (var * 2^(p+2) <= eps, so that var + eps == eps), a
 product's |e t| within the range where its series bound holds, a closed gate's |a - b| within
 the bound its sharpness was set for (tokens where an operand is undefined included: the compiled
-model holds something there), a finite nonzero divisor; and the prediction's bound within
+model holds something there), a finite nonzero divisor, an apply's argument box within its
+declared range; and the prediction's bound within
 `tolerance * max(|output|, 1)`. A finding names the prompt, token, op (kind, register, source
 line) and the quantity against its limit.
 """
@@ -73,8 +76,8 @@ from raspicl.arch import arch_of_layout
 from raspicl.contract.adjoint import DiagEdge, PlaceEdge, ProductEdge, Tape, TermsEdge
 from raspicl.contract.charges import (
     GATE_SLOPE,
-    elementwise_charge,
     SERIES_LIMIT,
+    elementwise_charge,
     mean_summation,
     product_pairs,
     product_remainder,

@@ -13,11 +13,12 @@ Two constructions, by family (`build_gadget`):
   |x| F(-s |x|) = g(s |x|) / s with g(y) = y F(-y) >= 0, and the error is at most
   C sum_k |D_k| / s with C = sup g (`kink_constant`, certified on a mesh with |g'| <= 2).
   s = C sum |D_k| / epsilon.
-- *Smooth* (every other function): K centres t_j placed so that each interval between them
-  holds an equal share of the integral of sqrt|f''| (the spacing that makes piecewise-linear
-  interpolation's error even), a few more (config.apply_ghost_units) beyond each end, s_j = sharpness / local spacing, and (alpha, beta, w) fitted by
-  least squares on a dense set of points. K doubles (by steps of about 1.5) from 4 until the
-  *certificate* holds epsilon, or stops at max_units (CompileError by the caller).
+- *Smooth* (every other function): K centres t_j, K - 2 * ghosts of them placed so that each
+  interval between them holds an equal share of the integral of sqrt|f''| (the spacing that
+  makes piecewise-linear interpolation's error even) and `ghosts` (config.apply_ghost_units)
+  beyond each end, s_j = sharpness / local spacing, and (alpha, beta, w) fitted by least
+  squares on a dense set of points. K climbs UNIT_LADDER from 4 until the *certificate* holds
+  epsilon, or stops at max_units (CompileError by the caller).
 
 The certificate (`certify`), never a sample: with e = f - f^ on a mesh v_0 < ... < v_M, on each
 mesh interval [v_i, v_i+1] of width h_i,
@@ -174,7 +175,7 @@ def kink_constant(form: str) -> float:
     return float(g.max() + step + 8 * U64)
 
 
-def _kinked(fn: Elementwise, epsilon: float) -> tuple[float, float, list[tuple[float, float]]]:
+def _kinked(fn: Elementwise) -> tuple[float, float, list[tuple[float, float]]]:
     """(alpha, beta, [(point, jump)]) with f = alpha + beta v + sum jump ReLU(v - point)."""
     if fn.name == "relu":
         return 0.0, 0.0, [(0.0, 1.0)]
@@ -183,7 +184,7 @@ def _kinked(fn: Elementwise, epsilon: float) -> tuple[float, float, list[tuple[f
 
 
 def _kinked_gadget(fn: Elementwise, form: str, epsilon: float) -> ElementwiseGadget:
-    alpha, beta, kinks = _kinked(fn, epsilon)
+    alpha, beta, kinks = _kinked(fn)
     C = kink_constant(form)
     total = sum(abs(d) for _, d in kinks)
     s = C * total / epsilon * (1 + 16 * U64)  # so that the rounded-up bound stays within
@@ -252,10 +253,8 @@ def certify(fn: Elementwise, alpha: float, beta: float, t, s, w, form: str,
     K = len(w)
     rounding = (K + 8) * U64
     edges = np.linspace(fn.lo, fn.hi, MESH_START * max(K, 4) + 1)
-    mags = []
     for _ in range(REFINE_ROUNDS + 1):
-        bound, ends, mag = _interval_bounds(fn, alpha, beta, t, s, w, form, edges, rounding)
-        mags.append(mag)
+        bound, ends, _ = _interval_bounds(fn, alpha, beta, t, s, w, form, edges, rounding)
         # refine where the curvature term is what exceeds the target: where the mesh values
         # themselves do, no refinement helps
         over = (bound > target) & (bound - ends > 0.05 * target)
@@ -318,8 +317,8 @@ def elementwise_units(dst_row: int, w_in: dict[int, float], bias: float,
 def build_gadget(fn: Elementwise, form: str, epsilon: float, sharpness: float,
                  max_units: int, ghosts: int = 4) -> ElementwiseGadget | float:
     """The gadget for fn on its range under the GeLU `form` ('none': erf, 'tanh'), certified
-    within epsilon (ghosts: centres beyond each end, _centres); or, where no K <= max_units reaches it, the best certified error (a
-    float: the caller refuses the op, naming it)."""
+    within epsilon (ghosts: centres beyond each end, _centres); or, where no K <= max_units
+    reaches it, the best certified error (a float: the caller refuses the op, naming it)."""
     if fn.kinks:
         return _kinked_gadget(fn, form, epsilon)
     best = math.inf
