@@ -31,6 +31,11 @@ import numpy as np
 # v = +-log(2 + sqrt 3); sup |tanh''| = 4 / (3 sqrt 3), at tanh v = +-1/sqrt 3.
 SIGMOID_CURVATURE = 1.0 / (6.0 * math.sqrt(3.0))
 TANH_CURVATURE = 4.0 / (3.0 * math.sqrt(3.0))
+# the closed-form bounds are computed in float64, within a few ulps of the exact sup (the
+# sigmoid's and tanh's derivatives without cancellation); they are rounded up by this factor
+ROUND_UP = 1.0 + 2.0**-40
+SIGMOID_PEAK = math.log(2.0 + math.sqrt(3.0))
+TANH_PEAK = math.atanh(1.0 / math.sqrt(3.0))
 # exp's range must keep exp(hi) finite in float32 as well as float64 (exp(88.7) overflows
 # float32): the compiled model holds the values.
 EXP_MAX = 80.0
@@ -145,11 +150,9 @@ class Elementwise:
         n = self.name
         with np.errstate(all="ignore"):
             if n == "sigmoid":
-                s = _sigmoid(v)
-                return s * (1.0 - s)
+                return _sigmoid_slope(v)
             if n == "tanh":
-                t = np.tanh(v)
-                return 1.0 - t * t
+                return 1.0 / np.cosh(v) ** 2
             if n == "exp":
                 return np.exp(v)
             if n == "log":
@@ -165,7 +168,11 @@ class Elementwise:
     # -- bounds over intervals [a, b] inside the range (arrays, a <= b)
 
     def slope_bound(self, a, b) -> np.ndarray:
-        """sup |f'| over [a, b], elementwise (a <= b, both inside the range)."""
+        """sup |f'| over [a, b], elementwise (a <= b, both inside the range), rounded up by a
+        relative ROUND_UP (its closed form is computed in float64)."""
+        return self._slope(a, b) * ROUND_UP
+
+    def _slope(self, a, b) -> np.ndarray:
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         near0 = np.where((a <= 0) & (b >= 0), 0.0, np.minimum(np.abs(a), np.abs(b)))
         n = self.name
@@ -173,11 +180,9 @@ class Elementwise:
             if self.user is not None:
                 return np.full(np.broadcast(a, b).shape, self.user.slope)
             if n == "sigmoid":
-                s = _sigmoid(near0)
-                return s * (1.0 - s)
+                return _sigmoid_slope(near0)
             if n == "tanh":
-                t = np.tanh(near0)
-                return 1.0 - t * t
+                return 1.0 / np.cosh(near0) ** 2
             if n == "exp":
                 return np.exp(b)
             if n == "log":
@@ -192,25 +197,30 @@ class Elementwise:
             return np.where((b > lam) | (a < -lam), 1.0, 0.0)
 
     def curvature_bound(self, a, b) -> np.ndarray:
-        """sup |f''| over [a, b] (0 on the pieces of a kinked function)."""
+        """sup |f''| over [a, b] (0 on the pieces of a kinked function), rounded up by a
+        relative ROUND_UP."""
+        return self._curvature(a, b) * ROUND_UP
+
+    def _curvature(self, a, b) -> np.ndarray:
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         shape = np.broadcast(a, b).shape
         n = self.name
         with np.errstate(all="ignore"):
             if self.user is not None:
                 return np.full(shape, self.user.curvature)
-            if n == "sigmoid":
-                return np.full(shape, SIGMOID_CURVATURE)
-            if n == "tanh":
-                return np.full(shape, TANH_CURVATURE)
+            if n == "sigmoid":  # |sigma''| = sigma' |1 - 2 sigma|, even, peaks at |v| = V
+                return _peaked(a, b, SIGMOID_PEAK,
+                               lambda x: _sigmoid_slope(x) * np.abs(np.tanh(0.5 * x)))
+            if n == "tanh":  # |tanh''| = 2 tanh (1 - tanh^2), even, peaks at |v| = V
+                return _peaked(a, b, TANH_PEAK, lambda x: 2.0 * np.abs(np.tanh(x))
+                               / np.cosh(x) ** 2)
             if n == "exp":
                 return np.exp(b)
             if n == "log":
                 return 1.0 / (a * a)
             if n == "softplus":  # sigma' = sigma (1 - sigma), largest nearest 0
                 near0 = np.where((a <= 0) & (b >= 0), 0.0, np.minimum(np.abs(a), np.abs(b)))
-                s = _sigmoid(near0)
-                return s * (1.0 - s)
+                return _sigmoid_slope(near0)
             if n == "inv_sqrt":
                 return 0.75 / (a * a * np.sqrt(a))
             return np.zeros(shape)
@@ -259,6 +269,20 @@ def _no_code(name: str) -> Callable[[np.ndarray], np.ndarray]:
         raise ValueError(f"user function '{name}' read from a layout has no code, only its "
                          f"declared bounds")
     return f
+
+
+def _peaked(a: np.ndarray, b: np.ndarray, peak: float, g) -> np.ndarray:
+    """sup over [a, b] of g(|v|), for g >= 0 increasing on [0, peak] and decreasing beyond
+    (g(peak) is the global maximum): g at the |v| of the interval nearest peak."""
+    m = np.where((a <= 0) & (b >= 0), 0.0, np.minimum(np.abs(a), np.abs(b)))
+    M = np.maximum(np.abs(a), np.abs(b))
+    return g(np.clip(peak, m, M))
+
+
+def _sigmoid_slope(v: np.ndarray) -> np.ndarray:
+    """sigma'(v) = sigma (1 - sigma) = e / (1 + e)^2 with e = e^-|v|, without cancellation."""
+    e = np.exp(-np.abs(v))
+    return e / ((1.0 + e) * (1.0 + e))
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
