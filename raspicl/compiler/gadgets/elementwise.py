@@ -243,13 +243,16 @@ def _fit(fn: Elementwise, K: int, sharpness: float, form: str, ghosts: int,
 
 
 def _terms(fn: Elementwise, alpha, beta, t, s, w, v, form):
-    """(e = f - f^, sum |terms|, sum_j |w_j GeLU_j|) at the points v (float64)."""
+    """(e = f - f^, the size its float64 rounding is charged against, sum_j |w_j GeLU_j|) at
+    the points v: the size is sum |terms| plus GELU_SLOPE sum_j |w_j y_j| (each argument y_j
+    rounded moves its unit by at most that times its relative rounding)."""
     y = s[None, :] * (v[:, None] - t[None, :])
     g = _gelu(y, form) * w[None, :]
     f = fn.evaluate(v)
     units = np.abs(g).sum(axis=1)
     fhat = alpha + beta * v + g.sum(axis=1)
-    return f - fhat, np.abs(f) + abs(alpha) + np.abs(beta * v) + units, units
+    args = GELU_SLOPE * (np.abs(w)[None, :] * np.abs(y)).sum(axis=1)
+    return f - fhat, np.abs(f) + abs(alpha) + np.abs(beta * v) + units + args, units
 
 
 def certify(fn: Elementwise, alpha: float, beta: float, t, s, w, form: str,
