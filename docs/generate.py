@@ -292,6 +292,15 @@ LANGUAGE: dict[str, Figure] = {
 }
 
 
+def elementwise_units() -> str:
+    """bench/elementwise_units.py's table: units against epsilon per function."""
+    return _bench("elementwise_units").table()
+
+
+def logistic_verify(arch: str) -> str:
+    return _block(_cli("verify", "logistic_gd", "--arch", arch, cwd=_scratch()))
+
+
 FIGURES: dict[str, Figure] = {
     "cli-compile": Figure(cli_compile),
     "cli-verify": Figure(cli_verify),
@@ -314,6 +323,9 @@ FIGURES: dict[str, Figure] = {
     "compiler-float32-table": Figure(compiler_float32_table, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
     **LANGUAGE,
+    "elementwise-units": Figure(elementwise_units, quick=False),
+    "logistic-verify-paper": Figure(lambda: logistic_verify("paper"), quick=False),
+    "logistic-verify-gpt2": Figure(lambda: logistic_verify("gpt2"), quick=False),
 }
 
 

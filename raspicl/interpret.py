@@ -153,6 +153,8 @@ def stream_ops(program: Program, tokens: np.ndarray,
                 out = out / abs_(s)
         else:
             out = _apply(op, values, dtype, s)
+            if op.function is not None:  # apply: f of the argument bias + linear
+                out = op.function.evaluate(out)
         del values
         state[op.dst.name] = out
         if live_after is not None:

@@ -499,6 +499,13 @@ PAIR = Obj({"a": Tuple((Int(), Int()), "read, component"),
             "k": Number(positive=True), "e": Number(positive=True),
             "richardson": Bool(),
             "outputs": Array(Tuple((Int(), Number()), "component, coef"))})
+# an apply's function on its range, and its gadget (compiler/gadgets/elementwise.py)
+FUNCTION = Obj({"name": Str(), "lo": Number(), "hi": Number(), "param": Number(lo0=True),
+                "alpha": Number(), "beta": Number(), "units": Int(lo=0),
+                "epsilon": Number(positive=True), "magnitude": Number(lo0=True),
+                "slope_sum": Number(lo0=True), "shift_sum": Number(lo0=True),
+                "form": Str(choices=("none", "tanh"))},
+               {"user": Bool(), "slope": Number(lo0=True), "curvature": Number(lo0=True)})
 INSTRUCTION = Obj(
     {"op": Int(), "kind": Str(), "dst": Str(), "source": Str(), "run": RUN,
      "stage": Str(choices=("attn", "mlp", "attn+mlp", "fused")), "defined": Array(TOKEN),
@@ -506,7 +513,7 @@ INSTRUCTION = Obj(
      "linear": Array(LINEAR_TERM), "bias": Array(Number(), min_len=1)},
     {"pairs": Array(PAIR), "products": Array(PRODUCT_TERM), "divisor": Nullable(Str()),
      "mask": Nullable(Str()), "gated": Array(LINEAR_TERM), "gated_bias": Array(Number()),
-     "gate_bound": Array(Number(lo0=True))})
+     "gate_bound": Array(Number(lo0=True)), "function": FUNCTION})
 MONITOR = Obj(
     {"tolerance": Number(positive=True),
      "values": Map(Obj({"kind": Str(choices=("input", "const", "mask", "op", "fused")),

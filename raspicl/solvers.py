@@ -497,3 +497,41 @@ def knn(X: ArrayLike, y: ArrayLike, xq: ArrayLike, k: int = 3, weighted: bool = 
             wts = 1.0 / nd[bi]
             out[bi] = np.sum(wts * ny[bi]) / np.sum(wts)
     return out
+
+
+def sigmoid(z: ArrayLike) -> Array:
+    """The logistic function 1 / (1 + e^-z), computed without overflow (e^z / (1 + e^z) for
+    z < 0)."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def logistic_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int) -> Array:
+    """Full-batch gradient descent on the mean logistic (cross-entropy) loss.
+
+    Formula, for t = 1 .. T (T = steps):
+        w_t = w_{t-1} - lr * (1/n) * sum_i (sigmoid(x_i^T w_{t-1}) - y_i) x_i
+    which is w - lr * grad_w L(w) for L(w) = (1/n) sum_i [log(1 + e^{x_i^T w}) - y_i x_i^T w],
+    the negative log-likelihood of labels y_i in {0, 1} (soft labels y_i in [0, 1] give the
+    same formula; any real y_i is accepted and used as it stands).
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], w0 [d] or [B, d] -> iterates [B, steps+1, d],
+    where [:, 0] is w0.
+
+    Why: reference for the compiled `logistic_gd` program (Bai et al.'s in-context GD on
+    GLMs), written with numpy's own matrix products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    lr = _scalar("lr", lr)
+    steps = _count("steps", steps, minimum=0)
+    out = np.empty((B, steps + 1, d), dtype=np.float64)
+    out[:, 0] = np.broadcast_to(np.asarray(w0, dtype=np.float64), (B, d))
+    for t in range(1, steps + 1):
+        w = out[:, t - 1]
+        r = sigmoid(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
+        out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
+    return out

@@ -31,7 +31,8 @@ from raspicl.verify import _writes
 CASES = [("gd_step", {"d": 2}, "paper", "unroll"), ("sherman_morrison", {"d": 2}, "gpt2", "unroll"),
          ("ridge", {"d": 2, "n": 3}, "paper", "share"), ("sgd", {"d": 2, "n": 3}, "gpt2", "unroll"),
          ("batch_gd", {"d": 2, "n": 3, "T": 2}, "paper", "unroll"),
-         ("nlms", {"d": 2, "n": 2}, "paper", "unroll")]
+         ("nlms", {"d": 2, "n": 2}, "paper", "unroll"),
+         ("logistic_gd", {"d": 1, "n": 2, "T": 1}, "paper", "unroll")]
 
 
 def _model(name: str, params: dict, arch: str, loops: str):

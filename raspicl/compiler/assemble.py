@@ -16,6 +16,11 @@ from raspicl.compiler.gadgets.attention import (
     pattern_weights,
     place_key,
 )
+from raspicl.compiler.gadgets.elementwise import (
+    ElementwiseGadget,
+    build_gadget,
+    elementwise_units,
+)
 from raspicl.compiler.gadgets.layernorm import (
     division_read,
     ln_anchor_biases,
@@ -64,10 +69,12 @@ class Tuning:
 @dataclass
 class Gadgets:
     """The constants of one instruction's MLP gadgets, for the runtime monitor: its product
-    pairs (operands as (read, component)) and, for a select, each output's gate bound."""
+    pairs (operands as (read, component)), for a select each output's gate bound, for an
+    apply its elementwise gadget."""
 
     pairs: list[ProductPair] = field(default_factory=list)
     gate_bound: list[float] = field(default_factory=list)
+    elementwise: ElementwiseGadget | None = None  # an apply's gadget
 
 
 @dataclass
@@ -104,7 +111,7 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
                 blocks[b].ln_eps = config.division_ln_eps
     defs = definitions(low)
     for ins in sched.instrs:
-        _emit(ins, blocks[ins.block], layout, config, defs)
+        _emit(ins, blocks[ins.block], layout, config, defs, sched.arch.approximate)
     fixed = layout.fixed
     for b, divisor in sched.anchors.items():
         _anchors(blocks[b], divisor, fixed, defs)
@@ -218,8 +225,9 @@ def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
 
 
 def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig,
-          defs: dict[Value, Instr]) -> None:
-    """One scheduled instruction's heads (attention) or MLP units, added to its block."""
+          defs: dict[Value, Instr], form: str = "none") -> None:
+    """One scheduled instruction's heads (attention) or MLP units, added to its block (form:
+    the target's GeLU, 'none' or 'tanh', which an apply's gadget is certified for)."""
     dst = ins.dst
     what = f"{dst.label} = {ins.op.kind} (op {ins.op.index}, {ins.op.source})"
     if ins.fused:  # computed inside the ops that absorb it (fusion.py)
@@ -232,6 +240,10 @@ def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig,
     forms = _factor_forms(ins, defs)
     bounds = [ins.temps[i].bound if i in ins.temps else v.bound
               for i, (v, _) in enumerate(ins.reads)]
+    if ins.function is not None:
+        block.units += _apply_part(ins, operand_rows, facts, config, form)
+        block.mlp_ops.append(what)
+        return
     block.units += _affine_part(ins, operand_rows)
     if ins.mask is not None:
         block.units += _gated_part(ins, operand_rows, bounds, facts, config)
@@ -298,15 +310,23 @@ def _factor_forms(ins: Instr, defs: dict[Value, Instr]
     return forms
 
 
-def _affine_part(ins: Instr, operand_rows: list[list[int]]) -> list[UnitSpec]:
-    """Exact affine units for the linear terms and bias (minus the old value, for a write
-    that overwrites its predecessor in place)."""
-    dst = ins.dst
+def _argument_forms(ins: Instr, operand_rows: list[list[int]]) -> dict[int, dict[int, float]]:
+    """Per output component, its linear terms as {row: coefficient}."""
     per_row: dict[int, dict[int, float]] = {}
     for o, c, ri, ci in ins.linear:
         row = operand_rows[ri][ci]
         per_row.setdefault(o, {})
         per_row[o][row] = per_row[o].get(row, 0.0) + c
+    return per_row
+
+
+def _affine_part(ins: Instr, operand_rows: list[list[int]], linear: bool = True
+                 ) -> list[UnitSpec]:
+    """Exact affine units for the linear terms and bias (minus the old value, for a write
+    that overwrites its predecessor in place); linear=False: the old value's part alone (an
+    apply, whose linear terms are its function's argument)."""
+    dst = ins.dst
+    per_row = _argument_forms(ins, operand_rows) if linear else {}
     old = dst.replaces
     if old is not None and old.overwritten_at == dst.write_slot:  # in-place: minus the old value
         for o, row in enumerate(old.rows):
@@ -314,8 +334,34 @@ def _affine_part(ins: Instr, operand_rows: list[list[int]]) -> list[UnitSpec]:
             per_row[o][row] = per_row[o].get(row, 0.0) - 1.0
     units = []
     for o in range(dst.width):
-        if o in per_row or ins.bias[o] != 0.0:
-            units += affine_units(dst.rows[o], per_row.get(o, {}), float(ins.bias[o]))
+        bias = float(ins.bias[o]) if linear else 0.0
+        if o in per_row or bias != 0.0:
+            units += affine_units(dst.rows[o], per_row.get(o, {}), bias)
+    return units
+
+
+def _apply_part(ins: Instr, operand_rows: list[list[int]], facts: Gadgets,
+                config: CompilerConfig, form: str) -> list[UnitSpec]:
+    """An apply's units: per component, f^ of its argument (compiler/gadgets/elementwise.py,
+    certified within config.apply_epsilon for the target's GeLU), the gadget recorded in
+    `facts` for the monitor. CompileError, naming the op, where no gadget of at most
+    config.apply_max_units units reaches that epsilon."""
+    fn = ins.function
+    epsilon = config.apply_kink_epsilon if fn.kinks else config.apply_epsilon
+    gadget = build_gadget(fn, form, float(epsilon), float(config.apply_sharpness),
+                          int(config.apply_max_units), int(config.apply_ghost_units))
+    if not isinstance(gadget, ElementwiseGadget):
+        raise CompileError(f"{ins.op.where()}: {fn.describe()} needs more than "
+                           f"{config.apply_max_units} GeLU units for apply_epsilon = "
+                           f"{epsilon:g} (the best certified error was "
+                           f"{gadget:.3g}); raise apply_max_units or apply_epsilon, or narrow "
+                           f"the range")
+    facts.elementwise = gadget
+    forms = _argument_forms(ins, operand_rows)
+    units = _affine_part(ins, operand_rows, linear=False)
+    for o in range(ins.dst.width):
+        terms, bias = forms.get(o, {}), float(ins.bias[o])
+        units += elementwise_units(ins.dst.rows[o], terms, bias, gadget)
     return units
 
 

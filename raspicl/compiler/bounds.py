@@ -52,6 +52,8 @@ def attach_bounds(ssa: SSA, cal: Calibration, program: Program, config: Compiler
                                                     ins.dst.width))
         if ins.divisor is not None:
             interval = interval / ins.divisor_min if ins.divisor_min > 0 else np.inf
+        if ins.function is not None:  # f's largest |value| on its declared range
+            interval = ins.function.abs_bound()
         ins.dst.bound = choose_bound(cal.ops[k].abs_max, interval, config)
         ins.dst.defined = defined
 

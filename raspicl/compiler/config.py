@@ -213,6 +213,35 @@ class CompilerConfig:
         earlier op computed (same kind, terms, values and places) reads the earlier result
         and gets no units or rows of its own. False compiles every duplicate as written.
         (A boolean.)
+    apply_epsilon:
+        epsilon, the approximation error an `apply` gadget is built and certified for: sup
+        over its declared range of |f - f^| in exact arithmetic (compiler/gadgets/
+        elementwise.py; the monitor charges it, plus the units' rounding, at every token).
+        The gadget's units grow as epsilon shrinks (smooth functions roughly as epsilon^-1/3,
+        ReLU and the soft-threshold not at all: their GeLU's scale grows instead), so it is
+        kept a little below the model's tolerance (an output that gains 10x on f's error
+        still keeps float64's 1e-8): 1e-9 in float64, 1e-5 in float32, where the units'
+        rounding costs about as much. Condition: finite, > 0 and < 1.
+    apply_kink_epsilon:
+        the same for ReLU and the soft-threshold, whose gadget is one GeLU(s x) / s per kink
+        with error C / s (C = 0.17): epsilon only sets s, not the units, so it is kept far
+        below the rounding of the values around it (1e-12 in float64, 1e-9 in float32; a
+        pre-activation s x stays far inside either dtype's range). Condition: finite, > 0
+        and < 1.
+    apply_sharpness:
+        a smooth function's GeLU units have slope s_j = apply_sharpness / (their local
+        spacing): lower is smoother and better conditioned, higher more local. Condition:
+        finite and in (0, 8] (beyond, the units approach ReLUs and the fit converges only as
+        K^-2).
+    apply_max_units:
+        the most GeLU units one component of an `apply` may take (the gadget's K ladder stops
+        there, and the op is refused, naming the best certified error). Condition: an integer
+        >= 4.
+    apply_ghost_units:
+        of a smooth function's K units, this many on each side are centred beyond the range at
+        the end's spacing: the fit then has as many units near an end as inside, and the
+        error stops concentrating there (4 gains 10-100x at K = 64 over none for sigmoid,
+        exp, log and tanh). Condition: an integer >= 0.
     """
 
     attention_margin: float = 100.0
@@ -240,6 +269,11 @@ class CompilerConfig:
     fusion_width_slack: float = 1.25
     fusion_always: bool = False
     cse: bool = True
+    apply_epsilon: float = 1e-9
+    apply_kink_epsilon: float = 1e-12
+    apply_sharpness: float = 0.7
+    apply_max_units: int = 256
+    apply_ghost_units: int = 4
 
     def __post_init__(self) -> None:
         """Every field against the condition its docstring states (ConfigError naming the
@@ -256,7 +290,8 @@ class CompilerConfig:
         elif dtype == "float32":
             base = cls(division_anchor=1e6, ln_anchor=2.0**20, ln_restore_anchor=2.0**30,
                        ln_division_anchor=1e4,
-                       product_scale=0.2, product_range=0.1,
+                       product_scale=0.2, product_range=0.1, apply_epsilon=1e-5,
+                       apply_kink_epsilon=1e-9,
                        target_dtype="float32")
         else:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
@@ -396,6 +431,20 @@ def _interval_fallback(config: CompilerConfig) -> None:
                     "above float64's machine epsilon and below 1")
 
 
+def _apply_epsilon(field: str):
+    def check(config: CompilerConfig) -> None:
+        v = _number(config, field)
+        if not (math.isfinite(v) and 0.0 < v < 1.0):
+            raise _fail(field, getattr(config, field), "finite, > 0 and < 1")
+    return check
+
+
+def _apply_sharpness(config: CompilerConfig) -> None:
+    v = _number(config, "apply_sharpness")
+    if not (math.isfinite(v) and 0.0 < v <= 8.0):
+        raise _fail("apply_sharpness", config.apply_sharpness, "finite and in (0, 8]")
+
+
 def _min_acceptance(config: CompilerConfig) -> None:
     v = _number(config, "min_acceptance")
     if not 0.0 <= v <= 1.0:
@@ -429,4 +478,9 @@ _CHECKS = (
     _at_least("fusion_width_slack", 1.0),
     _boolean("fusion_always"),
     _boolean("cse"),
+    _apply_epsilon("apply_epsilon"),
+    _apply_epsilon("apply_kink_epsilon"),
+    _apply_sharpness,
+    _integer("apply_max_units", 4),
+    _integer("apply_ghost_units", 0),
 )

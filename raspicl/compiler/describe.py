@@ -95,7 +95,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
                    "repeat": len(lp.starts), "first_runs": lp.starts}
                   for lp in sched.loops if len(order) > cfg.n_layers],
         "compiler": compiler,
-        "monitor": _monitor(low, blocks, order, config,
+        "monitor": _monitor(low, blocks, order, config, arch.approximate,
                             _cleared_rows(layout) if arch.reads_through_layernorm else None),
     }
 
@@ -153,8 +153,17 @@ def _cleared_rows(layout: Layout) -> dict[int, set[int]]:
     return out
 
 
+def _function_record(ins: Instr, facts, form: str) -> dict | None:
+    """An apply's function, gadget and GeLU form, as the monitor reads them (None for any
+    other instruction)."""
+    if ins.function is None:
+        return None
+    return {**ins.function.record(), **facts.elementwise.record(), "form": form}
+
+
 def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
-             config: CompilerConfig, cleared: dict[int, set[int]] | None = None) -> dict:
+             config: CompilerConfig, form: str,
+             cleared: dict[int, set[int]] | None = None) -> dict:
     """The record raspicl.monitor walks: every value's rows, every instruction with its
     gadgets' constants, each stored block's division anchor, and the tolerance vouched for.
     cleared (gpt2, `_cleared_rows`): each instruction also lists the dst components (and each
@@ -192,7 +201,8 @@ def _monitor(low: Lowered, blocks: list[BlockSpec], order: list[int],
             mask=ins.mask.label if ins.mask is not None else None,
             gated=list(ins.gated),
             gated_bias=[float(b) for b in ins.gated_bias] if ins.gated_bias is not None else [],
-            gate_bound=list(facts.gate_bound) if facts else [])))
+            gate_bound=list(facts.gate_bound) if facts else [],
+            function=_function_record(ins, facts, form))))
     first_run: dict[int, int] = {}
     for run, stored in enumerate(order):
         first_run.setdefault(stored, run)

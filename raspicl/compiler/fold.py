@@ -82,6 +82,9 @@ def fold_op(op: Op, folded_regs: set[str], consts: dict[str, np.ndarray]) -> Fol
                                  gated_bias if op.mask is not None else None))
     if op.divisor is not None and op.divisor.register.name in folded_regs:
         _fold_divisor(result, float(consts[op.divisor.register.name][0]))
+    if op.function is not None and not result.kept:
+        raise CompileError(f"{op.where()}: applies {op.function.name} to a constant; compute "
+                           f"the constant in Python instead (p.const)")
     return result
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from raspicl.lang.functions import Elementwise
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
 from raspicl.lang.reads import Where
@@ -71,7 +72,8 @@ class Value:
 
 @dataclass(eq=False)
 class Instr:
-    """An op over values: dst = bias + linear + products (over `reads`), / |divisor|."""
+    """An op over values: dst = bias + linear + products (over `reads`), / |divisor|; for an
+    apply, dst = f(bias + linear)."""
 
     op: Op
     dst: Value
@@ -93,6 +95,9 @@ class Instr:
     gate_floor: float = 0.0  # a gate's bound is at least this (feasibility.py measures it)
     # its product gadgets' scales e are this times what the bounds give (feasibility.py)
     product_gain: float = 1.0
+    # apply: dst = f(bias + linear), f elementwise (lang/functions.py): the linear terms and
+    # bias are f's argument (compiler/gadgets/elementwise.py)
+    function: Elementwise | None = None
 
     @property
     def registers_read(self) -> list[Value]:
@@ -100,7 +105,8 @@ class Instr:
 
     @property
     def is_linear(self) -> bool:
-        return not self.products and self.divisor is None and self.mask is None
+        return (not self.products and self.divisor is None and self.mask is None
+                and self.function is None)
 
     @property
     def fused(self) -> bool:

@@ -74,7 +74,7 @@ def rename(program: Program, folded: list[Folded]) -> SSA:
         values.append(dst)
         current[op.dst.name] = dst
         instrs.append(Instr(op, dst, reads, f.linear, f.products, f.bias, divisor, mask=mask,
-                            gated=f.gated, gated_bias=f.gated_bias))
+                            gated=f.gated, gated_bias=f.gated_bias, function=op.function))
     out_name = program.output_spec.register.name
     output = current[out_name]
     if output.kind == "const" and out_name in folded_regs:

@@ -29,6 +29,7 @@ from raspicl.contract.records import (
     parse_instructions,
 )
 from raspicl.contract.report import (
+    APPLY_RANGE,
     CLOSED_GATE,
     DIVISION_REST,
     DIVISOR,
@@ -41,7 +42,7 @@ from raspicl.contract.report import (
 )
 
 __all__ = [
-    "ADJOINT_MODES", "CLOSED_GATE", "DIVISION_REST", "DIVISOR", "DIVISOR_ERROR",
+    "ADJOINT_MODES", "APPLY_RANGE", "CLOSED_GATE", "DIVISION_REST", "DIVISOR", "DIVISOR_ERROR",
     "NEUTRAL_VARIANCE", "PREDICTION_BOUND", "PRODUCT_RANGE", "ContractReport", "ContractStream",
     "Finding", "Instruction", "ProductPair", "Read", "check_contract", "instruction_record",
     "parse_instructions", "walk_scratch_rows", "walk_with_tape",

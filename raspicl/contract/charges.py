@@ -28,6 +28,39 @@ GATE_SLOPE = 1.26
 # the gadget multiplies (each within E of the exact a, b; v within E of a, so a_eff within
 # 2 E of v): r = (a_eff - v_a) e_b + (b - v_b) e_a, at most 2 E_a E_b + E_b E_a.
 PRODUCT_REMAINDER = 3.0
+# sup |GeLU'| over R, rounded up: 1.1289 for the erf form (at y = sqrt 2), 1.1300 for the
+# tanh form (tests/test_charges.py checks both against mpmath). A unit's pre-activation off
+# by dy moves its output by at most GELU_SLOPE |dy|.
+GELU_SLOPE = 1.14
+
+
+def elementwise_charge(arg_mag: np.ndarray, arg_bias: np.ndarray, coef_sum: np.ndarray,
+                       mu: np.ndarray, gadget: dict, u: float, kappa: float) -> np.ndarray:
+    """The own error of an apply's gadget at one component ([B, T, w]): its certified
+    approximation error epsilon plus its rounding, for an argument z = sum c v + b formed in
+    the units' pre-activations, with arg_mag = sum |c| |v| [B, T, w], arg_bias = |b| [w],
+    coef_sum = sum |c| [w] and mu the MLP input's |mean| [B, T]. gadget: the monitor record
+    (compiler/gadgets/elementwise.ElementwiseGadget.record: alpha, beta, units, epsilon,
+    magnitude M >= sum_j |w_j GeLU_j| over the range, slope_sum S1 = sum |w_j| s_j, shift_sum
+    S2 = sum |w_j| s_j |t_j|).
+
+    f^ = alpha + beta z + sum_j w_j GeLU(s_j (z - t_j)):
+    - the units' outputs, each rounded in its GeLU (kappa u) and its product by W_out (u), and
+      summed with the affine pair into one output over n = units + 2 terms (at most n u of
+      their absolute sum): (kappa + 2 + n) u (M + |beta| (|z| terms) + |alpha|);
+    - each pre-activation s_j z - s_j t_j rounded, kappa u (s_j (arg_mag + |b| + 2 mu sum
+      |c|) + s_j |t_j|) (its weights, its bias, the LayerNorm mean read off the zero row),
+      which moves its unit by GELU_SLOPE |w_j| times that; the affine pair's the same with
+      |beta| for |w_j| s_j."""
+    ku = kappa * u
+    n = float(gadget["units"]) + 2.0
+    z = arg_mag + arg_bias[None, None, :]
+    spread = z + 2.0 * mu[:, :, None] * coef_sum[None, None, :]
+    alpha, beta = abs(float(gadget["alpha"])), abs(float(gadget["beta"]))
+    outputs = (kappa + 2.0 + n) * u * (float(gadget["magnitude"]) + beta * z + alpha)
+    pre = ku * (GELU_SLOPE * (float(gadget["slope_sum"]) * spread + float(gadget["shift_sum"]))
+                + beta * spread + alpha * 2.0 * mu[:, :, None])
+    return float(gadget["epsilon"]) + outputs + pre
 
 
 def product_pairs(va: np.ndarray, vb: np.ndarray, k: np.ndarray, e: np.ndarray, square: bool,

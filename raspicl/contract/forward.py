@@ -12,6 +12,8 @@ propagated to first order:
     products             err(a b) <= |a| err_b + |b| err_a + err_a err_b + the gadget's own error
     gates (select)       err = err of the chosen operand + rounding
     divisions            err(a / |s|) <= err_a / |s| + |a| err_s / s^2 + |q| |ratio - 1| + rounding
+    elementwise (apply)  err f(z) <= |f'(z)| E + min(sup|f''| E, J + |f'(z)|) E + epsilon + rounding
+                         (J = sup |f'| over z +- E, the box that must lie in f's range: _Walk.apply)
 
 with u the machine epsilon of the model's dtype and kappa = `rounding_factor`:
 - leak: a head's target leads every other token by M = attention_margin (less the scores'
@@ -57,7 +59,8 @@ Preconditions, each a *finding* when it fails at a token where the instruction's
 defined: the neutral LayerNorm's variance (var * 2^(p+2) <= eps, so that var + eps == eps), a
 product's |e t| within the range where its series bound holds, a closed gate's |a - b| within
 the bound its sharpness was set for (tokens where an operand is undefined included: the compiled
-model holds something there), a finite nonzero divisor; and the prediction's bound within
+model holds something there), a finite nonzero divisor, an apply's argument box within its
+declared range; and the prediction's bound within
 `tolerance * max(|output|, 1)`. A finding names the prompt, token, op (kind, register, source
 line) and the quantity against its limit.
 """
@@ -74,6 +77,7 @@ from raspicl.contract.adjoint import DiagEdge, PlaceEdge, ProductEdge, Tape, Ter
 from raspicl.contract.charges import (
     GATE_SLOPE,
     SERIES_LIMIT,
+    elementwise_charge,
     mean_summation,
     product_pairs,
     product_remainder,
@@ -82,6 +86,7 @@ from raspicl.contract.charges import (
 from raspicl.contract.layernorm import LayerNormReads
 from raspicl.contract.records import Instruction, ProductPair, Read, parse_instructions
 from raspicl.contract.report import (
+    APPLY_RANGE,
     CLOSED_GATE,
     DIVISION_REST,
     DIVISOR,
@@ -98,6 +103,7 @@ from raspicl.contract.residuals import (
     through_layernorm,
 )
 from raspicl.guards import token_name
+from raspicl.lang.functions import Elementwise
 from raspicl.lang.reads import compose, place_from_record, place_record
 
 HERE = {"kind": "here"}
@@ -804,6 +810,8 @@ class _Walk:
         bias = np.asarray(ins.bias)
         ku = self.kappa * self.u
         val, err, mag = self._linear(ins.linear, reads, width, (ins.cache, "linear"))
+        if ins.function is not None:
+            return self.apply(ins, reads, val + bias, err, mag, defined, mu)
         local = np.zeros_like(err)
         if ins.mask is None:
             edges = [self._terms_edge(ins, "linear", ins.linear, reads)]
@@ -867,6 +875,51 @@ class _Walk:
         local += self._part("leak", np.broadcast_to(self.leak[:, None, None], local.shape))
         nid = self.tape.node(width, local, edges)
         return val + bias, err + local, nid
+
+    def apply(self, ins: Instruction, reads, arg: np.ndarray, err: np.ndarray,
+              mag: np.ndarray, defined: np.ndarray, mu: np.ndarray):
+        """An apply's f of its argument (value, error bound, tape node). The argument z (the
+        linear terms and bias, formed in the units' pre-activations) is a node of its own: the
+        reads' errors through its terms, plus the leak, within E. Its precondition: the box
+        z +- E inside f's declared range [lo, hi] (else an APPLY_RANGE finding), where the
+        gadget's certified epsilon holds. Then, with d = f'(z) (0 for a user function, whose
+        code gives f alone) and J = sup |f'| over the box,
+            f^(z') - f(z0) = d (z' - z0) + (f'(xi) - d)(z' - z0) + (f^(z') - f(z'))
+        exactly (xi in the box), so the tape's edge is d and its local charge
+        min(sup |f''| E, J + |d|) E (the box's curvature; at a kink, sup |f''| is infinite)
+        plus the gadget's epsilon and rounding (charges.elementwise_charge)."""
+        width = len(ins.bias)
+        fn = ins.cache.get("function")
+        if fn is None:
+            fn = ins.cache["function"] = Elementwise.from_record(ins.function)
+            coef = np.zeros(width)
+            for o, c, _, _ in ins.linear:
+                coef[o] += abs(c)
+            ins.cache["coef sum"] = coef
+        leak = np.broadcast_to(self.leak[:, None, None], err.shape)
+        nid_arg = self.tape.node(width, self._part("leak", leak),
+                                 [self._terms_edge(ins, "linear", ins.linear, reads)])
+        E = err + leak
+        below, above = arg - E, arg + E
+        excess = np.maximum(fn.lo - below, above - fn.hi)
+        self.check_each(ins, defined, APPLY_RANGE, excess, np.zeros(width),
+                        f"the argument (its value +- its error bound) leaves the range "
+                        f"[{fn.lo:g}, {fn.hi:g}] that {fn.name}'s gadget is certified on")
+        a, b = np.clip(below, fn.lo, fn.hi), np.clip(above, fn.lo, fn.hi)
+        J = fn.slope_bound(a, b)
+        curv = fn.curvature_bound(a, b)
+        for point, _ in fn.kinks:
+            curv = np.where((a <= point) & (point <= b), np.inf, curv)
+        d = fn.derivative(arg)
+        d = np.zeros_like(arg) if d is None else d
+        rem = np.minimum(curv * E, J + np.abs(d)) * E
+        own = elementwise_charge(mag, np.abs(np.asarray(ins.bias)), ins.cache["coef sum"], mu,
+                                 ins.function, self.u, self.kappa)
+        local = self._part("apply remainder", rem) + self._part("apply gadget", own)
+        nid = self.tape.node(width, local, [DiagEdge(nid_arg, d, np.arange(width))])
+        with _quiet():
+            val = fn.evaluate(arg) if fn.user is None else np.full_like(arg, np.nan)
+        return val, np.abs(d) * E + local, nid
 
     def _check_gate(self, ins: Instruction, where: np.ndarray, z: np.ndarray,
                     bound: float) -> None:

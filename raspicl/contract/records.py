@@ -56,6 +56,10 @@ class Instruction:
     # gpt2: the dst components whose rows the writing sublayer clears or overwrites (the
     # others hold what an earlier clear left); None: paper, where a clear leaves zero
     landing_cleared: list[int] | None = None
+    # apply: its function (lang/functions.Elementwise.record) and gadget
+    # (compiler/gadgets/elementwise.ElementwiseGadget.record) with the GeLU form, in one dict;
+    # its linear terms and bias are then the function's argument
+    function: dict | None = None
     # the walk's index arrays for this instruction's term lists (_Terms), made once
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -82,6 +86,7 @@ class Instruction:
             gate_bound=[float(b) for b in d.get("gate_bound", [])],
             landing_cleared=None if d.get("landing_cleared") is None
             else [int(k) for k in d["landing_cleared"]],
+            function=None if d.get("function") is None else dict(d["function"]),
         )
 
     def where(self) -> str:
@@ -98,6 +103,8 @@ def _read_record(r: Read) -> dict:
 def instruction_record(ins: Instruction) -> dict:
     """The JSON form of an Instruction (what layout['monitor']['instructions'] holds)."""
     extra = {} if ins.landing_cleared is None else {"landing_cleared": ins.landing_cleared}
+    if ins.function is not None:
+        extra["function"] = ins.function
     return {
         "op": ins.op, "kind": ins.kind, "dst": ins.dst, "source": ins.source, "run": ins.run,
         "stage": ins.stage, "defined": ins.defined,

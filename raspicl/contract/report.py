@@ -15,6 +15,7 @@ DIVISOR = "1 / |divisor|"
 DIVISOR_ERROR = "divisor error bound / |divisor|"
 DIVISION_REST = "division Q/s^2"  # measured only (the anchor it needs), never a finding
 PREDICTION_BOUND = "prediction error bound"
+APPLY_RANGE = "apply argument beyond its range"
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raspicl.errors import ProgramError
+from raspicl.lang.functions import Elementwise
 from raspicl.lang.reads import Read
 from raspicl.lang.registers import Register, Shape
 from raspicl.lang.source import UNKNOWN, SourceLocation
@@ -138,6 +139,7 @@ class Op:
     products:  products of two read components.
     bias:      a constant added to dst (width of dst).
     divisor:   for div only: a scalar register read here; the result is divided by its |value|.
+    function:  for apply only: dst = f(bias + linear), elementwise (lang/functions.py).
     mask:      for select only: a bool per token; dst = reads[0] where mask[t], else reads[1].
                (linear holds reads[1], gated holds reads[0] - reads[1]: dst = linear + mask *
                gated, which is how the compiler builds it.)
@@ -158,10 +160,14 @@ class Op:
     gated: LinearTerms | None = None
     index: int = field(default=-1, compare=False)
     loop: tuple[int, int] | None = field(default=None, compare=False)  # (loop id, iteration)
+    # for apply only: dst = f(bias + linear), f elementwise (lang/functions.py); the linear
+    # terms and bias are then f's argument, not the result
+    function: Elementwise | None = None
 
     @property
     def is_linear(self) -> bool:
-        return len(self.products) == 0 and self.divisor is None and self.mask is None
+        return (len(self.products) == 0 and self.divisor is None and self.mask is None
+                and self.function is None)
 
     @property
     def registers_read(self) -> tuple[Register, ...]:
@@ -178,6 +184,8 @@ class Op:
         reads = ", ".join(r.describe() for r in self.reads)
         if self.divisor is not None:
             reads += f"; divided by |{self.divisor.register.name}|"
+        if self.function is not None:
+            reads = f"{self.function.describe()}; {reads}"
         text = f"{self.dst.name} = {self.kind}({reads})"
         return f"{text}  # {self.note}" if self.note else text
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from raspicl.errors import ProgramError
 from raspicl.lang.expr import PROGRAMS, Expr, as_expr, emit
+from raspicl.lang.functions import elementwise
 from raspicl.lang.ops import (
     Op,
     all_finite,
@@ -584,6 +585,29 @@ class Program:
         return self._add(Op("select", target, (ra, rb), linear_terms(lin), product_terms([]),
                             np.zeros(w), None, source, note, mask, linear_terms(gated)))
 
+    def apply(self, dst: str | Register, f, v: Operand, range=None, lam: float | None = None,
+              note: str = "") -> Register:
+        """dst = f(v), entry by entry: f a library function ('sigmoid', 'tanh', 'exp', 'log',
+        'softplus', 'relu', 'inv_sqrt', 'soft_threshold' with lam) or a user function
+        (raspicl.lang.functions.smooth), on its declared range=(lo, hi).
+
+        The interpreter computes f exactly in float64 everywhere (NaN outside f's domain);
+        the compiled model approximates f on the range by one MLP of GeLU units with a
+        certified error, and its monitor refuses a prompt whose argument leaves the range.
+        """
+        source = caller_location()
+        name = _dst_name(dst)
+        read = self._read(v, "apply", name, source, "v")
+        try:
+            fn = elementwise(f, range, lam)
+        except ValueError as exc:
+            raise fail("apply", name, source, str(exc)) from None
+        w = read.register.width
+        lin = [(int(c), 1.0, 0, int(c)) for c in np.arange(w)]  # (`range` is the argument)
+        target = self._target(dst, read.register.shape, "apply", source)
+        return self._add(Op("apply", target, (read,), linear_terms(lin), product_terms([]),
+                            np.zeros(w), None, source, note, function=fn))
+
     def _token_mask(self, tokens, kind: str, dst: str, source: SourceLocation) -> np.ndarray:
         T = self.format.n_tokens
         roles = np.array(self.format.roles())
@@ -705,7 +729,8 @@ def _same_op(a: Op, b: Op) -> bool:
             and terms(a.products) == terms(b.products) and terms(a.gated) == terms(b.gated)
             and np.array_equal(np.asarray(a.bias), np.asarray(b.bias))
             and (a.mask is None) == (b.mask is None)
-            and (a.mask is None or np.array_equal(a.mask, b.mask)))
+            and (a.mask is None or np.array_equal(a.mask, b.mask))
+            and a.function == b.function)
 
 
 def _dst_name(dst) -> str:
