@@ -260,3 +260,20 @@ def test_random_programs_with_duplicates_predict_what_the_interpreter_does(seed)
     cm = compiled(p)
     assert len(common(cm)) == duplicates
     check_against_interpreter(cm, p, seed=seed)
+
+
+# ---------------------------------------------------------------------- apply
+
+
+@pytest.mark.parametrize("second, merged", [("sigmoid", True), ("tanh", False)])
+def test_applies_are_one_only_when_their_functions_are(second, merged):
+    """Two applies of the same argument: one op when the function and range are the same,
+    two when the functions differ (an apply's function is part of what it computes)."""
+    p = Program("two_applies", d=1, n=1)
+    z = p.aff("z", p.x, p.y, W1=0.5, W2=0.5)
+    a = p.apply("a", "sigmoid", z, range=(-8.0, 8.0))
+    b = p.apply("b", second, z, range=(-8.0, 8.0))
+    p.output(p.aff("out", a, b, W1=1.0, W2=1.0), roles=("query",))
+    cm = compiled(p)
+    assert (common(cm) == [("b", "a")]) == merged
+    check_against_interpreter(cm, p)

@@ -10,7 +10,8 @@ Two instructions are *identical* when they have the same op kind and width and t
 terms over the same values at the same places: reads compared as (value, place) after the
 values of earlier duplicates are renamed to their survivors, linear and product terms as
 multisets over those reads (a product's two factors in either order), the same bias, the same
-divisor, and for a select the same token mask, gated terms and gated bias. SSA makes a value
+divisor, for a select the same token mask, gated terms and gated bias, and for an apply the
+same function on the same range. SSA makes a value
 an unchanging thing (a register written again is a new value), so identical instructions
 compute the same value at every token; reads of the later one (the *duplicate*) are
 redirected to the earlier one (the *survivor*). Only instructions that cost an MLP are
@@ -148,7 +149,7 @@ def _key(ins: Instr, canon: dict[Value, Value]) -> tuple:
     prods = tuple(sorted((o, c) + tuple(sorted([(reads[a], ka), (reads[b], kb)]))
                          for o, c, a, ka, b, kb in ins.products))
     divisor = None if ins.divisor is None else id(canon.get(ins.divisor, ins.divisor))
-    return (ins.op.kind, ins.dst.width, lin(ins.linear), prods,
+    return (ins.op.kind, ins.dst.width, lin(ins.linear), prods, ins.function,
             tuple(np.asarray(ins.bias, dtype=np.float64).tolist()), divisor,
             None if ins.mask is None else id(ins.mask), lin(ins.gated),
             None if ins.gated_bias is None
@@ -239,7 +240,7 @@ def _signature(ins: Instr, k: int, sig, plan: dict[Instr, Instr]) -> tuple:
     if ins in plan:
         return ("alias", sig(plan[ins].dst, k))
     return (ins.op.kind, ins.dst.width, tuple((sig(v, k), repr(at)) for v, at in ins.reads),
-            tuple(ins.linear), tuple(ins.products),
+            tuple(ins.linear), tuple(ins.products), ins.function,
             tuple(np.asarray(ins.bias, dtype=np.float64).tolist()),
             None if ins.divisor is None else sig(ins.divisor, k),
             None if ins.mask is None else id(ins.mask), tuple(ins.gated),
@@ -314,6 +315,7 @@ def _make_alias(ins: Instr, survivor: Instr) -> None:
     ins.bias = np.zeros(w)
     ins.divisor, ins.divisor_min, ins.divisor_tokens = None, 0.0, []
     ins.mask, ins.gated, ins.gated_bias = None, [], None
+    ins.function = None
     ins.dst.alias_of = survivor.dst
     ins.dst.absorbed_by = [survivor.op.index]
     ins.dst.bound = survivor.dst.bound
