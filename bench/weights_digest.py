@@ -38,7 +38,10 @@ NEW_FIELDS = frozenset({"format_version", "label", "written_slot", "cleared_slot
                         "fusion", "fusion_max_readers", "fusion_width_slack", "fusion_always",
                         "depth", "absorbed_by",
                         # common-subexpression elimination (compiler/cse.py): its switch
-                        "cse"})
+                        "cse",
+                        # the elementwise gadget's config (compiler/gadgets/elementwise.py)
+                        "apply_epsilon", "apply_kink_epsilon", "apply_sharpness",
+                        "apply_max_units", "apply_ghost_units"})
 
 
 def _strip(obj):
