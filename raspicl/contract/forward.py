@@ -887,7 +887,8 @@ class _Walk:
             f^(z') - f(z0) = d (z' - z0) + (f'(xi) - d)(z' - z0) + (f^(z') - f(z'))
         exactly (xi in the box), so the tape's edge is d and its local charge
         min(sup |f''| E, J + |d|) E (the box's curvature; at a kink, sup |f''| is infinite)
-        plus the gadget's epsilon and rounding (charges.elementwise_charge)."""
+        plus the gadget's epsilon and rounding (charges.elementwise_charge); for a user
+        function d = 0, and |f'(xi)| E <= J E is the whole first-order term."""
         width = len(ins.bias)
         fn = ins.cache.get("function")
         if fn is None:
@@ -911,8 +912,10 @@ class _Walk:
         for point, _ in fn.kinks:
             curv = np.where((a <= point) & (point <= b), np.inf, curv)
         d = fn.derivative(arg)
-        d = np.zeros_like(arg) if d is None else d
-        rem = np.minimum(curv * E, J + np.abs(d)) * E
+        if d is None:  # a user function: no f' to linearise on, so |f'(xi)| E <= J E whole
+            d, rem = np.zeros_like(arg), J * E
+        else:  # |f'(xi) - f'(z)| <= sup |f''| E, and <= J + |f'(z)| where f'' is unbounded
+            rem = np.minimum(curv * E, J + np.abs(d)) * E
         own = elementwise_charge(mag, np.abs(np.asarray(ins.bias)), ins.cache["coef sum"], mu,
                                  ins.function, self.u, self.kappa)
         local = self._part("apply remainder", rem) + self._part("apply gadget", own)
