@@ -9,7 +9,7 @@ VENV ?= .venv
 TORCH_CPU ?= torch==2.13.0
 BIN := $(VENV)/bin
 # The suite runs in this many pytest-xdist workers, one torch and BLAS thread each: its CPU time
-# is about 15 minutes on raspicl's 2-core machine, so two workers keep it near half that.
+# is 13-15 minutes on raspicl's 2-core machine, so two workers keep it near half that.
 # Work is handed out as workers free up (worksteal); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
