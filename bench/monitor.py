@@ -28,6 +28,7 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py, also when imported
 
 import torch  # noqa: E402
 from timing import best_of  # noqa: E402 (bench/timing.py)
@@ -44,14 +45,13 @@ CASES = [("gd_step", {"d": 4}), ("sherman_morrison", {"d": 4}), ("ridge", {"d": 
 BATCHES = (1, 1024)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="repeats per timing (best is kept)")
-    args = ap.parse_args()
+def table(repeats: int = 5) -> str:
+    """The table (one row per case and batch, both times and their ratio measured in one run)
+    and a closing line with the range of the ratios at each batch size."""
     head = (f"{'program':16s} {'params':10s} {'batch':>5s} {'ignore (ms)':>12s} "
             f"{'warn (ms)':>10s} {'ratio':>6s}")
-    print(head)
-    print("-" * len(head))
+    lines = [head, "-" * len(head)]
+    ratios: dict[int, list[float]] = {b: [] for b in BATCHES}
     for name, params in CASES:
         pf = find_program(name)
         program = pf.build(**params)
@@ -67,14 +67,25 @@ def main() -> int:
                     warnings.simplefilter("ignore", DomainWarning)
                     return cm.predict(prompts, check="warn")
 
-            t_plain = best_of(plain, args.repeats)
-            t_mon = best_of(monitored, args.repeats)
+            t_plain = best_of(plain, repeats)
+            t_mon = best_of(monitored, repeats)
+            ratios[batch].append(t_mon / t_plain)
             shown = " ".join(f"{k}={v}" for k, v in params.items())
-            print(f"{name:16s} {shown:10s} {batch:5d} {1e3 * t_plain:12.2f} {1e3 * t_mon:10.2f} "
-                  f"{t_mon / t_plain:6.1f}", flush=True)
-    print(f"\nbest of {args.repeats} repeats, torch threads per forward pass {threads_for()} "
-          f"(raspicl.model.threads_for); "
-          f"quote the ratios, not the times")
+            lines.append(f"{name:16s} {shown:10s} {batch:5d} {1e3 * t_plain:12.2f} "
+                         f"{1e3 * t_mon:10.2f} {t_mon / t_plain:6.1f}")
+    lines.append("")
+    lines.append(f"best of {repeats} repeats, torch threads per forward pass {threads_for()} "
+                 f"(raspicl.model.threads_for); quote the ratios, not the times")
+    lines.append("monitored / unmonitored: " + ", ".join(
+        f"{min(r):.1f}-{max(r):.1f}x at batch {b}" for b, r in ratios.items()))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per timing (best is kept)")
+    args = ap.parse_args()
+    print(table(args.repeats))
     return 0
 
 

@@ -199,6 +199,11 @@ def compiler_float32_table() -> str:
         pairs=[("ridge d=8 n=8", "paper"), ("batch_gd d=8 n=16 T=4", "paper")]))
 
 
+def compiler_monitor_cost() -> str:
+    """bench/monitor.py's table: cm.predict with and without the monitor (timings: seconds)."""
+    return _block(_bench("monitor").table())
+
+
 def compiler_divisor_findings() -> str:
     return _block(_bench("contract_findings").report("ridge d=8 n=8", "float32"))
 
@@ -321,6 +326,7 @@ FIGURES: dict[str, Figure] = {
                          quick=False),
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
     "compiler-float32-table": Figure(compiler_float32_table, quick=False),
+    "compiler-monitor-cost": Figure(compiler_monitor_cost, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
     **LANGUAGE,
     "elementwise-units": Figure(elementwise_units, quick=False),
