@@ -24,15 +24,17 @@ does not, so CompiledModel runs prompts with a non-finite token densely. The wei
 (and their export) are untouched.
 
 `attn` and `mlp` are the streamed pass: the one the runtime monitor and compile-time
-feasibility read, so its arithmetic fixes the compiled weights. `last`, for a caller who reads
-the final residual only (predict and run with check="ignore"), runs the faster transposed pass
-of raspicl.transposed on the same kept heads and units.
+feasibility read, so its arithmetic fixes the compiled weights; `streamed_last` adds them in
+place. A caller who reads the final residual only (predict and run with check="ignore") calls
+raspicl.transposed.last_residual, which on large batches runs the faster transposed pass on the
+same kept heads and units (that module builds on this one).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,11 +80,6 @@ SCRATCH_MAX_ENTRIES = 2**22
 # batch 1024 (one thread), the sum of their products' times was lowest at 8 in float64 (and
 # within 1% of it in float32) of the values 2-12 tried.
 GATHER_COST = 8
-# `last` runs the transposed pass from this many tokens (prompts x T) on, the streamed pass's
-# sublayers in place below it: the transposed pass does more operations per sublayer, which
-# cost more than they save on few tokens (one thread: the two broke even at 200-770 tokens
-# for the three bench programs; at batch 1 the streamed pass took 0.35-0.4 of the time).
-TRANSPOSED_MIN_TOKENS = 512
 
 
 class Scratch:
@@ -542,7 +539,8 @@ class CompactPlan:
         self.fixed = _fixed_patterns(embedding, self.attns, self.mlps)
         self._W_pos = embedding.pos_embed.W_pos
         self._patterns: dict[tuple, torch.Tensor] = {}
-        self._transposed = None  # raspicl.transposed.TransposedPass, built on first `last`
+        # this plan's raspicl.transposed.TransposedPass, made there on first use
+        self.transposed: Any = None
         self._scratch = Scratch(SCRATCH_MAX_ENTRIES)  # the streamed MLPs' intermediates
         self._key = key
 
@@ -614,20 +612,13 @@ class CompactPlan:
             out = _product(h, p.W_out, p.b_out, p.sparse_out, buf, "mlp out")
         return _add_rows(resid, p.out_rows, out, inplace)
 
-    def last(self, resid: torch.Tensor) -> torch.Tensor:
+    def streamed_last(self, resid: torch.Tensor) -> torch.Tensor:
         """The residual after the last sublayer, from the embedded one [B, T, D], written over
-        `resid` (returned), for a caller who reads the final residual only: the transposed
-        pass (raspicl.transposed.TransposedPass.last) from TRANSPOSED_MIN_TOKENS tokens on,
-        below that the streamed pass's sublayers added in place."""
-        if resid.shape[0] * resid.shape[1] < TRANSPOSED_MIN_TOKENS:
-            for run in range(len(self.order)):
-                resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
-            return resid
-        if self._transposed is None:
-            from raspicl.transposed import TransposedPass  # (it builds on this module)
-
-            self._transposed = TransposedPass(self)
-        return self._transposed.last(resid)
+        `resid` (returned): the streamed pass's sublayers added in place (what
+        raspicl.transposed.last_residual runs below TRANSPOSED_MIN_TOKENS tokens)."""
+        for run in range(len(self.order)):
+            resid = self.mlp(run, self.attn(run, resid, inplace=True), inplace=True)
+        return resid
 
     def work(self, model: Transformer) -> dict[str, float]:
         """Weight entries multiplied per token by the compact plan and by the dense pass (every

@@ -31,6 +31,7 @@ from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.prompts import Prompts
 from raspicl.sparse_weights import SparseWeights
+from raspicl.transposed import last_residual
 
 # At most this many findings are spelled out in a DomainError or as warnings; the rest are
 # counted.
@@ -232,9 +233,9 @@ class CompiledModel:
         with torch.no_grad():
             embedded = next(self.runner().stream(tok, threads=n))
             if tok.device.type != "cpu":
-                return plan.last(embedded)
+                return last_residual(plan, embedded)
             with torch_threads(threads_for(n)):
-                return plan.last(embedded)
+                return last_residual(plan, embedded)
 
     def plan(self) -> CompactPlan:
         """The compact execution plan of the current weights (built once, rebuilt if a

@@ -1,5 +1,5 @@
-"""The compact plan's transposed pass: the forward pass `CompactPlan.last` runs when no monitor
-reads the residuals (predict and run with check="ignore").
+"""The compact plan's transposed pass: the forward pass `last_residual` runs on large batches
+when no monitor reads the residuals (predict and run with check="ignore").
 
 It computes what the streamed pass (`CompactPlan.attn` and `.mlp`, which the runtime monitor and
 compile-time feasibility read, and whose arithmetic this module leaves as it is) computes, on
@@ -70,6 +70,11 @@ PAIR_MAX_ENTRIES = 2**20
 # ran sherman_morrison d = 4 in 0.86 and ridge d = 2 n = 4 in 0.77 of the unchunked time
 # (2^10: 0.97 and 1.29; 2^16: 1.0 and 0.96).
 CHUNK_TOKENS = 2**13
+# `last_residual` runs the transposed pass from this many tokens (prompts x T) on, the streamed
+# pass's sublayers in place below it: the transposed pass does more operations per sublayer,
+# which cost more than they save on few tokens (one thread: the two broke even at 200-770 tokens
+# for the three bench programs; at batch 1 the streamed pass took 0.35-0.4 of the time).
+TRANSPOSED_MIN_TOKENS = 512
 
 
 @dataclass
@@ -218,6 +223,18 @@ def _layer_norm_t(r2: torch.Tensor, p: TransposedMLP, dev: torch.Tensor,
     if p.w_ln is not None:
         x_t.mul_(p.w_ln)
     return x_t if p.b_ln is None else x_t.add_(p.b_ln)
+
+
+def last_residual(plan: CompactPlan, resid: torch.Tensor) -> torch.Tensor:
+    """The residual after the last sublayer, from the embedded one [B, T, D], written over
+    `resid` (returned), for a caller who reads the final residual only: the plan's transposed
+    pass (made once per plan, kept as plan.transposed) from TRANSPOSED_MIN_TOKENS tokens on,
+    below that the streamed pass's sublayers added in place (CompactPlan.streamed_last)."""
+    if resid.shape[0] * resid.shape[1] < TRANSPOSED_MIN_TOKENS:
+        return plan.streamed_last(resid)
+    if plan.transposed is None:
+        plan.transposed = TransposedPass(plan)
+    return plan.transposed.last(resid)
 
 
 class TransposedPass:

@@ -6,8 +6,8 @@ one relative to max(|dense|, 1) (a summation-order change is ~1e-16; the product
 divides GeLU outputs by e^2 with e down to ~1e-3, and the division anchors amplify it by up to
 ~1e6), and every prediction within the sum of the two passes' error bounds of the dense one
 (each pass lies within its own bound of the exact value). float32: the predictions within
-that sum of bounds. The same for the transposed pass `CompactPlan.last`, which predict and run
-make when no monitor reads the residuals. A larger program (LARGE) runs the sparse forms of
+that sum of bounds. The same for the transposed pass (`transposed.last_residual`), which predict
+and run make when no monitor reads the residuals. A larger program (LARGE) runs the sparse forms of
 its product gadgets' matrices (compact.Gathered, compact.Scattered) in both passes.
 """
 
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from raspicl import compact, random_prompts
+from raspicl import compact, random_prompts, transposed
 from raspicl.compact import CompactPlan
 from raspicl.errors import DomainWarning
 from raspicl.interpret import interpret
 from raspicl.registry import find_program
-from raspicl.transposed import TransposedPass
+from raspicl.transposed import TransposedPass, last_residual
 from raspicl.verify import compile_checked
 
 RESIDUAL_TOLERANCE = 1e-9
@@ -56,9 +56,9 @@ def bounded(cm, prompts):
 
 @pytest.fixture
 def transposed_always(monkeypatch):
-    """CompactPlan.last on the transposed pass whatever the batch (the tests' batches are
-    below TRANSPOSED_MIN_TOKENS)."""
-    monkeypatch.setattr(compact, "TRANSPOSED_MIN_TOKENS", 0)
+    """transposed.last_residual on the transposed pass whatever the batch (the tests' batches
+    are below TRANSPOSED_MIN_TOKENS)."""
+    monkeypatch.setattr(transposed, "TRANSPOSED_MIN_TOKENS", 0)
 
 
 @pytest.mark.parametrize("name,params,loops", [*CASES, LARGE])
@@ -77,8 +77,8 @@ def test_compact_matches_dense_float64(name, params, loops, transposed_always):
         assert float(err.max()) <= RESIDUAL_TOLERANCE, f"residual {i}: {err.max():.3g}"
     got, want = bounded(cm, prompts), bounded(dense, prompts)
     assert np.all(np.abs(got.values - want.values) <= got.bound + want.bound)
-    # the transposed pass (CompactPlan.last: predict and run without the monitor) too
-    last = cm.plan().last(torch.from_numpy(a[0].copy())).numpy()
+    # the transposed pass (last_residual: predict and run without the monitor) too
+    last = last_residual(cm.plan(), torch.from_numpy(a[0].copy())).numpy()
     err = np.abs(last - b[-1]) / np.maximum(np.abs(b[-1]), 1.0)
     assert float(err.max()) <= RESIDUAL_TOLERANCE, f"last residual: {err.max():.3g}"
     fast = cm.predict(prompts, check="ignore")
@@ -101,7 +101,7 @@ def test_compact_matches_dense_float32(name, params, loops, transposed_always):
     ok = np.isfinite(got.bound) & np.isfinite(want.bound)
     assert ok.mean() > 0.5
     assert np.all(np.abs(got.values - want.values)[ok] <= (got.bound + want.bound)[ok])
-    fast = cm.predict(prompts, check="ignore")  # the transposed pass (CompactPlan.last)
+    fast = cm.predict(prompts, check="ignore")  # the transposed pass (last_residual)
     assert np.all(np.abs(fast - want.values)[ok] <= (got.bound + want.bound)[ok])
 
 
@@ -156,17 +156,15 @@ def test_plan_follows_the_weights_and_nonfinite_prompts_run_dense():
 def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch, transposed_always):
     """The transposed pass in chunks of 2 prompts (an odd and an even batch: the padding
     prompts) against one chunk, and against the dense pass; it writes over its input."""
-    import raspicl.transposed as transposed
-
     program, cm = compiled("gd_step", {"d": 2}, "unroll")
     dense = dense_of(cm).residuals(random_prompts(batch, program.d, program.n, seed=4),
                                    check="ignore")
     embedded = torch.from_numpy(dense[0])
-    whole = cm.plan().last(embedded.clone())
+    whole = last_residual(cm.plan(), embedded.clone())
     T = embedded.shape[1]
     monkeypatch.setattr(transposed, "CHUNK_TOKENS", 2 * T)
     given = embedded.clone()
-    chunked = cm.plan().last(given)
+    chunked = last_residual(cm.plan(), given)
     assert chunked is given
     np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-12, atol=1e-12)
     err = np.abs(chunked.numpy() - dense[-1]) / np.maximum(np.abs(dense[-1]), 1.0)
@@ -174,14 +172,14 @@ def test_transposed_pass_in_chunks_matches_one_chunk(batch, monkeypatch, transpo
 
 
 def test_last_below_the_threshold_is_the_streamed_pass():
-    """Below TRANSPOSED_MIN_TOKENS, CompactPlan.last adds the streamed pass's sublayers in
+    """Below TRANSPOSED_MIN_TOKENS, last_residual adds the streamed pass's sublayers in
     place: the monitored pass's numbers exactly."""
     program, cm = compiled("sherman_morrison", {"d": 3}, "unroll")
     prompts = random_prompts(4, program.d, program.n, seed=6)
     res = cm.residuals(prompts, check="ignore")
-    assert res[0].shape[0] * res[0].shape[1] < compact.TRANSPOSED_MIN_TOKENS
+    assert res[0].shape[0] * res[0].shape[1] < transposed.TRANSPOSED_MIN_TOKENS
     given = torch.from_numpy(res[0].copy())
-    assert cm.plan().last(given) is given
+    assert last_residual(cm.plan(), given) is given
     np.testing.assert_array_equal(given.numpy(), res[-1])
 
 
@@ -206,7 +204,7 @@ def test_transposed_pass_with_scores_and_a_mean_pattern(transposed_always):
     T = dense[0].shape[1]
     assert not plan.fixed[layer] and plan.fixed[first]
     assert TransposedPass(plan)._fixed(first, T, torch.float64, torch.device("cpu"))[1] is None
-    last = plan.last(torch.from_numpy(dense[0].copy())).numpy()
+    last = last_residual(plan, torch.from_numpy(dense[0].copy())).numpy()
     streamed = cm.residuals(prompts, check="ignore")[-1]  # (no score column: scores all 0)
     for got in (last, streamed):
         err = np.abs(got - dense[-1]) / np.maximum(np.abs(dense[-1]), 1.0)

@@ -11,7 +11,6 @@ from dataclasses import replace
 
 from raspicl.arch import Architecture, get_arch
 from raspicl.compiled import CompiledModel
-from raspicl.compiler.anchors import with_ln_anchors
 from raspicl.compiler.assemble import Tuning, assemble, build_blocks
 from raspicl.compiler.calibrate import Domain
 from raspicl.compiler.config import CompilerConfig
@@ -25,7 +24,7 @@ from raspicl.compiler.feasibility import (
     tighten,
 )
 from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
-from raspicl.compiler.layout import Layout, lay_out
+from raspicl.compiler.layout import Layout, lay_out, with_ln_anchors
 from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations
 from raspicl.compiler.lower import Lowered, lower

@@ -45,35 +45,13 @@ Lowered.consts. Returns (and stores as Lowered.cse) a `CommonSubexpressions` rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from raspicl.compiler.ir import Instr, Lowered, Value
+from raspicl.compiler.records import Common, CommonSubexpressions
 from raspicl.lang.reads import Here, Where
 
 __all__ = ["Common", "CommonSubexpressions", "eliminate_common"]
-
-
-@dataclass(frozen=True)
-class Common:
-    """One duplicate: its value's label and op, and the survivor it reads instead."""
-
-    label: str
-    op: int
-    survivor: str
-    survivor_op: int
-
-
-@dataclass
-class CommonSubexpressions:
-    """What the pass did: the duplicates (program order), the constants a shared loop's
-    first iteration reads in place of an equal one (label, survivor label), and how many
-    duplicates were left computed so that a shared loop's iterations stay identical."""
-
-    common: list[Common] = field(default_factory=list)
-    merged: list[tuple[str, str]] = field(default_factory=list)
-    kept_for_loops: int = 0
 
 
 # A read fix: (instruction position, read index) -> the value that read takes instead.

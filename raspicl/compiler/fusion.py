@@ -40,12 +40,12 @@ schedule of the op kinds needs, reported beside the achieved depth.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from raspicl.compiler.config import CompilerConfig
 from raspicl.compiler.ir import Instr, Lowered, Value
+from raspicl.compiler.records import FusedValue, Fusion
 from raspicl.lang.reads import Here, Where, compose
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
@@ -61,25 +61,6 @@ __all__ = [
     "prefer_fused",
     "stored",
 ]
-
-
-@dataclass(frozen=True)
-class FusedValue:
-    """One value fused away: its label, the op that defined it and the ops that absorbed it."""
-
-    label: str
-    op: int
-    absorbed_by: tuple[int, ...]
-
-
-@dataclass
-class Fusion:
-    """What the pass did: the fused values (program order) and the critical-path depth."""
-
-    fused: list[FusedValue] = field(default_factory=list)
-    critical_path: int = 1
-    rejected: int = 0  # values the pass fused in a layout that was not kept
-    note: str | None = None  # why the fused layout was not kept, when it failed to compile
 
 
 def prefer_fused(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from raspicl.compiler.records import CommonSubexpressions, Fusion
 from raspicl.lang.functions import Elementwise
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
@@ -23,8 +24,6 @@ from raspicl.lang.reads import Where
 
 if TYPE_CHECKING:
     from raspicl.compiler.calibrate import Calibration
-    from raspicl.compiler.cse import CommonSubexpressions
-    from raspicl.compiler.fusion import Fusion
 
 
 @dataclass(eq=False)

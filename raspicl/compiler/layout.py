@@ -9,14 +9,17 @@ number of writes.
 Sets `Value.rows` on every value (inputs, constants, masks, op results, temporaries; a fused
 value, fusion.py, has none); reads the
 clear slots liveness decided (a row is free from its value's clear slot on). The Layout it
-returns carries that Liveness on to assemble and describe.
+returns carries that Liveness on to assemble and describe. A target that reads every sublayer
+through a LayerNorm (gpt2) then gets two more fixed rows, its constant anchors
+(`with_ln_anchors`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from raspicl.compiler.liveness import Liveness
+from raspicl.arch import LN_ANCHOR_ROWS
+from raspicl.compiler.clears import Liveness
 from raspicl.compiler.lower import Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.errors import CompileError
@@ -86,6 +89,17 @@ def lay_out(low: Lowered, sched: Schedule, live: Liveness) -> Layout:
             tag = v.label if v.width == 1 else f"{v.label}[{k}]"
             names[r] = tag if not names[r] else f"{names[r]}|{tag}"
     return Layout(d_model, fixed, placed, names, live)
+
+
+def with_ln_anchors(layout: Layout) -> Layout:
+    """The layout with the rows ln_pos and ln_neg appended (fixed rows, never cleared, never
+    read by any head or unit: W_pos writes +N and -N there at every token)."""
+    fixed = dict(layout.fixed)
+    names = list(layout.row_names)
+    for name in LN_ANCHOR_ROWS:
+        fixed[name] = len(names)
+        names.append(name)
+    return replace(layout, d_model=len(names), fixed=fixed, row_names=names)
 
 
 def _find_run(free_from: list[float], width: int, slot: int) -> int | None:

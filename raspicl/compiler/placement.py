@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from raspicl.compiler.clears import NEVER, clear_slot_of
 from raspicl.compiler.fusion import definitions, operands, place_fused, stored
-from raspicl.compiler.liveness import NEVER, clear_slot_of
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.errors import CompileError
 from raspicl.slots import attn_slot, is_attn, is_mlp, mlp_slot, run_of

@@ -34,7 +34,7 @@ import numpy as np
 from raspicl.errors import ProgramError
 from raspicl.lang.ops import Op, all_finite, fail, is_symbolic_value, linear_terms, product_terms
 from raspicl.lang.reads import Here, Offset, Read, compose
-from raspicl.lang.registers import Register, Shape, shape_name
+from raspicl.lang.registers import Arithmetic, Register, Shape, shape_name
 from raspicl.lang.source import SourceLocation, caller_location
 
 # Distribute a product over a factor that is a sum of reads when that makes at most this many
@@ -740,5 +740,8 @@ def emit(prog, dst: str | Register, e: Expr, note: str = "") -> Register:
     )
     return prog._add(op)
 
+
+# registers and reads get their operators from as_expr (raspicl.lang.registers.Arithmetic)
+Arithmetic.as_expr = staticmethod(as_expr)
 
 __all__ = ["DISTRIBUTE_RATIO", "Expr", "as_expr", "constant", "eye", "matmul", "outer", "transpose"]

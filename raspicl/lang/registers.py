@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from raspicl.lang.source import UNKNOWN, SourceLocation
 
@@ -21,14 +23,20 @@ def shape_name(shape: Shape) -> str:
 
 class Arithmetic:
     """Operators on registers and reads: each builds a lazy expression (raspicl.lang.expr),
-    written to the program only when bound with p.let() (or where an op must exist)."""
+    written to the program only when bound with p.let() (or where an op must exist).
+
+    The expression module builds on this one (an expression reads registers), so it is the one
+    that connects the two: on import it installs its `as_expr` as `Arithmetic.as_expr`. Every
+    raspicl.lang module is imported through raspicl/lang/__init__.py, which imports it."""
 
     __array_ufunc__ = None  # numpy defers to the reflected operators (2.0 * r, M @ r)
+    # register or read -> its Expr: raspicl.lang.expr.as_expr, installed by that module
+    as_expr: ClassVar[Callable[[Arithmetic], Any] | None] = None
 
     def _expr(self):
-        from raspicl.lang.expr import as_expr
-
-        return as_expr(self)
+        if Arithmetic.as_expr is None:
+            raise RuntimeError("raspicl.lang.expr is not imported: import raspicl.lang")
+        return Arithmetic.as_expr(self)
 
     def __add__(self, other):
         return self._expr() + other
