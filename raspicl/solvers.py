@@ -535,3 +535,30 @@ def logistic_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int
         r = sigmoid(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
         out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
     return out
+
+
+def logistic_sgd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float) -> Array:
+    """One-pass stochastic gradient descent on the logistic (cross-entropy) loss, in order.
+
+    Formula, for i = 1 .. n:
+        w_i = w_{i-1} - lr * (sigmoid(x_i^T w_{i-1}) - y_i) x_i
+    which is w - lr * grad_w l_i(w) for the loss of example i alone,
+    l_i(w) = log(1 + e^{x_i^T w}) - y_i x_i^T w (labels y_i in {0, 1}; any real y_i is
+    accepted and used as it stands, as in logistic_gd).
+
+    Shapes: X [B, n, d], y [B, n], w0 [d] or [B, d] -> iterates [B, n+1, d], where [:, 0] is
+    w0 and [:, i] is w_i.
+
+    Why: reference for the compiled `logistic_sgd` program (a scan with a sigmoid in its
+    step), written with numpy's own products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    lr = _scalar("lr", lr)
+    out = np.empty((B, n + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for i in range(n):
+        w, x = out[:, i], X[:, i]
+        r = sigmoid(np.einsum("bd,bd->b", x, w)) - y[:, i]  # [B]
+        out[:, i + 1] = w - lr * r[:, None] * x
+    return out

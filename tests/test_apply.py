@@ -345,6 +345,52 @@ def test_logistic_gd_verifies_in_float64(arch):
         assert r.status == "PASS", r
 
 
+# ------------------------------------------------------------------ logistic_sgd
+
+
+@pytest.mark.parametrize("params", find_program("logistic_sgd").grid)
+def test_logistic_sgd_interpreter_against_numpy(params):
+    """The scan with a sigmoid in its step (clamped: x_i sigmoid(0) = 0 at token 0) against
+    solvers.logistic_sgd, at every x token and the query, on the prompts it serves."""
+    pf = find_program("logistic_sgd")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=4)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, p.n + 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_logistic_sgd_is_a_loop_of_identical_steps_with_its_sigmoid_inside():
+    """Every iteration applies the sigmoid once (n applies in the loop, one for the
+    prediction); the product x_i y_i alone is before the loop."""
+    p = find_program("logistic_sgd").build(d=2, n=4)
+    applies = [op for op in p.ops if op.kind == "apply"]
+    assert [op.loop is not None for op in applies] == [True] * 4 + [False]
+    assert [op.kind for op in p.ops if op.kind == "select" and op.loop is not None] == []
+    hoisted = [op for op in p.ops if op.kind == "mul" and op.loop is None
+               and {r.register.name for r in op.reads} == {"logistic_sgd_x", "y"}]
+    assert len(hoisted) == 1
+
+
+@pytest.mark.parametrize("arch", ("paper", "gpt2"))
+def test_logistic_sgd_compiled_float32_against_numpy(arch):
+    pf = find_program("logistic_sgd")
+    params = pf.grid[0]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"), domain=pf.domain,
+                             arch=arch).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3)
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
 # ------------------------------------------------------------------ config
 
 

@@ -230,6 +230,7 @@ def _form(p: Program) -> str:
         ("nlms", {}, "clamped"),  # w + mu 0 (0 - 0) / (eps + 0) = w
         ("rls_forget", {}, "select"),  # P / beta != P
         ("sgd_averaged", {}, "select"),  # k + 1 != k
+        ("logistic_sgd", {}, "clamped"),  # w - lr (0 sigmoid(0 w) - 0 y) = w
     ],
 )
 def test_bundled_scans_choose_their_form(name, params, form):

@@ -79,6 +79,30 @@ def test_sgd_single_example_equals_gd_step():
     )
 
 
+def test_logistic_sgd_steps_down_each_examples_loss_in_order():
+    """Each iterate is the one before minus lr times the finite-difference gradient of that
+    example's logistic loss log(1 + e^z) - y z, z = x^T w; one example is one logistic_gd
+    step."""
+    rng = _rng(23)
+    B, n, d, lr = 3, 4, 3, 0.3
+    X, y, w0 = rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=d)
+    got = solvers.logistic_sgd(X, y, w0, lr)
+    assert got.shape == (B, n + 1, d)
+    np.testing.assert_array_equal(got[:, 0], np.tile(w0, (B, 1)))
+    for b in range(B):
+        for i in range(n):
+
+            def loss(v, b=b, i=i):
+                z = X[b, i] @ v
+                return math.log1p(math.exp(z)) - y[b, i] * z
+
+            want = got[b, i] - lr * _central_grad(loss, got[b, i])
+            np.testing.assert_allclose(got[b, i + 1], want, atol=1e-7)
+    np.testing.assert_allclose(solvers.logistic_sgd(X[:, :1], y[:, :1], w0, lr)[:, 1],
+                               solvers.logistic_gd(X[:, :1], y[:, :1], w0, lr, 1)[:, 1],
+                               rtol=0, atol=1e-15)
+
+
 def test_batch_gd_one_step_matches_finite_difference_of_mean_loss():
     rng = _rng(4)
     B, n, d, lr, lam = 3, 7, 4, 0.03, 0.25
