@@ -562,3 +562,44 @@ def logistic_sgd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float) -> Array:
         r = sigmoid(np.einsum("bd,bd->b", x, w)) - y[:, i]  # [B]
         out[:, i + 1] = w - lr * r[:, None] * x
     return out
+
+
+def soft_threshold(v: ArrayLike, t: float) -> Array:
+    """The proximal map of t |.|_1, entry by entry: sign(v) max(|v| - t, 0) (t >= 0)."""
+    v = np.asarray(v, dtype=np.float64)
+    t = _scalar("t", t, nonneg=True)
+    return np.sign(v) * np.maximum(np.abs(v) - t, 0.0)
+
+
+def lasso_ista(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, lam: float,
+               steps: int) -> Array:
+    """Proximal gradient descent (ISTA) on the lasso loss.
+
+    Formula, with S = X^T X / n and b = X^T y / n, for t = 1 .. T (T = steps):
+        w_t = soft_threshold(w_{t-1} - lr * (S w_{t-1} - b), lr * lam)
+    the gradient step on the smooth part of
+        L(w) = (1/(2n)) * sum_i (x_i^T w - y_i)^2 + lam * ||w||_1
+    followed by the proximal map of lr * lam * ||.||_1 (soft_threshold).
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], w0 [d] or [B, d] -> iterates [B, steps+1, d],
+    where [:, 0] is w0. lr is any finite real, lam >= 0 (lr * lam >= 0), steps >= 0.
+
+    Why: reference for the compiled `lasso_ista` program (a soft-threshold gadget per
+    step), written with numpy's own matrix products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    lr = _scalar("lr", lr)
+    lam = _scalar("lam", lam, nonneg=True)
+    steps = _count("steps", steps, minimum=0)
+    S = np.einsum("bni,bnj->bij", X, X) / n  # [B, d, d]
+    b = np.einsum("bni,bn->bi", X, y) / n  # [B, d]
+    out = np.empty((B, steps + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for t in range(steps):
+        w = out[:, t]
+        v = w - lr * (np.einsum("bij,bj->bi", S, w) - b)
+        out[:, t + 1] = soft_threshold(v, lr * lam)
+    return out

@@ -391,6 +391,40 @@ def test_logistic_sgd_compiled_float32_against_numpy(arch):
     assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
 
 
+# ------------------------------------------------------------------ lasso_ista
+
+
+@pytest.mark.parametrize("params", find_program("lasso_ista").grid
+                         + [{"d": 2, "n": 3, "T": 3, "lam": 2.0, "w0": [1.0, -1.0]}])
+def test_lasso_ista_interpreter_against_numpy(params):
+    """T proximal steps on the mean statistics, the soft-threshold applied to every
+    component, against solvers.lasso_ista at the query (a large lam zeroes components)."""
+    pf = find_program("lasso_ista")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=6)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_lasso_ista_compiled_float32_paper_against_numpy():
+    pf = find_program("lasso_ista")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32", tolerance=1e-3),
+                             domain=pf.domain).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3)
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
 # ------------------------------------------------------------------ config
 
 

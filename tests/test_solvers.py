@@ -103,6 +103,26 @@ def test_logistic_sgd_steps_down_each_examples_loss_in_order():
                                rtol=0, atol=1e-15)
 
 
+def test_lasso_ista_converges_to_a_point_meeting_the_lasso_optimality_conditions():
+    """After many ISTA steps at a stable step size, w satisfies the subgradient conditions
+    of (1/(2n)) |X w - y|^2 + lam |w|_1: g_j = -lam sign(w_j) where w_j != 0, |g_j| <= lam
+    where w_j = 0, g = S w - b; and lam = 0 is plain GD on that loss (batch_gd's, halved)."""
+    rng = _rng(24)
+    B, n, d, lam = 4, 8, 3, 0.4
+    X, y = rng.normal(size=(B, n, d)), rng.normal(size=(B, n))
+    w = solvers.lasso_ista(X, y, np.zeros(d), 0.1, lam, 3000)[:, -1]
+    g = np.einsum("bni,bnj,bj->bi", X, X, w) / n - np.einsum("bni,bn->bi", X, y) / n
+    nz = w != 0
+    assert nz.any() and (~nz).any()
+    np.testing.assert_allclose(g[nz], -lam * np.sign(w[nz]), atol=1e-9)
+    assert np.all(np.abs(g[~nz]) <= lam + 1e-9)
+    np.testing.assert_allclose(solvers.lasso_ista(X, y, np.ones(d), 0.1, 0.0, 5),
+                               solvers.batch_gd(X, y, np.ones(d), 0.05, 0.0, 5),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(solvers.soft_threshold([-2.0, -0.5, 0.0, 0.5, 2.0], 1.0),
+                                  [-1.0, 0.0, 0.0, 0.0, 1.0])
+
+
 def test_batch_gd_one_step_matches_finite_difference_of_mean_loss():
     rng = _rng(4)
     B, n, d, lr, lam = 3, 7, 4, 0.03, 0.25
