@@ -603,3 +603,33 @@ def lasso_ista(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, lam: float,
         v = w - lr * (np.einsum("bij,bj->bi", S, w) - b)
         out[:, t + 1] = soft_threshold(v, lr * lam)
     return out
+
+
+def poisson_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int) -> Array:
+    """Full-batch gradient descent on the mean Poisson negative log-likelihood, exp link.
+
+    Formula, for t = 1 .. T (T = steps):
+        w_t = w_{t-1} - lr * (1/n) * sum_i (exp(x_i^T w_{t-1}) - y_i) x_i
+    which is w - lr * grad_w L(w) for L(w) = (1/n) sum_i [exp(x_i^T w) - y_i x_i^T w] (the
+    negative log-likelihood of counts y_i with mean exp(x_i^T w), up to a constant; any real
+    y_i is accepted and used as it stands).
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], w0 [d] or [B, d] -> iterates [B, steps+1, d],
+    where [:, 0] is w0.
+
+    Why: reference for the compiled `poisson_gd` program (a GLM with an exp link, each exp a
+    certified gadget), written with numpy's own matrix products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    lr = _scalar("lr", lr)
+    steps = _count("steps", steps, minimum=0)
+    out = np.empty((B, steps + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for t in range(1, steps + 1):
+        w = out[:, t - 1]
+        r = np.exp(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
+        out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
+    return out

@@ -425,6 +425,54 @@ def test_lasso_ista_compiled_float32_paper_against_numpy():
     assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
 
 
+# ------------------------------------------------------------------ poisson_gd
+
+
+@pytest.mark.parametrize("params", find_program("poisson_gd").grid)
+def test_poisson_gd_interpreter_against_numpy(params):
+    pf = find_program("poisson_gd")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=7)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_poisson_gd_keeps_its_exp_arguments_in_range_on_its_domain():
+    """What DOMAIN says: on the GRID's sizes, every argument of an exp that the query's
+    prediction depends on (x_j^T w_t at the query token, w_T^T x_q) lies in [-zmax, zmax]."""
+    pf = find_program("poisson_gd")
+    for params in pf.grid:
+        p = pf.build(**params)
+        prompts = pf.domain.sample(2000, p.d, p.n, seed=8)
+        trace = interpret(p, prompts)
+        zmax = p.params["zmax"]
+        for op in p.ops:
+            if op.kind == "apply":
+                arg = trace.after[op.index - 1][:, -1]  # its argument, written just before
+                assert p.ops[op.index - 1].dst.name == op.reads[0].register.name
+                assert np.abs(arg).max() <= zmax, (params, op.dst.name)
+
+
+@pytest.mark.parametrize("arch", ("paper", "gpt2"))
+def test_poisson_gd_compiled_float32_against_numpy(arch):
+    pf = find_program("poisson_gd")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"), domain=pf.domain,
+                             arch=arch).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3 * np.maximum(np.abs(ref[acc]), 1))
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
 # ------------------------------------------------------------------ config
 
 

@@ -123,6 +123,25 @@ def test_lasso_ista_converges_to_a_point_meeting_the_lasso_optimality_conditions
                                   [-1.0, 0.0, 0.0, 0.0, 1.0])
 
 
+def test_poisson_gd_steps_down_the_mean_poisson_loss():
+    """Each iterate is the one before minus lr times the finite-difference gradient of the
+    mean loss (1/n) sum_i exp(x_i^T w) - y_i x_i^T w."""
+    rng = _rng(25)
+    B, n, d, lr = 3, 5, 2, 0.05
+    X, y, w0 = 0.5 * rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=d)
+    got = solvers.poisson_gd(X, y, w0, lr, 3)
+    assert got.shape == (B, 4, d)
+    for b in range(B):
+        for t in range(3):
+
+            def loss(v, b=b):
+                z = X[b] @ v
+                return float(np.mean(np.exp(z) - y[b] * z))
+
+            want = got[b, t] - lr * _central_grad(loss, got[b, t])
+            np.testing.assert_allclose(got[b, t + 1], want, atol=1e-8)
+
+
 def test_batch_gd_one_step_matches_finite_difference_of_mean_loss():
     rng = _rng(4)
     B, n, d, lr, lam = 3, 7, 4, 0.03, 0.25
