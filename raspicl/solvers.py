@@ -633,3 +633,25 @@ def poisson_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int)
         r = np.exp(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
         out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
     return out
+
+
+def kernel_smoother(X: ArrayLike, y: ArrayLike, xq: ArrayLike, h: float) -> Array:
+    """The Nadaraya-Watson estimate at xq with a Gaussian (RBF) kernel of bandwidth h.
+
+    Formula:
+        k_i = exp(-|xq - x_i|^2 / (2 h^2)),   prediction  sum_i k_i y_i / sum_i k_i.
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], xq [B, d] -> [B]. h > 0.
+
+    Why: reference for the compiled `kernel_smoother` program (one exp gadget per example,
+    then a division), written with numpy, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    xq = _as_array("xq", xq, 2, "[B, d]")
+    _check_dim("xq", "[B, d]", xq.shape, 1, d, "d (from X)")
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) to average")
+    h = _scalar("h", h, positive=True)
+    k = np.exp(-np.sum((X - xq[:, None, :]) ** 2, axis=2) / (2.0 * h * h))  # [B, n]
+    return np.sum(k * y, axis=1) / np.sum(k, axis=1)

@@ -28,7 +28,7 @@ from raspicl.contract.charges import GELU_SLOPE, elementwise_charge
 from raspicl.errors import ConfigError
 from raspicl.lang.functions import elementwise, smooth
 from raspicl.model import gelu
-from raspicl.prompts import PromptDistribution
+from raspicl.prompts import PromptDistribution, Prompts
 from raspicl.registry import find_program
 from raspicl.symbolic import register_expressions, run_symbolic
 
@@ -463,6 +463,51 @@ def test_poisson_gd_compiled_float32_against_numpy(arch):
         warnings.simplefilter("ignore")
         cm = compile_program(p, CompilerConfig.for_dtype("float32"), domain=pf.domain,
                              arch=arch).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3 * np.maximum(np.abs(ref[acc]), 1))
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
+# ------------------------------------------------------------------ kernel_smoother
+
+
+@pytest.mark.parametrize("params", find_program("kernel_smoother").grid)
+def test_kernel_smoother_interpreter_against_numpy(params):
+    pf = find_program("kernel_smoother")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=9)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_kernel_smoother_weights_by_distance():
+    """An example at the query dominates one far from it, the more so the narrower h; one
+    example alone is its own y."""
+    pf = find_program("kernel_smoother")
+    X = np.array([[[0.1, 0.0], [2.0, 2.0]]])
+    y, xq = np.array([[1.0, -1.0]]), np.array([[0.0, 0.0]])
+    prompts = Prompts(X, y, xq, np.zeros((1, 2)))
+    wide, narrow = (interpret(pf.build(d=2, n=2, h=h), prompts).output()[0, 0, 0]
+                    for h in (3.0, 1.0))
+    assert 0 < wide < narrow < 1
+    one = Prompts(X[:, :1], y[:, :1], xq, np.zeros((1, 2)))
+    assert interpret(pf.build(d=2, n=1), one).output()[0, 0, 0] == pytest.approx(1.0)
+
+
+def test_kernel_smoother_compiled_float32_against_numpy():
+    pf = find_program("kernel_smoother")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"),
+                             domain=pf.domain).to(torch.float32)
         prompts = random_prompts(200, p.d, p.n, seed=5)
         out = cm.run(prompts, check="warn")
     ref = pf.reference(prompts, **params)[:, :, None]

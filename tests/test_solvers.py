@@ -142,6 +142,20 @@ def test_poisson_gd_steps_down_the_mean_poisson_loss():
             np.testing.assert_allclose(got[b, t + 1], want, atol=1e-8)
 
 
+def test_kernel_smoother_is_a_weighted_mean_by_a_python_loop():
+    rng = _rng(26)
+    B, n, d, h = 3, 4, 2, 0.8
+    X, y, xq = rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=(B, d))
+    got = solvers.kernel_smoother(X, y, xq, h)
+    for b in range(B):
+        k = [math.exp(-sum((xq[b, i] - X[b, j, i]) ** 2 for i in range(d)) / (2 * h * h))
+             for j in range(n)]
+        assert got[b] == pytest.approx(sum(kj * yj for kj, yj in zip(k, y[b])) / sum(k),
+                                       rel=1e-13)
+    with pytest.raises(ValueError, match="^h "):
+        solvers.kernel_smoother(X, y, xq, 0.0)
+
+
 def test_batch_gd_one_step_matches_finite_difference_of_mean_loss():
     rng = _rng(4)
     B, n, d, lr, lam = 3, 7, 4, 0.03, 0.25
