@@ -150,8 +150,8 @@ def test_kernel_smoother_is_a_weighted_mean_by_a_python_loop():
     for b in range(B):
         k = [math.exp(-sum((xq[b, i] - X[b, j, i]) ** 2 for i in range(d)) / (2 * h * h))
              for j in range(n)]
-        assert got[b] == pytest.approx(sum(kj * yj for kj, yj in zip(k, y[b])) / sum(k),
-                                       rel=1e-13)
+        num = sum(kj * yj for kj, yj in zip(k, y[b], strict=True))
+        assert got[b] == pytest.approx(num / sum(k), rel=1e-13)
     with pytest.raises(ValueError, match="^h "):
         solvers.kernel_smoother(X, y, xq, 0.0)
 
