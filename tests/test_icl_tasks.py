@@ -222,3 +222,35 @@ def test_train_flags_are_checked(tmp_path, capsys):
     assert config["task"]["kind"] == "sparse" and config["task"]["sparsity"] == 1
     assert main(["train", "--resume", "--task", "sparse", "--out", str(tmp_path / "m")]) == 2
     assert "do not give --task" in capsys.readouterr().err
+
+
+def test_compiled_logistic_gd_is_compared_on_logistic_prompts():
+    """`raspicl compare` draws a compiled logistic_gd's prompts from the logistic task
+    (controls.PROGRAM_TASKS), and a trained model's from its recorded task."""
+    from types import SimpleNamespace
+
+    from raspicl.icl.cli_analysis import task_for
+
+    compiled = SimpleNamespace(name="c", d=2, n=3, task_kind="logistic")
+    assert task_for(compiled, None) == RegressionTask(2, 3, kind="logistic")
+    trained = SimpleNamespace(name="t", meta={"task": {"d": 3, "n": 5, "noise": 0.0,
+                                                       "w_scale": 1.0, "kind": "sparse",
+                                                       "sparsity": 2}})
+    assert task_for(trained, None) == RegressionTask(3, 5, kind="sparse", sparsity=2)
+
+
+@pytest.mark.slow
+def test_compiled_logistic_gd_control_is_its_own_algorithm():
+    """A compiled logistic_gd (about 20 s: its sigmoid gadget is certified) matches its own
+    algorithm, logistic_gd(T=1, lr=0.1), to rounding, and that is the best match."""
+    from raspicl.icl import metrics as M
+    from raspicl.icl.controls import compile_control, merge_learners
+
+    cp = compile_control("logistic_gd", d=2, n=3, T=1)
+    assert cp.task_kind == "logistic"
+    task = RegressionTask(2, 3, kind="logistic")
+    refs = merge_learners(L.reference_learners(task), cp.program_learners())
+    p = task.sample(64, 0)
+    c = M.compare(cp, refs, p, ilwd_prompts=8, targets=task.targets(p))
+    assert c.best_match == "logistic_gd(T=1, lr=0.1)"
+    assert c.mean_spd["logistic_gd(T=1, lr=0.1)"] < 1e-18
