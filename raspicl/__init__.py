@@ -1,8 +1,12 @@
 """raspicl: compile in-context learning algorithms into explicit transformer weights.
 
 Write a learning algorithm as a Program (raspicl.lang), run it in the float64 interpreter
-(raspicl.interpret), compile it to a torch transformer (raspicl.compile) and verify the weights
-against the interpreter and independent solvers (raspicl.verify).
+(raspicl.interpret), compile it to a torch transformer (raspicl.compiler.compile_program) and
+verify the weights against the interpreter and independent solvers (raspicl.verify).
+
+`__all__` is the public surface that docs/index.md ("Public API") lists, with the entry points
+that live in their own modules (compiler, export, verify, inspect: they load torch, which
+importing this package does not); tests/test_public_api.py keeps the two equal.
 """
 
 from raspicl import solvers
@@ -35,8 +39,16 @@ from raspicl.prompts import PromptDistribution, Prompts, random_prompts
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "CompileError", "ConfigError", "ContractWarning", "DomainError", "DomainWarning",
-    "ExportError", "Here", "LoadError", "Mean", "Offset", "Output", "Program", "ProgramError",
-    "PromptDistribution", "PromptFormat", "Prompts", "ROLES", "RaspiclError", "Read",
-    "Register", "Trace", "interpret", "random_prompts", "solvers",
+    # programs and places
+    "Program", "Read", "Here", "Offset", "At", "Mean", "Register", "Output", "PromptFormat",
+    "ROLES",
+    # the interpreter
+    "interpret", "Trace",
+    # prompts
+    "Prompts", "PromptDistribution", "random_prompts",
+    # reference solvers
+    "solvers",
+    # errors and warnings
+    "RaspiclError", "ProgramError", "CompileError", "ConfigError", "DomainError", "DomainWarning",
+    "ContractWarning", "ExportError", "LoadError",
 ]

@@ -16,6 +16,9 @@ it), and imports of anything outside raspicl are ignored.
 
 The found cycles must equal KNOWN_CYCLES exactly: a new cycle fails the test, and so does a
 known one that is gone (remove it from the list), so the list only shrinks and stays true.
+
+One more import rule: the passes after fusion (FUSION_READERS) do not reach
+raspicl/compiler/fusion.py at all; they read the pass's typed result on Lowered.
 """
 
 from __future__ import annotations
@@ -205,3 +208,23 @@ def test_no_import_cycles_but_the_known_ones():
         msg.append("a known cycle is no longer found (take it out of KNOWN_CYCLES, or put the "
                    "files it now has there): " + ", ".join(sorted(c)))
     assert not msg, "\n".join(msg)
+
+
+# The passes after fusion read its typed result on Lowered (ir.FusedDefinitions, records.Fusion)
+# and never call back into the pass: fusion.py runs once, from compile_program (issue 24).
+FUSION_READERS = ("raspicl.compiler.placement", "raspicl.compiler.temporaries",
+                  "raspicl.compiler.layout", "raspicl.compiler.liveness",
+                  "raspicl.compiler.assemble", "raspicl.compiler.describe")
+
+
+def test_passes_after_fusion_do_not_import_it():
+    """Placement, temporaries, layout, liveness, assembly and describe do not import
+    raspicl.compiler.fusion, directly or through the modules they import."""
+    graph = import_graph()
+    for module in FUSION_READERS:
+        seen, todo = set(), [module]
+        while todo:
+            for m in graph[todo.pop()] - seen:
+                seen.add(m)
+                todo.append(m)
+        assert "raspicl.compiler.fusion" not in seen, f"{module} reaches compiler/fusion.py"

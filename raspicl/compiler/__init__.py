@@ -23,7 +23,8 @@ from raspicl.compiler.feasibility import (
     retune,
     tighten,
 )
-from raspicl.compiler.fusion import Fusion, copy_lowered, fuse, prefer_fused
+from raspicl.compiler.fusion import fuse, prefer_fused
+from raspicl.compiler.ir import copy_lowered
 from raspicl.compiler.layout import Layout, lay_out, with_ln_anchors
 from raspicl.compiler.liveness import liveness
 from raspicl.compiler.loops import link_iterations
@@ -46,14 +47,20 @@ def fuse_and_lay_out(low: Lowered, config: CompilerConfig, share: bool,
                      arch: Architecture) -> list[tuple[Lowered, Schedule, Layout]]:
     """The layouts to compile, best first: the program fused (fusion.py) when
     fusion.prefer_fused keeps it (fewer blocks, or as many in a narrower stream), then the
-    program as written, which compile_program falls back to if the fused one fails."""
+    program as written, which compile_program falls back to if the fused one fails.
+
+    The fusion pass runs once per candidate, before it is scheduled: on the program as
+    written with fusion off (it records the critical path and cse.py's aliases), on the
+    program to fuse with config's. Scheduling and layout read its result on Lowered."""
     if not config.fusion:
-        fuse(low, config, share_loops=share)  # records the critical path only
+        fuse(low, config, share_loops=share)  # fuses nothing: records the critical path only
         return [_place_and_lay_out(low, share, arch)]
-    plain = _place_and_lay_out(copy_lowered(low), share, arch)
+    as_written = copy_lowered(low)
+    fuse(as_written, replace(config, fusion=False), share_loops=share)
+    plain = _place_and_lay_out(as_written, share, arch)
     fuse(low, config, share_loops=share)
-    crit, n_fused = low.fusion.critical_path, len(low.fusion.fused)
-    plain[0].fusion = Fusion([], crit, rejected=n_fused)
+    n_fused = len(low.fusion.fused)
+    as_written.fusion.rejected = n_fused
     if not n_fused:
         return [plain]
     fused = _place_and_lay_out(low, share, arch)

@@ -1,4 +1,8 @@
-"""Assembly: gadgets for every scheduled instruction, filled into a Transformer's weights."""
+"""Assembly: gadgets for every scheduled instruction, filled into a Transformer's weights.
+
+A fused value (fusion.py) is computed inside the ops that absorb it: assembly reads its
+definition from the fusion pass's result, `Lowered.fused_defs` (ir.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import torch
 
 from raspicl.arch import anchor_levels
 from raspicl.compiler.config import CompilerConfig
-from raspicl.compiler.fusion import compose, definitions
 from raspicl.compiler.gadgets.attention import (
     HeadSpec,
     pattern_entries,
@@ -39,13 +42,14 @@ from raspicl.compiler.gadgets.mlp import (
     product_params,
     product_units,
 )
+from raspicl.compiler.ir import FusedDefinitions
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.loops import describe_row_mismatch
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.contract import ProductPair
 from raspicl.errors import CompileError
-from raspicl.lang.reads import Here
+from raspicl.lang.reads import Here, compose
 from raspicl.model import LayerNorm, ModelConfig, Transformer
 from raspicl.sparse_weights import SparseArray, SparseWeights
 
@@ -109,7 +113,7 @@ def build_blocks(low: Lowered, sched: Schedule, layout: Layout, config: Compiler
             blocks[b].divisor = mode
             if shared is None:
                 blocks[b].ln_eps = config.division_ln_eps
-    defs = definitions(low)
+    defs = low.fused_defs
     for ins in sched.instrs:
         _emit(ins, blocks[ins.block], layout, config, defs, sched.arch.approximate)
     fixed = layout.fixed
@@ -161,7 +165,7 @@ def _align_loop_clears(clears: dict[int, list[Value]], sched: Schedule) -> None:
 
 
 def _anchors(block: BlockSpec, divisor: Value, fixed: dict[str, int],
-             defs: dict[Value, Instr]) -> None:
+             defs: FusedDefinitions) -> None:
     """The division anchors +-N s: copied from the divisor's row by the self-head, or, for a
     fused divisor (fusion.py), computed from its reads (heads at their places, N times its
     bias in b_O)."""
@@ -172,7 +176,7 @@ def _anchors(block: BlockSpec, divisor: Value, fixed: dict[str, int],
         head.copy(divisor.rows[0], fixed["anchor_neg"], -N)
         head.note(f"anchors +-N {divisor.label} for the division")
         return
-    f = defs[divisor]
+    f = defs.definition(divisor)
     for _, c, r, k in f.linear:
         src, place = f.reads[r]
         head = block.head(place)
@@ -225,7 +229,7 @@ def split_heads(blocks: list[BlockSpec], span: int | None = None) -> int:
 
 
 def _emit(ins: Instr, block: BlockSpec, layout: Layout, config: CompilerConfig,
-          defs: dict[Value, Instr], form: str = "none") -> None:
+          defs: FusedDefinitions, form: str = "none") -> None:
     """One scheduled instruction's heads (attention) or MLP units, added to its block (form:
     the target's GeLU, 'none' or 'tanh', which an apply's gadget is certified for)."""
     dst = ins.dst
@@ -264,7 +268,7 @@ def _emit_attention(ins: Instr, block: BlockSpec, what: str) -> None:
             block.b_O[dst.rows[o]] = block.b_O.get(dst.rows[o], 0.0) + float(b)
 
 
-def _operand_rows(ins: Instr, block: BlockSpec, defs: dict[Value, Instr]) -> list[list[int]]:
+def _operand_rows(ins: Instr, block: BlockSpec, defs: FusedDefinitions) -> list[list[int]]:
     """Per read, the rows the MLP reads it from: its own, or the temporary a head of this
     block moves a remote read into (the head is added here; a fused factor's temporary gets
     the factor itself, from heads at its reads' composed places and its bias in b_O). A
@@ -272,7 +276,7 @@ def _operand_rows(ins: Instr, block: BlockSpec, defs: dict[Value, Instr]) -> lis
     operand_rows = []
     for i, (v, at) in enumerate(ins.reads):
         if i in ins.temps and v.fused:
-            t, f = ins.temps[i], defs[v]
+            t, f = ins.temps[i], defs.definition(v)
             for o, c, r, k in f.linear:
                 src, place = f.reads[r]
                 head = block.head(compose(at, place))
@@ -294,14 +298,14 @@ def _operand_rows(ins: Instr, block: BlockSpec, defs: dict[Value, Instr]) -> lis
     return operand_rows
 
 
-def _factor_forms(ins: Instr, defs: dict[Value, Instr]
+def _factor_forms(ins: Instr, defs: FusedDefinitions
                   ) -> dict[int, list[tuple[dict[int, float], float]]]:
     """read index -> per component, the affine form of rows ({row: coef}, bias) of a fused
     factor that the MLP computes in its own pre-activation (its reads all at this token)."""
     forms = {}
     for i, (v, _) in enumerate(ins.reads):
         if v.fused and i not in ins.temps:
-            f = defs[v]
+            f = defs.definition(v)
             comps: list[tuple[dict[int, float], float]] = [({}, float(b)) for b in f.bias]
             for o, c, r, k in f.linear:
                 row = f.reads[r][0].rows[k]

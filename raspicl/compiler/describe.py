@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from raspicl.compiler.assemble import BlockSpec
 from raspicl.compiler.config import CompilerConfig
-from raspicl.compiler.fusion import compose
 from raspicl.compiler.gadgets.attention import HeadSpec, place_key
+from raspicl.compiler.ir import FusedDefinitions
 from raspicl.compiler.layout import Layout
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
@@ -40,7 +40,7 @@ def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSp
         return name_of(slot, order)
 
     live = layout.liveness
-    by_run = _ByRun.of(sched, layout)
+    by_run = _ByRun.of(sched, layout, low.fused_defs)
     arch = cfg.arch
     compiler = config.to_dict()
     if not arch.reads_through_layernorm:  # paper layouts stay as they were
@@ -271,10 +271,10 @@ class _ByRun:
     instrs: dict[int, list[Instr]]
     cleared: dict[int, list[Value]]  # run -> values its self-head clears, in layout order
     anchors: dict[int, Value]
-    defs: dict[Value, Instr]  # value -> the instruction that defines it (fused factors)
+    defs: FusedDefinitions  # the fused values' definitions (fused factors' places)
 
     @classmethod
-    def of(cls, sched: Schedule, layout: Layout) -> _ByRun:
+    def of(cls, sched: Schedule, layout: Layout, defs: FusedDefinitions) -> _ByRun:
         instrs: dict[int, list[Instr]] = {}
         for ins in sched.instrs:
             if not ins.fused:
@@ -283,7 +283,7 @@ class _ByRun:
         for v in layout.values:
             for run in dict.fromkeys(layout.liveness.cleared_by(v)):
                 cleared.setdefault(run, []).append(v)
-        return cls(instrs, cleared, sched.anchors, {ins.dst: ins for ins in sched.instrs})
+        return cls(instrs, cleared, sched.anchors, defs)
 
 
 def _block(index: int, blocks: list[BlockSpec], layout: Layout, cfg: ModelConfig,
@@ -354,7 +354,7 @@ def _op_actions(key: tuple, run: int, by_run: _ByRun, mine) -> list[HeadWrite]:
         for i, t in ins.temps.items():
             v, at = ins.reads[i]
             rows = mine(t.rows)
-            places = ([compose(at, p) for _, p in by_run.defs[v].reads] if v.fused else [at])
+            places = [p for _, p in by_run.defs.places(v, at)] if v.fused else [at]
             if key in {place_key(p) for p in places} and rows:
                 out.append(HeadWrite(HeadWriteKind.TEMPORARY, run, t.label, rows, ins.op.index,
                                      src, (v.label,)))

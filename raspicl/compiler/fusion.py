@@ -31,6 +31,11 @@ its twins in other iterations cannot all be fused (identical iterations must sta
 compile_program keeps the fused layout only when `prefer_fused` says it is not worse than the
 unfused one.
 
+The pass runs once and leaves typed results on Lowered (ir.py): `Lowered.fusion`, the
+`Fusion` record (records.py: what it fused, the critical-path depth) that the layout reports,
+and `Lowered.fused_defs`, the fused values' definitions (`FusedDefinitions`), which placement,
+temporaries, assembly and describe read instead of calling back into this module.
+
 A fused value keeps its Value (bound, definedness) with `absorbed_by` set: the layout records
 which ops absorbed it, the monitor computes it from its reads (raspicl.monitor) and verify
 compares only values with rows. `critical_path_depth` is the lower bound on blocks that any
@@ -39,27 +44,22 @@ schedule of the op kinds needs, reported beside the achieved depth.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from raspicl.compiler.config import CompilerConfig
-from raspicl.compiler.ir import Instr, Lowered, Value
+from raspicl.compiler.ir import FusedDefinitions, Instr, Lowered, Value
 from raspicl.compiler.records import FusedValue, Fusion
 from raspicl.lang.reads import Here, Where, compose
 from raspicl.slots import attn_slot, is_attn, mlp_slot, run_of
 
 __all__ = [
+    "FusedDefinitions",
     "FusedValue",
     "Fusion",
     "compose",
-    "copy_lowered",
     "critical_path_depth",
-    "factor_places",
     "fuse",
-    "operands",
     "prefer_fused",
-    "stored",
 ]
 
 
@@ -77,62 +77,33 @@ def prefer_fused(
     return blocks == plain_blocks and d_model < plain_d_model
 
 
-def copy_lowered(low: Lowered) -> Lowered:
-    """A deep copy of the instructions and values (the program, its ops and the calibration
-    are shared), for scheduling an alternative."""
-    memo = {id(low.program): low.program, id(low.calibration): low.calibration}
-    for op in low.program.ops:
-        memo[id(op)] = op
-    return copy.deepcopy(low, memo)
-
-
-def factor_places(v: Value, at: Where, defs: dict[Value, Instr]) -> list[tuple[Value, Where]]:
-    """The values (and composed places) a fused factor read at `at` stands for."""
-    return [(r, compose(at, p)) for r, p in defs[v].reads]
-
-
-def operands(ins: Instr, defs: dict[Value, Instr]) -> list[tuple[Value, bool]]:
-    """Every stored value `ins` reads through its reads, with whether attention moves it (a
-    remote read, or part of a fused factor that needs a temporary). A fused factor's reads
-    take its place."""
-    out: list[tuple[Value, bool]] = []
-    for v, at in ins.reads:
-        if v.fused:
-            parts = factor_places(v, at, defs)
-            remote = any(not isinstance(p, Here) for _, p in parts)
-            out += [(r, remote) for r, _ in parts]
-        else:
-            out.append((v, not isinstance(at, Here)))
-    return out
-
-
-def needs_temp(v: Value, at: Where, defs: dict[Value, Instr]) -> bool:
-    """Whether an MLP operand is moved into a temporary by its block's attention."""
-    if v.fused:
-        return any(not isinstance(p, Here) for _, p in factor_places(v, at, defs))
-    return not isinstance(at, Here)
-
-
-def definitions(low: Lowered) -> dict[Value, Instr]:
-    return {ins.dst: ins for ins in low.instrs}
-
-
 # ---------------------------------------------------------------------- the pass
 
 
 def fuse(low: Lowered, config: CompilerConfig, share_loops: bool = False) -> Fusion:
-    """Fuse what can be fused (module doc), in place; returns the record (also low.fusion)."""
+    """Fuse what can be fused (module doc), in place; returns the record (also low.fusion).
+
+    With config.fusion off it fuses nothing and records the critical path. Either way it
+    records the definitions of every fused value, its own and cse.py's aliases
+    (low.fused_defs): what the passes after it read, once it has decided."""
     depth = critical_path_depth(low)
     record = Fusion([], depth)
     low.fusion = record
-    if not config.fusion:
-        return record
+    if config.fusion:
+        _fuse_values(low, config, share_loops, record)
+    low.fused_defs = FusedDefinitions({ins.dst: ins for ins in low.instrs if ins.fused})
+    return record
+
+
+def _fuse_values(low: Lowered, config: CompilerConfig, share_loops: bool,
+                 record: Fusion) -> None:
+    """Run the pass until the twins of a shared loop agree, appending to record.fused."""
     saved = [_snapshot(ins) for ins in low.instrs]
     excluded: set[int] = set()
     while True:
         clash = _run(low, config, share_loops, excluded, record)
         if clash is None:
-            return record
+            return
         excluded.add(clash)  # twins disagree: keep the whole group, start again
         for ins, snap in zip(low.instrs, saved, strict=True):
             _restore(ins, snap)
@@ -212,11 +183,6 @@ def _needs_own_temp(f: Instr, c: Instr) -> bool:
         )
         for i in factors
     )
-
-
-def stored(v: Value, defs: dict[Value, Instr]) -> list[Value]:
-    """The values with rows that v stands for: its fused definition's reads, or v itself."""
-    return [r for r, _ in defs[v].reads] if v.fused else [v]
 
 
 def _absorb(f: Instr, c: Instr) -> None:
@@ -305,17 +271,6 @@ def _restore(ins: Instr, snap: tuple) -> None:
         list(snap[4]),
         None if snap[5] is None else np.array(snap[5]),
     )
-
-
-def place_fused(low: Lowered) -> None:
-    """After placement: a fused value's write slot, run and stage are those of the first op
-    that absorbs it (where it is computed first)."""
-    by_op = {ins.op.index: ins for ins in low.instrs}
-    for ins in reversed(low.instrs):  # a fused value's readers are placed or fused later
-        if ins.fused:
-            first = min((by_op[i] for i in ins.dst.absorbed_by), key=lambda c: c.dst.write_slot)
-            ins.block, ins.stage = first.block, "fused"
-            ins.dst.write_slot = first.dst.write_slot
 
 
 # ---------------------------------------------------------------------- the lower bound

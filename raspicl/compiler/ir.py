@@ -7,10 +7,17 @@ liveness.py hands on the clear slots as a result of its own, not as fields; layo
 Value.rows; loops.py sets Value.template and replaces; feasibility.py raises Instr.gate_floor;
 fusion.py sets Value.absorbed_by (a fused value: computed inside its readers, no rows); cse.py
 sets Value.alias_of and absorbed_by of a duplicate (an alias: its survivor's op computes it).
+
+The fusion pass leaves its result on Lowered as typed records: `Lowered.fusion` (what it fused
+and the critical-path depth, records.py, for the layout) and `Lowered.fused_defs` (the fused
+values' definitions, `FusedDefinitions`), which is all that placement, temporaries, assembly
+and describe need to know of fusion: they read it and never call into fusion.py.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +27,7 @@ from raspicl.compiler.records import CommonSubexpressions, Fusion
 from raspicl.lang.functions import Elementwise
 from raspicl.lang.ops import Op
 from raspicl.lang.program import Program
-from raspicl.lang.reads import Where
+from raspicl.lang.reads import Here, Where, compose
 
 if TYPE_CHECKING:
     from raspicl.compiler.calibrate import Calibration
@@ -113,6 +120,60 @@ class Instr:
         return self.dst.fused
 
 
+@dataclass(frozen=True, eq=False)
+class FusedDefinitions:
+    """The fusion pass's result as the passes after it read it: every fused value and the
+    instruction that defines it.
+
+    A fused value (fusion.py fused it, or cse.py made it an alias of its survivor) has no rows
+    and no sublayer: each reader computes it from its definition (that instruction's reads,
+    terms and bias), so a read of it at a place stands for its definition's reads at the
+    composed places (lang/reads.compose). fusion.fuse records this once, after it has decided
+    (Lowered.fused_defs); placement, temporaries, assemble and describe ask it here. Empty (the
+    default) for a Lowered that the pass has not run on, where nothing may be fused yet: a
+    fused value it does not know is an error, not a value read as if it had rows.
+    """
+
+    definitions: Mapping[Value, Instr] = field(default_factory=dict)
+
+    def definition(self, v: Value) -> Instr:
+        """The instruction that defines the fused value v."""
+        try:
+            return self.definitions[v]
+        except KeyError:
+            raise KeyError(f"{v.label} is fused but has no recorded definition: fusion.fuse "
+                           "records them, and must run before scheduling") from None
+
+    def places(self, v: Value, at: Where) -> list[tuple[Value, Where]]:
+        """The values (and composed places) the fused value v, read at `at`, stands for."""
+        return [(r, compose(at, p)) for r, p in self.definition(v).reads]
+
+    def stored(self, v: Value) -> list[Value]:
+        """The values with rows that v stands for: its fused definition's reads, or v itself."""
+        return [r for r, _ in self.definition(v).reads] if v.fused else [v]
+
+    def operands(self, ins: Instr) -> list[tuple[Value, bool]]:
+        """Every stored value `ins` reads through its reads, with whether attention moves it (a
+        remote read, or part of a fused factor that needs a temporary). A fused factor's reads
+        take its place."""
+        out: list[tuple[Value, bool]] = []
+        for v, at in ins.reads:
+            if v.fused:
+                parts = self.places(v, at)
+                remote = any(not isinstance(p, Here) for _, p in parts)
+                out += [(r, remote) for r, _ in parts]
+            else:
+                out.append((v, not isinstance(at, Here)))
+        return out
+
+    def needs_temp(self, v: Value, at: Where) -> bool:
+        """Whether an MLP operand v read at `at` is moved into a temporary by its block's
+        attention: a read at another token, or a fused factor with a read at another token."""
+        if v.fused:
+            return any(not isinstance(p, Here) for _, p in self.places(v, at))
+        return not isinstance(at, Here)
+
+
 @dataclass
 class Lowered:
     """What lowering hands to the scheduler: the instructions, every value, the output value
@@ -127,4 +188,16 @@ class Lowered:
     output: Value
     calibration: Calibration
     fusion: Fusion | None = None  # what fusion.py fused (None: the pass did not run)
+    # the fused values' definitions, which the passes after fusion read (fusion.py sets it)
+    fused_defs: FusedDefinitions = field(default_factory=FusedDefinitions)
     cse: CommonSubexpressions | None = None  # what cse.py eliminated (None: it did not run)
+
+
+def copy_lowered(low: Lowered) -> Lowered:
+    """A deep copy of the instructions and values (the program, its ops and the calibration
+    are shared), for scheduling an alternative (compile_program lays out the program fused and
+    as written)."""
+    memo = {id(low.program): low.program, id(low.calibration): low.calibration}
+    for op in low.program.ops:
+        memo[id(op)] = op
+    return copy.deepcopy(low, memo)

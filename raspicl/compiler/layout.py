@@ -7,7 +7,7 @@ reusing the rows of values already cleared, so the width follows the live set ra
 number of writes.
 
 Sets `Value.rows` on every value (inputs, constants, masks, op results, temporaries; a fused
-value, fusion.py, has none); reads the
+value has none: of fusion it reads only `Value.fused`, the mark the pass leaves); reads the
 clear slots liveness decided (a row is free from its value's clear slot on). The Layout it
 returns carries that Liveness on to assemble and describe. A target that reads every sublayer
 through a LayerNorm (gpt2) then gets two more fixed rows, its constant anchors

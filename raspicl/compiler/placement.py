@@ -14,6 +14,11 @@ An instruction runs as early as its inputs allow:
 - div: in a block whose attention writes the anchors +-N s and whose MLP does nothing else
   but divide by the same s (its LayerNorm is what divides; anchors.py).
 Independent instructions share sublayers. A block's MLP is NEUTRAL or divides by one value.
+
+Of fusion it reads the result on Lowered (ir.py): a fused value (`Value.fused`) gets no
+sublayer, a read of it is a read of its definition's reads (`Lowered.fused_defs.operands`), and
+once its readers are placed it takes the write slot of the first op that absorbs it
+(`_place_fused`, from `Value.absorbed_by`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from raspicl.compiler.clears import NEVER, clear_slot_of
-from raspicl.compiler.fusion import definitions, operands, place_fused, stored
+from raspicl.compiler.ir import FusedDefinitions
 from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.errors import CompileError
 from raspicl.slots import attn_slot, is_attn, is_mlp, mlp_slot, run_of
@@ -88,7 +93,7 @@ def place(low: Lowered, share_loops: bool = False) -> Placement:
     st = _State()
     loops: dict[int, Loop] = {}
     current_loop: tuple[int, int] | None = None
-    defs = definitions(low)
+    defs = low.fused_defs
     for ins in low.instrs:
         if ins.fused:  # computed inside its readers (fusion.py): no sublayer of its own
             continue
@@ -108,14 +113,25 @@ def place(low: Lowered, share_loops: bool = False) -> Placement:
                 for k in range(len(loop.starts))]
         loop.length = ends[0] - loop.starts[0] + 1
     low.output.read_at(NEVER)
-    place_fused(low)
+    _place_fused(low)
     n_blocks = max((run_of(ins.dst.write_slot) for ins in low.instrs), default=-1) + 1
     return Placement(max(n_blocks, 1), st.mode, list(loops.values()))
 
 
-def _ready(ins: Instr, floor: int, defs: dict[Value, Instr]) -> _Ready:
-    # a fused factor stands for its own reads (fusion.operands)
-    ops = operands(ins, defs)
+def _place_fused(low: Lowered) -> None:
+    """After placement: a fused value's write slot, run and stage are those of the first op
+    that absorbs it (where it is computed first)."""
+    by_op = {ins.op.index: ins for ins in low.instrs}
+    for ins in reversed(low.instrs):  # a fused value's readers are placed or fused later
+        if ins.fused:
+            first = min((by_op[i] for i in ins.dst.absorbed_by), key=lambda c: c.dst.write_slot)
+            ins.block, ins.stage = first.block, "fused"
+            ins.dst.write_slot = first.dst.write_slot
+
+
+def _ready(ins: Instr, floor: int, defs: FusedDefinitions) -> _Ready:
+    # a fused factor stands for its own reads (FusedDefinitions.operands)
+    ops = defs.operands(ins)
     remote = list(dict.fromkeys(v for v, moved in ops if moved))
     here = list(dict.fromkeys(v for v, moved in ops if not moved))
     before = attn_slot(floor) - 1
@@ -156,13 +172,13 @@ def _place_linear(ins: Instr, r: _Ready, st: _State) -> int:
     return run
 
 
-def _place_mlp(ins: Instr, r: _Ready, st: _State, defs: dict[Value, Instr]) -> int:
+def _place_mlp(ins: Instr, r: _Ready, st: _State, defs: FusedDefinitions) -> int:
     """The first run whose attention can fetch its remote operands (and write the anchors of a
     division) and whose MLP has the mode it needs."""
     divisor = ins.divisor
     want: Mode = divisor if divisor is not None else MlpMode.NEUTRAL
     # the anchors are written from the divisor's rows, or from a fused divisor's reads
-    anchor_from = stored(divisor, defs) if divisor is not None else []
+    anchor_from = defs.stored(divisor) if divisor is not None else []
     divisor_at = max((v.write_slot for v in anchor_from), default=-1)
     if r.replaced is not None and divisor is not None and r.replaced in ins.registers_read:
         raise CompileError(f"{ins.op.where()}: in a shared loop a division cannot overwrite "
