@@ -67,7 +67,7 @@ def table() -> str:
             err = np.concatenate([
                 (np.abs(run.values.reshape(want.shape) - want)
                  / np.maximum(np.abs(want), 1.0)).reshape(len(want), -1).max(1)
-                for run, want in zip(runs, wants)])
+                for run, want in zip(runs, wants, strict=True)])
             accepted = np.concatenate([run.accepted for run in runs])
             lines.append(f"{lr:5g} {str(product_range):>13s} {np.nanmax(err):13.2g} "
                          f"{int((err > tol).sum()):6d} {accepted.mean():9.2%} "
