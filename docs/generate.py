@@ -199,6 +199,11 @@ def compiler_float32_table() -> str:
         pairs=[("ridge d=8 n=8", "paper"), ("batch_gd d=8 n=16 T=4", "paper")]))
 
 
+def compiler_product_range() -> str:
+    """bench/product_range.py: the raise of product scales against a heavy-tailed program."""
+    return _block(_bench("product_range").table())
+
+
 def compiler_monitor_cost() -> str:
     """bench/monitor.py's table: cm.predict with and without the monitor (timings: seconds)."""
     return _block(_bench("monitor").table())
@@ -327,6 +332,7 @@ FIGURES: dict[str, Figure] = {
     "compiler-divisor-findings": Figure(compiler_divisor_findings, quick=False),
     "compiler-float32-table": Figure(compiler_float32_table, quick=False),
     "compiler-monitor-cost": Figure(compiler_monitor_cost, quick=False),
+    "compiler-product-range": Figure(compiler_product_range, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
     **LANGUAGE,
     "elementwise-units": Figure(elementwise_units, quick=False),

@@ -535,3 +535,123 @@ def logistic_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int
         r = sigmoid(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
         out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
     return out
+
+
+def logistic_sgd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float) -> Array:
+    """One-pass stochastic gradient descent on the logistic (cross-entropy) loss, in order.
+
+    Formula, for i = 1 .. n:
+        w_i = w_{i-1} - lr * (sigmoid(x_i^T w_{i-1}) - y_i) x_i
+    which is w - lr * grad_w l_i(w) for the loss of example i alone,
+    l_i(w) = log(1 + e^{x_i^T w}) - y_i x_i^T w (labels y_i in {0, 1}; any real y_i is
+    accepted and used as it stands, as in logistic_gd).
+
+    Shapes: X [B, n, d], y [B, n], w0 [d] or [B, d] -> iterates [B, n+1, d], where [:, 0] is
+    w0 and [:, i] is w_i.
+
+    Why: reference for the compiled `logistic_sgd` program (a scan with a sigmoid in its
+    step), written with numpy's own products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    lr = _scalar("lr", lr)
+    out = np.empty((B, n + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for i in range(n):
+        w, x = out[:, i], X[:, i]
+        r = sigmoid(np.einsum("bd,bd->b", x, w)) - y[:, i]  # [B]
+        out[:, i + 1] = w - lr * r[:, None] * x
+    return out
+
+
+def soft_threshold(v: ArrayLike, t: float) -> Array:
+    """The proximal map of t |.|_1, entry by entry: sign(v) max(|v| - t, 0) (t >= 0)."""
+    v = np.asarray(v, dtype=np.float64)
+    t = _scalar("t", t, nonneg=True)
+    return np.sign(v) * np.maximum(np.abs(v) - t, 0.0)
+
+
+def lasso_ista(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, lam: float,
+               steps: int) -> Array:
+    """Proximal gradient descent (ISTA) on the lasso loss.
+
+    Formula, with S = X^T X / n and b = X^T y / n, for t = 1 .. T (T = steps):
+        w_t = soft_threshold(w_{t-1} - lr * (S w_{t-1} - b), lr * lam)
+    the gradient step on the smooth part of
+        L(w) = (1/(2n)) * sum_i (x_i^T w - y_i)^2 + lam * ||w||_1
+    followed by the proximal map of lr * lam * ||.||_1 (soft_threshold).
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], w0 [d] or [B, d] -> iterates [B, steps+1, d],
+    where [:, 0] is w0. lr is any finite real, lam >= 0 (lr * lam >= 0), steps >= 0.
+
+    Why: reference for the compiled `lasso_ista` program (a soft-threshold gadget per
+    step), written with numpy's own matrix products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    lr = _scalar("lr", lr)
+    lam = _scalar("lam", lam, nonneg=True)
+    steps = _count("steps", steps, minimum=0)
+    S = np.einsum("bni,bnj->bij", X, X) / n  # [B, d, d]
+    b = np.einsum("bni,bn->bi", X, y) / n  # [B, d]
+    out = np.empty((B, steps + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for t in range(steps):
+        w = out[:, t]
+        v = w - lr * (np.einsum("bij,bj->bi", S, w) - b)
+        out[:, t + 1] = soft_threshold(v, lr * lam)
+    return out
+
+
+def poisson_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, steps: int) -> Array:
+    """Full-batch gradient descent on the mean Poisson negative log-likelihood, exp link.
+
+    Formula, for t = 1 .. T (T = steps):
+        w_t = w_{t-1} - lr * (1/n) * sum_i (exp(x_i^T w_{t-1}) - y_i) x_i
+    which is w - lr * grad_w L(w) for L(w) = (1/n) sum_i [exp(x_i^T w) - y_i x_i^T w] (the
+    negative log-likelihood of counts y_i with mean exp(x_i^T w), up to a constant; any real
+    y_i is accepted and used as it stands).
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], w0 [d] or [B, d] -> iterates [B, steps+1, d],
+    where [:, 0] is w0.
+
+    Why: reference for the compiled `poisson_gd` program (a GLM with an exp link, each exp a
+    certified gadget), written with numpy's own matrix products, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    lr = _scalar("lr", lr)
+    steps = _count("steps", steps, minimum=0)
+    out = np.empty((B, steps + 1, d), dtype=np.float64)
+    out[:, 0] = _initial_w(w0, B, d)
+    for t in range(1, steps + 1):
+        w = out[:, t - 1]
+        r = np.exp(np.einsum("bnd,bd->bn", X, w)) - y  # [B, n]
+        out[:, t] = w - lr * np.einsum("bnd,bn->bd", X, r) / n
+    return out
+
+
+def kernel_smoother(X: ArrayLike, y: ArrayLike, xq: ArrayLike, h: float) -> Array:
+    """The Nadaraya-Watson estimate at xq with a Gaussian (RBF) kernel of bandwidth h.
+
+    Formula:
+        k_i = exp(-|xq - x_i|^2 / (2 h^2)),   prediction  sum_i k_i y_i / sum_i k_i.
+
+    Shapes: X [B, n, d] with n >= 1, y [B, n], xq [B, d] -> [B]. h > 0.
+
+    Why: reference for the compiled `kernel_smoother` program (one exp gadget per example,
+    then a division), written with numpy, not the language.
+    """
+    X, y = _data(X, y)
+    B, n, d = X.shape
+    xq = _as_array("xq", xq, 2, "[B, d]")
+    _check_dim("xq", "[B, d]", xq.shape, 1, d, "d (from X)")
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) to average")
+    h = _scalar("h", h, positive=True)
+    k = np.exp(-np.sum((X - xq[:, None, :]) ** 2, axis=2) / (2.0 * h * h))  # [B, n]
+    return np.sum(k * y, axis=1) / np.sum(k, axis=1)

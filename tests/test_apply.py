@@ -28,7 +28,7 @@ from raspicl.contract.charges import GELU_SLOPE, elementwise_charge
 from raspicl.errors import ConfigError
 from raspicl.lang.functions import elementwise, smooth
 from raspicl.model import gelu
-from raspicl.prompts import PromptDistribution
+from raspicl.prompts import PromptDistribution, Prompts
 from raspicl.registry import find_program
 from raspicl.symbolic import register_expressions, run_symbolic
 
@@ -343,6 +343,179 @@ def test_logistic_gd_verifies_in_float64(arch):
     for params in pf.grid[:2]:
         r = verify_program(pf, params, "float64", problems=300, arch=arch)
         assert r.status == "PASS", r
+
+
+# ------------------------------------------------------------------ logistic_sgd
+
+
+@pytest.mark.parametrize("params", find_program("logistic_sgd").grid)
+def test_logistic_sgd_interpreter_against_numpy(params):
+    """The scan with a sigmoid in its step (clamped: x_i sigmoid(0) = 0 at token 0) against
+    solvers.logistic_sgd, at every x token and the query, on the prompts it serves."""
+    pf = find_program("logistic_sgd")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=4)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, p.n + 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_logistic_sgd_is_a_loop_of_identical_steps_with_its_sigmoid_inside():
+    """Every iteration applies the sigmoid once (n applies in the loop, one for the
+    prediction); the product x_i y_i alone is before the loop."""
+    p = find_program("logistic_sgd").build(d=2, n=4)
+    applies = [op for op in p.ops if op.kind == "apply"]
+    assert [op.loop is not None for op in applies] == [True] * 4 + [False]
+    assert [op.kind for op in p.ops if op.kind == "select" and op.loop is not None] == []
+    hoisted = [op for op in p.ops if op.kind == "mul" and op.loop is None
+               and {r.register.name for r in op.reads} == {"logistic_sgd_x", "y"}]
+    assert len(hoisted) == 1
+
+
+@pytest.mark.parametrize("arch", ("paper", "gpt2"))
+def test_logistic_sgd_compiled_float32_against_numpy(arch):
+    pf = find_program("logistic_sgd")
+    params = pf.grid[0]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"), domain=pf.domain,
+                             arch=arch).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3)
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
+# ------------------------------------------------------------------ lasso_ista
+
+
+@pytest.mark.parametrize("params", find_program("lasso_ista").grid
+                         + [{"d": 2, "n": 3, "T": 3, "lam": 2.0, "w0": [1.0, -1.0]}])
+def test_lasso_ista_interpreter_against_numpy(params):
+    """T proximal steps on the mean statistics, the soft-threshold applied to every
+    component, against solvers.lasso_ista at the query (a large lam zeroes components)."""
+    pf = find_program("lasso_ista")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=6)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_lasso_ista_compiled_float32_paper_against_numpy():
+    pf = find_program("lasso_ista")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32", tolerance=1e-3),
+                             domain=pf.domain).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3)
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
+# ------------------------------------------------------------------ poisson_gd
+
+
+@pytest.mark.parametrize("params", find_program("poisson_gd").grid)
+def test_poisson_gd_interpreter_against_numpy(params):
+    pf = find_program("poisson_gd")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=7)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_poisson_gd_keeps_its_exp_arguments_in_range_on_its_domain():
+    """What DOMAIN says: on the GRID's sizes, every argument of an exp that the query's
+    prediction depends on (x_j^T w_t at the query token, w_T^T x_q) lies in [-zmax, zmax]."""
+    pf = find_program("poisson_gd")
+    for params in pf.grid:
+        p = pf.build(**params)
+        prompts = pf.domain.sample(2000, p.d, p.n, seed=8)
+        trace = interpret(p, prompts)
+        zmax = p.params["zmax"]
+        for op in p.ops:
+            if op.kind == "apply":
+                arg = trace.after[op.index - 1][:, -1]  # its argument, written just before
+                assert p.ops[op.index - 1].dst.name == op.reads[0].register.name
+                assert np.abs(arg).max() <= zmax, (params, op.dst.name)
+
+
+@pytest.mark.parametrize("arch", ("paper", "gpt2"))
+def test_poisson_gd_compiled_float32_against_numpy(arch):
+    pf = find_program("poisson_gd")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"), domain=pf.domain,
+                             arch=arch).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3 * np.maximum(np.abs(ref[acc]), 1))
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
+
+
+# ------------------------------------------------------------------ kernel_smoother
+
+
+@pytest.mark.parametrize("params", find_program("kernel_smoother").grid)
+def test_kernel_smoother_interpreter_against_numpy(params):
+    pf = find_program("kernel_smoother")
+    p = pf.build(**params)
+    prompts = pf.domain.sample(100, p.d, p.n, seed=9)
+    got = interpret(p, prompts).output()[:, :, 0]
+    assert got.shape == (100, 1)
+    np.testing.assert_allclose(got, pf.reference(prompts, **params), rtol=0, atol=1e-12)
+
+
+def test_kernel_smoother_weights_by_distance():
+    """An example at the query dominates one far from it, the more so the narrower h; one
+    example alone is its own y."""
+    pf = find_program("kernel_smoother")
+    X = np.array([[[0.1, 0.0], [2.0, 2.0]]])
+    y, xq = np.array([[1.0, -1.0]]), np.array([[0.0, 0.0]])
+    prompts = Prompts(X, y, xq, np.zeros((1, 2)))
+    wide, narrow = (interpret(pf.build(d=2, n=2, h=h), prompts).output()[0, 0, 0]
+                    for h in (3.0, 1.0))
+    assert 0 < wide < narrow < 1
+    one = Prompts(X[:, :1], y[:, :1], xq, np.zeros((1, 2)))
+    assert interpret(pf.build(d=2, n=1), one).output()[0, 0, 0] == pytest.approx(1.0)
+
+
+def test_kernel_smoother_compiled_float32_against_numpy():
+    pf = find_program("kernel_smoother")
+    params = pf.grid[1]
+    p = pf.build(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compile_program(p, CompilerConfig.for_dtype("float32"),
+                             domain=pf.domain).to(torch.float32)
+        prompts = random_prompts(200, p.d, p.n, seed=5)
+        out = cm.run(prompts, check="warn")
+    ref = pf.reference(prompts, **params)[:, :, None]
+    assert out.accepted.mean() >= 0.99
+    acc = out.accepted
+    assert np.all(np.abs(out.values[acc] - ref[acc]) <= 1e-3 * np.maximum(np.abs(ref[acc]), 1))
+    want = interpret(p, prompts).output()
+    assert np.all(np.abs(out.values[acc] - want[acc]) <= out.bound[acc])
 
 
 # ------------------------------------------------------------------ config

@@ -230,6 +230,7 @@ def _form(p: Program) -> str:
         ("nlms", {}, "clamped"),  # w + mu 0 (0 - 0) / (eps + 0) = w
         ("rls_forget", {}, "select"),  # P / beta != P
         ("sgd_averaged", {}, "select"),  # k + 1 != k
+        ("logistic_sgd", {}, "clamped"),  # w - lr (0 sigmoid(0 w) - 0 y) = w
     ],
 )
 def test_bundled_scans_choose_their_form(name, params, form):
@@ -481,3 +482,47 @@ def test_a_quotient_of_the_example_alone_is_computed_once_before_the_loop():
     prompts = random_prompts(16, 2, 3, seed=4)
     np.testing.assert_allclose(interpret(q, prompts).output(), interpret(p, prompts).output(),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("outside", [False, True])
+@pytest.mark.parametrize("clamp", [None, False])
+def test_an_apply_inside_the_step_is_not_loop_invariant(clamp, outside):
+    """An apply inside the step writes a register the scan writes: a product reading it
+    (x s) stays in the loop. The apply's register was not among the scan's written ones (a
+    name made a value register, not the step's var as p.let's; a var made before the scan was
+    not counted either), so x s was taken for the loop-invariant x_i y_i and hoisted before
+    the loop, ahead of the apply it reads: the clamped try's exact token-0 check raised
+    KeyError ('s'), and the select form read 's' before any op wrote it. Both forms now match
+    logistic SGD run in numpy, at every x token; the clamped one is chosen (x sigmoid(0) = 0
+    at token 0, exactly)."""
+    d, n, lr = 2, 3, 0.5
+
+    def make():
+        p = Program("logistic_step", d=d, n=n)
+        dst = p.var("s") if outside else "s"
+
+        def step(s, x, y):
+            z = p.let("z", x @ s.w)
+            sg = p.apply(dst, "sigmoid", z, range=(-12.0, 12.0))
+            return {"w": s.w - lr * x * (sg - y)}
+
+        scan = p.scan(init={"w": np.zeros(d)}, step=step, predict=lambda s, x: s.w @ x,
+                      clamp=clamp)
+        p.output(scan.prediction, roles=("x", "query"))
+        return p, scan
+
+    p, scan = make()
+    assert scan.form == ("clamped" if clamp is None else "select")
+    reads_s = [op for op in p.ops if "s" in {r.register.name for r in op.reads}]
+    assert len(reads_s) == n and all(op.loop is not None for op in reads_s)
+    prompts = random_prompts(16, d, n, seed=23)
+    w, want = np.zeros((16, d)), []
+    queries = prompts.prefix_queries()
+    for i in range(n + 1):
+        want.append(np.sum(w * queries[:, i], 1))
+        if i < n:
+            x, y = prompts.X[:, i], prompts.y[:, i]
+            sg = 1.0 / (1.0 + np.exp(-np.sum(x * w, 1)))
+            w = w - lr * x * (sg - y)[:, None]
+    got = interpret(p, prompts).output()[..., 0]
+    np.testing.assert_allclose(got, np.stack(want, 1), rtol=1e-12, atol=1e-12)

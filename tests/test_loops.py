@@ -179,3 +179,24 @@ def test_mismatch_names_a_register_carried_in_other_rows():
         f" in rows 23-26: 'scan_state@1' (op 4, {op4.source}) is carried in rows 23-24 in "
         f"iteration 0 but 'scan_state@2' (op 7, {op7.source}) in rows 25-26 in iteration 1")
     assert describe_row_mismatch(layout, (3, 6), 1, []) == ""  # mlp.b_in: no residual rows
+
+
+def test_an_apply_by_name_in_a_loop_is_one_var():
+    """p.apply("s", ...) inside a loop body names a var made on the first iteration and
+    reused by the others, as p.let("name", e) does (a value register written twice was a
+    validation error)."""
+    p = Program("tanh_loop", d=1, n=1)
+    w = p.var("w", init=0.5)
+    for _ in p.loop(3):
+        s = p.apply("s", "tanh", w, range=(-2.0, 2.0))
+        p.let(w, 0.5 * s + 0.25)
+    p.output(p.let("pred", w * p.x), roles=("query",))
+    assert p.validate() is p
+    writers = [op for op in p.ops if op.dst.name == "s"]
+    assert len(writers) == 3 and writers[0].dst is writers[-1].dst and writers[0].dst.kind == "var"
+    prompts = random_prompts(4, 1, 1, seed=1)
+    want = 0.5
+    for _ in range(3):
+        want = 0.5 * np.tanh(want) + 0.25
+    np.testing.assert_allclose(interpret(p, prompts).output()[:, 0, 0],
+                               want * prompts.xq[:, 0], rtol=1e-15)

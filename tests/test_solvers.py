@@ -79,6 +79,83 @@ def test_sgd_single_example_equals_gd_step():
     )
 
 
+def test_logistic_sgd_steps_down_each_examples_loss_in_order():
+    """Each iterate is the one before minus lr times the finite-difference gradient of that
+    example's logistic loss log(1 + e^z) - y z, z = x^T w; one example is one logistic_gd
+    step."""
+    rng = _rng(23)
+    B, n, d, lr = 3, 4, 3, 0.3
+    X, y, w0 = rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=d)
+    got = solvers.logistic_sgd(X, y, w0, lr)
+    assert got.shape == (B, n + 1, d)
+    np.testing.assert_array_equal(got[:, 0], np.tile(w0, (B, 1)))
+    for b in range(B):
+        for i in range(n):
+
+            def loss(v, b=b, i=i):
+                z = X[b, i] @ v
+                return math.log1p(math.exp(z)) - y[b, i] * z
+
+            want = got[b, i] - lr * _central_grad(loss, got[b, i])
+            np.testing.assert_allclose(got[b, i + 1], want, atol=1e-7)
+    np.testing.assert_allclose(solvers.logistic_sgd(X[:, :1], y[:, :1], w0, lr)[:, 1],
+                               solvers.logistic_gd(X[:, :1], y[:, :1], w0, lr, 1)[:, 1],
+                               rtol=0, atol=1e-15)
+
+
+def test_lasso_ista_converges_to_a_point_meeting_the_lasso_optimality_conditions():
+    """After many ISTA steps at a stable step size, w satisfies the subgradient conditions
+    of (1/(2n)) |X w - y|^2 + lam |w|_1: g_j = -lam sign(w_j) where w_j != 0, |g_j| <= lam
+    where w_j = 0, g = S w - b; and lam = 0 is plain GD on that loss (batch_gd's, halved)."""
+    rng = _rng(24)
+    B, n, d, lam = 4, 8, 3, 0.4
+    X, y = rng.normal(size=(B, n, d)), rng.normal(size=(B, n))
+    w = solvers.lasso_ista(X, y, np.zeros(d), 0.1, lam, 3000)[:, -1]
+    g = np.einsum("bni,bnj,bj->bi", X, X, w) / n - np.einsum("bni,bn->bi", X, y) / n
+    nz = w != 0
+    assert nz.any() and (~nz).any()
+    np.testing.assert_allclose(g[nz], -lam * np.sign(w[nz]), atol=1e-9)
+    assert np.all(np.abs(g[~nz]) <= lam + 1e-9)
+    np.testing.assert_allclose(solvers.lasso_ista(X, y, np.ones(d), 0.1, 0.0, 5),
+                               solvers.batch_gd(X, y, np.ones(d), 0.05, 0.0, 5),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(solvers.soft_threshold([-2.0, -0.5, 0.0, 0.5, 2.0], 1.0),
+                                  [-1.0, 0.0, 0.0, 0.0, 1.0])
+
+
+def test_poisson_gd_steps_down_the_mean_poisson_loss():
+    """Each iterate is the one before minus lr times the finite-difference gradient of the
+    mean loss (1/n) sum_i exp(x_i^T w) - y_i x_i^T w."""
+    rng = _rng(25)
+    B, n, d, lr = 3, 5, 2, 0.05
+    X, y, w0 = 0.5 * rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=d)
+    got = solvers.poisson_gd(X, y, w0, lr, 3)
+    assert got.shape == (B, 4, d)
+    for b in range(B):
+        for t in range(3):
+
+            def loss(v, b=b):
+                z = X[b] @ v
+                return float(np.mean(np.exp(z) - y[b] * z))
+
+            want = got[b, t] - lr * _central_grad(loss, got[b, t])
+            np.testing.assert_allclose(got[b, t + 1], want, atol=1e-8)
+
+
+def test_kernel_smoother_is_a_weighted_mean_by_a_python_loop():
+    rng = _rng(26)
+    B, n, d, h = 3, 4, 2, 0.8
+    X, y, xq = rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=(B, d))
+    got = solvers.kernel_smoother(X, y, xq, h)
+    for b in range(B):
+        k = [math.exp(-sum((xq[b, i] - X[b, j, i]) ** 2 for i in range(d)) / (2 * h * h))
+             for j in range(n)]
+        num = sum(kj * yj for kj, yj in zip(k, y[b], strict=True))
+        assert got[b] == pytest.approx(num / sum(k), rel=1e-13)
+    with pytest.raises(ValueError, match="^h "):
+        solvers.kernel_smoother(X, y, xq, 0.0)
+
+
 def test_batch_gd_one_step_matches_finite_difference_of_mean_loss():
     rng = _rng(4)
     B, n, d, lr, lam = 3, 7, 4, 0.03, 0.25

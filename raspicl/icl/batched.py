@@ -305,7 +305,8 @@ def train_batched(model_config: ModelConfig, members: list[Member], group: str |
                 entry = {"step": done, "loss": float(values[:, k].mean()), "lr": lr,
                          "d_eff": d_eff, "n_eff": n_eff, "steps_per_s": rate}
                 if evaluate_now:
-                    evals[k] = evaluate(unstack_model(P, k, model_config).to(device), held[k])
+                    evals[k] = evaluate(unstack_model(P, k, model_config).to(device), held[k],
+                                        m.task)
                     entry["eval_query_error"] = evals[k]["query_error"]
                     entry["eval_mean_error"] = evals[k]["mean_error"]
                 logs[k].append(entry)
@@ -321,7 +322,7 @@ def train_batched(model_config: ModelConfig, members: list[Member], group: str |
     for k, m in enumerate(members):
         model = unstack_model(P, k, model_config).to(device)
         if not evals[k]:
-            evals[k] = evaluate(model, held[k])
+            evals[k] = evaluate(model, held[k], m.task)
         loss, covered = final_loss(logs[k], end)
         if m.out is not None and end == cfg0.steps:
             kopt = make_optimizer(model, m.cfg)

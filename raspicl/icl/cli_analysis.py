@@ -85,21 +85,28 @@ def _load(path: str, what: str, check: str = "error"):
 def task_for(predictor, noise: float | None, w_scale: float = 1.0):
     """The RegressionTask to evaluate a model on: its d and n (a compiled model's prompt size;
     a trained model's training task, else its config's d and n_positions) with the noise
-    given, else the training noise, else 0."""
+    given, else the training noise, else 0; and its kind: a trained model's training task's
+    (with its sparsity), a compiled model's program's (controls.PROGRAM_TASKS), else linear."""
     from raspicl.icl.tasks import RegressionTask
 
     recorded = (getattr(predictor, "meta", None) or {}).get("task")
+    kind, sparsity = "linear", None
     if hasattr(predictor, "d") and hasattr(predictor, "n"):
         d, n, trained_noise = predictor.d, predictor.n, 0.0
+        kind = getattr(predictor, "task_kind", kind)
     elif recorded:
         d, n, trained_noise = recorded["d"], recorded["n"], recorded.get("noise", 0.0)
         w_scale = recorded.get("w_scale", w_scale) if noise is None else w_scale
+        kind, sparsity = recorded.get("kind", kind), recorded.get("sparsity")
     elif hasattr(predictor, "config"):
         d, n, trained_noise = predictor.config.d, predictor.config.n_positions, 0.0
     else:
         raise RaspiclError(f"{predictor.name}: cannot tell its d and n")
-    return RegressionTask(d, n, noise=trained_noise if noise is None else noise,
-                          w_scale=w_scale)
+    try:
+        return RegressionTask(d, n, noise=trained_noise if noise is None else noise,
+                              w_scale=w_scale, kind=kind, sparsity=sparsity)
+    except ValueError as exc:
+        raise RaspiclError(f"{predictor.name}: {exc}") from None
 
 
 def _progress(desc: str, total: int, unit: str):
@@ -150,16 +157,18 @@ def cmd_compare(args) -> int:
             bar.update(1)
 
         c = M.compare(model, refs, prompts, ilwd_prompts=min(args.ilwd_prompts, args.prompts),
-                      seed=args.seed + 1, progress=tick)
+                      seed=args.seed + 1, progress=tick, targets=task.targets(prompts))
     ks = list(range(task.n + 1))
     gd = {r.name: r.lrs for r in refs if isinstance(r, L.GradientDescent) and r.lrs}
     data = {
         "model": c.model, "model_dir": str(args.model_dir),
         "d": task.d, "n": task.n, "noise": task.noise, "w_scale": task.w_scale,
+        "task": task.kind, "sparsity": task.sparsity,
         "ridge_lambda": task.ridge_lambda, "seed": args.seed, "prompts": args.prompts,
         "ilwd_contexts": c.ilwd_contexts, "probes_per_context": c.probes_per_context,
         "probe_seed": args.seed + 1, "intercept": c.intercept,
-        "error_target": "noiseless w^T x, divided by d",
+        "error_target": ("sigmoid(w^T x), the true probability, divided by d"
+                         if task.kind == "logistic" else "noiseless w^T x, divided by d"),
         "references": [r.name for r in refs],
         "tuned_gd_lr": gd, "tune_prompts": L.TUNE_PROMPTS, "tune_seed": L.TUNE_SEED,
         "error": c.error, "spd": c.spd, "ilwd": c.ilwd, "mean_spd": c.mean_spd,
@@ -170,7 +179,9 @@ def cmd_compare(args) -> int:
                            "findings": model.findings}
     _write_json(out / COMPARE_JSON, data)
     save_figure(compare_figure(json_safe(data)), out / COMPARE_PNG)
-    print(f"{c.model}: d={task.d} n={task.n} noise={task.noise:g} w_scale={task.w_scale:g}; "
+    kind = task.kind + (f" (sparsity {task.sparsity})" if task.sparsity else "")
+    print(f"{c.model}: {kind} task, d={task.d} n={task.n} noise={task.noise:g} "
+          f"w_scale={task.w_scale:g}; "
           f"{args.prompts} prompts (seed {args.seed}), ILWD on {c.ilwd_contexts} contexts x "
           f"{c.probes_per_context} probes (intercept fitted)")
     print()

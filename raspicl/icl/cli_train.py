@@ -47,7 +47,7 @@ def _device(text: str) -> str:
 
 def cmd_train(args) -> int:
     from raspicl.cli import _check_out_dir
-    from raspicl.icl.tasks import RegressionTask
+    from raspicl.icl.tasks import DEFAULT_KIND, DEFAULT_SPARSITY, RegressionTask
     from raspicl.icl.train import Curriculum, TrainConfig, resume_config, train
     from raspicl.icl.trained import ModelConfig
 
@@ -55,6 +55,8 @@ def cmd_train(args) -> int:
     if args.resume:
         given = [flag for field, flag in SIZE_FLAGS if field != "steps"
                  and getattr(args, field) is not None]
+        given += [flag for flag, value in (("--task", args.task), ("--sparsity", args.sparsity))
+                  if value is not None]
         if given:
             raise RaspiclError(f"--resume reads the sizes from {args.out}/config.json; do not "
                                f"give {', '.join(given)}")
@@ -66,10 +68,17 @@ def cmd_train(args) -> int:
         missing = [flag for field, flag in SIZE_FLAGS if getattr(args, field) is None]
         if missing:
             raise RaspiclError(f"train needs {', '.join(missing)} (or --resume)")
+        args.task = DEFAULT_KIND if args.task is None else args.task
         model_cfg = ModelConfig(d=args.d, n_positions=args.n, layers=args.layers,
                                 d_model=args.d_model, heads=args.heads)
+        if args.sparsity is not None and args.task != "sparse":
+            raise RaspiclError(f"--sparsity is for --task sparse (got --task {args.task})")
+        sparsity = None
+        if args.task == "sparse":
+            sparsity = DEFAULT_SPARSITY if args.sparsity is None else args.sparsity
         try:
-            task = RegressionTask(args.d, args.n, noise=args.noise, w_scale=args.w_scale)
+            task = RegressionTask(args.d, args.n, noise=args.noise, w_scale=args.w_scale,
+                                  kind=args.task, sparsity=sparsity)
         except ValueError as exc:
             raise RaspiclError(str(exc)) from exc
         curriculum = None
@@ -174,15 +183,18 @@ def cmd_predict(args) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register train and predict on the raspicl command line."""
     from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
+    from raspicl.icl.tasks import DEFAULT_SPARSITY, KINDS
 
     p = sub.add_parser(
-        "train", help="train a transformer on in-context linear regression",
+        "train", help="train a transformer on in-context linear (or sparse, or logistic) "
+                      "regression",
         description="Train a GPT-2-style decoder (pre-LN, learned positions, a linear readout "
                     "at every token) on the paper's prompts: x ~ N(0, I_d), w ~ N(0, tau^2 I_d), "
                     "y = w^T x + N(0, sigma^2), fresh prompts every step, AdamW with linear "
                     "warm-up and cosine decay, gradient clipping. Writes DIR/model.safetensors, "
-                    "DIR/config.json, DIR/optimizer.safetensors and DIR/train_log.jsonl "
-                    "(docs/training.md); the same seed gives the same weights.")
+                    "DIR/config.json (which records the task), DIR/optimizer.safetensors and "
+                    "DIR/train_log.jsonl (docs/training.md); the same seed gives the same "
+                    "weights. --task sparse and --task logistic change the prompts.")
     p.add_argument("--d", type=count_arg, metavar="D",
                    help="input dimension (required unless --resume)")
     p.add_argument("--n", type=count_arg, metavar="N",
@@ -197,8 +209,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=count_arg, metavar="S",
                    help="optimizer steps (required unless --resume; with --resume, the new "
                         "total, which changes the cosine schedule's end)")
+    p.add_argument("--task", choices=KINDS, default=None,
+                   help="linear (the default): y = w^T x + noise; sparse: w with --sparsity "
+                        "non-zero coordinates (Garg et al.); logistic: y ~ Bernoulli(sigmoid("
+                        "w^T x)) in {0, 1}, trained with the same squared loss, so the model "
+                        "predicts the probability that y = 1 (docs/training.md)")
+    p.add_argument("--sparsity", type=count_arg, default=None, metavar="K",
+                   help=f"non-zero coordinates of w for --task sparse, at most --d (default "
+                        f"{DEFAULT_SPARSITY}, Garg et al.'s)")
     p.add_argument("--noise", type=scale_arg, default=0.0, metavar="SIGMA",
-                   help="label noise sigma (default 0.0)")
+                   help="label noise sigma (default 0.0; must be 0 for --task logistic)")
     p.add_argument("--w-scale", type=scale_arg, default=1.0, metavar="TAU",
                    help="standard deviation tau of the true w (default 1.0)")
     p.add_argument("--curriculum", action="store_true",

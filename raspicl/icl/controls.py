@@ -103,6 +103,11 @@ class CompiledPredictor:
         return dict(self.model.layout["program"].get("params", {}))
 
     @property
+    def task_kind(self) -> str:
+        """The task its prompts are drawn from (PROGRAM_TASKS; 'linear' by default)."""
+        return PROGRAM_TASKS.get(self.program_name, "linear")
+
+    @property
     def n_blocks(self) -> int:
         return len(self.model.layout["architecture"]["block_order"])
 
@@ -182,8 +187,14 @@ class CompiledPredictor:
     def program_learners(self) -> list:
         """The reference learners of this model's own algorithm at its hyper-parameters (what
         an honest comparison must offer: see docs/experiments.md): batch_gd -> fixed-step
-        gd(T, lr, lam, w0), ridge -> ridge(lam), sgd -> sgd(lr, lam, w0); [] otherwise."""
+        gd(T, lr, lam, w0), ridge -> ridge(lam), sgd -> sgd(lr, lam, w0), logistic_gd ->
+        logistic_gd(T, lr, w0); [] otherwise."""
         return program_learners(self.program_name, self.params)
+
+
+# The task kind (raspicl.icl.tasks.KINDS) a compiled program's prompts are drawn from when it
+# is compared; programs not named here are compared on linear-regression prompts.
+PROGRAM_TASKS = {"logistic_gd": "logistic"}
 
 
 def program_learners(program: str, params: dict) -> list:
@@ -196,6 +207,8 @@ def program_learners(program: str, params: dict) -> list:
     if program == "sgd":
         return [L.SGD(lr=float(params["lr"]), lam=float(params.get("lam", 0.0)),
                       w0=params.get("w0"))]
+    if program == "logistic_gd":
+        return [L.LogisticGD(T=int(params["T"]), lr=float(params["lr"]), w0=params.get("w0"))]
     return []
 
 

@@ -3,7 +3,8 @@
 
     error(A)        mean over prompts of (A(D_k)(x_{k+1}) - w^T x_{k+1})^2 / d: squared error
                     against the NOISELESS target w^T x (Garg et al.'s normalisation, so that the
-                    zero predictor scores about tau^2 = 1 at every k)
+                    zero predictor scores about tau^2 = 1 at every k); for a logistic task the
+                    target is the true probability sigmoid(w^T x) (RegressionTask.targets)
     spd(A1, A2)     squared prediction difference: mean over prompts of
                     (A1(D_k)(x_{k+1}) - A2(D_k)(x_{k+1}))^2 / d ("dimension normalised")
     ilwd(A1, A2)    implicit linear weight difference: mean over contexts of
@@ -68,9 +69,12 @@ def noiseless_targets(prompts: Prompts) -> np.ndarray:
 
 # ------------------------------------------------------------------ from predictions
 
-def error_from_predictions(pred: np.ndarray, prompts: Prompts) -> np.ndarray:
-    """[n + 1]: mean over prompts of (pred - w^T x)^2 / d (NaN where pred is NaN)."""
-    return np.mean((pred - noiseless_targets(prompts)) ** 2, axis=0) / prompts.d
+def error_from_predictions(pred: np.ndarray, prompts: Prompts,
+                           targets: np.ndarray | None = None) -> np.ndarray:
+    """[n + 1]: mean over prompts of (pred - target)^2 / d (NaN where pred is NaN); the target
+    is `targets` [B, n + 1] when given (a task's: RegressionTask.targets), else w^T x."""
+    truth = noiseless_targets(prompts) if targets is None else targets
+    return np.mean((pred - truth) ** 2, axis=0) / prompts.d
 
 
 def spd_from_predictions(p1: np.ndarray, p2: np.ndarray, d: int) -> np.ndarray:
@@ -214,13 +218,15 @@ def compare_steps(references: list) -> int:
 def compare(model: Predictor, references: list[Predictor], prompts: Prompts,
             ilwd_prompts: int = 128, probes: int | None = None, seed: int = 0,
             intercept: bool = True,
-            progress: Callable[[str], None] | None = None) -> Comparison:
+            progress: Callable[[str], None] | None = None,
+            targets: np.ndarray | None = None) -> Comparison:
     """Every metric of the model against every reference learner: error curves (model and
     references), SPD and ILWD per k (model vs each reference), mean SPD, MSPD and the best
     match. ILWD is measured on the first `ilwd_prompts` prompts with `probes` probe queries
     each (default PROBES_PER_DIM * d) drawn from `seed`. progress: called with a learner's
     name after each of the compare_steps(references) units of work (its predictions, its
-    implicit weights), for a progress bar."""
+    implicit weights), for a progress bar. targets: what the error is measured against
+    ([B, n + 1]; default w^T x; a logistic task's is sigmoid(w^T x))."""
     names = [r.name for r in references]
     if model.name in names or len(set(names)) != len(names):
         raise RaspiclError(f"learner names must be distinct: model {model.name!r}, "
@@ -235,8 +241,8 @@ def compare(model: Predictor, references: list[Predictor], prompts: Prompts,
     d = prompts.d
     preds = {r.name: timed(r, lambda r: predict_all(r, prompts)) for r in references}
     mpred = timed(model, lambda m: predict_all(m, prompts))
-    err = {model.name: error_from_predictions(mpred, prompts)}
-    err.update({k: error_from_predictions(p, prompts) for k, p in preds.items()})
+    err = {model.name: error_from_predictions(mpred, prompts, targets)}
+    err.update({k: error_from_predictions(p, prompts, targets) for k, p in preds.items()})
     spds = {k: spd_from_predictions(mpred, p, d) for k, p in preds.items()}
     best, means = best_match(mpred, preds, d)
     sub = Prompts(prompts.X[:ilwd_prompts], prompts.y[:ilwd_prompts],

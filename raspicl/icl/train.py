@@ -196,8 +196,9 @@ class TrainConfig:
 
 
 def fixed_w_for(task: RegressionTask, seed: int) -> np.ndarray:
-    """The one w of a --fixed-w run: w_scale * N(0, I_d) from default_rng([seed, 0, 1])."""
-    return task.w_scale * np.random.default_rng([seed, 0, _FIXED_W_WORD]).standard_normal(task.d)
+    """The one w of a --fixed-w run: the task's w (w_scale * N(0, I_d), sparse for a sparse
+    task) from default_rng([seed, 0, 1])."""
+    return task.sample_w(1, np.random.default_rng([seed, 0, _FIXED_W_WORD]))[0]
 
 
 def training_batch(task: RegressionTask, batch: int, seed: int, step: int,
@@ -206,15 +207,17 @@ def training_batch(task: RegressionTask, batch: int, seed: int, step: int,
     """Step `step`'s batch: tokens [B, 2 n_eff + 1, d + 1] float32 (n_eff examples and a query)
     and targets [B, n_eff + 1] (the y of x_1..x_{n_eff} and of the query, with noise).
 
-    Drawn from default_rng([seed, step]) as a RegressionTask(d_eff, n_eff + 1) sample whose
-    last example is the query; x is zero-padded from d_eff to d coordinates."""
+    Drawn from default_rng([seed, step]) as a sample of the task resized to d_eff dimensions
+    and n_eff + 1 examples, whose last example is the query; x is zero-padded from d_eff to d
+    coordinates. The targets are the labels as sampled (noisy; {0, 1} for a logistic task)."""
     d_eff = task.d if d_eff is None else d_eff
     n_eff = task.n if n_eff is None else n_eff
     rng = np.random.default_rng([seed, step])
-    p = RegressionTask(d_eff, n_eff + 1, task.noise, task.w_scale).sample(batch, rng)
+    sub = task.resized(d_eff)
+    p = replace(sub, n=n_eff + 1).sample(batch, rng)
     y = p.y
     if fixed_w is not None:
-        y = p.X @ fixed_w[:d_eff] + task.noise * rng.standard_normal(y.shape)
+        y = sub.labels(p.X, fixed_w[:d_eff], rng)
     X = np.zeros((batch, n_eff + 1, task.d))
     X[..., :d_eff] = p.X
     tokens = Prompts(X[:, :n_eff], y[:, :n_eff], X[:, n_eff]).tokens()
@@ -229,20 +232,22 @@ def eval_prompts(task: RegressionTask, count: int, seed: int,
     if fixed_w is None:
         return p
     w = np.broadcast_to(fixed_w, p.w.shape).copy()
-    y = p.X @ fixed_w + task.noise * rng.standard_normal(p.y.shape)
-    return Prompts(p.X, y, p.xq, w)
+    return Prompts(p.X, task.labels(p.X, fixed_w, rng), p.xq, w)
 
 
 @torch.no_grad()
-def evaluate(model: ICLTransformer, prompts: Prompts) -> dict:
-    """Garg et al.'s normalised error (prediction - w^T x)^2 / d against the noiseless target,
-    per prefix k = 0..n (k = n: the query) and its mean."""
+def evaluate(model: ICLTransformer, prompts: Prompts, task: RegressionTask | None = None
+             ) -> dict:
+    """Garg et al.'s normalised error (prediction - target)^2 / d against the noiseless target
+    (task.targets: w^T x, or sigmoid(w^T x) for a logistic task; w^T x when task is None), per
+    prefix k = 0..n (k = n: the query) and its mean."""
     from raspicl.icl.trained import TrainedPredictor
 
     was_training = model.training
     pred = TrainedPredictor(model).predict(prompts)
     model.train(was_training)
-    truth = np.einsum("bkd,bd->bk", prompts.prefix_queries(), prompts.w)
+    truth = (task.targets(prompts) if task is not None
+             else np.einsum("bkd,bd->bk", prompts.prefix_queries(), prompts.w))
     by_k = ((pred - truth) ** 2).mean(axis=0) / prompts.d
     return {"error_by_k": [float(e) for e in by_k], "query_error": float(by_k[-1]),
             "mean_error": float(by_k.mean())}
@@ -387,7 +392,7 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
                          "n_eff": n_eff, "steps_per_s": (done - s_log) / max(now - t_log, 1e-9)}
                 window, t_log, s_log = [], now, done
                 if (cfg.eval_every and done % cfg.eval_every == 0) or done in (cfg.steps, end):
-                    last_eval = evaluate(model, held_out)
+                    last_eval = evaluate(model, held_out, task)
                     entry["eval_query_error"] = last_eval["query_error"]
                     entry["eval_mean_error"] = last_eval["mean_error"]
                 log.append(entry)
@@ -409,7 +414,7 @@ def train(model_config: ModelConfig, task: RegressionTask, cfg: TrainConfig,
                  f"{out})" if out is not None else "; nothing was written")
         raise TrainingInterrupted(f"training stopped after step {end} of {cfg.steps}{where}")
     if not last_eval:
-        last_eval = evaluate(model, held_out)
+        last_eval = evaluate(model, held_out, task)
     model.eval()
     loss, covered = final_loss(log, end)
     return TrainResult(model=model, step=end, final_loss=loss, final_window=covered,

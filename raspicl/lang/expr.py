@@ -668,6 +668,7 @@ def _hoist_op(prog, scope, key: tuple, hint: str, shape: Shape, write) -> Regist
         dst = write(prog._new_register(name, shape, "value", caller_location()))
         op = prog.ops.pop(mark)
         prog._writes[dst.name].pop()
+        scope.written.discard(dst.name)  # (a fresh register, written before the loop only)
         prog._insert(op, at)
         scope.hoist_at += 1
         scope.hoisted[key] = dst

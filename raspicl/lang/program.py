@@ -233,6 +233,10 @@ class Program:
         object.__setattr__(op, "loop", self._loop)
         self.ops.append(op)
         self._writes.setdefault(op.dst.name, []).append(op)
+        if self.temp_scope is not None:
+            # every register a scan's step writes, by any op (an apply, a div, a select into
+            # a name of the step's own): what reads one is not loop-invariant (scan.py)
+            self.temp_scope.written.add(op.dst.name)
         return op.dst
 
     def _insert(self, op: Op, position: int) -> Register:
@@ -594,6 +598,7 @@ class Program:
         The interpreter computes f exactly in float64 everywhere (NaN outside f's domain);
         the compiled model approximates f on the range by one MLP of GeLU units with a
         certified error, and its monitor refuses a prompt whose argument leaves the range.
+        A name inside a scan's step or a loop is a var reused by every iteration, as p.let's.
         """
         source = caller_location()
         name = _dst_name(dst)
@@ -604,6 +609,9 @@ class Program:
             raise fail("apply", name, source, str(exc)) from None
         w = read.register.width
         lin = [(int(c), 1.0, 0, int(c)) for c in np.arange(w)]  # (`range` is the argument)
+        scope = self._scope()
+        if scope is not None and isinstance(dst, str):  # inside a scan's step or a loop: a
+            dst = scope.var(self, dst, read.register.shape)  # var, as p.let's (one per name)
         target = self._target(dst, read.register.shape, "apply", source)
         return self._add(Op("apply", target, (read,), linear_terms(lin), product_terms([]),
                             np.zeros(w), None, source, note, function=fn))
