@@ -26,10 +26,10 @@ from raspicl.contract import ContractReport, ContractStream, Finding, check_cont
 from raspicl.disguise import disguise_record, plain_layout
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
-from raspicl.interpret import value_at
 from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.prompts import Prompts
+from raspicl.semantics import value_at
 from raspicl.sparse_weights import SparseWeights
 from raspicl.transposed import last_residual
 

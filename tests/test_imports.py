@@ -36,13 +36,6 @@ PACKAGE = ROOT / "raspicl"
 # call back). Each is one strongly connected component, as paths relative to the repository.
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({
-        "raspicl/interpret.py",
-        "raspicl/lang/program.py",
-        "raspicl/lang/scan.py",
-        "raspicl/prompts.py",
-        "raspicl/symbolic.py",
-    }),
-    frozenset({
         "raspicl/benchmark/methods.py",
         "raspicl/benchmark/score.py",
         "raspicl/benchmark/subject.py",
