@@ -10,6 +10,7 @@ importing this package does not); tests/test_public_api.py keeps the two equal.
 """
 
 from raspicl import solvers
+from raspicl._version import __version__ as __version__  # (the package's version)
 from raspicl.errors import (
     CompileError,
     ConfigError,
@@ -35,8 +36,6 @@ from raspicl.lang import (
     Register,
 )
 from raspicl.prompts import PromptDistribution, Prompts, random_prompts
-
-__version__ = "0.1.0"
 
 __all__ = [
     # programs and places

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from raspicl.arch import LN_ANCHOR_ROWS
+from raspicl.cli_args import count_arg, seed_arg
 from raspicl.errors import RaspiclError
 from raspicl.layout_records import ANCHOR_ROWS
 
@@ -287,8 +288,6 @@ def _pad_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
 
 def add_disguise_args(p) -> None:
     """`--disguise SEED` and `--pad N` for `raspicl compile`."""
-    from raspicl.cli import seed_arg
-
     g = p.add_argument_group("disguise (docs/benchmark.md)")
     g.add_argument("--disguise", type=seed_arg, metavar="SEED",
                    help="rotate the residual basis by a random orthogonal map (seeded) that "
@@ -300,8 +299,6 @@ def add_disguise_args(p) -> None:
 
 
 def _pad_arg(text: str) -> int:
-    from raspicl.cli import count_arg
-
     return 0 if text.strip() == "0" else count_arg(text)
 
 
