@@ -534,7 +534,7 @@ def make_engine(spec: SweepSpec, out: Path, workers: int, settings: dict):
         return LocalEngine(workers)
     from raspicl.icl.sweep_submitit import SubmititEngine
 
-    return SubmititEngine(out, workers, settings, dict(spec.engine_options))
+    return SubmititEngine(out, workers, settings, dict(spec.engine_options), run_unit)
 
 
 # ------------------------------------------------------------------------- the sweep
