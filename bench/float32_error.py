@@ -56,9 +56,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from raspicl.compiler import CompilerConfig  # noqa: E402
-from raspicl.interpret import interpret, stream_ops  # noqa: E402
+from raspicl.interpret import interpret  # noqa: E402
 from raspicl.prompts import PromptDistribution, Prompts  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
+from raspicl.semantics import stream_ops  # noqa: E402
 from raspicl.verify import _writes, compile_checked, contract_tolerance_for  # noqa: E402
 
 torch.set_num_threads(1)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import raspicl.verify as verify  # noqa: E402
-from raspicl.cli import parse_sets  # noqa: E402
+from raspicl.cli_args import parse_sets  # noqa: E402
 from raspicl.model import threads_for  # noqa: E402
 from raspicl.registry import find_program  # noqa: E402
 

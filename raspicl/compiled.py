@@ -23,13 +23,13 @@ import torch
 
 from raspicl.compact import CompactPlan
 from raspicl.contract import ContractReport, ContractStream, Finding, check_contract
-from raspicl.disguise import disguise_record, plain_layout
+from raspicl.disguise_layout import disguise_record, plain_layout
 from raspicl.errors import DomainError, DomainWarning
 from raspicl.guards import check_mode, check_prompt
-from raspicl.interpret import value_at
 from raspicl.lang.reads import place_from_record
 from raspicl.model import Transformer, check_dtype, threads_for, torch_threads
 from raspicl.prompts import Prompts
+from raspicl.semantics import value_at
 from raspicl.sparse_weights import SparseWeights
 from raspicl.transposed import last_residual
 
@@ -272,7 +272,7 @@ class CompiledModel:
     @property
     def monitor_layout(self) -> dict:
         """The layout the runtime monitor reads: a disguised model's plain layout
-        (raspicl.disguise.plain_layout), else the layout itself."""
+        (raspicl.disguise_layout.plain_layout), else the layout itself."""
         if self._disguise is None:
             return self.layout
         if self._plain_layout is None:

@@ -6,7 +6,7 @@ prompt B (Geiger et al.'s interchange intervention; "activation patching" when d
 network). For a compiled model the answer is known exactly:
 
 - `override_trace(program, tokens_A, {label: value})` runs the float64 interpreter
-  (raspicl.interpret.stream_ops, unchanged) and replaces the register version `label` by
+  (raspicl.semantics.stream_ops, unchanged) and replaces the register version `label` by
   `value` right after the op that writes it, so every later op reads the replaced value; an
   input (x, y) is replaced in the tokens themselves. A constant takes the same value under
   every prompt, so interchanging it changes nothing. Tokens where the replacement is NaN
@@ -39,8 +39,9 @@ import torch
 
 from raspicl.errors import RaspiclError
 from raspicl.groundtruth import GroundTruth, derive
-from raspicl.interpret import Trace, stream_ops
+from raspicl.interpret import Trace
 from raspicl.prompts import Prompts, check_tokens
+from raspicl.semantics import stream_ops
 
 Patch = Callable[[np.ndarray], np.ndarray]
 

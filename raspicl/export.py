@@ -48,6 +48,7 @@ from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError, RaspiclError
 from raspicl.groundtruth import GROUNDTRUTH, groundtruth_files
 from raspicl.interop.hf import HF_DIR, HF_FILES
+from raspicl.layout_file import no_duplicates, read_layout
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
 
@@ -377,7 +378,7 @@ def _load(d: Path, device: str | torch.device | None) -> CompiledModel:
         if not path.is_file():
             raise LoadError(f"{path} does not exist; a compiled model is a directory holding "
                             f"{WEIGHTS} and {LAYOUT} (raspicl compile ... --out DIR)")
-    layout = _read_layout(layout_path)
+    layout = read_layout(layout_path)
     try:
         weights = weights_path.read_bytes()
     except OSError as exc:
@@ -445,7 +446,7 @@ def read_header(data: bytes, path: str | Path = WEIGHTS) -> dict[str, TensorInfo
     if n > len(data) - 8:
         raise bad(f"its header length {n} exceeds the file ({len(data)} bytes)")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=no_duplicates)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise bad(f"its header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -508,37 +509,6 @@ def _verify(layout: dict, weights: bytes, layout_path: Path, weights_path: Path)
                         f"{layout['integrity']['digest']}, its content and {WEIGHTS} give "
                         f"{digest}), while {WEIGHTS} is the file it was exported with. Compile "
                         f"the model again rather than editing layout.json")
-
-
-def _read_layout(path: Path) -> dict:
-    """layout.json parsed: UTF-8, JSON, no duplicate keys, an object at the top."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise LoadError(f"{path} cannot be read: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise LoadError(f"{path} is not UTF-8 text: {exc}") from exc
-    try:
-        layout = json.loads(text, object_pairs_hook=_no_duplicates)
-    except RecursionError as exc:
-        raise LoadError(f"{path} is nested too deeply to be a layout") from exc
-    except ValueError as exc:  # JSONDecodeError, a duplicate key, an integer of 4300+ digits
-        raise LoadError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(layout, dict):
-        kind = {list: "an array", str: "a string"}.get(type(layout), "a scalar")
-        raise LoadError(f"{path}: the top level must be an object, got {kind}")
-    return layout
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    """json object_pairs_hook: a key given twice is an error, not the last one silently (a
-    reader that keeps the first would see another layout than the digest covers)."""
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _is_nonneg_int(v: object) -> bool:

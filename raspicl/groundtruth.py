@@ -56,7 +56,9 @@ from typing import Any
 
 import numpy as np
 
+from raspicl.disguise_layout import disguise_record
 from raspicl.errors import LoadError
+from raspicl.layout_file import read_layout
 from raspicl.schema import (
     Anything,
     Array,
@@ -248,8 +250,6 @@ class GroundTruth:
 def residual_basis(layout: dict) -> np.ndarray | None:
     """The disguised basis of a layout (raspicl.disguise: plain row j is the model's
     direction basis[j]), or None for a plain model (the identity)."""
-    from raspicl.disguise import disguise_record
-
     rec = disguise_record(layout)
     return None if rec is None else rec.basis
 
@@ -304,8 +304,6 @@ def derive(layout: dict) -> GroundTruth:
                 writer=tuple(sorted(graph.writers_of(label))),
                 readers=tuple(sorted(graph.readers_of(label))), _n_residuals=n_res))
     if basis is not None:
-        from raspicl.disguise import disguise_record
-
         r = disguise_record(layout)
         rec = {"disguised": True, "seed": r.seed, "pad": r.pad, "d_plain": r.d_plain,
                "pinned": list(r.pinned)}
@@ -779,9 +777,7 @@ def load_groundtruth(directory: str | Path) -> GroundTruth:
     layout_dir = d if (d / "layout.json").is_file() else d.parent \
         if (d.parent / "layout.json").is_file() and d.name == "hf" else None
     if layout_dir is not None:
-        from raspicl.export import _read_layout
-
-        layout = _read_layout(layout_dir / "layout.json")
+        layout = read_layout(layout_dir / "layout.json")
         check_against_layout(record, layout)
     return GroundTruth.from_json(record)
 

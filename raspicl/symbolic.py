@@ -10,7 +10,7 @@ those symbols (and in any sympy parameters the program was built with: lr, lam, 
     pred = register_expressions(trace, "pred", program.format.n_tokens - 1)
     assert prove_equal(pred, closed_form(syms.X[0], syms.y[0], syms.xq, ...))
 
-Float coefficients enter as the exact rationals they equal (see interpret.py), so 0.5 is 1/2;
+Float coefficients enter as the exact rationals they equal (see semantics.py), so 0.5 is 1/2;
 a coefficient such as 0.1 is not 1/10 in float64 and is not proven equal to it. Build programs
 with sympy numbers (sympy.Rational(1, 10)) or symbols for exact statements.
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
+from raspicl.exact import prove_equal  # noqa: F401 - part of this module's interface (above)
 from raspicl.interpret import Trace, run_ops
 from raspicl.lang.program import Program, PromptFormat
 
@@ -78,25 +79,3 @@ def register_expressions(trace: Trace, name: str, t: int):
     if value.ndim == 1:
         return sympy.Matrix(list(value))
     return sympy.Matrix(value.tolist())
-
-
-def prove_equal(expr, closed_form) -> bool:
-    """True iff expr - closed_form is exactly 0 (entrywise for matrices).
-
-    Both sides are usually rational functions of the symbols, for which together + cancel
-    gives a canonical p/q: zero iff p is. Anything cancel cannot decide (an Abs it could not
-    remove, say) goes on to sympy.simplify. A difference holding nan (an undefined read) is
-    never proven 0.
-    """
-    if isinstance(expr, sympy.MatrixBase) or isinstance(closed_form, sympy.MatrixBase):
-        a, b = sympy.Matrix(expr), sympy.Matrix(closed_form)
-        return a.shape == b.shape and all(prove_equal(u, v) for u, v in zip(a, b, strict=True))
-    diff = sympy.sympify(expr) - sympy.sympify(closed_form)
-    if diff.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
-        return False
-    reduced = sympy.cancel(sympy.together(diff))
-    if reduced == 0:
-        return True
-    if reduced.is_rational_function() and not reduced.has(sympy.Float):
-        return False  # canonical and nonzero
-    return sympy.simplify(reduced) == 0

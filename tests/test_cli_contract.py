@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from raspicl.cli import build_parser, cli_remedies, command_threads, main
+from raspicl.cli import build_parser, command_threads, main
+from raspicl.cli_programs import cli_remedies
 from raspicl.model import THREADS_ENV
 from raspicl.prompts import Prompts, random_prompts
 from raspicl.registry import find_program

@@ -5,7 +5,7 @@ Errors raspicl finds are `raspicl: error: ...` on stderr and main() returns 2; a
 (an option's value argparse's type check refuses) is argparse's usage line, then one line
 `raspicl COMMAND: error: argument --OPTION: ...`, and SystemExit(2). Also: the --set parser,
 the parameter checks that run before program() (raspicl.registry.ProgramFile.check_params), the
-calibration flags (raspicl.cli.domain_from_args) and raspicl.prompts.load_prompts.
+calibration flags (raspicl.cli_programs.domain_from_args) and raspicl.prompts.load_prompts.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raspicl.cli import build_parser, domain_from_args, main, parse_sets
+from raspicl.cli import build_parser, main
+from raspicl.cli_args import parse_sets
+from raspicl.cli_programs import domain_from_args
 from raspicl.errors import RaspiclError
 from raspicl.prompts import PromptDistribution, Prompts, load_prompts
 from raspicl.registry import SIZE_LIMITS, find_program

@@ -19,7 +19,8 @@ from bench_models import ARCHS, PROGRAMS, compiled
 from raspicl import interpret, random_prompts
 from raspicl.cli import main
 from raspicl.compiled import CompiledModel
-from raspicl.disguise import disguise, disguise_record, random_rotation
+from raspicl.disguise import disguise, random_rotation
+from raspicl.disguise_layout import disguise_record
 from raspicl.errors import RaspiclError
 from raspicl.export import load, save
 from raspicl.groundtruth import derive, load_groundtruth

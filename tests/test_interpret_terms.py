@@ -1,16 +1,14 @@
-"""interpret._sum_terms, the interpreter's sums of terms, against the dense matrix product it
+"""semantics._sum_terms, the interpreter's sums of terms, against the dense matrix product it
 stands for (numpy's matmul of the same terms as a matrix): bit for bit, on finite rows and on
 rows with NaN and infinities, for one term per output (the elementwise path) and several (the
 matmul itself)."""
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
-interp = importlib.import_module("raspicl.interpret")  # (raspicl.interpret is also a function)
+from raspicl import semantics as interp
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

@@ -26,9 +26,9 @@ from raspicl.contract import Read as MonitorRead
 from raspicl.contract.forward import _compose, _Walk
 from raspicl.errors import ContractWarning, LoadError
 from raspicl.export import load, save
-from raspicl.interpret import value_at
 from raspicl.lang.reads import compose, place_from_record, place_record, source_token
 from raspicl.schema import PLACE, Context
+from raspicl.semantics import value_at
 
 # ---------------------------------------------------------------- the language and the record
 

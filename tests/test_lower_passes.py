@@ -19,8 +19,8 @@ from raspicl.compiler.fold import fold_program
 from raspicl.compiler.lower import lower
 from raspicl.compiler.ssa import rename
 from raspicl.errors import CompileError
-from raspicl.interpret import stream_ops
 from raspicl.registry import find_program
+from raspicl.semantics import stream_ops
 
 CASES = [("gd_step", {"d": 2}), ("sherman_morrison", {"d": 2}), ("ridge", {"d": 2, "n": 3}),
          ("sgd", {"d": 2, "n": 3}), ("newton", {"d": 2, "n": 2, "T": 2}),

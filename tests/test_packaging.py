@@ -38,5 +38,8 @@ def test_version_has_one_source():
     project = _pyproject()["project"]
     assert "version" not in project and "version" in project["dynamic"]
     attr = _pyproject()["tool"]["setuptools"]["dynamic"]["version"]["attr"]
-    assert attr == "raspicl.__version__"
-    assert raspicl.__version__.count(".") == 2
+    # raspicl/_version.py, read without importing the package (setuptools finds the literal)
+    assert attr == "raspicl._version.__version__"
+    from raspicl._version import __version__
+
+    assert raspicl.__version__ == __version__ and __version__.count(".") == 2

@@ -23,6 +23,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import raspicl
@@ -132,6 +134,27 @@ def test_documented_surface_imports():
             assert hasattr(mod, name), f"{module} has no {name}"
             if hasattr(mod, "__all__"):
                 assert name in mod.__all__, f"{name} is not in {module}.__all__"
+
+
+def test_import_is_light_and_the_lazy_names_are_their_modules():
+    """`import raspicl` loads no torch (a fresh interpreter checks it); the names the package
+    imports on first use (its __getattr__) are their modules' own objects."""
+    code = ("import sys, raspicl\n"
+            "assert 'torch' not in sys.modules, 'import raspicl loaded torch'\n"
+            "from raspicl import compile_program, save\n"
+            "assert 'torch' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    _, modules = documented_surface()
+    for module, entries in modules.items():
+        mod = importlib.import_module(module)
+        for name in entries:
+            assert getattr(raspicl, name) is getattr(mod, name), f"raspicl.{name}"
+    try:
+        raspicl.no_such_name  # noqa: B018 - the lookup is the test
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("raspicl.no_such_name did not raise AttributeError")
 
 
 def test_rule_breaks_are_found():

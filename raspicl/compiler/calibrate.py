@@ -6,7 +6,7 @@ Prompts. A distribution is sampled at its four corners (x scale 1 or the domain'
 the domain's), so that the noiseless standard prompts and the widest noisy ones are both seen.
 
 Calibration runs the float64 interpreter on those prompts, config.CALIBRATION_CHUNK prompts at
-a time (interpret.stream_ops, which drops every register value no later op reads), and keeps
+a time (semantics.stream_ops, which drops every register value no later op reads), and keeps
 per op only running statistics, never the op's output over all prompts: memory is O(one chunk
 of the live registers + ops * tokens), not O(ops * prompts * tokens * width). The statistics
 are maxima, minima and counts, so they do not depend on the chunk size.
@@ -24,9 +24,9 @@ import numpy as np
 
 from raspicl.compiler.config import CALIBRATION_CHUNK, CompilerConfig
 from raspicl.errors import CompileError
-from raspicl.interpret import stream_ops
 from raspicl.lang.program import Program
 from raspicl.prompts import PromptDistribution, Prompts, check_tokens
+from raspicl.semantics import stream_ops
 
 Domain = PromptDistribution | Prompts
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
+from raspicl.cli_args import add_threads_arg, count_arg, scale_arg, seed_arg
 from raspicl.errors import RaspiclError
 from raspicl.icl.figures import compare_figure, probe_figure, save_figure
 

@@ -11,23 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from raspicl.cli_args import check_out_dir, count_arg, device_arg
 from raspicl.errors import RaspiclError
-
-
-def _device(text: str) -> str:
-    """argparse type: cpu, cuda or cuda:N."""
-    if text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
-
-
-def _check_out_dir(path: str, option: str) -> None:
-    """An output directory may exist, but not as something other than a directory."""
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise RaspiclError(f"{option} {path}: {p} exists and is not a directory")
-            break
 
 
 def cmd_sweep(args) -> int:
@@ -37,7 +22,7 @@ def cmd_sweep(args) -> int:
     spec = SweepSpec.load(args.spec)
     if args.engine is not None:
         spec.engine = args.engine
-    _check_out_dir(args.out, "--out")
+    check_out_dir(args.out, "--out")
     out = Path(args.out)
     threads = args.threads if args.threads is not None else spec.threads
     try:
@@ -99,7 +84,6 @@ def cmd_report(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register sweep and report on the raspicl command line."""
-    from raspicl.cli import count_arg
 
     p = sub.add_parser(
         "sweep", help="train and measure a grid of in-context learners from a TOML spec",
@@ -121,7 +105,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "else cores // threads; jobs x threads may not exceed the cores)")
     p.add_argument("--threads", type=count_arg, metavar="T",
                    help="torch threads per job (default: the spec's sweep.threads, else 1)")
-    p.add_argument("--device", type=_device, metavar="DEVICE",
+    p.add_argument("--device", type=device_arg, metavar="DEVICE",
                    help="cpu, cuda or cuda:N for training (default: the spec's sweep.device, "
                         "else cpu)")
     p.add_argument("--dry-run", action="store_true",

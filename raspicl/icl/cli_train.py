@@ -9,6 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from raspicl.cli_args import (
+    add_threads_arg,
+    check_out_dir,
+    count_arg,
+    device_arg,
+    scale_arg,
+    seed_arg,
+)
 from raspicl.errors import RaspiclError
 
 SIZE_FLAGS = (("d", "--d"), ("n", "--n"), ("layers", "--layers"), ("d_model", "--d-model"),
@@ -16,8 +24,6 @@ SIZE_FLAGS = (("d", "--d"), ("n", "--n"), ("layers", "--layers"), ("d_model", "-
 
 
 def _positive_float(text: str) -> float:
-    from raspicl.cli import scale_arg
-
     value = scale_arg(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
@@ -25,8 +31,6 @@ def _positive_float(text: str) -> float:
 
 
 def _ratio(text: str) -> float:
-    from raspicl.cli import scale_arg
-
     value = scale_arg(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
@@ -34,24 +38,15 @@ def _ratio(text: str) -> float:
 
 
 def _nonneg_int(text: str) -> int:
-    from raspicl.cli import seed_arg
-
     return seed_arg(text)
 
 
-def _device(text: str) -> str:
-    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
-
-
 def cmd_train(args) -> int:
-    from raspicl.cli import _check_out_dir
     from raspicl.icl.tasks import DEFAULT_KIND, DEFAULT_SPARSITY, RegressionTask
     from raspicl.icl.train import Curriculum, TrainConfig, resume_config, train
     from raspicl.icl.trained import ModelConfig
 
-    _check_out_dir(args.out, "--out")
+    check_out_dir(args.out, "--out")
     if args.resume:
         given = [flag for field, flag in SIZE_FLAGS if field != "steps"
                  and getattr(args, field) is not None]
@@ -182,7 +177,6 @@ def cmd_predict(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register train and predict on the raspicl command line."""
-    from raspicl.cli import add_threads_arg, count_arg, scale_arg, seed_arg
     from raspicl.icl.tasks import DEFAULT_SPARSITY, KINDS
 
     p = sub.add_parser(
@@ -244,7 +238,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=count_arg, default=1, metavar="T",
                    help="torch threads on CPU (default 1: on a shared 2-core machine 2 threads "
                         "ran a small model up to 15x slower)")
-    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
+    p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
                    help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--checkpoint-every", type=_nonneg_int, default=5000, metavar="STEPS",
                    help="write a resumable checkpoint every this many steps, 0 for only at the "

@@ -27,6 +27,7 @@ that the local pool and submitit (which pickles the call, never weights) run the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -154,15 +155,28 @@ class _Status:
         self.save()
 
 
+def _commands_parser() -> argparse.ArgumentParser:
+    """A parser of the commands a sweep runs, registered by their own modules as on the
+    `raspicl` parser: compile (raspicl.cli_programs), compare and probe
+    (raspicl.icl.cli_analysis). Not raspicl.cli.build_parser: raspicl.cli imports the sweep's
+    own command (raspicl.icl.cli_sweep), and a command does not import the command line."""
+    from raspicl import cli_programs
+    from raspicl.icl import cli_analysis
+
+    parser = argparse.ArgumentParser(prog="raspicl")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_programs.add_commands(sub)
+    cli_analysis.add_commands(sub)
+    return parser
+
+
 def _cli(argv: list[str], log: Path) -> None:
     """Run a raspicl subcommand in this process, its output appended to `log`: the sweep's
     analyses are exactly `raspicl compile / compare / probe`, with the same files."""
-    from raspicl.cli import build_parser
-
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         print(f"$ raspicl {' '.join(argv)}", flush=True)
         try:
-            args = build_parser().parse_args(argv)
+            args = _commands_parser().parse_args(argv)
         except SystemExit as exc:  # argparse: the sweep built a command line it refuses
             raise RaspiclError(f"raspicl {argv[0]} refused the command line {argv} "
                                f"(see {log})") from exc
@@ -520,7 +534,7 @@ def make_engine(spec: SweepSpec, out: Path, workers: int, settings: dict):
         return LocalEngine(workers)
     from raspicl.icl.sweep_submitit import SubmititEngine
 
-    return SubmititEngine(out, workers, settings, dict(spec.engine_options))
+    return SubmititEngine(out, workers, settings, dict(spec.engine_options), run_unit)
 
 
 # ------------------------------------------------------------------------- the sweep

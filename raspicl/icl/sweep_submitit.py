@@ -1,5 +1,6 @@
-"""The cluster engine of `raspicl sweep`: the same units of work (raspicl.icl.sweep.run_unit)
-submitted through submitit (facebookincubator/submitit), to SLURM, or as local processes for
+"""The cluster engine of `raspicl sweep`: the same units of work (raspicl.icl.sweep.run_unit,
+which the sweep hands the engine as `work`: this module does not import the sweep) submitted
+through submitit (facebookincubator/submitit), to SLURM, or as local processes for
 tests and for machines without a scheduler (`sweep.engine = "submitit"`, the optional extra
 `raspicl[cluster]`; docs/experiments.md says why submitit and not Ray).
 
@@ -18,6 +19,7 @@ be on a file system the nodes share, since the workers write the job directories
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from raspicl.errors import RaspiclError
@@ -36,12 +38,15 @@ LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 
 
 class Task(Checkpointable):
-    """One unit of a sweep, as submitit runs it (requeued as itself on preemption)."""
+    """One unit of a sweep, as submitit runs it (requeued as itself on preemption): `work`
+    (raspicl.icl.sweep.run_unit) called on the unit's plain values. The function pickles as
+    its name, so a worker imports its module, raspicl.icl.sweep."""
+
+    def __init__(self, work: Callable[[dict, str, str, dict], dict]) -> None:
+        self.work = work
 
     def __call__(self, unit: dict, out: str, run: str, settings: dict) -> dict:
-        from raspicl.icl.sweep import run_unit
-
-        return run_unit(unit, out, run, settings)
+        return self.work(unit, out, run, settings)
 
 
 class SubmititEngine:
@@ -51,7 +56,9 @@ class SubmititEngine:
 
     name = "submitit"
 
-    def __init__(self, out: Path, workers: int, settings: dict, options: dict) -> None:
+    def __init__(self, out: Path, workers: int, settings: dict, options: dict,
+                 work: Callable[[dict, str, str, dict], dict]) -> None:
+        self.work = work  # what each unit runs (raspicl.icl.sweep.run_unit)
         if submitit is None:
             raise RaspiclError("sweep.engine = \"submitit\" needs the submitit package: pip "
                                "install 'raspicl[cluster]' (or pip install submitit)")
@@ -76,7 +83,7 @@ class SubmititEngine:
         self.slots = workers if local else 1 << 30
 
     def submit(self, unit: dict, out: str, run: str, settings: dict):
-        return self.executor.submit(Task(), unit, out, run, settings)
+        return self.executor.submit(Task(self.work), unit, out, run, settings)
 
     @staticmethod
     def done(job) -> bool:

@@ -363,12 +363,13 @@ def _shift_clamped(p, state: dict[str, Register], carried: dict[str, Expr]) -> N
 
 def _token0(p, exprs: dict[str, Expr]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The exact values at token 0 of the expressions and of the registers they read, for
-    every prompt: the ops they depend on run on token 0 alone (reads are causal) in sympy
+    every prompt: the ops they depend on run on token 0 alone (raspicl.semantics.stream_ops,
+    the interpreter's semantics; reads are causal) in sympy
     arithmetic (coefficients as the rationals they equal), with token 0's x symbolic (y is 0
     at x_1's token)."""
     import sympy
 
-    from raspicl.interpret import expr_value, stream_ops
+    from raspicl.semantics import expr_value, stream_ops
 
     reads = set().union(*(e.registers() for e in exprs.values()))
     needed, ops = set(reads), []
@@ -410,11 +411,11 @@ def _show(values) -> str:
 
 
 def _equal(got: np.ndarray, want: np.ndarray) -> bool:
-    """Exact sympy values equal to float ones, entry by entry (raspicl.symbolic.prove_equal:
+    """Exact sympy values equal to float ones, entry by entry (raspicl.exact.prove_equal:
     a False may be a zero sympy could not prove, and NaN or an infinity is never equal)."""
     import sympy
 
-    from raspicl.symbolic import prove_equal  # (it imports the interpreter, which imports lang)
+    from raspicl.exact import prove_equal
 
     return all(prove_equal(g, sympy.Rational(float(w)))
                for g, w in zip(got.reshape(-1), np.asarray(want).reshape(-1), strict=True))
