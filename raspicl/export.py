@@ -44,11 +44,11 @@ from safetensors.torch import save as save_bytes
 
 from raspicl.arch import arch_of_layout
 from raspicl.compiled import CompiledModel, coarsest, held_precision
-from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import ExportError, LoadError, RaspiclError
 from raspicl.groundtruth import GROUNDTRUTH, groundtruth_files
 from raspicl.interop.hf import HF_DIR, HF_FILES
 from raspicl.layout_file import no_duplicates, read_layout
+from raspicl.layout_records import FORMAT_VERSION
 from raspicl.model import ModelConfig, Transformer, check_dtype
 from raspicl.schema import INTEGRITY_ALGORITHM, INTEGRITY_COVERS, validate_layout
 

@@ -24,6 +24,10 @@ from enum import Enum
 
 from raspicl.slots import EMBEDDING, run_of, stage_of
 
+# layout.json's format, which describe writes and the schema and export check.
+# 3: typed records (labels, slot records, head actions, temporaries' slots, MLP divisors)
+FORMAT_VERSION = 3
+
 FIXED_SLOT = -(10**9)  # fixed rows hold their meaning from before the embedding on
 ANCHOR_ROWS = ("anchor_pos", "anchor_neg")  # the fixed rows a division's anchors +-N s go to
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raspicl.arch import ACT_FNS, ARCHITECTURES, GPT2_ACT_FNS
-from raspicl.compiler.describe import FORMAT_VERSION
 from raspicl.errors import LoadError
 from raspicl.lang.reads import ROLES
+from raspicl.layout_records import FORMAT_VERSION
 from raspicl.model import GADGET_DTYPES
 from raspicl.slots import attn_slot, run_of, stage_of
 

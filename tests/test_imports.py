@@ -24,12 +24,16 @@ More import rules, each a direction of the layers:
   symbolic proofs, the compiler, the command line (its scan decides its form through
   raspicl/semantics.py and raspicl/exact.py, which import no layer above the language's ops);
 - nothing imports raspicl/cli.py but raspicl/__main__.py: the command line is the top, and a
-  command's module takes its argument types from raspicl/cli_args.py.
+  command's module takes its argument types from raspicl/cli_args.py;
+- every module has a layer (docs/index.md, "The source, in layers", which LAYERS must match),
+  and imports only from its own layer and those below (raspicl/__init__.py, the public API,
+  names what the layers offer and stands outside them).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -229,3 +233,58 @@ def test_only_the_entry_point_imports_the_command_line():
     graph = import_graph()
     importers = sorted(m for m, targets in graph.items() if "raspicl.cli" in targets)
     assert importers == ["raspicl.__main__"]
+
+
+# The layers, bottom to top: each a name and the modules (a package stands for everything in
+# it) it holds. docs/index.md draws the same list.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("base", ["errors", "accurate", "cli_args", "_version"]),
+    ("language", ["lang", "semantics", "exact"]),
+    ("semantics", ["prompts", "interpret", "symbolic", "solvers", "registry"]),
+    ("runtime", ["arch", "model", "compact", "transposed", "sparse_weights", "slots", "guards",
+                 "layout_records", "layout_file", "schema", "tensorfile", "timeline",
+                 "disguise_layout"]),
+    ("contract", ["contract", "monitor"]),
+    ("compiled model", ["compiled"]),
+    ("compiler", ["compiler"]),
+    ("interop", ["interop"]),
+    ("storage", ["export", "groundtruth"]),
+    ("analysis and commands", ["verify", "inspect", "counterfactual", "disguise", "benchmark",
+                               "icl", "cli_programs"]),
+    ("entry point", ["cli", "__main__"]),
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the layer holding `module` (raspicl.x or raspicl.x.y), None for
+    the package's own __init__."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    for i, (_, names) in enumerate(LAYERS):
+        if parts[1] in names:
+            return i
+    raise AssertionError(f"{module} has no layer: add it to LAYERS and docs/index.md")
+
+
+def test_every_import_goes_down_the_layers():
+    graph = import_graph()
+    up = sorted(f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+                for a, targets in graph.items() if layer_of(a) is not None
+                for b in targets if layer_of(b) is not None and layer_of(b) > layer_of(a))
+    assert not up, "imports from a higher layer:\n" + "\n".join(up)
+
+
+def test_a_module_above_its_layer_is_found():
+    graph = {"raspicl.lang.ops": {"raspicl.compiler.ir"}, "raspicl.compiler.ir": set()}
+    assert [(a, b) for a, bs in graph.items() for b in bs if layer_of(b) > layer_of(a)] == \
+        [("raspicl.lang.ops", "raspicl.compiler.ir")]
+
+
+def test_the_docs_draw_the_layers_the_test_checks():
+    text = (ROOT / "docs" / "index.md").read_text()
+    section = text.split("\n## The source, in layers\n", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^\d+\. \*\*(.+?)\*\*: (.*?)(?=^\d+\. |^\n|\Z)", section,
+                       flags=re.M | re.S)
+    drawn = [(name, re.findall(r"`([A-Za-z_]+)/?`", body)) for name, body in items]
+    assert drawn == LAYERS

@@ -19,13 +19,16 @@ from raspicl.compiler.lower import Instr, Lowered, Value
 from raspicl.compiler.schedule import Schedule
 from raspicl.contract import Instruction, Read, instruction_record
 from raspicl.lang.reads import Here, place_record
-from raspicl.layout_records import ANCHOR_ROWS, HeadWrite, HeadWriteKind, slot_json
+from raspicl.layout_records import (
+    ANCHOR_ROWS,
+    FORMAT_VERSION,
+    HeadWrite,
+    HeadWriteKind,
+    slot_json,
+)
 from raspicl.model import ModelConfig
 from raspicl.slots import run_of
 from raspicl.slots import slot_name as name_of
-
-# 3: typed records (labels, slot records, head actions, temporaries' slots, MLP divisors)
-FORMAT_VERSION = 3
 
 
 def describe(low: Lowered, sched: Schedule, layout: Layout, blocks: list[BlockSpec],

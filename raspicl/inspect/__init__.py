@@ -23,8 +23,8 @@ not the row's whole history. A block that runs more than once is described run b
 Heads' biases (aff biases and folded constants, in b_O) are not in the layout; they are read from
 the weights. Each head's W_V·W_O is checked against the writes the layout records for it.
 
-Modules: timeline.py (who holds which row when, from the layout's typed records,
-raspicl.layout_records), report.py (the text), checks.py (the weights against the layout),
+Modules: report.py (the text; who holds which row when comes from raspicl.timeline, which
+interop reads too), checks.py (the weights against the layout),
 plots.py (the heatmaps), text.py (formatting). Nothing here parses the layout's prose glosses.
 """
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from raspicl.compiled import CompiledModel
 from raspicl.inspect.text import _ranges
-from raspicl.inspect.timeline import Rows
 from raspicl.slots import attn_slot
+from raspicl.timeline import Rows
 
 OV_TOLERANCE = 16  # a head's W_V·W_O may differ from its writes by this many ulps (relative)
 

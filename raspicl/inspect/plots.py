@@ -25,9 +25,9 @@ import numpy as np
 
 from raspicl.compiled import CompiledModel
 from raspicl.inspect.checks import _arr
-from raspicl.inspect.timeline import Rows
 from raspicl.layout_records import HeadWriteKind, head_writes
 from raspicl.slots import EMBEDDING, attn_slot, mlp_slot
+from raspicl.timeline import Rows
 
 _CELL_W, _CELL_H = 0.34, 0.26  # inches per shown matrix cell (its value widens it)
 _CHAR = 0.056  # inches per character of a 7-point tick label

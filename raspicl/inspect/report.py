@@ -37,7 +37,6 @@ from raspicl.inspect.text import (
     _terms,
     _vector,
 )
-from raspicl.inspect.timeline import Rows
 from raspicl.layout_records import (
     ANCHOR_ROWS,
     HeadWriteKind,
@@ -46,6 +45,7 @@ from raspicl.layout_records import (
     head_writes,
 )
 from raspicl.slots import attn_slot, mlp_slot, run_of
+from raspicl.timeline import Rows
 
 
 def _summary(cm: CompiledModel) -> str:

@@ -4,14 +4,14 @@ GPT2Model hidden state) reads as registers.
 
 Residual index k is the residual stream entering slot k (docs/architecture.md §5): 0 after the
 embedding, 2r + 1 after run r's attention, 2r + 2 after its MLP. Rows are reused over time, so
-a row's name depends on k; raspicl.inspect.timeline.Rows knows who holds which row when, from
+a row's name depends on k; raspicl.timeline.Rows knows who holds which row when, from
 the layout's typed records (raspicl.layout_records).
 """
 
 from __future__ import annotations
 
 from raspicl.errors import RaspiclError
-from raspicl.inspect.timeline import Rows
+from raspicl.timeline import Rows
 
 EMPTY = "(empty)"  # a row no value holds at that residual
 
