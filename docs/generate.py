@@ -8,7 +8,7 @@ inline in prose (a number) or around a fenced block (a command's output), and FI
 each NAME is measured: a command of the CLI run in a scratch directory, or the Python API.
 
     python docs/generate.py            rewrite every figure in PAGES (docs/cli.md, tutorial.md,
-                                       language.md, compiler.md, benchmark.md)
+                                       language.md, compiler.md, benchmark.md, size.md)
     python docs/generate.py --check    exit 1 if a figure differs from what the code gives
     python docs/generate.py --quick    only the quick figures (seconds each), either way
     python docs/generate.py --only NAME ...   only the figures named, either way
@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = (DOCS / "cli.md", DOCS / "tutorial.md", DOCS / "language.md", DOCS / "compiler.md",
-         DOCS / "benchmark.md")
+         DOCS / "benchmark.md", DOCS / "size.md")
 MARKED = re.compile(r"<!-- gen:([\w-]+) -->(.*?)<!-- /gen -->", re.S)
 ERROR = re.compile(r"^[-+]?\d+(\.\d+)?e[-+]\d+$")
 ERROR_FACTOR = 10.0
@@ -199,6 +199,11 @@ def compiler_float32_table() -> str:
         pairs=[("ridge d=8 n=8", "paper"), ("batch_gd d=8 n=16 T=4", "paper")]))
 
 
+def size_arch_compare() -> str:
+    """bench/arch_compare.py's table: paper against gpt2 for every bundled program (minutes)."""
+    return _bench("arch_compare").table()
+
+
 def compiler_verify() -> str:
     """`raspicl verify` on its default grid (every bundled program, both dtypes: minutes)."""
     return _block(_cli("verify", cwd=_scratch()))
@@ -339,6 +344,7 @@ FIGURES: dict[str, Figure] = {
     "compiler-monitor-cost": Figure(compiler_monitor_cost, quick=False),
     "compiler-product-range": Figure(compiler_product_range, quick=False),
     "compiler-verify": Figure(compiler_verify, quick=False),
+    "size-arch-compare": Figure(size_arch_compare, quick=False),
     "benchmark-leaderboard": Figure(benchmark_leaderboard, quick=False),
     **LANGUAGE,
     "elementwise-units": Figure(elementwise_units, quick=False),
