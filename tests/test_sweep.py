@@ -399,3 +399,10 @@ def test_a_logistic_sweep_trains_and_compares_against_logistic_learners(tmp_path
         compare = json.loads((job / "compare" / "compare.json").read_text())
         assert compare["task"] == "logistic"
         assert "logreg(1)" in compare["mean_spd"] and "least_squares" not in compare["mean_spd"]
+    assert main(["report", str(out)]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["phase_table"] == [] and report["mspd_tables"] == []
+    (row,) = report["task_table"]  # one cell, its two seeds
+    assert row["task"] == "logistic" and row["best"] in ("logreg(1)", "logistic_gd(T=1)",
+                                                         "logistic_gd(T=2, lr=0.1)", "3nn",
+                                                         "constant(0.5)")
