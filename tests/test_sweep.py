@@ -313,3 +313,96 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_bitwise(tmp_path, monkey
             assert _same(load_file(str(run / name)), load_file(str(tmp_path / "whole" / name))), \
                 (fail_at, name)
     assert whole.step == 20
+
+
+# ----------------------------------------------------------------------- the task keys
+
+# experiments/cpu_d3.toml's job names before the spec knew of tasks: a linear job's name (its
+# directory, hence a resumed sweep's checkpoints) must never change
+CPU_D3_NAMES = [f"d3-n9-L{L}-H64-h4-noise0-w1-steps20000-cur2000-seed{s}"
+                for L in (1, 2, 4) for s in (0, 1, 2)] + [
+    f"d3-n9-L2-H64-h4-noise{sigma}-w1-steps20000-cur2000-seed{s}"
+    for sigma in ("0.25", "0.5") for s in (0, 1, 2)] + [
+    "d3-n9-L8-H64-h4-noise0-w1-steps20000-cur2000-seed0",
+    "d3-n9-L1-H16-h4-noise0-w1-steps20000-cur2000-seed0",
+    "d3-n9-L1-H256-h4-noise0-w1-steps20000-cur2000-seed0",
+    "d3-n9-L2-H64-h4-noise0-w1-steps3000-nocur-fixedw-warmup300-seed0"]
+
+
+def test_linear_job_names_and_params_are_unchanged_by_the_task_keys():
+    text = (ROOT / "experiments" / "cpu_d3.toml").read_text()
+    spec = SweepSpec.parse(text)
+    assert [j.name for j in spec.train_jobs] == CPU_D3_NAMES
+    assert all("task" not in j.params and "sparsity" not in j.params
+               for j in spec.train_jobs)  # job.json as before: old directories resume
+    explicit = SweepSpec.parse(text.replace("[defaults]\n", '[defaults]\ntask = "linear"\n'))
+    assert [(j.name, j.params) for j in explicit.train_jobs] \
+        == [(j.name, j.params) for j in spec.train_jobs]
+
+
+def test_task_and_sparsity_are_grid_keys_named_in_the_job():
+    spec = SweepSpec.parse(TINY.replace("d = 2\n", "d = 4\n") + """
+[[grid]]
+task = ["logistic", "sparse"]
+
+[[grid]]
+task = "sparse"
+sparsity = [1, 2]
+""")
+    by_name = {j.name: j.params for j in spec.train_jobs}
+    tail = "-d4-n4-L1-H16-h2-noise0-w1-steps30-cur10-batch8-warmup5-eval_prompts32-seed0"
+    assert by_name["logistic" + tail]["task"] == "logistic"
+    assert "sparsity" not in by_name["logistic" + tail]
+    assert by_name["sparse3" + tail]["sparsity"] == 3  # tasks.DEFAULT_SPARSITY
+    assert by_name["sparse1" + tail]["sparsity"] == 1
+    assert by_name["sparse2" + tail]["task"] == "sparse"
+    assert len(by_name) == 2 + 4  # the linear seeds 0 and 1, then four task jobs
+    from raspicl.icl.sweep import model_and_task
+
+    _, task = model_and_task(by_name["sparse2" + tail])
+    assert (task.kind, task.sparsity) == ("sparse", 2)
+    _, task = model_and_task(spec.train_jobs[0].params)
+    assert (task.kind, task.sparsity) == ("linear", None)
+
+
+@pytest.mark.parametrize("edit, key", [
+    ("[[grid]]\ntask = 'logit'\n",
+     "grid[1].task: must be one of linear, sparse, logistic, got 'logit'"),
+    ("[[grid]]\ntask = ['linear', 'lasso']\n", "grid[1].task[1]: must be one of linear"),
+    ("[[grid]]\nsparsity = 2\n", "grid[1].sparsity: is for task 'sparse' only"),
+    ("[defaults]\nsparsity = 1\n", "grid[0].sparsity: is for task 'sparse' only"),
+    ("[[grid]]\ntask = 'sparse'\nsparsity = 0\n", "grid[1].sparsity: must be an integer >= 1"),
+    ("[[grid]]\ntask = 'sparse'\nsparsity = 3\n",
+     "grid[1].sparsity: must be an integer in [1, d = 2] for a sparse task, got 3"),
+    ("[[grid]]\ntask = 'sparse'\n", "got 3 (the default; give sparsity)"),
+    ("[[grid]]\ntask = 'logistic'\nnoise = [0.0, 0.5]\n",
+     "grid[1].noise: must be 0 for task 'logistic'"),
+    ("[defaults]\ntask = 1\n", "defaults.task: must be one of linear, sparse, logistic"),
+])
+def test_a_malformed_task_is_one_line_naming_the_key(tmp_path, capsys, edit, key):
+    test_a_malformed_spec_is_one_line_naming_the_key(tmp_path, capsys, edit, key)
+
+
+def test_a_logistic_sweep_trains_and_compares_against_logistic_learners(tmp_path, capsys):
+    spec = _spec(TINY.replace("[[grid]]\n", '[[grid]]\ntask = "logistic"\n')
+                 + "\n[analyses]\ncompare = {prompts = 64, ilwd_prompts = 8}\n", tmp_path)
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "2 jobs: 0 already done, 2 finished now, 0 failed" in capsys.readouterr().out
+    jobs = sorted((out / "jobs").iterdir())
+    assert [j.name[:len("logistic-d2-")] for j in jobs] == ["logistic-d2-"] * 2
+    for job in jobs:
+        status = json.loads((job / "status.json").read_text())
+        assert status["state"] == "done" and set(status["stages"]) == {"train", "compare"}
+        config = json.loads((job / "model" / "config.json").read_text())
+        assert config["step"] == 30 and config["task"]["kind"] == "logistic"
+        compare = json.loads((job / "compare" / "compare.json").read_text())
+        assert compare["task"] == "logistic"
+        assert "logreg(1)" in compare["mean_spd"] and "least_squares" not in compare["mean_spd"]
+    assert main(["report", str(out)]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["phase_table"] == [] and report["mspd_tables"] == []
+    (row,) = report["task_table"]  # one cell, its two seeds
+    assert row["task"] == "logistic" and row["best"] in ("logreg(1)", "logistic_gd(T=1)",
+                                                         "logistic_gd(T=2, lr=0.1)", "3nn",
+                                                         "constant(0.5)")

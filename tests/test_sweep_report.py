@@ -156,3 +156,49 @@ def test_report_cli_refuses_a_directory_that_is_not_a_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no sweep.json" in err and err.count("\n") == 1
+
+
+def test_other_tasks_are_left_out_of_the_linear_tables_and_listed_apart(tmp_path, capsys):
+    """Linear cells at two noise levels beside sparse ones (also two) and a logistic one: the
+    phase and MSPD tables hold the linear cells alone, the others are a table of their own
+    (each against its own learners), labelled by task, with a note."""
+    rng = np.random.default_rng(3)
+    logistic = ["logreg(1)", "logistic_gd(T=1)", "constant(0.5)"]
+    jobs = []
+    for task, noises in (("linear", (0.0, 0.5)), ("sparse", (0.0, 0.5)), ("logistic", (0.0,))):
+        for noise in noises:
+            for seed in (0, 1):
+                p = _params(2, noise, seed)
+                if task != "linear":
+                    p["task"] = task
+                if task == "sparse":
+                    p["sparsity"] = 2
+                name = f"{task}-noise{noise:g}-seed{seed}"
+                c = _compare(rng, noise=noise)
+                c["task"] = task
+                if task == "logistic":
+                    for key in ("spd", "mean_spd", "mspd"):
+                        c[key] = {k: c[key][old] for k, old in zip(logistic, LEARNERS,
+                                                                    strict=False)}
+                    c["error"] = {k: c["error"][old] for k, old in
+                                  zip(["trained:model", *logistic], c["error"], strict=False)}
+                    c["best_match"] = min(c["mean_spd"], key=c["mean_spd"].get)
+                jobs.append({"name": name, "kind": "train", "cell": name[:-len("-seed0")],
+                             "params": p})
+                _write(tmp_path, name, "train", p, c)
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"format": "raspicl.sweep/1", "name": "tasks", "jobs": jobs,
+         "analyses": {"compare": {"prompts": 8}, "probe": None}}))
+    rep = build_report(tmp_path, tmp_path / "report")
+    assert [r["task"] for r in rep.data["phase_table"]] == ["linear", "linear"]
+    assert [r["task"] for r in rep.data["task_table"]] == ["logistic", "sparse(k=2)",
+                                                           "sparse(k=2)"]
+    (table,) = rep.data["mspd_tables"]  # the linear cells' alone, not the sparse ones'
+    assert [c["cell"] for c in table["columns"]] == ["linear-noise0", "linear-noise0.5"]
+    logi = next(r for r in rep.data["task_table"] if r["task"] == "logistic")
+    assert logi["best"] in logistic and logi["label"].startswith("logistic L=2")
+    assert "error_logistic_noise0.png" in rep.figures and "error_noise0.5.png" in rep.figures
+    assert "## Other tasks: the best-matching learner" in rep.markdown
+    assert "note: 3 cell(s) of other tasks than linear" in rep.summary()
+    assert main(["report", str(tmp_path)]) == 0
+    assert "left out of the phase and MSPD tables" in capsys.readouterr().out

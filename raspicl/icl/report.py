@@ -18,6 +18,11 @@ recomputation, so the report says what the sweep measured.
     probes           R² at the query by hidden state, per cell, target and probe kind
     error against k  the models' error curves with bands, beside the reference learners'
     controls         compiled controls (kind "control") as rows beside the trained cells
+    tasks            the phase table, its figure and the MSPD tables are linear regression's
+                     (least squares, ridge at λ = σ²/τ², gd): cells of another task (a sweep's
+                     `task = "sparse"` or `"logistic"`) are left out of them, with a note, and
+                     listed in a table of their own, each against its own task's reference
+                     learners; error curves are drawn per task and noise level
     time             per cell: training time (from the log's steps/s), analyses' time
 """
 
@@ -41,6 +46,13 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 # reference learners shown in the phase table (all are in report.json)
 MAIN = ("least_squares", "gd(T=1)", "sgd", "averaging", "3nn")
+# the task whose learners the phase and MSPD tables name (raspicl.icl.tasks.DEFAULT_KIND)
+LINEAR = "linear"
+
+
+def task_label(task: str, sparsity: int | None = None) -> str:
+    """'linear', 'logistic', 'sparse(k=3)'."""
+    return f"{task}(k={sparsity})" if sparsity is not None else task
 
 
 def t975(df: int) -> float:
@@ -196,7 +208,13 @@ def _order(name: str) -> tuple:
 
 def aggregate_cell(cell: Cell) -> dict:
     """Everything the report says about one cell, as plain values (report.json)."""
+    if cell.kind == "train":  # a linear job's params name no task (sweep_spec.TASK_KEYS)
+        task, sparsity = cell.params.get("task", LINEAR), cell.params.get("sparsity")
+    else:  # a compiled control: the task `raspicl compare` measured it on
+        first = cell.compare[0] if cell.compare else {}
+        task, sparsity = first.get("task", LINEAR), first.get("sparsity")
     out: dict = {"cell": cell.name, "kind": cell.kind, "label": cell.label,
+                 "task": task_label(task, sparsity), "linear": task == LINEAR,
                  "params": cell.params, "seeds": cell.seeds, "jobs": cell.jobs,
                  "missing": cell.missing}
     if cell.compare:
@@ -236,7 +254,8 @@ def mspd_tables(cells: list[dict]) -> list[dict]:
     ridge(λ), columns the noise levels, MSPD mean ± CI, the diagonal and column minima."""
     shapes: dict[tuple, list[dict]] = {}
     for c in cells:
-        if c["kind"] != "train" or "mspd" not in c or c["params"].get("fixed_w"):
+        if c["kind"] != "train" or "mspd" not in c or c["params"].get("fixed_w") \
+                or not c["linear"]:
             continue
         key = tuple(sorted((k, repr(v)) for k, v in c["params"].items() if k != "noise"))
         shapes.setdefault(key, []).append(c)
@@ -262,7 +281,7 @@ def mspd_tables(cells: list[dict]) -> list[dict]:
         controls = [{"cell": c["cell"], "label": c["label"], "noise": c["noise"],
                      "values": {r: c["mspd"].get(r) for r in rows}}
                     for c in cells if c["kind"] == "control" and "mspd" in c
-                    and (c["d"], c["n"]) == (group[0]["d"], group[0]["n"])]
+                    and c["linear"] and (c["d"], c["n"]) == (group[0]["d"], group[0]["n"])]
         tables.append({"shape": {k: v for k, v in p.items() if k != "noise"},
                        "controls": controls,
                        "title": f"d={p['d']} n={p['n']} L={p['layers']} H={p['d_model']} "
@@ -331,7 +350,7 @@ def plot_mspd(table: dict, path: Path) -> None:
 def plot_phase(cells: list[dict], path: Path) -> bool:
     """Mean SPD (over k) to least squares, the best ridge and gd(T=1) against depth, one
     line per width and learner, 95% bands over seeds (noiseless trained cells)."""
-    rows = [c for c in cells if c["kind"] == "train" and "mean_spd" in c
+    rows = [c for c in cells if c["kind"] == "train" and "mean_spd" in c and c["linear"]
             and c["noise"] == 0 and not c["params"].get("fixed_w")]
     if not rows:
         return False
@@ -384,10 +403,11 @@ def plot_phase(cells: list[dict], path: Path) -> bool:
     return True
 
 
-def plot_errors(cells: list[dict], noise: float, path: Path) -> bool:
-    """Error against k at one noise level: each trained cell's mean curve with its 95% band,
-    compiled controls dotted, and the reference learners' curves dashed."""
-    rows = [c for c in cells if "error_by_k" in c and c["noise"] == noise]
+def plot_errors(cells: list[dict], noise: float, path: Path, task: str = LINEAR) -> bool:
+    """Error against k at one noise level of one task: each trained cell's mean curve with its
+    95% band, compiled controls dotted, and the reference learners' curves dashed."""
+    rows = [c for c in cells if "error_by_k" in c and c["noise"] == noise
+            and c["task"] == task]
     if not rows:
         return False
     plt = _plt()
@@ -395,7 +415,9 @@ def plot_errors(cells: list[dict], noise: float, path: Path) -> bool:
     first = rows[0]
     ks = np.arange(len(first["error_by_k"]["model"]["mean"]))
     lam = first["noise"] ** 2 / first["w_scale"] ** 2 if first["w_scale"] else 0
-    refs = ["least_squares", f"ridge({lam:g})" if lam else None, "gd(T=1)", "averaging"]
+    refs = ["least_squares", f"ridge({lam:g})" if lam else None, "gd(T=1)", "averaging",
+            f"logreg({1 / first['w_scale'] ** 2:g})" if first["w_scale"] else None,
+            "logistic_gd(T=1)", "constant(0.5)"]
     for i, name in enumerate(r for r in refs if r and r in first["error_by_k"]["references"]):
         curve = first["error_by_k"]["references"][name]["mean"]
         ax.plot(ks[:len(curve)], _arr(curve), "--", color="0.4", lw=1,
@@ -417,8 +439,9 @@ def plot_errors(cells: list[dict], noise: float, path: Path) -> bool:
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("examples seen k (k = n: the query)")
-    ax.set_ylabel("squared error / d (noiseless target)")
-    ax.set_title(f"error against k, d={first['d']} n={first['n']} σ={noise:g} "
+    ax.set_ylabel("squared error / d (" + ("target σ(wᵀx)" if task == "logistic"
+                                          else "noiseless target") + ")")
+    ax.set_title(f"error against k, {task} task, d={first['d']} n={first['n']} σ={noise:g} "
                  f"(bands: 95% CI over seeds; symlog below 1e-4)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -473,9 +496,15 @@ class Report:
 
     def summary(self) -> str:
         lines = []
-        for row in self.data["phase_table"]:
+        for row in self.data["phase_table"] + self.data["task_table"]:
             lines.append(f"{row['label']:40s} seeds {len(row['seeds'])}  best match "
                          f"{row['best']} ({row['agree']})  mean SPD {row['spd']}")
+        if self.data["task_table"]:
+            other = self.data["task_table"]
+            lines.append(f"note: {len(other)} cell(s) of other tasks than linear "
+                         f"({', '.join(sorted({r['task'] for r in other}))})"
+                         f" are left out of the phase and MSPD tables, which are linear "
+                         f"regression's; report.md lists them under 'Other tasks'")
         missing = self.data["missing"]
         if missing:
             lines.append(f"{len(missing)} job(s) not finished yet, left out: "
@@ -483,13 +512,15 @@ class Report:
         return "\n".join(lines) if lines else "no finished job with compare.json yet"
 
 
-def _phase_rows(cells: list[dict]) -> list[dict]:
+def _phase_rows(cells: list[dict], linear: bool = True) -> list[dict]:
+    """The phase table's rows (linear-task cells), or with linear=False the other tasks'."""
     rows = []
     for c in cells:
-        if "mean_spd" not in c:
+        if "mean_spd" not in c or c["linear"] != linear:
             continue
         b = c["best_match"]
         rows.append({"cell": c["cell"], "kind": c["kind"], "label": c["label"],
+                     "task": c["task"],
                      "seeds": c["seeds"], "best": b["learner"],
                      "agree": f"{b['seeds_agreeing']}/{len(b['per_seed'])}",
                      "spd": fmt(b["spd"]), "query_error": fmt(c["query_error"], 3),
@@ -505,21 +536,24 @@ LABEL_KEYS = (("d", "d={}"), ("n", "n={}"), ("layers", "L={}"), ("d_model", "H={
 
 
 def _label(cells: list[dict]) -> None:
-    """Label each trained cell by the keys that tell it apart (L, H and σ always)."""
+    """Label each trained cell by the keys that tell it apart (L, H and σ always; the task
+    first where the sweep has more than one)."""
     trained = [c for c in cells if c["kind"] == "train"]
+    tasks = len({c["task"] for c in trained}) > 1
     for c in trained:
-        parts = [f.format(c["params"][k]) for k, f in LABEL_KEYS
-                 if k in ("layers", "d_model", "noise")
-                 or len({repr(o["params"].get(k)) for o in trained}) > 1]
+        parts = [c["task"]] if tasks else []
+        parts += [f.format(c["params"][k]) for k, f in LABEL_KEYS
+                  if k in ("layers", "d_model", "noise")
+                  or len({repr(o["params"].get(k)) for o in trained}) > 1]
         c["label"] = " ".join(parts) + (" fixed-w" if c["params"].get("fixed_w") else "")
 
 
 def _sort_key(c: dict) -> tuple:
     p = c["params"]
     if c["kind"] == "control":
-        return (1, p["d"], p["n"], p["noise"], p["program"], 0, 0)
+        return (1, p["d"], p["n"], p["noise"], p["program"], 0, 0, 0, False, c["task"])
     return (0, p["d"], p["n"], p["noise"], bool(p.get("fixed_w")), p["d_model"], p["layers"],
-            p["steps"])
+            p["steps"], c["task"] != LINEAR, c["task"])
 
 
 def build_report(sweep: str | Path, out: str | Path) -> Report:
@@ -538,9 +572,12 @@ def build_report(sweep: str | Path, out: str | Path) -> Report:
         plot_mspd(t, out / name)
         t["figure"] = name
         figures.append(name)
-    for noise in sorted({c["noise"] for c in cells if "noise" in c}):
-        name = f"error_noise{noise:g}.png"
-        if plot_errors(cells, noise, out / name):
+    # one figure per task and noise level (the linear task's first, named as before)
+    for _, task, noise in sorted({(c["task"] != LINEAR, c["task"], c["noise"])
+                                  for c in cells if "noise" in c}):
+        tag = "" if task == LINEAR else re.sub(r"[^A-Za-z0-9]+", "", task) + "_"
+        name = f"error_{tag}noise{noise:g}.png"
+        if plot_errors(cells, noise, out / name, task):
             figures.append(name)
     probes = sorted({(r["target"], r["kind"]) for c in cells for r in c.get("probe", [])})
     for target, kind in probes:
@@ -550,7 +587,8 @@ def build_report(sweep: str | Path, out: str | Path) -> Report:
     missing = [j for c in raw for j in c.missing]
     data = {"format": "raspicl.report/1", "sweep": str(sweep), "name": meta.get("name", ""),
             "interval": "95% Student-t over seeds: mean ± t(0.975, n-1) s/sqrt(n)",
-            "cells": cells, "phase_table": _phase_rows(cells), "mspd_tables": tables,
+            "cells": cells, "phase_table": _phase_rows(cells),
+            "task_table": _phase_rows(cells, linear=False), "mspd_tables": tables,
             "figures": figures, "missing": missing}
     from raspicl.icl.cli_analysis import json_safe
 
@@ -571,7 +609,9 @@ def markdown(data: dict) -> str:
     lines = [f"# Sweep report{': ' + data['name'] if data['name'] else ''}", "",
              f"From `{data['sweep']}`. Values are the mean over seeds ± the half-width of a "
              f"95% Student-t interval (no interval for one seed). SPD and errors are divided "
-             f"by d; the error's target is the noiseless wᵀx.", ""]
+             f"by d; the error's target is the noiseless wᵀx"
+             + (" (σ(wᵀx), the probability that y = 1, for the logistic task)"
+                if any(c.get("task") == "logistic" for c in cells) else "") + ".", ""]
     if data["missing"]:
         lines += [f"**Not finished, left out:** {len(data['missing'])} job(s): "
                   + ", ".join(f"`{m}`" for m in data["missing"][:10])
@@ -613,6 +653,19 @@ def markdown(data: dict) -> str:
             row += [fmt(c["values"].get(r)) for c in t["controls"]]
             rows.append(row)
         lines += _md_table(head, rows) + ["", f"![MSPD heatmap]({t['figure']})", ""]
+    other = data.get("task_table") or []
+    if other:
+        lines += ["## Other tasks: the best-matching learner", "",
+                  "The phase table, its figure and the MSPD tables above are linear "
+                  "regression's (least squares, ridge at λ = σ²/τ², gd), so cells trained on "
+                  f"another task ({', '.join(sorted({r['task'] for r in other}))}) are left "
+                  "out of them and listed here instead, each against its own task's reference "
+                  "learners (`raspicl compare`: sparse adds `lasso(α)`; logistic has "
+                  "`logreg(λ)`, `logistic_gd`, `3nn`, `constant(0.5)`).", ""]
+        head = ["model", "task", "seeds", "best match", "its SPD", "error at the query"]
+        rows = [[r["label"], r["task"], r["agree"], f"`{r['best']}`", r["spd"],
+                 r["query_error"]] for r in other]
+        lines += _md_table(head, rows) + [""]
     errs = [f for f in data["figures"] if f.startswith("error_")]
     if errs:
         lines += ["## Error against k", ""] + [f"![error against k]({f})" for f in errs] + [""]

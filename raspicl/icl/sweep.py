@@ -116,13 +116,18 @@ def train_config(params: dict, threads: int, device: str, checkpoint_every: int,
 
 
 def model_and_task(params: dict):
+    """A training job's ModelConfig and RegressionTask (its task: `raspicl compare` reads it
+    back from the checkpoint's config.json and measures against that task's learners)."""
     from raspicl.icl.tasks import RegressionTask
     from raspicl.icl.trained import ModelConfig
 
     model = ModelConfig(d=params["d"], n_positions=params["n"], layers=params["layers"],
                         d_model=params["d_model"], heads=params["heads"])
+    # a linear job's params have no task keys (sweep_spec.TASK_KEYS)
     return model, RegressionTask(params["d"], params["n"], noise=params["noise"],
-                                 w_scale=params["w_scale"])
+                                 w_scale=params["w_scale"],
+                                 kind=params.get("task", "linear"),
+                                 sparsity=params.get("sparsity"))
 
 
 # ------------------------------------------------------------------------- the worker

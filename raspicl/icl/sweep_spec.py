@@ -12,9 +12,11 @@ each model (`raspicl sweep SPEC --out DIR`, docs/experiments.md "Sweeps").
 
 Everything is checked before anything runs, and every error is one line naming the key at
 fault (`grid[1].layers: ...`), because a typo in a spec that would otherwise cost hours of
-training must cost nothing. A job is a dict of plain values (`Job.params`): its name is built
-from them, so that a job keeps its directory (and its checkpoint) when the spec is edited around
-it, and a directory whose job.json disagrees with its name's job is refused, never reused.
+training must cost nothing. The task's keys (`task`, `sparsity`) are checked by
+raspicl.icl.tasks.RegressionTask itself, its messages renamed to the spec's keys. A job is a
+dict of plain values (`Job.params`): its name is built from them, so that a job keeps its
+directory (and its checkpoint) when the spec is edited around it, and a directory whose
+job.json disagrees with its name's job is refused, never reused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ TRAIN_KEYS: dict[str, Any] = {
     "batch": 64, "lr": 1e-3, "warmup": 1000, "weight_decay": 0.01, "grad_clip": 1.0,
     "min_lr_ratio": 0.1, "eval_prompts": 1024, "checkpoint_every": 1000, "eval_every": 2000,
 }
+# The task's keys (raspicl.icl.tasks.RegressionTask.kind, .sparsity): `task` is linear, sparse
+# or logistic; `sparsity` is for task "sparse" only (default tasks.DEFAULT_SPARSITY). A linear
+# job's params hold neither key, so that its name and job.json are those of earlier versions
+# (and its directory still resumes).
+TASK_KEYS: dict[str, Any] = {"task": "linear", "sparsity": None}
+GRID_KEYS = (*TRAIN_KEYS, *TASK_KEYS)
 # Keys whose change does not change the weights (TrainConfig.RESUMABLE): not in a job's name
 # or identity, so that they may be edited between runs of a sweep.
 NOT_IDENTITY = ("checkpoint_every", "eval_every")
@@ -179,6 +187,14 @@ def _float(value, low: float, high: float, where: str, positive: bool = False) -
 
 def check_train_value(key: str, value, where: str):
     """One train key's value, checked (and normalised: curriculum -> interval or None)."""
+    if key == "task":
+        from raspicl.icl.tasks import KINDS
+
+        if value not in KINDS:
+            raise SpecError(f"{where}: must be one of {', '.join(KINDS)}, got {value!r}")
+        return value
+    if key == "sparsity":
+        return _int(value, 1, where)
     if key in INT_AT_LEAST:
         return _int(value, INT_AT_LEAST[key], where)
     if key in FLOAT_RANGES:
@@ -224,7 +240,8 @@ def _grid_values(block: dict, where: str) -> dict[str, list]:
 
 
 def _check_point(point: dict, where: str) -> None:
-    """Cross-key checks of one grid point (the model and TrainConfig would refuse it)."""
+    """Cross-key checks of one grid point (the model, TrainConfig and RegressionTask would
+    refuse it). Fills in a sparse task's default sparsity."""
     missing = [k for k, v in TRAIN_KEYS.items() if v is None and point.get(k) is None]
     if missing:
         raise SpecError(f"{where}.{missing[0]}: required (give it in [defaults] or in the "
@@ -235,6 +252,24 @@ def _check_point(point: dict, where: str) -> None:
     if point["warmup"] >= point["steps"]:
         raise SpecError(f"{where}.warmup: {point['warmup']} must be below steps "
                         f"({point['steps']})")
+    from raspicl.icl.tasks import DEFAULT_SPARSITY, RegressionTask
+
+    defaulted = point["task"] == "sparse" and point["sparsity"] is None
+    if defaulted:
+        point["sparsity"] = DEFAULT_SPARSITY
+    try:  # RegressionTask's own checks, its messages renamed to the spec's keys
+        RegressionTask(point["d"], point["n"], noise=point["noise"],
+                       w_scale=point["w_scale"], kind=point["task"],
+                       sparsity=point["sparsity"])
+    except ValueError as exc:
+        m = re.fullmatch(r"RegressionTask\.(\w+) (.*)", str(exc), re.S)
+        if not m:  # pragma: no cover - RegressionTask's messages all name their field
+            raise SpecError(f"{where}.task: {exc}") from None
+        key = "task" if m.group(1) == "kind" else m.group(1)
+        text = re.sub(r"\bkind\b", "task", m.group(2))
+        if key == "sparsity" and defaulted:
+            text += " (the default; give sparsity)"
+        raise SpecError(f"{where}.{key}: {text}") from None
 
 
 def _fmt(v) -> str:
@@ -247,11 +282,14 @@ def _fmt(v) -> str:
 
 
 def job_name(params: dict) -> str:
-    """The directory name of a training job: its sizes, noise, steps, curriculum and seed,
-    then any option that differs from TRAIN_KEYS' default (so names stay short)."""
+    """The directory name of a training job: its task where not linear (`sparse3-`,
+    `logistic-`), its sizes, noise, steps, curriculum and seed, then any option that differs
+    from TRAIN_KEYS' default (so names stay short)."""
     p = params
     cur = f"cur{p['curriculum']}" if p["curriculum"] else "nocur"
-    name = (f"d{p['d']}-n{p['n']}-L{p['layers']}-H{p['d_model']}-h{p['heads']}"
+    task = p.get("task", "linear")
+    prefix = "" if task == "linear" else f"{task}{p.get('sparsity') or ''}-"
+    name = (f"{prefix}d{p['d']}-n{p['n']}-L{p['layers']}-H{p['d_model']}-h{p['heads']}"
             f"-noise{_fmt(p['noise'])}-w{_fmt(p['w_scale'])}-steps{p['steps']}-{cur}")
     if p["fixed_w"]:
         name += "-fixedw"
@@ -294,9 +332,9 @@ def _parse(data: dict, where: str, text: str) -> SweepSpec:
         raise SpecError(f"sweep.device: must be cpu, cuda or cuda:N, got {device!r}")
 
     defaults = _table(data, "defaults", "defaults")
-    _unknown(defaults, TRAIN_KEYS, "defaults")
+    _unknown(defaults, GRID_KEYS, "defaults")
     base = {}
-    for key, default in TRAIN_KEYS.items():
+    for key, default in {**TRAIN_KEYS, **TASK_KEYS}.items():
         value = defaults.get(key, default)
         base[key] = None if value is None else check_train_value(key, value,
                                                                   f"defaults.{key}")
@@ -311,7 +349,7 @@ def _parse(data: dict, where: str, text: str) -> SweepSpec:
     train_jobs: dict[str, Job] = {}
     for bi, block in enumerate(grid):
         bw = f"grid[{bi}]"
-        _unknown(block, TRAIN_KEYS, bw)
+        _unknown(block, GRID_KEYS, bw)
         axes = _grid_values(block, bw)
         keys = list(axes)
         for combo in itertools.product(*(axes[k] for k in keys)):
@@ -319,7 +357,11 @@ def _parse(data: dict, where: str, text: str) -> SweepSpec:
             _check_point(point, bw)
             for seed in point["seeds"]:
                 params = {k: v for k, v in point.items()
-                          if k != "seeds" and k not in NOT_IDENTITY}
+                          if k != "seeds" and k not in NOT_IDENTITY and k not in TASK_KEYS}
+                if point["task"] != "linear":  # a linear job's params are those of old
+                    params["task"] = point["task"]
+                    if point["sparsity"] is not None:
+                        params["sparsity"] = point["sparsity"]
                 params["seed"] = seed
                 params["trainer"] = s["trainer"]
                 job = Job(job_name(params), "train", params)
