@@ -206,21 +206,32 @@ def cmd_compare(args) -> int:
 
 # ------------------------------------------------------------------ probe
 
-def _targets(names: list[str], model) -> dict:
+def _targets(names: list[str] | None, model, task) -> tuple[dict, dict]:
+    """The probe targets (name -> function) and, for the task's own targets with parameters,
+    those parameters (name -> dict): the names given, else the task's defaults
+    (probes.default_targets)."""
     from raspicl.icl import probes as P
     from raspicl.icl.controls import CompiledPredictor
 
-    out = {}
-    for name in names:
+    offered = P.task_targets(task)
+    out, params = {}, {}
+    for name in names or P.default_targets(task):
         if name == "program":
             if not isinstance(model, CompiledPredictor) or not model.program_learners():
                 raise RaspiclError("--target program needs a compiled batch_gd, ridge or sgd "
                                    "model (the weights of its own algorithm)")
             learner = model.program_learners()[0]
             out[f"program:{learner.name}"] = P.learner_target(learner)
+        elif name not in offered:
+            why = (" (w_ridge's lam = sigma^2/tau^2 is 0 at noise 0: its limit is w_ols)"
+                   if name == "w_ridge" and task.kind != "logistic" else "")
+            raise RaspiclError(f"--target {name}: not a target of the model's {task.kind} "
+                               f"task{why}; its targets are {', '.join(offered)}")
         else:
-            out[name] = P.TARGETS[name]
-    return out
+            out[name], p = offered[name]
+            if p:
+                params[name] = p
+    return out, params
 
 
 def _run_probes(model, prompts, targets: dict, kinds: list[str], seed: int, bar) -> list:
@@ -253,7 +264,7 @@ def cmd_probe(args) -> int:
             raise RaspiclError(f"--control {args.control}: d={ctask.d}, n={ctask.n}; the model "
                                f"has d={task.d}, n={task.n} (they must see the same prompts)")
     kinds = ["linear", "mlp"] if args.kind == "both" else [args.kind]
-    targets = _targets(args.target or ["w_ols", "xty"], model)
+    targets, params = _targets(args.target, model, task)
     prompts = task.sample(args.prompts, args.seed)
     with _progress("probe", 0, "probe") as bar:
         results = {"model": _run_probes(model, prompts, targets, kinds, args.seed, bar)}
@@ -267,6 +278,8 @@ def cmd_probe(args) -> int:
             "w_scale": task.w_scale, "seed": args.seed, "prompts": args.prompts,
             "train_fraction": 0.75, "positions": "token 2k for prefix k = 1..n (x_{k+1}; the "
             "query at k = n)", "results": results}
+    if task.kind != "linear":  # a linear model's probe.json is as it always was
+        data["task"], data["sparsity"], data["target_params"] = task.kind, task.sparsity, params
     notes = {}
     for who, m in (("model", model), ("control", control)):
         note = _refusal_note(m, "its hidden states are probed all the same (probe.json "
@@ -323,21 +336,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_threads_arg(p)
     p.set_defaults(func=cmd_compare)
 
+    from raspicl.icl.probes import TARGET_NAMES
+
     p = sub.add_parser(
-        "probe", help="probe a model's hidden states for w_OLS and X^T y by layer",
+        "probe", help="probe a model's hidden states for what a learner computes, by layer",
         description="Fit linear (ridge) and two-layer MLP probes from MODEL_DIR's residual "
                     "stream after the embedding and after every layer, at the x token after "
                     "each prefix of k examples and at the query, to the quantities those k "
-                    "examples give (w_OLS, X^T y); report the test R^2 by layer, and the "
+                    "examples give (by the model's task: linear w_OLS and X^T y; sparse also "
+                    "ridge and lasso; logistic the MAP logistic weights, one logistic GD step "
+                    "from 0 and X^T y); report the test R^2 by layer, and the "
                     "same for the --control model on the same prompts. Writes DIR/probe.json "
                     "and DIR/probe.png (docs/experiments.md).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help=model_help)
     p.add_argument("--control", metavar="CONTROL_DIR",
                    help="a second model probed on the same prompts, shown alongside (e.g. one "
                         "trained with a single fixed w: `raspicl train --fixed-w`)")
-    p.add_argument("--target", action="append", choices=["w_ols", "xty", "program"],
-                   help="what to probe for; repeatable (default: w_ols and xty). program: the "
-                        "weights of a compiled batch_gd, ridge or sgd model's own algorithm")
+    p.add_argument("--target", action="append", choices=[*TARGET_NAMES, "program"],
+                   help="what to probe for; repeatable (default, by the model's task: linear "
+                        "w_ols and xty; sparse w_ols, w_ridge (noise > 0 only), w_lasso and "
+                        "xty; logistic w_logreg, logistic_gd1 and xty). w_ridge and w_lasso: "
+                        "linear and sparse tasks; w_logreg and logistic_gd1: logistic tasks. "
+                        "program: the weights of a compiled batch_gd, ridge or sgd model's own "
+                        "algorithm")
     p.add_argument("--kind", choices=["linear", "mlp", "both"], default="linear",
                    help="probe kind: ridge, a two-layer GeLU MLP (about a second per layer and "
                         "prefix on one CPU thread), or both (default linear)")

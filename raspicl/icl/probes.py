@@ -7,6 +7,21 @@ x_{k+1} where the learner predicts y_{k+1} from those k examples (k < n), and th
 2n) for k = n. Its target is the quantity computed from the same k examples, e.g. w_OLS(k) =
 pinv(X_k) y_k (minimum norm) or X_k^T y_k. k = 0 (nothing seen, every target 0) is left out.
 
+The targets depend on the task the model learns (task_targets; every one computed by the
+reference learners' numpy code, raspicl.icl.learners, never by the model):
+
+    linear     w_ols, xty                                     (the default; as ever)
+    sparse     w_ols, w_ridge (lam = sigma^2/tau^2, only when sigma > 0: at sigma = 0 its
+               limit lam -> 0 is w_ols), w_lasso (alpha = LASSO_ALPHA, mean loss), xty
+    logistic   w_logreg (the MAP logistic weights, lam = 1/tau^2, learners.logistic_map),
+               logistic_gd1, xty
+
+logistic_gd1 is the first iterate of GD on the mean logistic loss from w = 0: the gradient at 0
+is (1/k) sum_i (sigmoid(0) - y_i) x_i = -(1/k) X^T (y - 1/2), so w_1 = (lr/k) X^T (y - 1/2).
+The target takes lr = 1 (learners.LogisticGD(T=1, lr=1)): a probe is fitted per prefix k and
+R^2 does not change when a target is scaled, so any step (tuned or fixed) scores the same.
+X^T y stays a target on the logistic task: it differs from X^T (y - 1/2) by (1/2) sum_i x_i.
+
     linear   ridge regression on standardised features; alpha chosen from ALPHAS on a
              validation fifth of the training prompts, then refitted on all of them
     mlp      Linear -> GeLU -> Linear (MLP_HIDDEN wide), Adam (lr MLP_LR), MLP_STEPS full-batch
@@ -55,6 +70,49 @@ def xty(prompts: Prompts) -> np.ndarray:
 
 
 TARGETS: dict[str, Target] = {"w_ols": w_ols, "xty": xty}
+
+# The lasso penalty of the sparse task's w_lasso target (mean loss, sklearn's alpha): the
+# middle of the reference set's learners.LASSO_GRID.
+LASSO_ALPHA = 1e-2
+# The targets `raspicl probe` fits by default, per task kind (task_targets computes them).
+DEFAULT_TARGETS = {
+    "linear": ("w_ols", "xty"),
+    "sparse": ("w_ols", "w_ridge", "w_lasso", "xty"),
+    "logistic": ("w_logreg", "logistic_gd1", "xty"),
+}
+# Every target name any task offers, in the order the command line lists them.
+TARGET_NAMES = ("w_ols", "xty", "w_ridge", "w_lasso", "w_logreg", "logistic_gd1")
+
+
+def logistic_gd1(prompts: Prompts) -> np.ndarray:
+    """One GD step on the mean logistic loss from w = 0 with lr = 1: (1/k) X_k^T (y_k - 1/2)
+    (learners.LogisticGD(T=1, lr=1)): [B, n + 1, d]."""
+    return L.LogisticGD(T=1, lr=1.0).weights(prompts)
+
+
+def task_targets(task) -> dict[str, tuple[Target, dict]]:
+    """Every target a model of `task` (a RegressionTask) can be probed for: name -> (function,
+    its parameters). Linear and sparse: w_ols, xty, w_ridge (sigma > 0 only), w_lasso;
+    logistic: w_logreg, logistic_gd1, xty, w_ols (the least-squares fit of the 0/1 labels)."""
+    out: dict[str, tuple[Target, dict]] = {"w_ols": (w_ols, {}), "xty": (xty, {})}
+    if task.kind == "logistic":
+        lam = task.logistic_lambda
+        if np.isfinite(lam):
+            out["w_logreg"] = (learner_target(L.LogisticRegression(lam)), {"lam": lam})
+        out["logistic_gd1"] = (logistic_gd1, {"T": 1, "lr": 1.0, "w0": 0.0})
+        return out
+    if task.ridge_lambda > 0 and np.isfinite(task.ridge_lambda):
+        out["w_ridge"] = (learner_target(L.Ridge(task.ridge_lambda)),
+                          {"lam": task.ridge_lambda})
+    out["w_lasso"] = (learner_target(L.Lasso(LASSO_ALPHA)), {"alpha": LASSO_ALPHA})
+    return out
+
+
+def default_targets(task) -> list[str]:
+    """The targets `raspicl probe` fits on a model of `task` when none is named (those of
+    DEFAULT_TARGETS[task.kind] that the task offers: w_ridge needs sigma > 0)."""
+    offered = task_targets(task)
+    return [t for t in DEFAULT_TARGETS[task.kind] if t in offered]
 
 
 def learner_target(learner) -> Target:
