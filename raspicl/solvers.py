@@ -99,6 +99,16 @@ def _data(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
     return X, y
 
 
+def _mean_statistics(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
+    """S = (1/n) X^T X [B, d, d] and b = (1/n) X^T y [B, d] of validated data with n >= 1: the
+    mean squared loss's statistics, which every full-batch method here iterates on."""
+    X, y = _data(X, y)
+    n = X.shape[1]
+    if n == 0:
+        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    return np.einsum("bni,bnj->bij", X, X) / n, np.einsum("bni,bn->bi", X, y) / n
+
+
 def _initial_w(w0: ArrayLike, B: int, d: int) -> Array:
     """Validate w0 of shape [d] or [B, d]; return a [B, d] float64 copy."""
     w0 = np.asarray(w0, dtype=np.float64)
@@ -191,15 +201,11 @@ def batch_gd(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, lam: float, s
     full-batch GD step on the in-context data (the "transformers learn
     in-context by gradient descent" construction).
     """
-    X, y = _data(X, y)
-    B, n, d = X.shape
-    if n == 0:
-        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    S, b = _mean_statistics(X, y)  # [B, d, d], [B, d]
+    B, d = b.shape
     lr = _scalar("lr", lr)
     lam = _scalar("lam", lam, nonneg=True)
     steps = _count("steps", steps, minimum=0)
-    S = np.einsum("bni,bnj->bij", X, X) / n  # [B, d, d]
-    b = np.einsum("bni,bn->bi", X, y) / n  # [B, d]
     out = np.empty((B, steps + 1, d), dtype=np.float64)
     out[:, 0] = _initial_w(w0, B, d)
     for t in range(steps):
@@ -419,13 +425,8 @@ def newton_ridge(X: ArrayLike, y: ArrayLike, lam: float, steps: int) -> Array:
     fixed number of Newton-Schulz layers; for finite steps it reproduces the
     truncated iteration, not the exact solve.
     """
-    X, y = _data(X, y)
-    B, n, d = X.shape
-    if n == 0:
-        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    S, b = _mean_statistics(X, y)
     lam = _scalar("lam", lam, positive=True)
-    S = np.einsum("bni,bnj->bij", X, X) / n
-    b = np.einsum("bni,bn->bi", X, y) / n
     M = newton_schulz_inverse(S, lam, steps)[:, -1]
     return np.einsum("bij,bj->bi", M, b)
 
@@ -587,15 +588,11 @@ def lasso_ista(X: ArrayLike, y: ArrayLike, w0: ArrayLike, lr: float, lam: float,
     Why: reference for the compiled `lasso_ista` program (a soft-threshold gadget per
     step), written with numpy's own matrix products, not the language.
     """
-    X, y = _data(X, y)
-    B, n, d = X.shape
-    if n == 0:
-        raise ValueError("X must contain at least one example (n >= 1) for the mean loss")
+    S, b = _mean_statistics(X, y)  # [B, d, d], [B, d]
+    B, d = b.shape
     lr = _scalar("lr", lr)
     lam = _scalar("lam", lam, nonneg=True)
     steps = _count("steps", steps, minimum=0)
-    S = np.einsum("bni,bnj->bij", X, X) / n  # [B, d, d]
-    b = np.einsum("bni,bn->bi", X, y) / n  # [B, d]
     out = np.empty((B, steps + 1, d), dtype=np.float64)
     out[:, 0] = _initial_w(w0, B, d)
     for t in range(steps):
