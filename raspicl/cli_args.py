@@ -68,12 +68,13 @@ def scale_arg(text: str) -> float:
     return value
 
 
-def tolerance_arg(text: str) -> float:
-    """argparse type: a finite float > 0 (an error bound)."""
+def positive_arg(text: str) -> float:
+    """argparse type: a finite float > 0 (an error bound, a learning rate)."""
     value = scale_arg(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
 
 
 def percent_arg(text: str) -> float:

@@ -28,9 +28,9 @@ from raspicl.cli_args import (
     count_arg,
     parse_sets,
     percent_arg,
+    positive_arg,
     scale_arg,
     seed_arg,
-    tolerance_arg,
 )
 from raspicl.errors import ContractWarning, RaspiclError
 
@@ -453,7 +453,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="precision the compiler's constants are tuned for and the weights are "
                         "stored in (default float64)")
-    p.add_argument("--tolerance", type=tolerance_arg, metavar="FLOAT",
+    p.add_argument("--tolerance", type=positive_arg, metavar="FLOAT",
                    help=TOLERANCE_HELP)
     add_threads_arg(p)
     add_domain_args(p)
@@ -493,7 +493,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print, to stderr, each check's worst register, its time and any "
                         "problems outside the model's calibrated domain")
-    p.add_argument("--tolerance", type=tolerance_arg, metavar="FLOAT",
+    p.add_argument("--tolerance", type=positive_arg, metavar="FLOAT",
                    help=TOLERANCE_HELP + "; the checks' own limit stays the file's TOLERANCE")
     p.add_argument("--min-acceptance", type=percent_arg, default=MIN_ACCEPTANCE_PCT,
                    metavar="PERCENT",

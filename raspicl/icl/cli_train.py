@@ -14,6 +14,7 @@ from raspicl.cli_args import (
     check_out_dir,
     count_arg,
     device_arg,
+    positive_arg,
     scale_arg,
     seed_arg,
 )
@@ -21,13 +22,6 @@ from raspicl.errors import RaspiclError
 
 SIZE_FLAGS = (("d", "--d"), ("n", "--n"), ("layers", "--layers"), ("d_model", "--d-model"),
               ("heads", "--heads"), ("steps", "--steps"))
-
-
-def _positive_float(text: str) -> float:
-    value = scale_arg(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def _ratio(text: str) -> float:
@@ -227,7 +221,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="seed of the initial weights and of every step's prompts (default 0)")
     p.add_argument("--batch", type=count_arg, default=64, metavar="B",
                    help="prompts per step (default 64)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, metavar="LR",
+    p.add_argument("--lr", type=positive_arg, default=1e-3, metavar="LR",
                    help="peak learning rate of AdamW (default 0.001)")
     p.add_argument("--warmup", type=_nonneg_int, default=1000, metavar="STEPS",
                    help="steps of linear warm-up, below --steps (default 1000)")
