@@ -5,6 +5,9 @@ mechanism is known exactly, reference methods, and the scoring of any method's o
                                 its HuggingFace export alone
     task_for(directory)         the prompt pairs and variables score() uses
     run_benchmark(...)          the suite, the reference methods and the leaderboard
+
+Layer 10, analysis and commands (docs/index.md, "The source, in layers"): it may import
+every layer below, never raspicl.cli.
 """
 
 from raspicl.benchmark.score import MethodOutputs, Scores, score, score_task, task_for

@@ -3,6 +3,10 @@ liveness -> lay out -> gadgets -> model.
 
 Each stage is a function of the last; `compile_program` runs them all and records, in the
 layout, everything a reader needs to interpret the weights.
+
+Layer 7, compiler (docs/index.md, "The source, in layers"): it sits above the runtime, the
+contract and the compiled model (feasibility runs the model under its contract) and imports
+nothing above them: not storage, interop, analysis or the command line.
 """
 
 from __future__ import annotations

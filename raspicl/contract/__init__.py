@@ -12,6 +12,9 @@ bounded, at the magnitudes actually present in a compiled model's residual strea
 
 It imports the language's places, the architecture's constants and the guards' token names,
 and nothing of the compiler or the model.
+
+Layer 5, contract (docs/index.md, "The source, in layers"): it imports the language and the
+runtime below it, never the compiled model, the compiler or anything above.
 """
 
 from raspicl.contract.forward import (

@@ -26,6 +26,9 @@ the weights. Each head's W_V·W_O is checked against the writes the layout recor
 Modules: report.py (the text; who holds which row when comes from raspicl.timeline, which
 interop reads too), checks.py (the weights against the layout),
 plots.py (the heatmaps), text.py (formatting). Nothing here parses the layout's prose glosses.
+
+Layer 10, analysis and commands (docs/index.md, "The source, in layers"): it may import
+every layer below, never raspicl.cli.
 """
 
 from __future__ import annotations

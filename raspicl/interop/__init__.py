@@ -10,4 +10,8 @@
 
 Only safetensors, json and torch are needed to write an export; transformers and
 transformer-lens (the `interop` and `dev` extras) are imported when a model is loaded.
+
+Layer 8, interop (docs/index.md, "The source, in layers"): it may import the compiled model
+and the layers below (today it reads only the runtime's schema, tensors and timeline), never
+storage, the analyses or the command line.
 """

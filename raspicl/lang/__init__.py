@@ -1,4 +1,9 @@
-"""raspicl's language: registers, places to read them, ops, expressions, scans and programs."""
+"""raspicl's language: registers, places to read them, ops, expressions, scans and programs.
+
+Layer 2, language (docs/index.md, "The source, in layers"): it imports only the base
+(errors) and, for a scan's exact token-0 decision, raspicl.semantics and raspicl.exact of its
+own layer; never the interpreter, the compiler or anything built on them.
+"""
 
 from raspicl.lang.expr import Expr, eye, outer, transpose
 from raspicl.lang.functions import Elementwise, smooth
